@@ -1,0 +1,579 @@
+//! The pure protocol engine: events in, actions out.
+//!
+//! Two halves, both free of I/O so their every decision is unit-tested here:
+//!
+//! - [`Learner`] puts entries arriving from a watch (in store commit order) and
+//!   from the leader's own successful appends back into index order, and says
+//!   when the replica is stuck at a gap.
+//! - [`LeaderEngine`] turns client commands into batches, keeps several fenced
+//!   appends in flight, retries appends whose outcome is unknown at the *same*
+//!   index (so a batch can never land twice), fills a predecessor's gaps with
+//!   no-ops, and tells the driver exactly which waiting clients get which
+//!   answer when leadership ends.
+//!
+//! The driver in the `dorado` crate performs the actions against a `Store`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use crate::entry::{Command, Entry};
+use crate::store::{AppendOutcome, Epoch, Index, LeaderRecord, StoreError};
+
+/// Orders learned entries.
+#[derive(Debug, Clone)]
+pub struct Learner {
+    next: Index,
+    buffered: BTreeMap<Index, Entry>,
+}
+
+impl Learner {
+    /// A learner whose next index to apply is `applied + 1`.
+    pub fn new(applied: Index) -> Self {
+        Learner {
+            next: applied + 1,
+            buffered: BTreeMap::new(),
+        }
+    }
+
+    /// Offer an entry; duplicates and entries already applied are ignored.
+    /// Returns true if the entry was new.
+    pub fn offer(&mut self, index: Index, entry: Entry) -> bool {
+        if index < self.next || self.buffered.contains_key(&index) {
+            return false;
+        }
+        self.buffered.insert(index, entry);
+        true
+    }
+
+    /// The next entry to apply, if it has arrived.
+    pub fn pop_ready(&mut self) -> Option<(Index, Entry)> {
+        let entry = self.buffered.remove(&self.next)?;
+        let index = self.next;
+        self.next += 1;
+        Some((index, entry))
+    }
+
+    /// The index the replica waits for.
+    pub fn next(&self) -> Index {
+        self.next
+    }
+
+    /// `Some((missing, highest_buffered))` when later entries have arrived but
+    /// `next` has not: the replica is at a gap only a leader can fill.
+    pub fn gap(&self) -> Option<(Index, Index)> {
+        let (&high, _) = self.buffered.last_key_value()?;
+        (high > self.next).then_some((self.next, high))
+    }
+
+    /// Jump past a restored snapshot: forget everything up to `applied`.
+    pub fn reset(&mut self, applied: Index) {
+        self.next = applied + 1;
+        self.buffered = self.buffered.split_off(&self.next);
+    }
+}
+
+/// Tuning of the leader's batching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaderConfig {
+    /// Appends allowed in flight at once.
+    pub max_inflight: usize,
+    /// A batch closes when its encoding would exceed this many bytes.
+    pub max_batch_bytes: usize,
+    /// A batch closes at this many commands.
+    pub max_batch_commands: usize,
+}
+
+impl Default for LeaderConfig {
+    fn default() -> Self {
+        LeaderConfig {
+            max_inflight: 4,
+            max_batch_bytes: 1024 * 1024,
+            max_batch_commands: 4096,
+        }
+    }
+}
+
+/// Why a client's command got no reply from this leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abandoned {
+    /// Never written to the store: retrying anywhere is safe.
+    NotOrdered,
+    /// The append's outcome is unknown (leadership ended while it was in
+    /// flight): the command may or may not be applied. A retry with the same
+    /// client id and seq is still exactly-once.
+    Unknown,
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaderAction<T> {
+    /// Perform the fenced append of `bytes` at `index` with the leader's epoch.
+    /// `retry` is true when a previous attempt's outcome was unknown (back off first).
+    Append {
+        /// Log index.
+        index: Index,
+        /// Encoded entry.
+        bytes: Arc<Vec<u8>>,
+        /// A re-send after an unknown outcome.
+        retry: bool,
+    },
+    /// The entry at `index` is committed: feed it to the learner, and answer
+    /// each waiter with the outcome at its position once it is applied.
+    Committed {
+        /// Log index.
+        index: Index,
+        /// The entry (for the learner).
+        entry: Entry,
+        /// `(position, token)` of the clients waiting for it.
+        waiters: Vec<(u32, T)>,
+    },
+    /// These clients will get no answer from this leader.
+    Abandon {
+        /// Whose commands.
+        tokens: Vec<T>,
+        /// Whether their commands might still be applied.
+        why: Abandoned,
+    },
+    /// Stop leading: the epoch is fenced off (or the store said so).
+    StepDown,
+}
+
+#[derive(Debug)]
+struct Inflight<T> {
+    bytes: Arc<Vec<u8>>,
+    entry: Entry,
+    waiters: Vec<(u32, T)>,
+}
+
+/// A leader's batching and append pipeline for one epoch.
+#[derive(Debug)]
+pub struct LeaderEngine<T> {
+    epoch: Epoch,
+    config: LeaderConfig,
+    next_index: Index,
+    queue: VecDeque<(T, Command)>,
+    inflight: BTreeMap<Index, Inflight<T>>,
+    stepped_down: bool,
+}
+
+impl<T> LeaderEngine<T> {
+    /// A new term: `last_index` is the highest index in the store when it began,
+    /// `present` the indexes in `(applied, last_index]` that hold an entry.
+    /// Returns the engine and the no-op appends that fill every gap.
+    pub fn start(
+        epoch: Epoch,
+        config: LeaderConfig,
+        applied: Index,
+        last_index: Index,
+        present: &[Index],
+    ) -> (Self, Vec<LeaderAction<T>>) {
+        let mut engine = LeaderEngine {
+            epoch,
+            config,
+            next_index: last_index.max(applied) + 1,
+            queue: VecDeque::new(),
+            inflight: BTreeMap::new(),
+            stepped_down: false,
+        };
+        let mut actions = Vec::new();
+        for index in applied + 1..=last_index {
+            if present.binary_search(&index).is_err() {
+                actions.push(engine.launch(index, Entry::Noop, Vec::new()));
+            }
+        }
+        (engine, actions)
+    }
+
+    /// The fencing token of this term.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The index the next batch will take.
+    pub fn next_index(&self) -> Index {
+        self.next_index
+    }
+
+    /// Commands queued but not yet in a batch.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Appends in flight.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// A client command arrived.
+    pub fn submit(&mut self, token: T, command: Command) -> Vec<LeaderAction<T>> {
+        if self.stepped_down {
+            return vec![LeaderAction::Abandon {
+                tokens: vec![token],
+                why: Abandoned::NotOrdered,
+            }];
+        }
+        self.queue.push_back((token, command));
+        self.cut_batches()
+    }
+
+    /// The store answered the append at `index`.
+    pub fn on_append(
+        &mut self,
+        index: Index,
+        result: Result<AppendOutcome, StoreError>,
+    ) -> Vec<LeaderAction<T>> {
+        let Some(inflight) = self.inflight.get(&index) else {
+            return Vec::new(); // already settled (e.g. after step-down)
+        };
+        match result {
+            Ok(AppendOutcome::Appended) => self.commit(index),
+            Ok(AppendOutcome::Occupied(existing)) if existing == *inflight.bytes => {
+                // An earlier attempt with an unknown outcome did land.
+                self.commit(index)
+            }
+            // Someone else's entry at our index, or a newer epoch: we are deposed.
+            Ok(AppendOutcome::Occupied(_)) | Ok(AppendOutcome::Fenced) => {
+                let mut actions = self.abandon_all(Abandoned::NotOrdered, Some(index));
+                actions.push(LeaderAction::StepDown);
+                actions
+            }
+            Err(StoreError::LeaseExpired(_)) => {
+                let mut actions = self.abandon_all(Abandoned::Unknown, None);
+                actions.push(LeaderAction::StepDown);
+                actions
+            }
+            Err(_) => vec![LeaderAction::Append {
+                index,
+                bytes: inflight.bytes.clone(),
+                retry: true,
+            }],
+        }
+    }
+
+    /// Leadership ended for a reason outside the appends (lease lost, shutdown).
+    pub fn step_down(&mut self) -> Vec<LeaderAction<T>> {
+        self.abandon_all(Abandoned::Unknown, None)
+    }
+
+    fn commit(&mut self, index: Index) -> Vec<LeaderAction<T>> {
+        let Some(done) = self.inflight.remove(&index) else {
+            return Vec::new();
+        };
+        let mut actions = vec![LeaderAction::Committed {
+            index,
+            entry: done.entry,
+            waiters: done.waiters,
+        }];
+        actions.extend(self.cut_batches());
+        actions
+    }
+
+    /// Fail everything. `definitely_not_written` is an in-flight index known not
+    /// to have landed; other in-flight appends are unknown unless `why` says otherwise.
+    fn abandon_all(
+        &mut self,
+        why: Abandoned,
+        definitely_not_written: Option<Index>,
+    ) -> Vec<LeaderAction<T>> {
+        self.stepped_down = true;
+        let mut actions = Vec::new();
+        let queued: Vec<T> = self.queue.drain(..).map(|(t, _)| t).collect();
+        if !queued.is_empty() {
+            actions.push(LeaderAction::Abandon {
+                tokens: queued,
+                why: Abandoned::NotOrdered,
+            });
+        }
+        for (index, inflight) in std::mem::take(&mut self.inflight) {
+            let tokens: Vec<T> = inflight.waiters.into_iter().map(|(_, t)| t).collect();
+            if tokens.is_empty() {
+                continue;
+            }
+            let why = if Some(index) == definitely_not_written {
+                Abandoned::NotOrdered
+            } else {
+                why
+            };
+            actions.push(LeaderAction::Abandon { tokens, why });
+        }
+        actions
+    }
+
+    fn cut_batches(&mut self) -> Vec<LeaderAction<T>> {
+        let mut actions = Vec::new();
+        while self.inflight.len() < self.config.max_inflight && !self.queue.is_empty() {
+            let mut size = 8; // entry header + count
+            let mut commands = Vec::new();
+            let mut waiters = Vec::new();
+            while let Some((_, cmd)) = self.queue.front() {
+                let len = cmd.encoded_len();
+                if !commands.is_empty()
+                    && (size + len > self.config.max_batch_bytes
+                        || commands.len() >= self.config.max_batch_commands)
+                {
+                    break;
+                }
+                let Some((token, cmd)) = self.queue.pop_front() else {
+                    break;
+                };
+                size += len;
+                waiters.push((commands.len() as u32, token));
+                commands.push(cmd);
+            }
+            let index = self.next_index;
+            self.next_index += 1;
+            actions.push(self.launch(index, Entry::Batch(commands), waiters));
+        }
+        actions
+    }
+
+    fn launch(&mut self, index: Index, entry: Entry, waiters: Vec<(u32, T)>) -> LeaderAction<T> {
+        // Commands were validated (id length, size) before they were submitted,
+        // so encoding cannot fail; a no-op is always encodable.
+        let bytes = Arc::new(entry.encode().unwrap_or_default());
+        self.inflight.insert(
+            index,
+            Inflight {
+                bytes: bytes.clone(),
+                entry,
+                waiters,
+            },
+        );
+        LeaderAction::Append {
+            index,
+            bytes,
+            retry: false,
+        }
+    }
+}
+
+/// Where a replica sends a client's write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// This replica leads: order it here.
+    Local,
+    /// Forward to the leader at this address.
+    Forward(String),
+    /// No leader is known right now: the client should retry shortly.
+    NoLeader,
+}
+
+/// Decide where a write goes, given who this replica is and who leads.
+pub fn route(me: &str, leading: bool, leader: Option<&LeaderRecord>) -> Route {
+    if leading {
+        return Route::Local;
+    }
+    match leader {
+        Some(l) if l.replica != me => Route::Forward(l.address.clone()),
+        // The store says we lead but the engine is not running yet (or just
+        // stepped down): not safe to order locally.
+        _ => Route::NoLeader,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::ClientTag;
+
+    fn cmd(n: u64) -> Command {
+        Command {
+            client: Some(ClientTag {
+                id: "c".into(),
+                seq: n,
+            }),
+            payload: vec![b'x'; 100],
+        }
+    }
+
+    fn appends<T>(actions: &[LeaderAction<T>]) -> Vec<Index> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                LeaderAction::Append { index, .. } => Some(*index),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn engine(max_inflight: usize) -> LeaderEngine<u32> {
+        let cfg = LeaderConfig {
+            max_inflight,
+            ..LeaderConfig::default()
+        };
+        LeaderEngine::start(7, cfg, 0, 0, &[]).0
+    }
+
+    #[test]
+    fn learner_orders_entries_and_reports_gaps() {
+        let mut l = Learner::new(0);
+        assert!(l.offer(2, Entry::Noop));
+        assert!(l.pop_ready().is_none());
+        assert!(l.offer(3, Entry::Noop));
+        assert_eq!(l.gap(), Some((1, 3)));
+        assert!(l.offer(1, Entry::Noop));
+        assert!(!l.offer(1, Entry::Noop), "duplicates are ignored");
+        assert_eq!(l.pop_ready().map(|(i, _)| i), Some(1));
+        assert_eq!(l.pop_ready().map(|(i, _)| i), Some(2));
+        assert_eq!(l.pop_ready().map(|(i, _)| i), Some(3));
+        assert_eq!(l.gap(), None);
+        assert!(!l.offer(2, Entry::Noop), "applied entries are ignored");
+        l.offer(9, Entry::Noop);
+        l.offer(12, Entry::Noop);
+        l.reset(10);
+        assert_eq!(l.next(), 11);
+        assert_eq!(l.gap(), Some((11, 12)));
+    }
+
+    #[test]
+    fn a_new_leader_fills_every_gap_with_noops_and_continues_after_the_last() {
+        let (e, actions) =
+            LeaderEngine::<u32>::start(9, LeaderConfig::default(), 3, 8, &[4, 6, 8]);
+        assert_eq!(appends(&actions), vec![5, 7]);
+        for a in &actions {
+            if let LeaderAction::Append { bytes, .. } = a {
+                assert_eq!(Entry::decode(bytes).unwrap(), Entry::Noop);
+            }
+        }
+        assert_eq!(e.next_index(), 9);
+        assert_eq!(e.epoch(), 9);
+    }
+
+    #[test]
+    fn commands_queue_while_appends_are_in_flight_and_batch_together() {
+        let mut e = engine(1);
+        assert_eq!(appends(&e.submit(1, cmd(1))), vec![1]);
+        assert!(appends(&e.submit(2, cmd(2))).is_empty());
+        assert!(appends(&e.submit(3, cmd(3))).is_empty());
+        assert_eq!(e.queued(), 2);
+        let actions = e.on_append(1, Ok(AppendOutcome::Appended));
+        match &actions[..] {
+            [
+                LeaderAction::Committed { index: 1, waiters, .. },
+                LeaderAction::Append { index: 2, bytes, .. },
+            ] => {
+                assert_eq!(waiters, &vec![(0, 1)]);
+                assert_eq!(Entry::decode(bytes).unwrap().len(), 2, "2 and 3 batched");
+            }
+            other => panic!("unexpected actions {other:?}"),
+        }
+    }
+
+    #[test]
+    fn several_appends_are_in_flight_at_once() {
+        let mut e = engine(3);
+        let mut indexes = Vec::new();
+        for t in 0..3 {
+            indexes.extend(appends(&e.submit(t, cmd(t as u64))));
+        }
+        assert_eq!(indexes, vec![1, 2, 3]);
+        assert_eq!(e.inflight(), 3);
+        assert!(appends(&e.submit(9, cmd(9))).is_empty());
+    }
+
+    #[test]
+    fn batches_close_at_the_byte_and_count_limits() {
+        let cfg = LeaderConfig {
+            max_inflight: 1,
+            max_batch_bytes: 350,
+            max_batch_commands: 100,
+        };
+        let (mut e, _) = LeaderEngine::start(1, cfg, 0, 0, &[]);
+        e.submit(0, cmd(0));
+        for t in 1..=5 {
+            e.submit(t, cmd(t as u64));
+        }
+        let actions = e.on_append(1, Ok(AppendOutcome::Appended));
+        let LeaderAction::Append { bytes, .. } = &actions[1] else {
+            panic!("expected an append, got {actions:?}");
+        };
+        let n = Entry::decode(bytes).unwrap().len();
+        assert_eq!(n, 2, "a 115-byte command x3 would exceed 350 bytes");
+        assert!(bytes.len() <= 350);
+    }
+
+    #[test]
+    fn unknown_outcome_is_retried_at_the_same_index_and_a_landed_retry_commits() {
+        let mut e = engine(2);
+        e.submit(1, cmd(1));
+        let a = e.on_append(1, Err(StoreError::Unavailable("timeout".into())));
+        assert!(matches!(a[..], [LeaderAction::Append { index: 1, retry: true, .. }]));
+        let LeaderAction::Append { bytes, .. } = &a[0] else {
+            unreachable!()
+        };
+        let ours = bytes.to_vec();
+        let a = e.on_append(1, Ok(AppendOutcome::Occupied(ours)));
+        assert!(matches!(a[0], LeaderAction::Committed { index: 1, .. }));
+    }
+
+    #[test]
+    fn fenced_append_steps_down_and_says_what_is_safe_to_retry() {
+        let mut e = engine(2);
+        e.submit(1, cmd(1)); // index 1
+        e.submit(2, cmd(2)); // index 2
+        e.submit(3, cmd(3)); // queued
+        let a = e.on_append(1, Ok(AppendOutcome::Fenced));
+        assert!(a.contains(&LeaderAction::StepDown));
+        assert!(a.contains(&LeaderAction::Abandon {
+            tokens: vec![3],
+            why: Abandoned::NotOrdered
+        }));
+        assert!(a.contains(&LeaderAction::Abandon {
+            tokens: vec![1],
+            why: Abandoned::NotOrdered
+        }));
+        assert!(a.contains(&LeaderAction::Abandon {
+            tokens: vec![2],
+            why: Abandoned::NotOrdered
+        }));
+        // After stepping down nothing is ordered any more.
+        assert_eq!(
+            e.submit(4, cmd(4)),
+            vec![LeaderAction::Abandon {
+                tokens: vec![4],
+                why: Abandoned::NotOrdered
+            }]
+        );
+        assert!(e.on_append(2, Ok(AppendOutcome::Appended)).is_empty());
+    }
+
+    #[test]
+    fn someone_elses_entry_at_our_index_means_we_were_deposed() {
+        let mut e = engine(1);
+        e.submit(1, cmd(1));
+        let other = Entry::Noop.encode().unwrap();
+        let a = e.on_append(1, Ok(AppendOutcome::Occupied(other)));
+        assert_eq!(a.last(), Some(&LeaderAction::StepDown));
+    }
+
+    #[test]
+    fn losing_the_lease_abandons_in_flight_commands_as_unknown() {
+        let mut e = engine(1);
+        e.submit(1, cmd(1));
+        e.submit(2, cmd(2));
+        let a = e.step_down();
+        assert!(a.contains(&LeaderAction::Abandon {
+            tokens: vec![1],
+            why: Abandoned::Unknown
+        }));
+        assert!(a.contains(&LeaderAction::Abandon {
+            tokens: vec![2],
+            why: Abandoned::NotOrdered
+        }));
+    }
+
+    #[test]
+    fn writes_route_to_the_leader() {
+        let l = LeaderRecord {
+            replica: "r2".into(),
+            address: "10.0.0.2:7070".into(),
+        };
+        assert_eq!(route("r1", true, Some(&l)), Route::Local);
+        assert_eq!(
+            route("r1", false, Some(&l)),
+            Route::Forward("10.0.0.2:7070".into())
+        );
+        assert_eq!(route("r1", false, None), Route::NoLeader);
+        assert_eq!(route("r2", false, Some(&l)), Route::NoLeader);
+    }
+}
