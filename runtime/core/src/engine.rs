@@ -204,6 +204,16 @@ impl<T> LeaderEngine<T> {
         self.inflight.len()
     }
 
+    /// True while the append at `index` has not been settled.
+    pub fn is_inflight(&self, index: Index) -> bool {
+        self.inflight.contains_key(&index)
+    }
+
+    /// True when nothing is queued or in flight (a draining leader may resign).
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.inflight.is_empty()
+    }
+
     /// A client command arrived.
     pub fn submit(&mut self, token: T, command: Command) -> Vec<LeaderAction<T>> {
         if self.stepped_down {

@@ -148,6 +148,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait Store: Send + Sync + 'static {
     /// Create the group's meta if absent; return whatever meta is stored.
     fn init_meta(&self, meta: &Meta) -> impl Future<Output = StoreResult<Meta>> + Send;
+    /// The stored meta, if any, without creating it (read-only tools such as
+    /// `dorado replay` must not initialise a group).
+    fn meta(&self) -> impl Future<Output = StoreResult<Option<Meta>>> + Send;
 
     /// Grant a lease that expires `ttl` after its last keep-alive.
     fn grant_lease(&self, ttl: Duration) -> impl Future<Output = StoreResult<LeaseId>> + Send;

@@ -1,0 +1,479 @@
+//! The client API every replica serves (default port 7070).
+//!
+//! Handlers only translate HTTP to [`Node`] calls and back; every decision
+//! about ordering lives in the node. Errors are JSON with a stable `code` (for
+//! programs) and a human `message` (for people); the codes are listed in
+//! `runtime/README.md`. Request validation happens here, before anything can
+//! reach the log: an empty command, a malformed header or an oversized body is
+//! answered with 400/413 and never ordered.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use dorado_core::entry::MAX_CLIENT_ID;
+use dorado_core::{ClientTag, Command, Outcome, Store};
+use serde::Deserialize;
+
+use crate::node::{Consistency, Node, QueryError, SubmitError, SubmitReply};
+
+/// Header carrying the client id for exactly-once delivery.
+pub const CLIENT_ID: &str = "dorado-client-id";
+/// Header carrying the client's sequence number.
+pub const SEQ: &str = "dorado-seq";
+/// Response header with the log index that ordered the command.
+pub const INDEX: &str = "dorado-index";
+/// Response header set when the reply came from the session table.
+pub const DUPLICATE: &str = "dorado-duplicate";
+/// Response header naming the leader's address, when known.
+pub const LEADER: &str = "dorado-leader";
+/// Request header marking a follower-to-leader forward (never forwarded again).
+pub const FORWARDED: &str = "dorado-forwarded";
+
+/// Default largest command body: well under etcd's 1.5 MiB request limit,
+/// leaving room for the batch framing and other commands.
+pub const DEFAULT_MAX_COMMAND_BYTES: usize = 512 * 1024;
+
+/// What the API needs. The replica is attached once it has connected to the
+/// store; until then every route but `/healthz` answers 503, so probes and
+/// clients see a clear "starting" state while etcd is unreachable.
+#[derive(Debug)]
+pub struct ApiState<S> {
+    started: OnceLock<(Node, Arc<S>)>,
+    /// Client used to forward writes to the leader.
+    pub http: reqwest::Client,
+    /// Largest accepted command or query, in bytes.
+    pub max_command_bytes: usize,
+}
+
+impl<S> ApiState<S> {
+    /// State with a forwarding client and a size limit; attach the node later.
+    pub fn new(max_command_bytes: usize) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(15))
+            .pool_max_idle_per_host(256)
+            .build()
+            .unwrap_or_default();
+        ApiState {
+            started: OnceLock::new(),
+            http,
+            max_command_bytes,
+        }
+    }
+
+    /// Attach the running replica (once).
+    pub fn attach(&self, node: Node, store: Arc<S>) {
+        let _ = self.started.set((node, store));
+    }
+
+    fn started(&self) -> Result<&(Node, Arc<S>), ApiError> {
+        self.started.get().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "starting",
+                "replica is starting: connecting to the store and recovering state",
+            )
+        })
+    }
+}
+
+/// A JSON error response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// Human explanation.
+    pub message: String,
+    /// Leader address hint.
+    pub leader: Option<String>,
+    /// Log index, for rejections.
+    pub index: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            leader: None,
+            index: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({"code": self.code, "message": self.message});
+        if let Some(l) = &self.leader {
+            body["leader"] = l.clone().into();
+        }
+        if let Some(i) = self.index {
+            body["index"] = i.into();
+        }
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(l) = self.leader.and_then(|l| HeaderValue::from_str(&l).ok()) {
+            resp.headers_mut().insert(LEADER, l);
+        }
+        if let Some(i) = self.index {
+            resp.headers_mut().insert(INDEX, HeaderValue::from(i));
+        }
+        resp
+    }
+}
+
+/// The router of the client API.
+pub fn router<S: Store>(state: Arc<ApiState<S>>) -> Router {
+    Router::new()
+        .route("/v1/commands", post(submit::<S>))
+        .route("/v1/query", post(query::<S>))
+        .route("/v1/status", get(status::<S>))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz::<S>))
+        .route("/metrics", get(metrics::<S>))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// Serve `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no route for {} {}; the API has POST /v1/commands, POST /v1/query, GET /v1/status, /healthz, /readyz, /metrics",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+/// Parse the exactly-once headers: both or neither; id printable ASCII up to
+/// 255 bytes; seq a positive integer.
+pub fn parse_client_tag(headers: &HeaderMap) -> Result<Option<ClientTag>, ApiError> {
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_header", m);
+    let id = headers.get(CLIENT_ID);
+    let seq = headers.get(SEQ);
+    match (id, seq) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(bad(format!(
+            "{CLIENT_ID} is set but {SEQ} is missing; send both (seq = 1, 2, 3, ... per client) or neither"
+        ))),
+        (None, Some(_)) => Err(bad(format!(
+            "{SEQ} is set but {CLIENT_ID} is missing; send both or neither"
+        ))),
+        (Some(id), Some(seq)) => {
+            let id = id
+                .to_str()
+                .ok()
+                .filter(|s| {
+                    !s.is_empty()
+                        && s.len() <= MAX_CLIENT_ID
+                        && s.bytes().all(|b| b.is_ascii_graphic())
+                })
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{CLIENT_ID} must be 1 to {MAX_CLIENT_ID} printable ASCII characters without spaces"
+                    ))
+                })?;
+            let seq_text = seq.to_str().unwrap_or("");
+            let seq: u64 = seq_text
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "{SEQ} must be a positive integer (1, 2, 3, ...), got {seq_text:?}"
+                    ))
+                })?;
+            Ok(Some(ClientTag {
+                id: id.to_string(),
+                seq,
+            }))
+        }
+    }
+}
+
+async fn read_body(body: Body, max: usize, what: &str) -> Result<Bytes, ApiError> {
+    let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("{what} is larger than the limit of {max} bytes"),
+        )
+    })?;
+    if bytes.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty",
+            format!("{what} is empty; send the bytes your state machine expects as the request body"),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn reply_response(r: SubmitReply) -> Response {
+    match r.outcome {
+        Outcome::Reply(bytes) => {
+            let mut resp = (StatusCode::OK, bytes).into_response();
+            let h = resp.headers_mut();
+            h.insert(INDEX, HeaderValue::from(r.index));
+            h.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            if r.duplicate {
+                h.insert(DUPLICATE, HeaderValue::from_static("true"));
+            }
+            resp
+        }
+        Outcome::Rejected(reason) => {
+            let mut e = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", reason);
+            e.index = Some(r.index);
+            e.into_response()
+        }
+    }
+}
+
+async fn submit<S: Store>(
+    State(state): State<Arc<ApiState<S>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let client = parse_client_tag(&headers)?;
+    let payload = read_body(body, state.max_command_bytes, "command").await?;
+    let (node, _) = state.started()?;
+    let command = Command {
+        client: client.clone(),
+        payload: payload.to_vec(),
+    };
+    match node.submit(command).await {
+        Ok(r) => Ok(reply_response(r)),
+        Err(SubmitError::Forward(addr)) if !headers.contains_key(FORWARDED) => {
+            forward(&state, node, &addr, client.as_ref(), payload).await
+        }
+        Err(e) => Err(submit_error(e)),
+    }
+}
+
+fn submit_error(e: SubmitError) -> ApiError {
+    let (status, code) = match &e {
+        SubmitError::Forward(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),
+        SubmitError::NoLeader => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
+        SubmitError::NotOrdered => (StatusCode::SERVICE_UNAVAILABLE, "not_ordered"),
+        SubmitError::Unknown => (StatusCode::SERVICE_UNAVAILABLE, "unknown_outcome"),
+        SubmitError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+        SubmitError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+    };
+    let mut err = ApiError::new(status, code, e.to_string());
+    if let SubmitError::Forward(addr) = e {
+        err.leader = Some(addr);
+    }
+    err
+}
+
+/// Forward a write to the leader, then answer only once this replica has
+/// applied it too (so a client that reads here next sees its write).
+async fn forward<S: Store>(
+    state: &ApiState<S>,
+    node: &Node,
+    leader: &str,
+    client: Option<&ClientTag>,
+    payload: Bytes,
+) -> Result<Response, ApiError> {
+    let mut req = state
+        .http
+        .post(format!("http://{leader}/v1/commands"))
+        .header(FORWARDED, node.replica())
+        .body(payload);
+    if let Some(c) = client {
+        req = req.header(CLIENT_ID, &c.id).header(SEQ, c.seq.to_string());
+    }
+    let resp = req.send().await.map_err(|e| {
+        let mut err = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leader_unreachable",
+            format!(
+                "cannot reach the leader at {leader}: {e}; if the command was sent with a client id and seq, retrying it is safe"
+            ),
+        );
+        err.leader = Some(leader.to_string());
+        err
+    })?;
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut headers = HeaderMap::new();
+    for (k, v) in resp.headers() {
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::from_bytes(k.as_str().as_bytes()),
+            HeaderValue::from_bytes(v.as_bytes()),
+        ) {
+            headers.insert(k, v);
+        }
+    }
+    let body = resp.bytes().await.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "leader_unreachable",
+            format!("the leader at {leader} dropped the reply: {e}; retry with the same client id and seq"),
+        )
+    })?;
+    let index = headers
+        .get(INDEX)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(index) = index {
+        // Best effort: the leader has applied it; if we lag, still answer.
+        node.wait_applied(index).await;
+    }
+    headers.remove(http::header::CONTENT_LENGTH);
+    headers.remove(http::header::TRANSFER_ENCODING);
+    headers.remove(http::header::CONNECTION);
+    Ok((status, headers, body).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct QueryParams {
+    consistency: Option<String>,
+}
+
+async fn query<S: Store>(
+    State(state): State<Arc<ApiState<S>>>,
+    Query(params): Query<QueryParams>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let consistency = match params.consistency.as_deref() {
+        None | Some("linearizable") => Consistency::Linearizable,
+        Some("stale") => Consistency::Stale,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_parameter",
+                format!("consistency must be \"linearizable\" (default) or \"stale\", got {other:?}"),
+            ));
+        }
+    };
+    let q = read_body(body, state.max_command_bytes, "query").await?;
+    let (node, store) = state.started()?;
+    match node.query(&**store, q.to_vec(), consistency).await
+    {
+        Ok(bytes) => Ok((
+            StatusCode::OK,
+            [(http::header::CONTENT_TYPE, "application/octet-stream")],
+            bytes,
+        )
+            .into_response()),
+        Err(e) => {
+            let (status, code) = match &e {
+                QueryError::Rejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
+                QueryError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+                QueryError::Behind { .. } => (StatusCode::SERVICE_UNAVAILABLE, "behind"),
+                QueryError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            };
+            Err(ApiError::new(status, code, e.to_string()))
+        }
+    }
+}
+
+async fn status<S: Store>(State(state): State<Arc<ApiState<S>>>) -> Result<Response, ApiError> {
+    let (node, _) = state.started()?;
+    Ok(axum::Json(node.status()).into_response())
+}
+
+async fn readyz<S: Store>(State(state): State<Arc<ApiState<S>>>) -> Result<Response, ApiError> {
+    let (node, _) = state.started()?;
+    if node.is_ready() {
+        return Ok((StatusCode::OK, "ready\n").into_response());
+    }
+    let s = node.status();
+    let why = if node.is_draining() {
+        "shutting down".to_string()
+    } else if let Some(e) = s.store_error {
+        e
+    } else {
+        format!(
+            "catching up: applied {} of {} (or no lease yet)",
+            s.applied_index, s.commit_index
+        )
+    };
+    Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why))
+}
+
+async fn metrics<S: Store>(State(state): State<Arc<ApiState<S>>>) -> Result<Response, ApiError> {
+    let (node, _) = state.started()?;
+    Ok((
+        StatusCode::OK,
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        node.render_metrics(),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn client_headers_are_both_or_neither_and_well_formed() {
+        assert_eq!(parse_client_tag(&headers(&[])).unwrap(), None);
+        assert_eq!(
+            parse_client_tag(&headers(&[(CLIENT_ID, "web-1"), (SEQ, "7")])).unwrap(),
+            Some(ClientTag {
+                id: "web-1".into(),
+                seq: 7
+            })
+        );
+        for bad in [
+            headers(&[(CLIENT_ID, "a")]),
+            headers(&[(SEQ, "1")]),
+            headers(&[(CLIENT_ID, "a"), (SEQ, "x")]),
+            headers(&[(CLIENT_ID, "a"), (SEQ, "0")]),
+            headers(&[(CLIENT_ID, "a"), (SEQ, "-3")]),
+            headers(&[(CLIENT_ID, "has space"), (SEQ, "1")]),
+            headers(&[(CLIENT_ID, ""), (SEQ, "1")]),
+        ] {
+            let e = parse_client_tag(&bad).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert_eq!(e.code, "bad_header");
+        }
+        let long = "x".repeat(256);
+        assert!(parse_client_tag(&headers(&[(CLIENT_ID, &long), (SEQ, "1")])).is_err());
+    }
+}

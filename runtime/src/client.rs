@@ -1,0 +1,340 @@
+//! A client of the replica API with the retry rules that keep exactly-once.
+//!
+//! The only safe retry of a write whose outcome is unknown is the *same*
+//! command with the *same* client id and seq: the group's session table then
+//! answers with the original reply instead of applying it again. So this
+//! client retries (another endpoint, or the leader named in `dorado-leader`)
+//! only when that holds or when the server said the command was never ordered.
+
+use std::time::{Duration, Instant};
+
+use crate::api::{CLIENT_ID, DUPLICATE, INDEX, LEADER, SEQ};
+
+/// A successful command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The state machine's reply bytes.
+    pub body: Vec<u8>,
+    /// Log index that ordered it.
+    pub index: Option<u64>,
+    /// True when the group answered from its session table (a retry).
+    pub duplicate: bool,
+    /// The endpoint that answered.
+    pub endpoint: String,
+}
+
+/// Why a request failed for good.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The state machine rejected the command deterministically (it *was* ordered).
+    #[error("rejected: {message}")]
+    Rejected {
+        /// Log index that ordered it.
+        index: Option<u64>,
+        /// The rejection reason.
+        message: String,
+    },
+    /// The server refused the request (bad input, not found, too large).
+    #[error("{status} {code}: {message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Stable error code.
+        code: String,
+        /// Human message.
+        message: String,
+    },
+    /// No endpoint gave a definitive answer before the deadline.
+    #[error("no replica answered within {deadline:?}; last error: {last}")]
+    Exhausted {
+        /// The deadline.
+        deadline: Duration,
+        /// The last problem seen.
+        last: String,
+    },
+    /// An endpoint is not a usable URL.
+    #[error("bad endpoint {0:?}: expected host:port or http://host:port")]
+    BadEndpoint(String),
+}
+
+/// Retrying client for one group.
+#[derive(Debug, Clone)]
+pub struct Client {
+    endpoints: Vec<String>,
+    http: reqwest::Client,
+    deadline: Duration,
+}
+
+/// Normalise `host:port` to `http://host:port`.
+pub fn endpoint_url(e: &str) -> Result<String, ClientError> {
+    let e = e.trim().trim_end_matches('/');
+    if e.is_empty() || e.contains(char::is_whitespace) {
+        return Err(ClientError::BadEndpoint(e.to_string()));
+    }
+    if e.starts_with("http://") || e.starts_with("https://") {
+        Ok(e.to_string())
+    } else {
+        Ok(format!("http://{e}"))
+    }
+}
+
+enum Attempt<T> {
+    Done(Result<T, ClientError>),
+    Retry { leader: Option<String>, why: String },
+}
+
+impl Client {
+    /// A client for these replica endpoints (comma-separated lists are split).
+    pub fn new(endpoints: &[String]) -> Result<Self, ClientError> {
+        let endpoints = endpoints
+            .iter()
+            .flat_map(|e| e.split(','))
+            .filter(|e| !e.trim().is_empty())
+            .map(endpoint_url)
+            .collect::<Result<Vec<_>, _>>()?;
+        if endpoints.is_empty() {
+            return Err(ClientError::BadEndpoint(String::new()));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(12))
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| ClientError::BadEndpoint(e.to_string()))?;
+        Ok(Client {
+            endpoints,
+            http,
+            deadline: Duration::from_secs(20),
+        })
+    }
+
+    /// Give up after this long (default 20 s).
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    async fn with_retries<T, F, Fut>(&self, mut once: F) -> Result<T, ClientError>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: std::future::Future<Output = Attempt<T>>,
+    {
+        let start = Instant::now();
+        let mut next = 0usize;
+        let mut hint: Option<String> = None;
+        let mut last = String::from("no attempt made");
+        let mut attempt = 0u32;
+        while start.elapsed() < self.deadline {
+            let url = match hint.take() {
+                Some(h) => endpoint_url(&h)?,
+                None => {
+                    let u = self.endpoints[next % self.endpoints.len()].clone();
+                    next += 1;
+                    u
+                }
+            };
+            match once(url.clone()).await {
+                Attempt::Done(r) => return r,
+                Attempt::Retry { leader, why } => {
+                    last = format!("{url}: {why}");
+                    hint = leader;
+                    if hint.is_none() {
+                        tokio::time::sleep(Duration::from_millis((25u64 << attempt.min(4)).min(400)))
+                            .await;
+                        attempt += 1;
+                    }
+                }
+            }
+        }
+        Err(ClientError::Exhausted {
+            deadline: self.deadline,
+            last,
+        })
+    }
+
+    /// Submit a command. With `tag = Some((client_id, seq))` every retry is
+    /// exactly-once; without it, a command whose outcome is unknown is not retried.
+    pub async fn submit(
+        &self,
+        command: &[u8],
+        tag: Option<(&str, u64)>,
+    ) -> Result<Reply, ClientError> {
+        self.with_retries(|base| async move {
+            let mut req = self
+                .http
+                .post(format!("{base}/v1/commands"))
+                .body(command.to_vec());
+            if let Some((id, seq)) = tag {
+                req = req.header(CLIENT_ID, id).header(SEQ, seq.to_string());
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) if tag.is_some() || e.is_connect() => {
+                    return Attempt::Retry {
+                        leader: None,
+                        why: e.to_string(),
+                    };
+                }
+                Err(e) => {
+                    return Attempt::Done(Err(ClientError::Exhausted {
+                        deadline: self.deadline,
+                        last: format!("{e} (outcome unknown; send a client id and seq to retry safely)"),
+                    }));
+                }
+            };
+            let status = resp.status().as_u16();
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let index = header(INDEX).and_then(|v| v.parse().ok());
+            let duplicate = header(DUPLICATE).is_some();
+            let leader = header(LEADER);
+            let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+            if status == 200 {
+                return Attempt::Done(Ok(Reply {
+                    body,
+                    index,
+                    duplicate,
+                    endpoint: base,
+                }));
+            }
+            let (code, message) = parse_error(&body);
+            let safe = code != "unknown_outcome" || tag.is_some();
+            match status {
+                422 => Attempt::Done(Err(ClientError::Rejected { index, message })),
+                503 | 504 | 502 if safe => Attempt::Retry {
+                    leader,
+                    why: format!("{code}: {message}"),
+                },
+                _ => Attempt::Done(Err(ClientError::Api {
+                    status,
+                    code,
+                    message,
+                })),
+            }
+        })
+        .await
+    }
+
+    /// Run a query (linearizable unless `stale`).
+    pub async fn query(&self, query: &[u8], stale: bool) -> Result<Vec<u8>, ClientError> {
+        self.with_retries(|base| async move {
+            let url = if stale {
+                format!("{base}/v1/query?consistency=stale")
+            } else {
+                format!("{base}/v1/query")
+            };
+            let resp = match self.http.post(url).body(query.to_vec()).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    return Attempt::Retry {
+                        leader: None,
+                        why: e.to_string(),
+                    };
+                }
+            };
+            let status = resp.status().as_u16();
+            let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+            if status == 200 {
+                return Attempt::Done(Ok(body));
+            }
+            let (code, message) = parse_error(&body);
+            match status {
+                422 => Attempt::Done(Err(ClientError::Rejected {
+                    index: None,
+                    message,
+                })),
+                503 | 504 => Attempt::Retry {
+                    leader: None,
+                    why: format!("{code}: {message}"),
+                },
+                _ => Attempt::Done(Err(ClientError::Api {
+                    status,
+                    code,
+                    message,
+                })),
+            }
+        })
+        .await
+    }
+
+    /// `GET /v1/status` of the first endpoint that answers.
+    pub async fn status(&self) -> Result<serde_json::Value, ClientError> {
+        self.with_retries(|base| async move {
+            match self.http.get(format!("{base}/v1/status")).send().await {
+                Ok(r) if r.status().is_success() => match r
+                    .bytes()
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                {
+                    Ok(v) => Attempt::Done(Ok(v)),
+                    Err(e) => Attempt::Retry {
+                        leader: None,
+                        why: e.to_string(),
+                    },
+                },
+                Ok(r) => Attempt::Retry {
+                    leader: None,
+                    why: format!("HTTP {}", r.status()),
+                },
+                Err(e) => Attempt::Retry {
+                    leader: None,
+                    why: e.to_string(),
+                },
+            }
+        })
+        .await
+    }
+}
+
+fn parse_error(body: &[u8]) -> (String, String) {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => (
+            v["code"].as_str().unwrap_or("unknown").to_string(),
+            v["message"].as_str().unwrap_or("").to_string(),
+        ),
+        Err(_) => (
+            "unknown".into(),
+            String::from_utf8_lossy(body).chars().take(200).collect(),
+        ),
+    }
+}
+
+/// A client id unlikely to collide with any other: host name, process id and time.
+pub fn generated_client_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "cli".into());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let id = format!("{host}-{}-{nanos:x}", std::process::id());
+    id.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(200)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_normalised_and_validated() {
+        assert_eq!(endpoint_url("127.0.0.1:7070").unwrap(), "http://127.0.0.1:7070");
+        assert_eq!(endpoint_url("http://a:1/").unwrap(), "http://a:1");
+        assert!(endpoint_url("").is_err());
+        assert!(endpoint_url("a b").is_err());
+        let c = Client::new(&["a:1,b:2".into()]).unwrap();
+        assert_eq!(c.endpoints, vec!["http://a:1", "http://b:2"]);
+    }
+
+    #[test]
+    fn generated_ids_are_valid_header_values() {
+        let id = generated_client_id();
+        assert!(!id.is_empty() && id.len() <= 255);
+        assert!(id.bytes().all(|b| b.is_ascii_graphic()));
+    }
+}

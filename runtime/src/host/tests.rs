@@ -1,0 +1,26 @@
+//! Unit tests for the pieces that need no guest: error texts and helpers.
+//! Behaviour with real guests is in `runtime/tests/host.rs`.
+
+use super::module::one_line;
+use super::*;
+
+#[test]
+fn default_config_is_documented() {
+    let c = HostConfig::default();
+    assert_eq!(c.fuel_per_command, 100_000_000);
+    assert_eq!(c.memory_limit, 256 << 20);
+}
+
+#[test]
+fn one_line_joins_chains() {
+    assert_eq!(one_line("a\n  b\n\nc"), "a; b; c");
+}
+
+#[test]
+fn garbage_is_invalid() {
+    let host = Host::new(HostConfig::default()).unwrap();
+    match host.load(b"definitely not wasm") {
+        Err(LoadError::Invalid(message)) => assert!(!message.contains('\n'), "{message}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}

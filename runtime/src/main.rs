@@ -1,0 +1,379 @@
+//! The `dorado` binary: parses arguments and calls the library. Each
+//! subcommand is one variant of [`Command`]; the work lives in `dorado::*` so
+//! it is tested without spawning this binary.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use dorado::host::{DEFAULT_FUEL_PER_COMMAND, DEFAULT_MEMORY_LIMIT, Host, HostConfig};
+use dorado::client::{Client, generated_client_id};
+use dorado::node::NodeConfig;
+use dorado::runner::{self, RunOptions};
+use dorado::store::{EtcdStore, EtcdStoreOptions};
+use dorado::tools;
+use dorado::trace::LogFormat;
+use std::time::Duration;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Dorado: replicated state machines for Kubernetes workloads.
+#[derive(Debug, Parser)]
+#[command(name = "dorado", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a module and print its ABI version, exports, size and sha256.
+    Inspect {
+        /// The guest module (.wasm).
+        module: PathBuf,
+    },
+    /// Apply commands from stdin (one per line) to a fresh local instance and
+    /// print one reply per line; a line starting with `?` is a query.
+    Try(TryArgs),
+    /// Run one replica of a group (what the webhook injects into pods).
+    Run(Box<RunArgs>),
+    /// Submit a command to a group and print the reply.
+    Submit(SubmitArgs),
+    /// Run a read-only query against a group and print the answer.
+    Query(QueryArgs),
+    /// Show a replica's status.
+    Status(StatusArgs),
+    /// Re-execute a group's stored history offline and report the first index whose hash differs.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Group name (one replicated state machine).
+    #[arg(long, env = "DORADO_GROUP")]
+    group: String,
+    /// Namespace of the group (key prefix in etcd).
+    #[arg(long, env = "DORADO_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Replica id [default: $POD_NAME, then the host name].
+    #[arg(long, env = "DORADO_REPLICA")]
+    replica: Option<String>,
+    /// The guest module (.wasm).
+    #[arg(long, env = "DORADO_MODULE")]
+    module: PathBuf,
+    /// etcd endpoints, comma-separated URLs.
+    #[arg(long, env = "DORADO_ETCD_ENDPOINTS", value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// Address of the client API.
+    #[arg(long, env = "DORADO_LISTEN", default_value = "0.0.0.0:7070")]
+    listen: std::net::SocketAddr,
+    /// host:port other replicas use to reach this one [default: $POD_IP:port, else the listen address].
+    #[arg(long, env = "DORADO_ADVERTISE")]
+    advertise: Option<String>,
+    /// Lease time-to-live in seconds: the longest a crashed leader blocks writes.
+    #[arg(long, env = "DORADO_LEASE_TTL", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=600))]
+    lease_ttl: u64,
+    /// Store a snapshot and truncate the log every this many entries (0 = never).
+    #[arg(long, env = "DORADO_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    snapshot_every: u64,
+    /// Trace format on stdout.
+    #[arg(long, env = "DORADO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// Largest accepted command, in bytes (etcd refuses requests over 1.5 MiB).
+    #[arg(long, env = "DORADO_MAX_COMMAND_BYTES", default_value_t = dorado::api::DEFAULT_MAX_COMMAND_BYTES, value_parser = parse_command_limit)]
+    max_command_bytes: usize,
+    /// Fuel budget per command.
+    #[arg(long, env = "DORADO_FUEL", default_value_t = DEFAULT_FUEL_PER_COMMAND)]
+    fuel: u64,
+    /// Cap on the guest's memory, in MiB.
+    #[arg(long, env = "DORADO_MEMORY_MIB", default_value_t = DEFAULT_MEMORY_LIMIT >> 20)]
+    memory_mib: usize,
+    /// Client sessions idle for this many log entries expire (fixed by the group's first replica).
+    #[arg(long, env = "DORADO_SESSION_EXPIRY", default_value_t = 1_000_000)]
+    session_expiry: u64,
+    /// Appends the leader keeps in flight at once.
+    #[arg(long, env = "DORADO_MAX_INFLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    max_inflight: u64,
+}
+
+fn parse_command_limit(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    if n == 0 || n > 1_400_000 {
+        return Err(format!(
+            "{n} is outside 1..=1400000 bytes (etcd refuses requests over 1.5 MiB)"
+        ));
+    }
+    Ok(n)
+}
+
+#[derive(Debug, Args)]
+struct SubmitArgs {
+    /// Replica endpoints (host:port or URL), comma-separated or repeated.
+    #[arg(long, env = "DORADO_ENDPOINT", required = true, value_delimiter = ',')]
+    endpoint: Vec<String>,
+    /// Client id for exactly-once delivery [default: generated].
+    #[arg(long, requires = "seq")]
+    client_id: Option<String>,
+    /// Sequence number within the client id (1, 2, 3, ...).
+    #[arg(long, requires = "client_id", value_parser = clap::value_parser!(u64).range(1..))]
+    seq: Option<u64>,
+    /// The command bytes (use - to read stdin).
+    command: String,
+}
+
+#[derive(Debug, Args)]
+struct QueryArgs {
+    /// Replica endpoints.
+    #[arg(long, env = "DORADO_ENDPOINT", required = true, value_delimiter = ',')]
+    endpoint: Vec<String>,
+    /// Answer from local state without confirming the latest commit.
+    #[arg(long)]
+    stale: bool,
+    /// The query bytes (use - to read stdin).
+    query: String,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// Replica endpoint.
+    #[arg(long, env = "DORADO_ENDPOINT", required = true, value_delimiter = ',')]
+    endpoint: Vec<String>,
+    /// Print raw JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// etcd endpoints, comma-separated URLs.
+    #[arg(long, env = "DORADO_ETCD_ENDPOINTS", value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// Group name.
+    #[arg(long, env = "DORADO_GROUP")]
+    group: String,
+    /// Namespace of the group.
+    #[arg(long, env = "DORADO_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Module to execute the history with.
+    #[arg(long)]
+    module: PathBuf,
+    /// Also compare with a saved trace (human or JSON lines, e.g. from `kubectl logs`).
+    #[arg(long)]
+    trace: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct TryArgs {
+    /// The guest module (.wasm).
+    module: PathBuf,
+    /// Write the final state snapshot to this file.
+    #[arg(long, value_name = "FILE")]
+    snapshot: Option<PathBuf>,
+    /// Fuel budget per command (about one unit per wasm operation).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_FUEL_PER_COMMAND)]
+    fuel: u64,
+    /// Cap on the guest's memory, in MiB.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MEMORY_LIMIT >> 20)]
+    memory_mib: usize,
+}
+
+fn main() -> ExitCode {
+    // Installed before anything can open a TLS connection (reqwest, etcd-client).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let message = format!("{error:#}").replace('\n', "; ");
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Inspect { module } => {
+            let host = Host::new(HostConfig::default())?;
+            let report = tools::inspect(&host, &module)?;
+            print!("{report}");
+            io::stdout().flush().context("cannot write output")?;
+        }
+        Command::Try(args) => {
+            let memory_limit = args
+                .memory_mib
+                .checked_mul(1 << 20)
+                .context("--memory-mib is too large")?;
+            let host = Host::new(HostConfig {
+                fuel_per_command: args.fuel,
+                memory_limit,
+                ..HostConfig::default()
+            })?;
+            let stdin = io::stdin().lock();
+            let stdout = io::BufWriter::new(io::stdout().lock());
+            tools::try_module(&host, &args.module, args.snapshot.as_deref(), stdin, stdout)?;
+        }
+        Command::Run(args) => runtime()?.block_on(run_replica(*args))?,
+        Command::Submit(args) => runtime()?.block_on(submit(args))?,
+        Command::Query(args) => runtime()?.block_on(query(args))?,
+        Command::Status(args) => runtime()?.block_on(status(args))?,
+        Command::Replay(args) => runtime()?.block_on(replay(args))?,
+    }
+    Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DORADO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+async fn run_replica(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let replica = args
+        .replica
+        .or_else(|| std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()))
+        .or_else(host_name)
+        .context("no replica id: set --replica, DORADO_REPLICA or POD_NAME")?;
+    let advertise = match args.advertise {
+        Some(a) => a,
+        None => match std::env::var("POD_IP").ok().filter(|s| !s.is_empty()) {
+            Some(ip) => format!("{ip}:{}", args.listen.port()),
+            None if !args.listen.ip().is_unspecified() => args.listen.to_string(),
+            None => format!("{}:{}", host_name().unwrap_or_else(|| "127.0.0.1".into()), args.listen.port()),
+        },
+    };
+    let mut node = NodeConfig::new(&args.namespace, &args.group, &replica, &advertise);
+    node.lease_ttl = Duration::from_secs(args.lease_ttl);
+    node.snapshot_every = args.snapshot_every;
+    node.log_format = args.log_format;
+    node.session_expiry_entries = args.session_expiry;
+    node.leader.max_inflight = args.max_inflight as usize;
+    node.leader.max_batch_bytes = (1024 * 1024).max(args.max_command_bytes + 4096);
+    let memory_limit = args
+        .memory_mib
+        .checked_mul(1 << 20)
+        .context("--memory-mib is too large")?;
+    let options = RunOptions {
+        node,
+        module: args.module,
+        host: HostConfig {
+            fuel_per_command: args.fuel,
+            memory_limit,
+            ..HostConfig::default()
+        },
+        max_command_bytes: args.max_command_bytes,
+        drain_timeout: Duration::from_secs(5),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let (etcd, namespace, group) = (args.etcd, args.namespace, args.group);
+    let connect = move || {
+        let (etcd, namespace, group) = (etcd.clone(), namespace.clone(), group.clone());
+        async move { EtcdStore::connect(&etcd, &namespace, &group, EtcdStoreOptions::default()).await }
+    };
+    runner::run(options, listener, connect, runner::shutdown_signal()).await?;
+    Ok(())
+}
+
+fn arg_bytes(arg: &str) -> anyhow::Result<Vec<u8>> {
+    if arg == "-" {
+        let mut buf = Vec::new();
+        io::Read::read_to_end(&mut io::stdin(), &mut buf).context("cannot read stdin")?;
+        Ok(buf)
+    } else {
+        Ok(arg.as_bytes().to_vec())
+    }
+}
+
+fn print_bytes(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(bytes)?;
+    if !bytes.ends_with(b"\n") {
+        out.write_all(b"\n")?;
+    }
+    out.flush().context("cannot write output")
+}
+
+async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.endpoint)?;
+    let command = arg_bytes(&args.command)?;
+    let id = args.client_id.unwrap_or_else(generated_client_id);
+    let seq = args.seq.unwrap_or(1);
+    let reply = client.submit(&command, Some((&id, seq))).await?;
+    print_bytes(&reply.body)
+}
+
+async fn query(args: QueryArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.endpoint)?;
+    let q = arg_bytes(&args.query)?;
+    let answer = client.query(&q, args.stale).await?;
+    print_bytes(&answer)
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.endpoint)?.with_deadline(Duration::from_secs(5));
+    let s = client.status().await?;
+    if args.json {
+        return print_bytes(serde_json::to_string_pretty(&s)?.as_bytes());
+    }
+    let mut out = String::new();
+    for key in [
+        "group", "namespace", "replica", "role", "leader", "leader_address", "epoch",
+        "applied_index", "commit_index", "snapshot_index", "hash", "module_sha256", "ready",
+        "store_error",
+    ] {
+        let v = &s[key];
+        let text = match v {
+            serde_json::Value::String(t) => t.clone(),
+            serde_json::Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        out.push_str(&format!("{key:<15} {text}\n"));
+    }
+    print_bytes(out.as_bytes())
+}
+
+async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    init_logging(LogFormat::Human);
+    let host = Host::new(HostConfig::default())?;
+    let module = tools::load_file(&host, &args.module)?;
+    let mut instance = module.instantiate()?;
+    let traced = match &args.trace {
+        None => Vec::new(),
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read trace {}", path.display()))?
+            .lines()
+            .filter_map(dorado::trace::parse_trace_line)
+            .collect(),
+    };
+    let store = EtcdStore::connect(&args.etcd, &args.namespace, &args.group, EtcdStoreOptions::default())
+        .await
+        .context("cannot connect to etcd")?;
+    let report = dorado::replay::replay(&store, &mut instance, &traced).await?;
+    print_bytes(report.to_string().as_bytes())?;
+    if report.divergence.is_some() {
+        anyhow::bail!("history diverges from the reference hashes");
+    }
+    Ok(())
+}

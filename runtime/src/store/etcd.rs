@@ -1,0 +1,1142 @@
+//! The production [`Store`]: etcd v3 through `etcd-client`.
+//!
+//! Every safety rule of the trait is evaluated by etcd itself, never by
+//! reading and then writing: election is a create-if-absent `Txn` on
+//! `leader` with the caller's lease (the epoch is the key's create revision,
+//! read back inside the same `Txn`), and an append is one `Txn` that compares
+//! the leader key's create revision with the caller's epoch *and* checks that
+//! the log key is absent before writing it. A paused or partitioned ex-leader
+//! cannot slip a write in between, which lease timing alone could not promise.
+//!
+//! Every request runs under a timeout: `etcd-client` balances over its
+//! endpoints and would otherwise wait forever for one to become ready. A
+//! timeout or a transport failure is [`StoreError::Unavailable`] (the outcome
+//! of a write is then unknown; the protocol resolves it with `Occupied`).
+//!
+//! Watches first range-read what exists at a revision `R` (paginated, all
+//! pages at `R`) and then watch from `R + 1`, so nothing is missed or
+//! repeated in between. They end with an error item on compaction, on a
+//! cancel by the server (e.g. the member lost its leader, which this client
+//! asks etcd to report) or on connection loss; the caller re-subscribes.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dorado_core::{
+    AppendOutcome, Epoch, Index, LeaderRecord, Leadership, LeaseId, MemberRecord, Meta, Store,
+    StoreError, StoreResult,
+};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, GetResponse,
+    KeyValue, KvClient, LeaseClient, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
+    TxnResponse, WatchClient, WatchFilterType, WatchOptions, WatchStream,
+};
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+
+use super::{
+    KeySpace, SNAPSHOT_CHUNK_SIZE, SnapshotManifest, decode_json, encode_json, end_after_error,
+    new_snapshot_writer,
+};
+
+/// Largest gRPC message this client accepts. Responses can legitimately
+/// exceed tonic's 4 MiB default: a page of log entries, or a watch catching up
+/// after a slow consumer, which etcd batches into one response.
+const MAX_DECODING_MESSAGE_SIZE: usize = 1 << 30;
+
+/// Snapshot chunks written concurrently by one `put_snapshot`.
+const SNAPSHOT_WRITES_IN_FLIGHT: usize = 4;
+
+/// Snapshot chunks read per range request (2 MiB at the default chunk size).
+const SNAPSHOT_CHUNKS_PER_READ: i64 = 4;
+
+/// How often `newest_snapshot` retries when a compaction removes the revision
+/// it reads at.
+const SNAPSHOT_READ_ATTEMPTS: usize = 3;
+
+// gRPC status codes (stable, from the gRPC spec).
+const GRPC_INVALID_ARGUMENT: i32 = 3;
+
+/// How an [`EtcdStore`] talks to etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdStoreOptions {
+    /// Bound on establishing a connection (and on the probe in `connect`).
+    pub connect_timeout: Duration,
+    /// Bound on every request; a request that takes longer is `Unavailable`.
+    pub request_timeout: Duration,
+    /// HTTP/2 keep-alive `(interval, timeout)` so a dead connection under a
+    /// long-lived watch is noticed. etcd rejects pings more often than every
+    /// 5 s (`too_many_pings`), so keep the interval above that.
+    pub keep_alive: Option<(Duration, Duration)>,
+    /// Keys per range request when reading the log or scanning snapshots.
+    pub page_size: usize,
+}
+
+impl Default for EtcdStoreOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(5),
+            keep_alive: Some((Duration::from_secs(10), Duration::from_secs(5))),
+            page_size: 256,
+        }
+    }
+}
+
+/// A [`Store`] backed by etcd, scoped to one group. Cheap to clone; clones
+/// share the connection.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+    kv: KvClient,
+    watch: WatchClient,
+    lease: LeaseClient,
+    keys: KeySpace,
+    ctx: Arc<Ctx>,
+}
+
+impl fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("endpoints", &self.ctx.endpoints)
+            .field("prefix", &self.keys.prefix())
+            .field("options", &self.ctx.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What error messages and timeouts need, shared by the store and its watches.
+#[derive(Debug)]
+struct Ctx {
+    endpoints: String,
+    options: EtcdStoreOptions,
+}
+
+impl Ctx {
+    /// Run one etcd request under the request timeout, mapping its errors.
+    async fn call<T>(
+        &self,
+        what: &str,
+        lease: Option<i64>,
+        fut: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> StoreResult<T> {
+        match tokio::time::timeout(self.options.request_timeout, fut).await {
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "{what}: etcd at {} did not answer within {:?}",
+                self.endpoints, self.options.request_timeout
+            ))),
+            Ok(Err(e)) => Err(self.map_err(what, lease, e)),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    fn map_err(&self, what: &str, lease: Option<i64>, e: etcd_client::Error) -> StoreError {
+        let (message, invalid_argument) = match &e {
+            etcd_client::Error::GRpcStatus(status) => (
+                status.message().to_owned(),
+                i32::from(status.code()) == GRPC_INVALID_ARGUMENT,
+            ),
+            etcd_client::Error::InvalidArgs(m) => (m.clone(), true),
+            other => (other.to_string(), false),
+        };
+        classify(&message, lease, invalid_argument).unwrap_or_else(|| {
+            StoreError::Unavailable(format!("{what} at etcd {}: {e}", self.endpoints))
+        })
+    }
+}
+
+/// The error kinds etcd reports by message rather than by status code.
+fn classify(message: &str, lease: Option<i64>, invalid_argument: bool) -> Option<StoreError> {
+    if message.contains("database space exceeded") || message.contains("NOSPACE") {
+        Some(StoreError::NoSpace(message.to_owned()))
+    } else if message.contains("lease not found") {
+        Some(StoreError::LeaseExpired(lease.unwrap_or(0)))
+    } else if message.contains("required revision has been compacted") {
+        Some(StoreError::Compacted(0))
+    } else if invalid_argument {
+        Some(StoreError::InvalidArgument(message.to_owned()))
+    } else {
+        None
+    }
+}
+
+/// One page of a range read.
+struct Page {
+    kvs: Vec<KeyValue>,
+    more: bool,
+    revision: i64,
+}
+
+impl EtcdStore {
+    /// Connect to etcd at `endpoints` for `group` in `namespace`, and check
+    /// that the cluster answers a linearizable read within
+    /// `options.connect_timeout`. Unreachable etcd is `Unavailable`, naming
+    /// the endpoints; bad names are `InvalidArgument`.
+    pub async fn connect(
+        endpoints: &[String],
+        namespace: &str,
+        group: &str,
+        options: EtcdStoreOptions,
+    ) -> StoreResult<Self> {
+        let keys = KeySpace::new(namespace, group)?;
+        if endpoints.is_empty() || endpoints.iter().any(|e| e.trim().is_empty()) {
+            return Err(StoreError::InvalidArgument(format!(
+                "etcd endpoints must be a non-empty list of URLs, got {endpoints:?}"
+            )));
+        }
+        let ctx = Arc::new(Ctx {
+            endpoints: endpoints.join(","),
+            options: options.clone(),
+        });
+        let mut connect = ConnectOptions::new()
+            .with_connect_timeout(options.connect_timeout)
+            .with_timeout(options.request_timeout)
+            .with_require_leader(true);
+        if let Some((interval, timeout)) = options.keep_alive {
+            connect = connect.with_keep_alive(interval, timeout);
+        }
+        let client = match tokio::time::timeout(
+            options.connect_timeout,
+            Client::connect(endpoints, Some(connect)),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(StoreError::Unavailable(format!(
+                    "cannot connect to etcd at {} within {:?}",
+                    ctx.endpoints, options.connect_timeout
+                )));
+            }
+            Ok(Err(e)) => {
+                return Err(match ctx.map_err("connect", None, e) {
+                    StoreError::Unavailable(m) => {
+                        StoreError::Unavailable(format!("cannot connect: {m}"))
+                    }
+                    other => other,
+                });
+            }
+            Ok(Ok(client)) => client,
+        };
+        let store = Self {
+            kv: client
+                .kv_client()
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+            watch: client
+                .watch_client()
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+            lease: client.lease_client(),
+            client,
+            keys,
+            ctx,
+        };
+        // The client connects lazily; prove etcd answers (with a quorum).
+        let mut kv = store.kv.clone();
+        let probe = kv.get(
+            store.keys.meta(),
+            Some(GetOptions::new().with_count_only()),
+        );
+        match tokio::time::timeout(options.connect_timeout, probe).await {
+            Ok(Ok(_)) => Ok(store),
+            Ok(Err(e)) => Err(match store.ctx.map_err("connect", None, e) {
+                StoreError::Unavailable(m) => {
+                    StoreError::Unavailable(format!("etcd is not serving: {m}"))
+                }
+                other => other,
+            }),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "etcd at {} did not answer within {:?}",
+                store.ctx.endpoints, options.connect_timeout
+            ))),
+        }
+    }
+
+    /// The same connection, scoped to another group.
+    pub fn group(&self, namespace: &str, group: &str) -> StoreResult<Self> {
+        Ok(Self {
+            keys: KeySpace::new(namespace, group)?,
+            ..self.clone()
+        })
+    }
+
+    /// The key space of this store.
+    pub fn key_space(&self) -> &KeySpace {
+        &self.keys
+    }
+
+    /// The endpoints this store was connected with, comma separated.
+    pub fn endpoints(&self) -> &str {
+        &self.ctx.endpoints
+    }
+
+    /// The underlying etcd client, for tools that need raw access (the
+    /// benchmark's raw put rate, `dorado replay`, tests).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Write `value` at `relative_key` (under this group's prefix) with no
+    /// checks at all. For tests and tools that need to fabricate stored
+    /// state, e.g. a corrupt record or a snapshot whose manifest never came.
+    pub async fn put_raw(&self, relative_key: &str, value: &[u8]) -> StoreResult<()> {
+        let mut kv = self.kv.clone();
+        self.ctx
+            .call("put", None, kv.put(self.keys.key(relative_key), value, None))
+            .await?;
+        Ok(())
+    }
+
+    /// Keys (relative to this group's prefix) that start with
+    /// `relative_prefix`, in key order. For tests and tools.
+    pub async fn raw_keys(&self, relative_prefix: &str) -> StoreResult<Vec<String>> {
+        let start = self.keys.key(relative_prefix).into_bytes();
+        let end = prefix_end(&start);
+        let mut out = Vec::new();
+        let mut next = start;
+        let mut revision = 0;
+        loop {
+            let page = self
+                .range_page(
+                    "list keys",
+                    next.clone(),
+                    end.clone(),
+                    self.ctx.options.page_size.max(1),
+                    revision,
+                    GetOptions::new().with_keys_only(),
+                )
+                .await?;
+            revision = page.revision;
+            out.extend(page.kvs.iter().map(|kv| self.keys.relative_lossy(kv.key())));
+            match page.kvs.last() {
+                Some(last) if page.more => next = key_after(last.key()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn get(&self, what: &str, key: String) -> StoreResult<Option<KeyValue>> {
+        let mut kv = self.kv.clone();
+        let mut resp = self.ctx.call(what, None, kv.get(key, None)).await?;
+        Ok(resp.take_kvs().into_iter().next())
+    }
+
+    async fn txn(&self, what: &str, lease: Option<i64>, txn: Txn) -> StoreResult<TxnResponse> {
+        let mut kv = self.kv.clone();
+        self.ctx.call(what, lease, kv.txn(txn)).await
+    }
+
+    /// Keys in `[start, end)`, at `revision` (0 = latest), at most `limit`.
+    async fn range_page(
+        &self,
+        what: &str,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        limit: usize,
+        revision: i64,
+        options: GetOptions,
+    ) -> StoreResult<Page> {
+        let options = options
+            .with_range(end)
+            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .with_revision(revision);
+        let mut kv = self.kv.clone();
+        let mut resp: GetResponse = self
+            .ctx
+            .call(what, None, kv.get(start, Some(options)))
+            .await
+            .map_err(|e| with_compacted_revision(e, revision))?;
+        let revision = resp.header().map_or(revision, |h| h.revision());
+        Ok(Page {
+            more: resp.more(),
+            kvs: resp.take_kvs(),
+            revision,
+        })
+    }
+
+    async fn open_watch(
+        &self,
+        what: &str,
+        key: String,
+        end: Option<String>,
+        start_revision: i64,
+        filters: Vec<WatchFilterType>,
+    ) -> StoreResult<WatchStream> {
+        let mut options = WatchOptions::new()
+            .with_start_revision(start_revision)
+            .with_fragment()
+            .with_filters(filters);
+        if let Some(end) = end {
+            options = options.with_range(end);
+        }
+        let mut watch = self.watch.clone();
+        self.ctx
+            .call(what, None, watch.watch(key, Some(options)))
+            .await
+    }
+
+    fn decode_leader(&self, kv: &KeyValue) -> StoreResult<Leadership> {
+        let leader: LeaderRecord = decode_json(&self.keys.relative_lossy(kv.key()), kv.value())?;
+        Ok(Leadership {
+            leader,
+            epoch: kv.create_revision(),
+        })
+    }
+
+    fn decode_log(&self, kv: &KeyValue) -> StoreResult<(Index, Vec<u8>)> {
+        match self.keys.parse_log_key(kv.key()) {
+            Some(index) => Ok((index, kv.value().to_vec())),
+            None => Err(StoreError::Corrupt {
+                key: self.keys.relative_lossy(kv.key()),
+                reason: "not a log key (expected log/<20 digit index>)".into(),
+            }),
+        }
+    }
+
+    /// The newest snapshot manifest key and the revision the scan ran at.
+    async fn newest_manifest_key(&self) -> StoreResult<Option<(Index, Vec<u8>, i64)>> {
+        let start = self.keys.snap_prefix().into_bytes();
+        let mut end = self.keys.snap_end().into_bytes();
+        let mut revision = 0;
+        loop {
+            // Descending by key: the manifest sorts after its chunks, so a
+            // complete newest snapshot is found on the first key.
+            let page = self
+                .range_page(
+                    "scan snapshots",
+                    start.clone(),
+                    end.clone(),
+                    self.ctx.options.page_size.max(1),
+                    revision,
+                    GetOptions::new()
+                        .with_keys_only()
+                        .with_sort(SortTarget::Key, SortOrder::Descend),
+                )
+                .await?;
+            revision = page.revision;
+            for kv in &page.kvs {
+                if let Some(index) = self.keys.parse_snap_manifest_key(kv.key()) {
+                    return Ok(Some((index, kv.key().to_vec(), revision)));
+                }
+            }
+            match page.kvs.last() {
+                Some(last) if page.more => end = last.key().to_vec(),
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    async fn read_snapshot_at(
+        &self,
+        index: Index,
+        manifest_key: Vec<u8>,
+        revision: i64,
+    ) -> StoreResult<Option<(Index, Vec<u8>)>> {
+        let rel = self.keys.relative_lossy(&manifest_key);
+        let mut kv = self.kv.clone();
+        let mut resp = self
+            .ctx
+            .call(
+                "read snapshot manifest",
+                None,
+                kv.get(manifest_key, Some(GetOptions::new().with_revision(revision))),
+            )
+            .await
+            .map_err(|e| with_compacted_revision(e, revision))?;
+        let Some(manifest_kv) = resp.take_kvs().into_iter().next() else {
+            return Ok(None);
+        };
+        let manifest: SnapshotManifest = decode_json(&rel, manifest_kv.value())?;
+        if manifest.index != index {
+            return Err(StoreError::Corrupt {
+                key: rel,
+                reason: format!("manifest names index {}", manifest.index),
+            });
+        }
+        let dir = self.keys.snap_chunk_dir(index, &manifest.writer);
+        let end = prefix_end(dir.as_bytes());
+        let mut start = dir.into_bytes();
+        let mut bytes = Vec::with_capacity(usize::try_from(manifest.total_len).unwrap_or(0));
+        let mut found = 0usize;
+        loop {
+            let page = self
+                .range_page(
+                    "read snapshot chunks",
+                    start.clone(),
+                    end.clone(),
+                    SNAPSHOT_CHUNKS_PER_READ as usize,
+                    revision,
+                    GetOptions::new(),
+                )
+                .await?;
+            for kv in &page.kvs {
+                bytes.extend_from_slice(kv.value());
+                found += 1;
+            }
+            match page.kvs.last() {
+                Some(last) if page.more => start = key_after(last.key()),
+                _ => break,
+            }
+        }
+        manifest.verify(&rel, found, &bytes)?;
+        Ok(Some((index, bytes)))
+    }
+}
+
+/// Fill in the revision a range read asked for when etcd says it is gone.
+fn with_compacted_revision(e: StoreError, revision: i64) -> StoreError {
+    match e {
+        StoreError::Compacted(0) => StoreError::Compacted(revision),
+        other => other,
+    }
+}
+
+/// The smallest key after `key`.
+fn key_after(key: &[u8]) -> Vec<u8> {
+    let mut next = key.to_vec();
+    next.push(0);
+    next
+}
+
+/// The end of the range of keys starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// The `Get` responses of a transaction branch, in order.
+fn txn_gets(resp: &TxnResponse) -> Vec<Option<KeyValue>> {
+    resp.op_responses()
+        .into_iter()
+        .filter_map(|op| match op {
+            TxnOpResponse::Get(mut get) => Some(get.take_kvs().into_iter().next()),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Store for EtcdStore {
+    async fn init_meta(&self, meta: &Meta) -> StoreResult<Meta> {
+        let key = self.keys.meta();
+        let value = encode_json("meta", meta)?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), value, None)])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let resp = self.txn("init meta", None, txn).await?;
+        if resp.succeeded() {
+            return Ok(meta.clone());
+        }
+        match txn_gets(&resp).into_iter().next().flatten() {
+            Some(kv) => decode_json(self.keys.relative(&key), kv.value()),
+            None => Err(StoreError::Unavailable(
+                "init meta: etcd reported meta present but returned none".into(),
+            )),
+        }
+    }
+
+    async fn meta(&self) -> StoreResult<Option<Meta>> {
+        let key = self.keys.meta();
+        self.get("read meta", key.clone())
+            .await?
+            .map(|kv| decode_json(self.keys.relative(&key), kv.value()))
+            .transpose()
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> StoreResult<LeaseId> {
+        // etcd leases have whole-second TTLs; round up so the lease never
+        // expires earlier than asked.
+        let secs = i64::try_from(ttl.as_millis().div_ceil(1000))
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let mut lease = self.lease.clone();
+        let resp = self
+            .ctx
+            .call("grant lease", None, lease.grant(secs, None))
+            .await?;
+        Ok(LeaseId(resp.id()))
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> StoreResult<()> {
+        let mut client = self.lease.clone();
+        // One request on a fresh keep-alive stream; etcd-client reports a
+        // TTL <= 0 (the lease is gone) as "lease not found".
+        let (_keeper, _responses) = self
+            .ctx
+            .call("keep lease alive", Some(lease.0), client.keep_alive(lease.0))
+            .await?;
+        Ok(())
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> StoreResult<()> {
+        let mut client = self.lease.clone();
+        match self
+            .ctx
+            .call("revoke lease", Some(lease.0), client.revoke(lease.0))
+            .await
+        {
+            Ok(_) | Err(StoreError::LeaseExpired(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn campaign(&self, lease: LeaseId, leader: &LeaderRecord) -> StoreResult<Option<Epoch>> {
+        let key = self.keys.leader();
+        let value = encode_json("leader record", leader)?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([
+                TxnOp::put(key.clone(), value, Some(PutOptions::new().with_lease(lease.0))),
+                TxnOp::get(key.clone(), None),
+            ]);
+        let resp = self.txn("campaign", Some(lease.0), txn).await?;
+        if !resp.succeeded() {
+            return Ok(None);
+        }
+        // The put and the get ran in one revision: this is our key.
+        match txn_gets(&resp).into_iter().next().flatten() {
+            Some(kv) => Ok(Some(kv.create_revision())),
+            None => Err(StoreError::Unavailable(
+                "campaign: etcd created the leader key but did not return it".into(),
+            )),
+        }
+    }
+
+    async fn leader(&self) -> StoreResult<Option<Leadership>> {
+        self.get("read leader", self.keys.leader())
+            .await?
+            .map(|kv| self.decode_leader(&kv))
+            .transpose()
+    }
+
+    fn watch_leader(&self) -> BoxStream<'static, StoreResult<Option<Leadership>>> {
+        let watcher = LeaderWatcher {
+            store: self.clone(),
+            phase: LeaderPhase::Start,
+            buf: VecDeque::new(),
+        };
+        end_after_error(stream::unfold(watcher, |mut w| async move {
+            w.next().await.map(|item| (item, w))
+        }))
+    }
+
+    async fn append(&self, epoch: Epoch, index: Index, entry: &[u8]) -> StoreResult<AppendOutcome> {
+        if epoch <= 0 {
+            // create_revision(leader) == 0 would hold for an *absent* leader.
+            return Ok(AppendOutcome::Fenced);
+        }
+        let leader = self.keys.leader();
+        let key = self.keys.log(index);
+        let txn = Txn::new()
+            .when([
+                Compare::create_revision(leader.clone(), CompareOp::Equal, epoch),
+                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            ])
+            .and_then([TxnOp::put(key.clone(), entry, None)])
+            .or_else([TxnOp::get(leader, None), TxnOp::get(key, None)]);
+        let resp = self.txn("append", None, txn).await?;
+        if resp.succeeded() {
+            return Ok(AppendOutcome::Appended);
+        }
+        let mut gets = txn_gets(&resp).into_iter();
+        let leader_kv = gets.next().flatten();
+        let log_kv = gets.next().flatten();
+        if leader_kv.map(|kv| kv.create_revision()) != Some(epoch) {
+            return Ok(AppendOutcome::Fenced);
+        }
+        match log_kv {
+            Some(kv) => Ok(AppendOutcome::Occupied(kv.value().to_vec())),
+            None => Err(StoreError::Unavailable(format!(
+                "append: etcd refused log/{index} but neither fence nor entry explain it"
+            ))),
+        }
+    }
+
+    async fn read_log(
+        &self,
+        from: Index,
+        to: Index,
+        limit: usize,
+    ) -> StoreResult<Vec<(Index, Vec<u8>)>> {
+        let mut out = Vec::new();
+        if from > to || limit == 0 {
+            return Ok(out);
+        }
+        let mut start = self.keys.log(from).into_bytes();
+        let end = self.keys.log_end_inclusive(to).into_bytes();
+        let mut revision = 0;
+        loop {
+            let want = (limit - out.len()).min(self.ctx.options.page_size.max(1));
+            let page = self
+                .range_page(
+                    "read log",
+                    start.clone(),
+                    end.clone(),
+                    want,
+                    revision,
+                    GetOptions::new(),
+                )
+                .await?;
+            revision = page.revision;
+            for kv in &page.kvs {
+                out.push(self.decode_log(kv)?);
+            }
+            match page.kvs.last() {
+                Some(last) if page.more && out.len() < limit => start = key_after(last.key()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn last_index(&self) -> StoreResult<Option<Index>> {
+        let page = self
+            .range_page(
+                "read last index",
+                self.keys.log_prefix().into_bytes(),
+                self.keys.log_end().into_bytes(),
+                1,
+                0,
+                GetOptions::new()
+                    .with_keys_only()
+                    .with_sort(SortTarget::Key, SortOrder::Descend),
+            )
+            .await?;
+        match page.kvs.first() {
+            None => Ok(None),
+            Some(kv) => self.decode_log(kv).map(|(index, _)| Some(index)),
+        }
+    }
+
+    fn watch_log(&self, from: Index) -> BoxStream<'static, StoreResult<(Index, Vec<u8>)>> {
+        let watcher = LogWatcher {
+            store: self.clone(),
+            from,
+            phase: LogPhase::Start,
+            buf: VecDeque::new(),
+        };
+        end_after_error(stream::unfold(watcher, |mut w| async move {
+            w.next().await.map(|item| (item, w))
+        }))
+    }
+
+    async fn delete_log_below(&self, below: Index) -> StoreResult<()> {
+        let mut kv = self.kv.clone();
+        let options = DeleteOptions::new().with_range(self.keys.log(below));
+        self.ctx
+            .call(
+                "delete log",
+                None,
+                kv.delete(self.keys.log_prefix(), Some(options)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn put_snapshot(&self, index: Index, bytes: &[u8]) -> StoreResult<()> {
+        let manifest_key = self.keys.snap_manifest(index);
+        if self
+            .get("read snapshot manifest", manifest_key.clone())
+            .await?
+            .is_some()
+        {
+            // Someone already stored this index; snapshots are deterministic.
+            return Ok(());
+        }
+        let writer = new_snapshot_writer();
+        let manifest = SnapshotManifest::describe(index, &writer, bytes)?;
+        // Owned futures (key, chunk copy, client handles): the borrow checker
+        // cannot prove a borrowing closure's futures `Send` for every lifetime.
+        let puts: Vec<_> = (0u32..)
+            .zip(bytes.chunks(SNAPSHOT_CHUNK_SIZE))
+            .map(|(n, chunk)| {
+                let key = self.keys.snap_chunk(index, &writer, n);
+                let chunk = chunk.to_vec();
+                let ctx = self.ctx.clone();
+                let mut kv = self.kv.clone();
+                async move {
+                    ctx.call("write snapshot chunk", None, kv.put(key, chunk, None))
+                        .await
+                        .map(drop)
+                }
+            })
+            .collect();
+        let written: StoreResult<()> = stream::iter(puts)
+            .buffer_unordered(SNAPSHOT_WRITES_IN_FLIGHT)
+            .try_collect()
+            .await;
+        let chunk_dir = self.keys.snap_chunk_dir(index, &writer);
+        if let Err(e) = written {
+            self.delete_prefix_best_effort(&chunk_dir).await;
+            return Err(e);
+        }
+        let value = encode_json("snapshot manifest", &manifest)?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                manifest_key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(manifest_key, value, None)]);
+        let resp = self.txn("write snapshot manifest", None, txn).await?;
+        if !resp.succeeded() {
+            // Another replica finished the same index first; ours is garbage.
+            self.delete_prefix_best_effort(&chunk_dir).await;
+        }
+        Ok(())
+    }
+
+    async fn newest_snapshot_index(&self) -> StoreResult<Option<Index>> {
+        Ok(self.newest_manifest_key().await?.map(|(index, _, _)| index))
+    }
+
+    async fn newest_snapshot(&self) -> StoreResult<Option<(Index, Vec<u8>)>> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Some((index, key, revision)) = self.newest_manifest_key().await? else {
+                return Ok(None);
+            };
+            // All reads at the scan's revision: a snapshot being replaced or
+            // deleted meanwhile cannot tear what we read.
+            match self.read_snapshot_at(index, key, revision).await {
+                Err(StoreError::Compacted(_)) if attempt < SNAPSHOT_READ_ATTEMPTS => continue,
+                Ok(None) if attempt < SNAPSHOT_READ_ATTEMPTS => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn delete_snapshots_below(&self, below: Index) -> StoreResult<()> {
+        let mut kv = self.kv.clone();
+        let options = DeleteOptions::new().with_range(self.keys.snap_below(below));
+        self.ctx
+            .call(
+                "delete snapshots",
+                None,
+                kv.delete(self.keys.snap_prefix(), Some(options)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn publish_member(
+        &self,
+        lease: LeaseId,
+        replica: &str,
+        record: &MemberRecord,
+    ) -> StoreResult<()> {
+        let key = self.keys.member(replica)?;
+        let value = encode_json("member record", record)?;
+        let mut kv = self.kv.clone();
+        self.ctx
+            .call(
+                "publish member",
+                Some(lease.0),
+                kv.put(key, value, Some(PutOptions::new().with_lease(lease.0))),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn members(&self) -> StoreResult<Vec<(String, MemberRecord)>> {
+        let mut out = Vec::new();
+        let mut start = self.keys.members_prefix().into_bytes();
+        let end = self.keys.members_end().into_bytes();
+        let mut revision = 0;
+        loop {
+            let page = self
+                .range_page(
+                    "read members",
+                    start.clone(),
+                    end.clone(),
+                    self.ctx.options.page_size.max(1),
+                    revision,
+                    GetOptions::new(),
+                )
+                .await?;
+            revision = page.revision;
+            for kv in &page.kvs {
+                let rel = self.keys.relative_lossy(kv.key());
+                let Some(replica) = self.keys.parse_member_key(kv.key()) else {
+                    return Err(StoreError::Corrupt {
+                        key: rel,
+                        reason: "not a member key".into(),
+                    });
+                };
+                out.push((replica, decode_json(&rel, kv.value())?));
+            }
+            match page.kvs.last() {
+                Some(last) if page.more => start = key_after(last.key()),
+                _ => return Ok(out),
+            }
+        }
+    }
+}
+
+impl EtcdStore {
+    async fn delete_prefix_best_effort(&self, prefix: &str) {
+        let mut kv = self.kv.clone();
+        let options = DeleteOptions::new().with_prefix();
+        if let Err(e) = self
+            .ctx
+            .call("delete snapshot chunks", None, kv.delete(prefix, Some(options)))
+            .await
+        {
+            tracing::warn!(
+                prefix = self.keys.relative(prefix),
+                error = %e,
+                "could not delete unused snapshot chunks; they are removed with older snapshots"
+            );
+        }
+    }
+}
+
+/// Turn a server-side watch cancel into the error the caller should see.
+fn watch_cancelled(ctx: &Ctx, compact_revision: i64, reason: &str) -> StoreError {
+    if compact_revision > 0 {
+        return StoreError::Compacted(compact_revision);
+    }
+    classify(reason, None, false).unwrap_or_else(|| {
+        StoreError::Unavailable(format!(
+            "etcd at {} cancelled the watch: {}",
+            ctx.endpoints,
+            if reason.is_empty() { "no reason given" } else { reason }
+        ))
+    })
+}
+
+fn watch_ended(ctx: &Ctx) -> StoreError {
+    StoreError::Unavailable(format!("watch stream from etcd at {} ended", ctx.endpoints))
+}
+
+enum LogPhase {
+    Start,
+    /// Paging through the entries that existed at `revision`.
+    Existing {
+        next: Option<Vec<u8>>,
+        revision: i64,
+    },
+    Live(WatchStream),
+    Done,
+}
+
+/// State of one `watch_log` stream; see the module docs.
+struct LogWatcher {
+    store: EtcdStore,
+    from: Index,
+    phase: LogPhase,
+    buf: VecDeque<StoreResult<(Index, Vec<u8>)>>,
+}
+
+impl LogWatcher {
+    async fn next(&mut self) -> Option<StoreResult<(Index, Vec<u8>)>> {
+        let store = self.store.clone();
+        let end = store.keys.log_end().into_bytes();
+        loop {
+            if let Some(item) = self.buf.pop_front() {
+                return Some(item);
+            }
+            match std::mem::replace(&mut self.phase, LogPhase::Done) {
+                LogPhase::Done => return None,
+                LogPhase::Start => {
+                    let start = store.keys.log(self.from).into_bytes();
+                    match self.page(&store, start, end.clone(), 0).await {
+                        Ok(phase) => self.phase = phase,
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                LogPhase::Existing {
+                    next: Some(start),
+                    revision,
+                } => match self.page(&store, start, end.clone(), revision).await {
+                    Ok(phase) => self.phase = phase,
+                    Err(e) => return Some(Err(e)),
+                },
+                LogPhase::Existing {
+                    next: None,
+                    revision,
+                } => {
+                    let watch = store
+                        .open_watch(
+                            "watch log",
+                            store.keys.log(self.from),
+                            Some(store.keys.log_end()),
+                            revision + 1,
+                            vec![WatchFilterType::NoDelete],
+                        )
+                        .await;
+                    match watch {
+                        Ok(watch) => self.phase = LogPhase::Live(watch),
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                LogPhase::Live(mut watch) => match watch.message().await {
+                    Ok(Some(resp)) => {
+                        if resp.canceled() || resp.compact_revision() > 0 {
+                            return Some(Err(watch_cancelled(
+                                &store.ctx,
+                                resp.compact_revision(),
+                                resp.cancel_reason(),
+                            )));
+                        }
+                        for event in resp.events() {
+                            if event.event_type() != EventType::Put {
+                                continue;
+                            }
+                            if let Some(kv) = event.kv() {
+                                self.buf.push_back(store.decode_log(kv));
+                            }
+                        }
+                        self.phase = LogPhase::Live(watch);
+                    }
+                    Ok(None) => return Some(Err(watch_ended(&store.ctx))),
+                    Err(e) => return Some(Err(store.ctx.map_err("watch log", None, e))),
+                },
+            }
+        }
+    }
+
+    async fn page(
+        &mut self,
+        store: &EtcdStore,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        revision: i64,
+    ) -> StoreResult<LogPhase> {
+        let page = store
+            .range_page(
+                "watch log (read existing)",
+                start,
+                end,
+                store.ctx.options.page_size.max(1),
+                revision,
+                GetOptions::new(),
+            )
+            .await?;
+        for kv in &page.kvs {
+            self.buf.push_back(store.decode_log(kv));
+        }
+        let next = match page.kvs.last() {
+            Some(last) if page.more => Some(key_after(last.key())),
+            _ => None,
+        };
+        Ok(LogPhase::Existing {
+            next,
+            revision: page.revision,
+        })
+    }
+}
+
+enum LeaderPhase {
+    Start,
+    Live(WatchStream),
+    Done,
+}
+
+/// State of one `watch_leader` stream.
+struct LeaderWatcher {
+    store: EtcdStore,
+    phase: LeaderPhase,
+    buf: VecDeque<StoreResult<Option<Leadership>>>,
+}
+
+impl LeaderWatcher {
+    async fn next(&mut self) -> Option<StoreResult<Option<Leadership>>> {
+        let store = self.store.clone();
+        loop {
+            if let Some(item) = self.buf.pop_front() {
+                return Some(item);
+            }
+            match std::mem::replace(&mut self.phase, LeaderPhase::Done) {
+                LeaderPhase::Done => return None,
+                LeaderPhase::Start => {
+                    let key = store.keys.leader();
+                    let mut kv = store.kv.clone();
+                    let mut resp = match store
+                        .ctx
+                        .call("read leader", None, kv.get(key.clone(), None))
+                        .await
+                    {
+                        Ok(resp) => resp,
+                        Err(e) => return Some(Err(e)),
+                    };
+                    let revision = resp.header().map_or(0, |h| h.revision());
+                    let current = resp
+                        .take_kvs()
+                        .first()
+                        .map(|kv| store.decode_leader(kv))
+                        .transpose();
+                    match store
+                        .open_watch("watch leader", key, None, revision + 1, Vec::new())
+                        .await
+                    {
+                        Ok(watch) => self.phase = LeaderPhase::Live(watch),
+                        Err(e) => return Some(Err(e)),
+                    }
+                    return Some(current);
+                }
+                LeaderPhase::Live(mut watch) => match watch.message().await {
+                    Ok(Some(resp)) => {
+                        if resp.canceled() || resp.compact_revision() > 0 {
+                            return Some(Err(watch_cancelled(
+                                &store.ctx,
+                                resp.compact_revision(),
+                                resp.cancel_reason(),
+                            )));
+                        }
+                        for event in resp.events() {
+                            let item = match (event.event_type(), event.kv()) {
+                                (EventType::Put, Some(kv)) => store.decode_leader(kv).map(Some),
+                                (EventType::Delete, _) => Ok(None),
+                                (EventType::Put, None) => continue,
+                            };
+                            self.buf.push_back(item);
+                        }
+                        self.phase = LeaderPhase::Live(watch);
+                    }
+                    Ok(None) => return Some(Err(watch_ended(&store.ctx))),
+                    Err(e) => return Some(Err(store.ctx.map_err("watch leader", None, e))),
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified_by_message() {
+        assert!(matches!(
+            classify("etcdserver: mvcc: database space exceeded", None, false),
+            Some(StoreError::NoSpace(_))
+        ));
+        assert_eq!(
+            classify("etcdserver: requested lease not found", Some(7), false),
+            Some(StoreError::LeaseExpired(7))
+        );
+        assert_eq!(
+            classify("etcdserver: mvcc: required revision has been compacted", None, false),
+            Some(StoreError::Compacted(0))
+        );
+        assert!(matches!(
+            classify("etcdserver: request is too large", None, true),
+            Some(StoreError::InvalidArgument(_))
+        ));
+        assert_eq!(classify("etcdserver: no leader", None, false), None);
+    }
+
+    #[test]
+    fn key_helpers() {
+        assert_eq!(prefix_end(b"a/"), b"a0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(key_after(b"k"), b"k\0".to_vec());
+    }
+}

@@ -1,0 +1,158 @@
+//! The key-value store itself, free of anything wasm or Dorado specific.
+//!
+//! Kept in its own file so the host's benchmark can compile exactly this logic
+//! natively (`#[path]` include) and compare it with the same code running as a
+//! wasm guest. It depends only on `std`, `serde` and `serde_json`.
+
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+/// The whole state: an ordered map, so snapshots are byte-identical for
+/// identical histories.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Kv {
+    map: BTreeMap<String, Value>,
+}
+
+/// One command or query. A flat struct rather than a tagged enum: serde's
+/// internally tagged enums buffer the whole object first, which costs more
+/// than the store operation itself for small commands.
+#[derive(Deserialize)]
+struct Request<'a> {
+    #[serde(borrow)]
+    op: Cow<'a, str>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    value: Option<Value>,
+    #[serde(default, deserialize_with = "present")]
+    expected: Option<Value>,
+}
+
+/// Distinguishes `"expected": null` (`Some(Value::Null)`) from a missing field (`None`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+impl Kv {
+    /// Applies `{"op":"put"|"get"|"delete"|"cas",...}`; never panics.
+    pub fn apply(&mut self, command: &[u8]) -> Vec<u8> {
+        let request = match parse(command) {
+            Ok(request) => request,
+            Err(reply) => return reply,
+        };
+        match request.op.as_ref() {
+            "put" => {
+                let (key, value) = match (request.key, request.value) {
+                    (Some(key), Some(value)) if !value.is_null() => (key, value),
+                    (None, _) => return error("put needs a string \"key\""),
+                    _ => return error("put needs a non-null \"value\""),
+                };
+                self.map.insert(key, value);
+                br#"{"ok":true}"#.to_vec()
+            }
+            "get" => match request.key {
+                Some(key) => self.get(&key),
+                None => error("get needs a string \"key\""),
+            },
+            "delete" => match request.key {
+                Some(key) => {
+                    let deleted = self.map.remove(&key).is_some();
+                    ok_field("deleted", &Value::Bool(deleted))
+                }
+                None => error("delete needs a string \"key\""),
+            },
+            "cas" => {
+                let (key, expected, value) = match (request.key, request.expected, request.value) {
+                    (Some(key), Some(expected), Some(value)) if !value.is_null() => {
+                        (key, expected, value)
+                    }
+                    (None, _, _) => return error("cas needs a string \"key\""),
+                    (_, None, _) => return error("cas needs \"expected\" (a value or null)"),
+                    _ => return error("cas needs a non-null \"value\""),
+                };
+                let current = self.map.get(&key).unwrap_or(&Value::Null);
+                if *current != expected {
+                    let mut reply = br#"{"ok":false,"error":"cas mismatch","current":"#.to_vec();
+                    write_json(&mut reply, current);
+                    reply.push(b'}');
+                    return reply;
+                }
+                self.map.insert(key, value);
+                br#"{"ok":true}"#.to_vec()
+            }
+            other => error(&format!(
+                "unknown op {other:?} (expected put, get, delete or cas)"
+            )),
+        }
+    }
+
+    /// Answers `{"op":"get","key":K}` and `{"op":"len"}`; never panics.
+    pub fn query(&self, query: &[u8]) -> Vec<u8> {
+        let request = match parse(query) {
+            Ok(request) => request,
+            Err(reply) => return reply,
+        };
+        match request.op.as_ref() {
+            "get" => match request.key {
+                Some(key) => self.get(&key),
+                None => error("get needs a string \"key\""),
+            },
+            "len" => ok_field("len", &Value::from(self.map.len())),
+            other => error(&format!("unknown query op {other:?} (expected get or len)")),
+        }
+    }
+
+    /// The map as one JSON object, keys in order.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_json(&mut out, &self.map);
+        out
+    }
+
+    /// Inverse of [`Kv::snapshot`]; empty bytes are the empty store.
+    pub fn from_snapshot(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.is_empty() {
+            return Ok(Kv::default());
+        }
+        serde_json::from_slice(bytes)
+            .map(|map| Kv { map })
+            .map_err(|e| format!("corrupt kv snapshot: {e}"))
+    }
+
+    fn get(&self, key: &str) -> Vec<u8> {
+        ok_field("value", self.map.get(key).unwrap_or(&Value::Null))
+    }
+}
+
+fn parse(bytes: &[u8]) -> Result<Request<'_>, Vec<u8>> {
+    serde_json::from_slice(bytes).map_err(|e| error(&format!("malformed request: {e}")))
+}
+
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    // Writing JSON into a Vec fails only for maps with non-string keys, which
+    // these types do not have; an empty string is still valid output there.
+    if serde_json::to_writer(&mut *out, value).is_err() {
+        out.extend_from_slice(b"\"\"");
+    }
+}
+
+/// `{"ok":true,"<name>":<value>}`
+fn ok_field(name: &str, value: &Value) -> Vec<u8> {
+    let mut out = br#"{"ok":true,"#.to_vec();
+    write_json(&mut out, name);
+    out.push(b':');
+    write_json(&mut out, value);
+    out.push(b'}');
+    out
+}
+
+/// `{"ok":false,"error":"<message>"}`
+fn error(message: &str) -> Vec<u8> {
+    let mut out = br#"{"ok":false,"error":"#.to_vec();
+    write_json(&mut out, message);
+    out.push(b'}');
+    out
+}
