@@ -42,7 +42,9 @@ fn main() {
             command.env_remove(&key);
         }
     }
-    command.env("CARGO_TARGET_DIR", &target_dir).env("RUSTC", &rustc);
+    command
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env("RUSTC", &rustc);
 
     match command.output() {
         Ok(out) if out.status.success() => {}
@@ -54,7 +56,10 @@ fn main() {
                 out.status
             ));
         }
-        Err(e) => fail(&format!("could not run {}: {e}", Path::new(&cargo).display())),
+        Err(e) => fail(&format!(
+            "could not run {}: {e}",
+            Path::new(&cargo).display()
+        )),
     }
 }
 

@@ -54,6 +54,7 @@ pub struct ApiState<S> {
 impl<S> ApiState<S> {
     /// State with a forwarding client and a size limit; attach the node later.
     pub fn new(max_command_bytes: usize) -> Self {
+        crate::ensure_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
             .pool_max_idle_per_host(256)
@@ -135,6 +136,7 @@ pub fn router<S: Store>(state: Arc<ApiState<S>>) -> Router {
         .route("/v1/commands", post(submit::<S>))
         .route("/v1/query", post(query::<S>))
         .route("/v1/status", get(status::<S>))
+        .route("/v1/snapshot", get(snapshot::<S>))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<S>))
         .route("/metrics", get(metrics::<S>))
@@ -233,7 +235,9 @@ async fn read_body(body: Body, max: usize, what: &str) -> Result<Bytes, ApiError
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "empty",
-            format!("{what} is empty; send the bytes your state machine expects as the request body"),
+            format!(
+                "{what} is empty; send the bytes your state machine expects as the request body"
+            ),
         ));
     }
     Ok(bytes)
@@ -375,14 +379,15 @@ async fn query<S: Store>(
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_parameter",
-                format!("consistency must be \"linearizable\" (default) or \"stale\", got {other:?}"),
+                format!(
+                    "consistency must be \"linearizable\" (default) or \"stale\", got {other:?}"
+                ),
             ));
         }
     };
     let q = read_body(body, state.max_command_bytes, "query").await?;
     let (node, store) = state.started()?;
-    match node.query(&**store, q.to_vec(), consistency).await
-    {
+    match node.query(&**store, q.to_vec(), consistency).await {
         Ok(bytes) => Ok((
             StatusCode::OK,
             [(http::header::CONTENT_TYPE, "application/octet-stream")],
@@ -406,6 +411,22 @@ async fn status<S: Store>(State(state): State<Arc<ApiState<S>>>) -> Result<Respo
     Ok(axum::Json(node.status()).into_response())
 }
 
+/// The replica's current snapshot (encoded `SnapshotData`), for comparing
+/// replicas byte for byte and for debugging a guest's state offline.
+async fn snapshot<S: Store>(State(state): State<Arc<ApiState<S>>>) -> Result<Response, ApiError> {
+    let (node, _) = state.started()?;
+    let (index, bytes) = node.snapshot().await.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "snapshot_failed",
+            "the state machine could not produce a snapshot",
+        )
+    })?;
+    let mut resp = (StatusCode::OK, bytes).into_response();
+    resp.headers_mut().insert(INDEX, HeaderValue::from(index));
+    Ok(resp)
+}
+
 async fn readyz<S: Store>(State(state): State<Arc<ApiState<S>>>) -> Result<Response, ApiError> {
     let (node, _) = state.started()?;
     if node.is_ready() {
@@ -422,7 +443,11 @@ async fn readyz<S: Store>(State(state): State<Arc<ApiState<S>>>) -> Result<Respo
             s.applied_index, s.commit_index
         )
     };
-    Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why))
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+        why,
+    ))
 }
 
 async fn metrics<S: Store>(State(state): State<Arc<ApiState<S>>>) -> Result<Response, ApiError> {

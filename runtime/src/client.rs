@@ -95,6 +95,7 @@ impl Client {
         if endpoints.is_empty() {
             return Err(ClientError::BadEndpoint(String::new()));
         }
+        crate::ensure_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(12))
             .connect_timeout(Duration::from_secs(2))
@@ -138,8 +139,10 @@ impl Client {
                     last = format!("{url}: {why}");
                     hint = leader;
                     if hint.is_none() {
-                        tokio::time::sleep(Duration::from_millis((25u64 << attempt.min(4)).min(400)))
-                            .await;
+                        tokio::time::sleep(Duration::from_millis(
+                            (25u64 << attempt.min(4)).min(400),
+                        ))
+                        .await;
                         attempt += 1;
                     }
                 }
@@ -177,7 +180,9 @@ impl Client {
                 Err(e) => {
                     return Attempt::Done(Err(ClientError::Exhausted {
                         deadline: self.deadline,
-                        last: format!("{e} (outcome unknown; send a client id and seq to retry safely)"),
+                        last: format!(
+                            "{e} (outcome unknown; send a client id and seq to retry safely)"
+                        ),
                     }));
                 }
             };
@@ -323,7 +328,10 @@ mod tests {
 
     #[test]
     fn endpoints_are_normalised_and_validated() {
-        assert_eq!(endpoint_url("127.0.0.1:7070").unwrap(), "http://127.0.0.1:7070");
+        assert_eq!(
+            endpoint_url("127.0.0.1:7070").unwrap(),
+            "http://127.0.0.1:7070"
+        );
         assert_eq!(endpoint_url("http://a:1/").unwrap(), "http://a:1");
         assert!(endpoint_url("").is_err());
         assert!(endpoint_url("a b").is_err());

@@ -111,7 +111,9 @@ pub enum EtcdProcessError {
         tail: String,
     },
     /// The member runs but does not serve.
-    #[error("etcd member {name} did not become healthy within {timeout:?} ({reason}); log {log}:\n{tail}")]
+    #[error(
+        "etcd member {name} did not become healthy within {timeout:?} ({reason}); log {log}:\n{tail}"
+    )]
     Unhealthy {
         /// Member name.
         name: String,
@@ -219,7 +221,10 @@ impl Member {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .map_err(io(format!("run `kill -{signal}` for etcd member {}", self.name)))?;
+            .map_err(io(format!(
+                "run `kill -{signal}` for etcd member {}",
+                self.name
+            )))?;
         if status.success() {
             Ok(())
         } else {

@@ -1,14 +1,21 @@
 //! Dorado runtime.
 
+pub mod api;
+pub mod client;
+pub mod etcd_process;
 pub mod examples;
 pub mod host;
-pub mod tools;
-pub mod api;
 pub mod metrics;
 pub mod node;
-pub mod trace;
-pub mod etcd_process;
-pub mod store;
-pub mod client;
-pub mod runner;
 pub mod replay;
+pub mod runner;
+pub mod store;
+pub mod tools;
+pub mod trace;
+
+/// Make sure rustls has its (ring) crypto provider before an HTTP client is
+/// built. Binaries install it first thing; this keeps library users and tests
+/// from a panic deep inside reqwest if they forgot. Idempotent.
+pub fn ensure_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

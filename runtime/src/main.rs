@@ -4,17 +4,17 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use dorado::host::{DEFAULT_FUEL_PER_COMMAND, DEFAULT_MEMORY_LIMIT, Host, HostConfig};
 use dorado::client::{Client, generated_client_id};
+use dorado::host::{DEFAULT_FUEL_PER_COMMAND, DEFAULT_MEMORY_LIMIT, Host, HostConfig};
 use dorado::node::NodeConfig;
 use dorado::runner::{self, RunOptions};
 use dorado::store::{EtcdStore, EtcdStoreOptions};
 use dorado::tools;
 use dorado::trace::LogFormat;
-use std::time::Duration;
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Dorado: replicated state machines for Kubernetes workloads.
 #[derive(Debug, Parser)]
@@ -61,7 +61,12 @@ struct RunArgs {
     #[arg(long, env = "DORADO_MODULE")]
     module: PathBuf,
     /// etcd endpoints, comma-separated URLs.
-    #[arg(long, env = "DORADO_ETCD_ENDPOINTS", value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        env = "DORADO_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        required = true
+    )]
     etcd: Vec<String>,
     /// Address of the client API.
     #[arg(long, env = "DORADO_LISTEN", default_value = "0.0.0.0:7070")]
@@ -96,7 +101,9 @@ struct RunArgs {
 }
 
 fn parse_command_limit(s: &str) -> Result<usize, String> {
-    let n: usize = s.parse().map_err(|_| format!("{s:?} is not a number of bytes"))?;
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of bytes"))?;
     if n == 0 || n > 1_400_000 {
         return Err(format!(
             "{n} is outside 1..=1400000 bytes (etcd refuses requests over 1.5 MiB)"
@@ -145,7 +152,12 @@ struct StatusArgs {
 #[derive(Debug, Args)]
 struct ReplayArgs {
     /// etcd endpoints, comma-separated URLs.
-    #[arg(long, env = "DORADO_ETCD_ENDPOINTS", value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        env = "DORADO_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        required = true
+    )]
     etcd: Vec<String>,
     /// Group name.
     #[arg(long, env = "DORADO_GROUP")]
@@ -259,7 +271,11 @@ async fn run_replica(args: RunArgs) -> anyhow::Result<()> {
         None => match std::env::var("POD_IP").ok().filter(|s| !s.is_empty()) {
             Some(ip) => format!("{ip}:{}", args.listen.port()),
             None if !args.listen.ip().is_unspecified() => args.listen.to_string(),
-            None => format!("{}:{}", host_name().unwrap_or_else(|| "127.0.0.1".into()), args.listen.port()),
+            None => format!(
+                "{}:{}",
+                host_name().unwrap_or_else(|| "127.0.0.1".into()),
+                args.listen.port()
+            ),
         },
     };
     let mut node = NodeConfig::new(&args.namespace, &args.group, &replica, &advertise);
@@ -339,8 +355,19 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
     }
     let mut out = String::new();
     for key in [
-        "group", "namespace", "replica", "role", "leader", "leader_address", "epoch",
-        "applied_index", "commit_index", "snapshot_index", "hash", "module_sha256", "ready",
+        "group",
+        "namespace",
+        "replica",
+        "role",
+        "leader",
+        "leader_address",
+        "epoch",
+        "applied_index",
+        "commit_index",
+        "snapshot_index",
+        "hash",
+        "module_sha256",
+        "ready",
         "store_error",
     ] {
         let v = &s[key];
@@ -367,9 +394,14 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             .filter_map(dorado::trace::parse_trace_line)
             .collect(),
     };
-    let store = EtcdStore::connect(&args.etcd, &args.namespace, &args.group, EtcdStoreOptions::default())
-        .await
-        .context("cannot connect to etcd")?;
+    let store = EtcdStore::connect(
+        &args.etcd,
+        &args.namespace,
+        &args.group,
+        EtcdStoreOptions::default(),
+    )
+    .await
+    .context("cannot connect to etcd")?;
     let report = dorado::replay::replay(&store, &mut instance, &traced).await?;
     print_bytes(report.to_string().as_bytes())?;
     if report.divergence.is_some() {

@@ -75,20 +75,48 @@ impl Metrics {
             "Commands rejected deterministically",
             m.commands_rejected.clone(),
         );
-        registry.register("entries_applied", "Log entries applied", m.entries_applied.clone());
-        registry.register("batch_size_commands", "Commands per appended batch", m.batch_size.clone());
+        registry.register(
+            "entries_applied",
+            "Log entries applied",
+            m.entries_applied.clone(),
+        );
+        registry.register(
+            "batch_size_commands",
+            "Commands per appended batch",
+            m.batch_size.clone(),
+        );
         registry.register(
             "append_latency_seconds",
             "Latency of fenced appends to the store",
             m.append_latency.clone(),
         );
-        registry.register("leader", "1 while this replica leads its group", m.is_leader.clone());
-        registry.register("applied_index", "Highest applied log index", m.applied_index.clone());
-        registry.register("commit_index", "Highest committed log index known", m.commit_index.clone());
+        registry.register(
+            "leader",
+            "1 while this replica leads its group",
+            m.is_leader.clone(),
+        );
+        registry.register(
+            "applied_index",
+            "Highest applied log index",
+            m.applied_index.clone(),
+        );
+        registry.register(
+            "commit_index",
+            "Highest committed log index known",
+            m.commit_index.clone(),
+        );
         registry.register("ready", "1 while the replica is ready", m.ready.clone());
         registry.register("elections_won", "Leader terms won", m.elections_won.clone());
-        registry.register("snapshots_written", "Snapshots stored", m.snapshots_written.clone());
-        registry.register("store_errors", "Failed store operations", m.store_errors.clone());
+        registry.register(
+            "snapshots_written",
+            "Snapshots stored",
+            m.snapshots_written.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Failed store operations",
+            m.store_errors.clone(),
+        );
         m
     }
 

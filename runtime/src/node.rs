@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use dorado_core::engine::LeaderConfig;
 use dorado_core::{
     Abandoned, AppliedEntry, Command, Entry, Epoch, Index, LeaderAction, LeaderEngine,
-    LeaderRecord, Leadership, LeaseId, Learner, MemberRecord, Meta, Outcome, ReplicaState, Route,
+    LeaderRecord, Leadership, Learner, LeaseId, MemberRecord, Meta, Outcome, ReplicaState, Route,
     SnapshotData, StateMachine, Store, StoreError, engine::route,
 };
 use futures::StreamExt;
@@ -250,7 +250,11 @@ impl Shared {
 
     fn update_ready(&self, lease_held: bool) {
         let fatal = self.fatal.lock().map(|f| f.is_some()).unwrap_or(true);
-        let store_ok = self.store_error.lock().map(|e| e.is_none()).unwrap_or(false);
+        let store_ok = self
+            .store_error
+            .lock()
+            .map(|e| e.is_none())
+            .unwrap_or(false);
         let ready = lease_held
             && store_ok
             && !fatal
@@ -394,7 +398,9 @@ impl Node {
             .map(|s| s.clone())
             .unwrap_or_else(|p| p.into_inner().clone());
         s.ready = self.is_ready();
-        s.commit_index = s.commit_index.max(self.shared.commit.load(Ordering::Acquire));
+        s.commit_index = s
+            .commit_index
+            .max(self.shared.commit.load(Ordering::Acquire));
         s.store_error = self
             .shared
             .store_error
@@ -457,7 +463,9 @@ pub struct RunningNode<S: Store> {
 
 impl<S: Store> std::fmt::Debug for RunningNode<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunningNode").field("node", &self.node).finish()
+        f.debug_struct("RunningNode")
+            .field("node", &self.node)
+            .finish()
     }
 }
 
@@ -803,9 +811,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
             }
             Msg::LeaderView(view) => {
                 if let Some(engine) = &self.engine {
-                    let still_ours = view
-                        .as_ref()
-                        .is_some_and(|l| l.epoch == engine.epoch());
+                    let still_ours = view.as_ref().is_some_and(|l| l.epoch == engine.epoch());
                     if !still_ours {
                         tracing::info!(epoch = engine.epoch(), "leadership lost");
                         self.step_down();
@@ -957,7 +963,13 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         self.check_drained();
     }
 
-    fn become_leader(&mut self, epoch: Epoch, base: Index, last: Index, entries: Vec<(Index, Vec<u8>)>) {
+    fn become_leader(
+        &mut self,
+        epoch: Epoch,
+        base: Index,
+        last: Index,
+        entries: Vec<(Index, Vec<u8>)>,
+    ) {
         let current = self
             .leader_view
             .as_ref()
@@ -1043,7 +1055,13 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
     }
 
     fn apply_ready(&mut self) {
-        if self.shared.fatal.lock().map(|f| f.is_some()).unwrap_or(true) {
+        if self
+            .shared
+            .fatal
+            .lock()
+            .map(|f| f.is_some())
+            .unwrap_or(true)
+        {
             return;
         }
         let mut text = String::new();
@@ -1102,7 +1120,12 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
             let replies = replies();
             for (pos, token) in waiters {
                 if let Some(w) = self.waiters.remove(&token) {
-                    let _ = w.send(replies.get(pos as usize).cloned().ok_or(SubmitError::Unknown));
+                    let _ = w.send(
+                        replies
+                            .get(pos as usize)
+                            .cloned()
+                            .ok_or(SubmitError::Unknown),
+                    );
                 }
             }
         } else if self.engine.as_ref().is_some_and(|e| e.is_inflight(index)) {
@@ -1175,7 +1198,11 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
             match result {
                 Ok(()) => {
                     shared.metrics.snapshots_written.inc();
-                    tracing::info!(index, bytes = snap.len(), "snapshot stored, log truncated below it");
+                    tracing::info!(
+                        index,
+                        bytes = snap.len(),
+                        "snapshot stored, log truncated below it"
+                    );
                 }
                 Err(e) => {
                     shared.metrics.store_errors.inc();
@@ -1191,8 +1218,8 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         // exist (or the store is ahead): make the learner re-subscribe, which
         // also restores a newer snapshot if the log was truncated under us.
         let next = self.learner.next();
-        let behind = self.learner.gap().is_some()
-            || self.shared.commit.load(Ordering::Acquire) >= next;
+        let behind =
+            self.learner.gap().is_some() || self.shared.commit.load(Ordering::Acquire) >= next;
         if behind {
             match self.stuck_since {
                 Some((n, since)) if n == next => {
@@ -1227,8 +1254,17 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         };
         s.applied_index = self.state.applied;
         s.hash = self.state.hash.to_string();
-        s.commit_index = self.shared.commit.load(Ordering::Acquire).max(self.state.applied);
-        s.role = if self.engine.is_some() { "leader" } else { "follower" }.into();
+        s.commit_index = self
+            .shared
+            .commit
+            .load(Ordering::Acquire)
+            .max(self.state.applied);
+        s.role = if self.engine.is_some() {
+            "leader"
+        } else {
+            "follower"
+        }
+        .into();
         s.leader = self.leader_view.as_ref().map(|l| l.leader.replica.clone());
         s.leader_address = self.leader_view.as_ref().map(|l| l.leader.address.clone());
         s.epoch = self.leader_view.as_ref().map(|l| l.epoch);
@@ -1410,7 +1446,9 @@ async fn prepare_leadership<S: Store>(
     let mut from = base + 1;
     while from <= last {
         let chunk = store.read_log(from, last, 1000).await?;
-        let Some(&(high, _)) = chunk.last() else { break };
+        let Some(&(high, _)) = chunk.last() else {
+            break;
+        };
         entries.extend(chunk);
         from = high + 1;
     }
@@ -1515,10 +1553,7 @@ async fn health_task<S: Store>(
                 target = Some(last);
             }
             Ok(Err(e)) => {
-                if !matches!(
-                    shared.store_error.lock().ok().as_deref(),
-                    Some(Some(_))
-                ) {
+                if !matches!(shared.store_error.lock().ok().as_deref(), Some(Some(_))) {
                     tracing::warn!(error = %e, "store check failed");
                 }
                 shared.set_store_error(Some(&e));

@@ -11,7 +11,9 @@
 
 use std::collections::BTreeMap;
 
-use dorado_core::{ChainHash, Entry, Index, ReplicaState, SnapshotData, StateMachine, Store, StoreError};
+use dorado_core::{
+    ChainHash, Entry, Index, ReplicaState, SnapshotData, StateMachine, Store, StoreError,
+};
 
 use crate::trace::TracedHash;
 
@@ -50,7 +52,10 @@ pub struct Divergence {
 impl std::fmt::Display for ReplayReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if let Some(s) = self.snapshot {
-            writeln!(f, "started from snapshot at index {s} (log below it is truncated)")?;
+            writeln!(
+                f,
+                "started from snapshot at index {s} (log below it is truncated)"
+            )?;
         }
         writeln!(
             f,
@@ -105,11 +110,13 @@ pub async fn replay<S: Store, M: StateMachine>(
         let Some((index, bytes)) = store.newest_snapshot().await? else {
             return Err(ReplayError::Missing(1));
         };
-        let snap =
-            SnapshotData::decode(&bytes).map_err(|e| ReplayError::Corrupt(format!("snapshot {index}: {e}")))?;
-        state = ReplicaState::restore(&snap, state.session_expiry, sm).map_err(|e| ReplayError::Restore {
-            index,
-            reason: e.to_string(),
+        let snap = SnapshotData::decode(&bytes)
+            .map_err(|e| ReplayError::Corrupt(format!("snapshot {index}: {e}")))?;
+        state = ReplicaState::restore(&snap, state.session_expiry, sm).map_err(|e| {
+            ReplayError::Restore {
+                index,
+                reason: e.to_string(),
+            }
         })?;
         snapshot = Some(index);
     }
@@ -123,7 +130,9 @@ pub async fn replay<S: Store, M: StateMachine>(
         by_index.insert(t.index, &t.hash);
     }
     for (i, h) in by_index {
-        refs.entry(i).or_default().push(("trace".into(), h.to_string()));
+        refs.entry(i)
+            .or_default()
+            .push(("trace".into(), h.to_string()));
     }
     for (replica, m) in store.members().await? {
         refs.entry(m.applied_index)
@@ -144,7 +153,8 @@ pub async fn replay<S: Store, M: StateMachine>(
             if index != next {
                 return Err(ReplayError::Missing(next));
             }
-            let entry = Entry::decode(&bytes).map_err(|e| ReplayError::Corrupt(format!("log entry {index}: {e}")))?;
+            let entry = Entry::decode(&bytes)
+                .map_err(|e| ReplayError::Corrupt(format!("log entry {index}: {e}")))?;
             let applied = state
                 .apply(index, &entry, sm)
                 .map_err(|e| ReplayError::Corrupt(e.to_string()))?;

@@ -125,7 +125,11 @@ pub struct TrySummary {
 /// exactly one output line: the reply bytes, or `rejected: <reason>`;
 /// processing continues after a rejection. Output is flushed per line so the
 /// tool can be used interactively.
-pub fn try_lines<M, R, W>(machine: &mut M, mut input: R, mut output: W) -> Result<TrySummary, ToolError>
+pub fn try_lines<M, R, W>(
+    machine: &mut M,
+    mut input: R,
+    mut output: W,
+) -> Result<TrySummary, ToolError>
 where
     M: StateMachine + ?Sized,
     R: BufRead,
@@ -135,7 +139,11 @@ where
     let mut line = Vec::new();
     loop {
         line.clear();
-        if input.read_until(b'\n', &mut line).map_err(ToolError::Input)? == 0 {
+        if input
+            .read_until(b'\n', &mut line)
+            .map_err(ToolError::Input)?
+            == 0
+        {
             break;
         }
         let text = trim_line_end(&line);

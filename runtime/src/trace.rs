@@ -277,9 +277,15 @@ mod tests {
         TraceFormatter::new(LogFormat::Human).entry(&entry(), &mut out);
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 2);
-        assert!(lines[0].starts_with("idx=5.0 client=web#7 cmd={\"op\":\"put\"}· ok reply={\"ok\":true} hash="));
+        assert!(lines[0].starts_with(
+            "idx=5.0 client=web#7 cmd={\"op\":\"put\"}· ok reply={\"ok\":true} hash="
+        ));
         assert!(lines[1].contains("client=- "));
-        assert!(lines[1].contains("…"), "long payloads are cut: {}", lines[1]);
+        assert!(
+            lines[1].contains("…"),
+            "long payloads are cut: {}",
+            lines[1]
+        );
         assert!(lines[1].contains("rejected: trap: boom"));
         let parsed = parse_trace_line(lines[0]).unwrap();
         assert_eq!(parsed.index, 5);

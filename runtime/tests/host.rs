@@ -44,7 +44,8 @@ fn wat_guest(imports: &str, version: i32, apply: &str, omit: Option<&str>) -> Ve
         ),
         (
             "dorado_alloc",
-            r#"(func (export "dorado_alloc") (param i32) (result i32) (i32.const 1024))"#.to_owned(),
+            r#"(func (export "dorado_alloc") (param i32) (result i32) (i32.const 1024))"#
+                .to_owned(),
         ),
         (
             "dorado_apply",
@@ -84,7 +85,11 @@ fn examples_load_small_with_sha256_and_no_imports() {
         assert_eq!(module.abi_version(), 1, "{name}");
         assert_eq!(module.size(), bytes.len());
         assert!(bytes.len() < 256 * 1024, "{name} is {} bytes", bytes.len());
-        assert_eq!(module.sha256(), hex::encode(Sha256::digest(bytes)), "{name}");
+        assert_eq!(
+            module.sha256(),
+            hex::encode(Sha256::digest(bytes)),
+            "{name}"
+        );
         let names: Vec<&str> = module.exports().iter().map(|e| e.name.as_str()).collect();
         for required in [
             "memory",
@@ -96,7 +101,10 @@ fn examples_load_small_with_sha256_and_no_imports() {
             "dorado_restore",
             "dorado_last_panic",
         ] {
-            assert!(names.contains(&required), "{name} lacks {required}: {names:?}");
+            assert!(
+                names.contains(&required),
+                "{name} lacks {required}: {names:?}"
+            );
         }
     }
     let kv_file = std::path::Path::new(examples::wasm_dir()).join("kv.wasm");
@@ -114,7 +122,10 @@ fn garbage_bytes_are_refused() {
         let err = host().load(garbage).unwrap_err();
         assert!(matches!(err, LoadError::Invalid(_)), "{err:?}");
         let message = err.to_string();
-        assert!(message.starts_with("not a valid wasm module: "), "{message}");
+        assert!(
+            message.starts_with("not a valid wasm module: "),
+            "{message}"
+        );
         assert!(!message.contains('\n'), "{message}");
     }
 }
@@ -143,7 +154,10 @@ fn any_import_is_refused_and_named() {
         .load(&wat_guest(env, 1, "(i64.const 0)", Some("memory")))
         .unwrap_err();
     let message = err.to_string();
-    assert!(message.contains("env.clock (function), env.mem (memory)"), "{message}");
+    assert!(
+        message.contains("env.clock (function), env.mem (memory)"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -165,7 +179,10 @@ fn every_missing_export_is_named() {
             other => panic!("{name}: expected MissingExport, got {other:?}"),
         }
         let message = err.to_string();
-        assert!(message.starts_with(&format!("missing export {name}: expected ")), "{message}");
+        assert!(
+            message.starts_with(&format!("missing export {name}: expected ")),
+            "{message}"
+        );
     }
 }
 
@@ -199,8 +216,17 @@ fn wrong_abi_version_is_refused_with_both_versions() {
     let err = host()
         .load(&wat_guest("", 2, "(i64.const 0)", None))
         .unwrap_err();
-    assert_eq!(err, LoadError::AbiVersion { found: 2, expected: 1 });
-    assert_eq!(err.to_string(), "unsupported abi version 2: this host speaks version 1");
+    assert_eq!(
+        err,
+        LoadError::AbiVersion {
+            found: 2,
+            expected: 1
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "unsupported abi version 2: this host speaks version 1"
+    );
 }
 
 #[test]
@@ -231,7 +257,10 @@ fn nan_results_are_canonical() {
     let mut i = instance(&host(), &wat_guest("", 1, apply, None));
     let reply = i.apply(b"x").unwrap();
     assert_eq!(reply.len(), 12);
-    assert_eq!(u32::from_le_bytes(reply[0..4].try_into().unwrap()), 0x7fc0_0000);
+    assert_eq!(
+        u32::from_le_bytes(reply[0..4].try_into().unwrap()),
+        0x7fc0_0000
+    );
     assert_eq!(
         u64::from_le_bytes(reply[4..12].try_into().unwrap()),
         0x7ff8_0000_0000_0000
@@ -241,7 +270,10 @@ fn nan_results_are_canonical() {
 #[test]
 fn bad_reply_pointer_is_rejected_and_instance_recovers() {
     // The reply claims 16 bytes at 0xffff0000, far outside a 64 KiB memory.
-    let mut i = instance(&host(), &wat_guest("", 1, "(i64.const 0xffff000000000010)", None));
+    let mut i = instance(
+        &host(),
+        &wat_guest("", 1, "(i64.const 0xffff000000000010)", None),
+    );
     let rejection = i.apply(b"x").unwrap_err();
     assert_eq!(rejection.kind, RejectKind::BadReply);
     assert!(rejection.message.contains("dorado_apply"), "{rejection}");
@@ -270,7 +302,12 @@ fn history(name: &str) -> Vec<String> {
             .collect(),
         "bank" => {
             let mut h: Vec<String> = (0..5)
-                .map(|i| format!(r#"{{"op":"open","account":"acct{i}","balance":{}}}"#, 100 * i))
+                .map(|i| {
+                    format!(
+                        r#"{{"op":"open","account":"acct{i}","balance":{}}}"#,
+                        100 * i
+                    )
+                })
                 .collect();
             h.extend((0..45).map(|i| {
                 format!(
@@ -311,7 +348,11 @@ fn snapshot_restore_round_trip_is_byte_identical_for_every_example() {
         let snapshot = a.snapshot().unwrap();
         let mut b = instance(&host, bytes);
         b.restore(&snapshot).unwrap();
-        assert_eq!(b.snapshot().unwrap(), snapshot, "{name}: restore(snapshot) differs");
+        assert_eq!(
+            b.snapshot().unwrap(),
+            snapshot,
+            "{name}: restore(snapshot) differs"
+        );
         for c in rest {
             assert_eq!(
                 a.apply(c.as_bytes()).unwrap(),
@@ -319,7 +360,11 @@ fn snapshot_restore_round_trip_is_byte_identical_for_every_example() {
                 "{name}: replies differ for {c}"
             );
         }
-        assert_eq!(query(&mut a, probe(name)), query(&mut b, probe(name)), "{name}");
+        assert_eq!(
+            query(&mut a, probe(name)),
+            query(&mut b, probe(name)),
+            "{name}"
+        );
         assert_eq!(a.snapshot().unwrap(), b.snapshot().unwrap(), "{name}");
     }
 }
@@ -346,9 +391,15 @@ fn corrupt_snapshot_is_rejected_and_state_kept() {
     let before = kv.snapshot().unwrap();
     let rejection = kv.restore(b"{not a snapshot").unwrap_err();
     assert_eq!(rejection.kind, RejectKind::Trap);
-    assert!(rejection.message.contains("corrupt kv snapshot"), "{rejection}");
+    assert!(
+        rejection.message.contains("corrupt kv snapshot"),
+        "{rejection}"
+    );
     assert_eq!(kv.snapshot().unwrap(), before);
-    assert_eq!(query(&mut kv, r#"{"op":"get","key":"a"}"#), r#"{"ok":true,"value":1}"#);
+    assert_eq!(
+        query(&mut kv, r#"{"op":"get","key":"a"}"#),
+        r#"{"ok":true,"value":1}"#
+    );
 }
 
 // ---------------------------------------------------------------- example semantics
@@ -356,18 +407,33 @@ fn corrupt_snapshot_is_rejected_and_state_kept() {
 #[test]
 fn kv_semantics() {
     let mut kv = instance(&host(), examples::KV);
-    assert_eq!(apply(&mut kv, r#"{"op":"put","key":"a","value":"x"}"#), r#"{"ok":true}"#);
-    assert_eq!(apply(&mut kv, r#"{"op":"get","key":"a"}"#), r#"{"ok":true,"value":"x"}"#);
     assert_eq!(
-        apply(&mut kv, r#"{"op":"cas","key":"a","expected":"y","value":"z"}"#),
-        r#"{"ok":false,"error":"cas mismatch","current":"x"}"#
-    );
-    assert_eq!(
-        apply(&mut kv, r#"{"op":"cas","key":"a","expected":"x","value":"z"}"#),
+        apply(&mut kv, r#"{"op":"put","key":"a","value":"x"}"#),
         r#"{"ok":true}"#
     );
     assert_eq!(
-        apply(&mut kv, r#"{"op":"cas","key":"new","expected":null,"value":[1,2]}"#),
+        apply(&mut kv, r#"{"op":"get","key":"a"}"#),
+        r#"{"ok":true,"value":"x"}"#
+    );
+    assert_eq!(
+        apply(
+            &mut kv,
+            r#"{"op":"cas","key":"a","expected":"y","value":"z"}"#
+        ),
+        r#"{"ok":false,"error":"cas mismatch","current":"x"}"#
+    );
+    assert_eq!(
+        apply(
+            &mut kv,
+            r#"{"op":"cas","key":"a","expected":"x","value":"z"}"#
+        ),
+        r#"{"ok":true}"#
+    );
+    assert_eq!(
+        apply(
+            &mut kv,
+            r#"{"op":"cas","key":"new","expected":null,"value":[1,2]}"#
+        ),
         r#"{"ok":true}"#
     );
     assert_eq!(query(&mut kv, r#"{"op":"len"}"#), r#"{"ok":true,"len":2}"#);
@@ -379,14 +445,27 @@ fn kv_semantics() {
         apply(&mut kv, r#"{"op":"delete","key":"a"}"#),
         r#"{"ok":true,"deleted":false}"#
     );
-    assert_eq!(query(&mut kv, r#"{"op":"get","key":"a"}"#), r#"{"ok":true,"value":null}"#);
+    assert_eq!(
+        query(&mut kv, r#"{"op":"get","key":"a"}"#),
+        r#"{"ok":true,"value":null}"#
+    );
     assert_eq!(
         query(&mut kv, r#"{"op":"get","key":"new"}"#),
         r#"{"ok":true,"value":[1,2]}"#
     );
-    for malformed in ["", "{", r#"{"op":"put"}"#, r#"{"op":"explode"}"#, "[1]", "\u{0}"] {
+    for malformed in [
+        "",
+        "{",
+        r#"{"op":"put"}"#,
+        r#"{"op":"explode"}"#,
+        "[1]",
+        "\u{0}",
+    ] {
         let reply = apply(&mut kv, malformed);
-        assert!(reply.starts_with(r#"{"ok":false,"error":"#), "{malformed:?} -> {reply}");
+        assert!(
+            reply.starts_with(r#"{"ok":false,"error":"#),
+            "{malformed:?} -> {reply}"
+        );
     }
     assert!(query(&mut kv, r#"{"op":"put"}"#).starts_with(r#"{"ok":false,"#));
     assert_eq!(query(&mut kv, r#"{"op":"len"}"#), r#"{"ok":true,"len":1}"#);
@@ -395,34 +474,58 @@ fn kv_semantics() {
 #[test]
 fn counter_semantics() {
     let mut c = instance(&host(), examples::COUNTER);
-    assert_eq!(apply(&mut c, r#"{"op":"add","n":40}"#), r#"{"ok":true,"value":40}"#);
-    assert_eq!(apply(&mut c, r#"{"op":"add","n":2}"#), r#"{"ok":true,"value":42}"#);
-    assert_eq!(apply(&mut c, r#"{"op":"get"}"#), r#"{"ok":true,"value":42}"#);
-    assert_eq!(query(&mut c, r#"{"op":"get"}"#), r#"{"ok":true,"value":42}"#);
+    assert_eq!(
+        apply(&mut c, r#"{"op":"add","n":40}"#),
+        r#"{"ok":true,"value":40}"#
+    );
+    assert_eq!(
+        apply(&mut c, r#"{"op":"add","n":2}"#),
+        r#"{"ok":true,"value":42}"#
+    );
+    assert_eq!(
+        apply(&mut c, r#"{"op":"get"}"#),
+        r#"{"ok":true,"value":42}"#
+    );
+    assert_eq!(
+        query(&mut c, r#"{"op":"get"}"#),
+        r#"{"ok":true,"value":42}"#
+    );
     assert_eq!(
         apply(&mut c, &format!(r#"{{"op":"add","n":{}}}"#, i64::MAX)),
         r#"{"ok":false,"error":"counter overflow"}"#
     );
     assert!(apply(&mut c, r#"{"op":"add","n":"x"}"#).starts_with(r#"{"ok":false"#));
-    assert_eq!(query(&mut c, r#"{"op":"get"}"#), r#"{"ok":true,"value":42}"#);
+    assert_eq!(
+        query(&mut c, r#"{"op":"get"}"#),
+        r#"{"ok":true,"value":42}"#
+    );
 }
 
 #[test]
 fn bank_refuses_overdraft_and_unknown_accounts_and_conserves_money() {
     let mut bank = instance(&host(), examples::BANK);
-    apply(&mut bank, r#"{"op":"open","account":"alice","balance":100}"#);
+    apply(
+        &mut bank,
+        r#"{"op":"open","account":"alice","balance":100}"#,
+    );
     apply(&mut bank, r#"{"op":"open","account":"bob","balance":50}"#);
     let before = bank.snapshot().unwrap();
     let overdraft = apply(
         &mut bank,
         r#"{"op":"transfer","from":"alice","to":"bob","amount":101}"#,
     );
-    assert!(overdraft.starts_with(r#"{"ok":false,"error":"insufficient funds"#), "{overdraft}");
+    assert!(
+        overdraft.starts_with(r#"{"ok":false,"error":"insufficient funds"#),
+        "{overdraft}"
+    );
     let unknown = apply(
         &mut bank,
         r#"{"op":"transfer","from":"alice","to":"carol","amount":1}"#,
     );
-    assert_eq!(unknown, r#"{"ok":false,"error":"unknown account \"carol\""}"#);
+    assert_eq!(
+        unknown,
+        r#"{"ok":false,"error":"unknown account \"carol\""}"#
+    );
     for refused in [
         r#"{"op":"transfer","from":"carol","to":"bob","amount":1}"#,
         r#"{"op":"open","account":"bob","balance":1}"#,
@@ -430,12 +533,19 @@ fn bank_refuses_overdraft_and_unknown_accounts_and_conserves_money() {
         r#"{"op":"transfer","from":"alice","to":"bob","amount":-5}"#,
     ] {
         let reply = apply(&mut bank, refused);
-        assert!(reply.starts_with(r#"{"ok":false,"error":"#), "{refused} -> {reply}");
+        assert!(
+            reply.starts_with(r#"{"ok":false,"error":"#),
+            "{refused} -> {reply}"
+        );
     }
     assert_eq!(bank.snapshot().unwrap(), before);
 
     for i in 0..200u64 {
-        let (from, to) = if i % 3 == 0 { ("bob", "alice") } else { ("alice", "bob") };
+        let (from, to) = if i % 3 == 0 {
+            ("bob", "alice")
+        } else {
+            ("alice", "bob")
+        };
         let amount = (i * 13) % 70 + 1;
         apply(
             &mut bank,
@@ -469,8 +579,16 @@ fn assert_rejected(i: &mut Instance, command: &str, kind: RejectKind) -> String 
     let snapshot = i.snapshot().unwrap();
     let rejection = i.apply(command.as_bytes()).unwrap_err();
     assert_eq!(rejection.kind, kind, "{command}: {rejection}");
-    assert_eq!(query(i, r#"{"op":"get"}"#), state, "{command} changed the state");
-    assert_eq!(i.snapshot().unwrap(), snapshot, "{command} changed the snapshot");
+    assert_eq!(
+        query(i, r#"{"op":"get"}"#),
+        state,
+        "{command} changed the state"
+    );
+    assert_eq!(
+        i.snapshot().unwrap(),
+        snapshot,
+        "{command} changed the snapshot"
+    );
     assert_eq!(apply(i, r#"{"op":"set","value":"next"}"#), r#"{"ok":true}"#);
     assert!(query(i, r#"{"op":"get"}"#).contains(r#""value":"next""#));
     i.restore(&snapshot).unwrap();
@@ -537,8 +655,14 @@ fn stack_exhaustion_is_a_trap() {
 fn trapping_queries_change_nothing() {
     let mut f = faulty(small_limits());
     apply(&mut f, r#"{"op":"set","value":"kept"}"#);
-    assert_eq!(f.query(br#"{"op":"panic"}"#).unwrap_err().kind, RejectKind::Trap);
-    assert_eq!(f.query(br#"{"op":"loop"}"#).unwrap_err().kind, RejectKind::OutOfFuel);
+    assert_eq!(
+        f.query(br#"{"op":"panic"}"#).unwrap_err().kind,
+        RejectKind::Trap
+    );
+    assert_eq!(
+        f.query(br#"{"op":"loop"}"#).unwrap_err().kind,
+        RejectKind::OutOfFuel
+    );
     assert_eq!(
         query(&mut f, r#"{"op":"get"}"#),
         r#"{"ok":true,"value":"kept","applied":1}"#
@@ -587,7 +711,11 @@ fn same_trap_gives_same_rejection_on_every_host() {
         r#"{"op":"alloc"}"#,
         r#"{"op":"set","value":1}"#,
     ] {
-        assert_eq!(a.apply(command.as_bytes()), b.apply(command.as_bytes()), "{command}");
+        assert_eq!(
+            a.apply(command.as_bytes()),
+            b.apply(command.as_bytes()),
+            "{command}"
+        );
     }
 }
 

@@ -14,7 +14,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use dorado::etcd_process::{EtcdProcess, EtcdProcessOptions};
+use dorado::etcd_process::{EtcdCluster, EtcdProcess, EtcdProcessOptions};
 use dorado::store::{EtcdStore, EtcdStoreOptions, MemoryStore};
 use dorado_core::{
     AppendOutcome, Index, LeaderRecord, Leadership, LeaseId, MemberRecord, Meta, Store, StoreError,
@@ -213,7 +213,9 @@ async fn next_within<T>(stream: &mut BoxStream<'static, T>, what: &str) -> T {
 async fn next_entry(
     stream: &mut BoxStream<'static, Result<(Index, Vec<u8>), StoreError>>,
 ) -> (Index, Vec<u8>) {
-    next_within(stream, "watch_log").await.expect("watch_log item")
+    next_within(stream, "watch_log")
+        .await
+        .expect("watch_log item")
 }
 
 /// Nothing more arrives for a while (bounded; used to check "exactly once").
@@ -288,7 +290,11 @@ async fn campaign_is_exclusive_and_epochs_increase<S: TestStore>(s: S) {
     assert_eq!(s.leader().await.unwrap(), None);
     let l1 = s.grant_lease(LONG_TTL).await.unwrap();
     let l2 = s.grant_lease(LONG_TTL).await.unwrap();
-    let e1 = s.campaign(l1, &record("r1")).await.unwrap().expect("r1 wins");
+    let e1 = s
+        .campaign(l1, &record("r1"))
+        .await
+        .unwrap()
+        .expect("r1 wins");
     assert!(e1 > 0);
     assert_eq!(s.campaign(l2, &record("r2")).await.unwrap(), None);
     // Not even the holder can create the key twice.
@@ -308,10 +314,17 @@ async fn campaign_is_exclusive_and_epochs_increase<S: TestStore>(s: S) {
         s.init_meta(&meta("x")).await.unwrap();
         let lease = s.grant_lease(LONG_TTL).await.unwrap();
         let name = format!("t{term}");
-        let epoch = s.campaign(lease, &record(&name)).await.unwrap().expect("wins");
+        let epoch = s
+            .campaign(lease, &record(&name))
+            .await
+            .unwrap()
+            .expect("wins");
         assert!(epoch > last, "epoch {epoch} after {last}");
         let current = s.leader().await.unwrap().expect("a leader");
-        assert_eq!((current.leader.replica.as_str(), current.epoch), (name.as_str(), epoch));
+        assert_eq!(
+            (current.leader.replica.as_str(), current.epoch),
+            (name.as_str(), epoch)
+        );
         (last, holder) = (epoch, lease);
     }
     s.revoke_lease(holder).await.unwrap();
@@ -338,7 +351,10 @@ async fn revoking_the_lease_removes_the_leader<S: TestStore>(s: S) {
 
 async fn lease_expiry_removes_the_leader<S: TestStore>(s: S) {
     let lease = s.grant_lease(Duration::from_secs(1)).await.unwrap();
-    s.campaign(lease, &record("r1")).await.unwrap().expect("wins");
+    s.campaign(lease, &record("r1"))
+        .await
+        .unwrap()
+        .expect("wins");
     let started = Instant::now();
     eventually("leader key removed by lease expiry", || async {
         s.leader().await.unwrap().is_none()
@@ -357,7 +373,11 @@ async fn lease_expiry_removes_the_leader<S: TestStore>(s: S) {
 async fn keep_alive_keeps_the_leader<S: TestStore>(s: S) {
     let ttl = Duration::from_secs(1);
     let lease = s.grant_lease(ttl).await.unwrap();
-    let epoch = s.campaign(lease, &record("r1")).await.unwrap().expect("wins");
+    let epoch = s
+        .campaign(lease, &record("r1"))
+        .await
+        .unwrap()
+        .expect("wins");
     let until = Instant::now() + 3 * ttl;
     while Instant::now() < until {
         s.keep_alive(lease).await.expect("lease alive");
@@ -438,13 +458,31 @@ async fn read_log_is_ordered_and_bounded<S: TestStore>(s: S) {
     assert_eq!(ids(s.read_log(3, 5, 100).await.unwrap()), vec![3, 4, 5]);
     assert_eq!(ids(s.read_log(3, 100, 2).await.unwrap()), vec![3, 4]);
     assert_eq!(ids(s.read_log(7, 10, 100).await.unwrap()), vec![7, 9, 10]);
-    assert_eq!(ids(s.read_log(2, 9, 7).await.unwrap()), vec![2, 3, 4, 5, 6, 7, 9]);
-    assert_eq!(ids(s.read_log(8, 8, 100).await.unwrap()), Vec::<Index>::new());
-    assert_eq!(ids(s.read_log(5, 3, 100).await.unwrap()), Vec::<Index>::new());
-    assert_eq!(ids(s.read_log(1, 100, 0).await.unwrap()), Vec::<Index>::new());
-    assert_eq!(ids(s.read_log(12, Index::MAX, 100).await.unwrap()), Vec::<Index>::new());
+    assert_eq!(
+        ids(s.read_log(2, 9, 7).await.unwrap()),
+        vec![2, 3, 4, 5, 6, 7, 9]
+    );
+    assert_eq!(
+        ids(s.read_log(8, 8, 100).await.unwrap()),
+        Vec::<Index>::new()
+    );
+    assert_eq!(
+        ids(s.read_log(5, 3, 100).await.unwrap()),
+        Vec::<Index>::new()
+    );
+    assert_eq!(
+        ids(s.read_log(1, 100, 0).await.unwrap()),
+        Vec::<Index>::new()
+    );
+    assert_eq!(
+        ids(s.read_log(12, Index::MAX, 100).await.unwrap()),
+        Vec::<Index>::new()
+    );
     assert_eq!(ids(s.read_log(0, Index::MAX, 1).await.unwrap()), vec![1]);
-    assert_eq!(ids(s.read_log(11, Index::MAX, usize::MAX).await.unwrap()), vec![11]);
+    assert_eq!(
+        ids(s.read_log(11, Index::MAX, usize::MAX).await.unwrap()),
+        vec![11]
+    );
 }
 
 async fn last_index_tracks_the_highest_entry<S: TestStore>(s: S) {
@@ -490,8 +528,18 @@ async fn watch_log_never_yields_below_from<S: TestStore>(s: S) {
     append_all(&s, epoch, [1, 2]).await;
     let mut watch = s.watch_log(5);
     append_all(&s, epoch, [3, 4, 6, 5]).await;
-    assert_eq!(next_entry(&mut watch).await.0, 6);
-    assert_eq!(next_entry(&mut watch).await.0, 5);
+    // Whether these count as existing (index order) or new (commit order)
+    // depends on when the watch started; either way each arrives once.
+    let mut got = vec![
+        next_entry(&mut watch).await.0,
+        next_entry(&mut watch).await.0,
+    ];
+    got.sort_unstable();
+    assert_eq!(got, vec![5, 6]);
+    assert_quiet(&mut watch).await;
+    append_all(&s, epoch, [8, 7]).await;
+    assert_eq!(next_entry(&mut watch).await.0, 8);
+    assert_eq!(next_entry(&mut watch).await.0, 7);
     assert_quiet(&mut watch).await;
     // A watch on an empty log starts yielding at the first write.
     let other = s.other_group("empty");
@@ -532,7 +580,10 @@ async fn watch_leader_reports_create_and_delete<S: TestStore>(s: S) {
     let e2 = s.campaign(short, &record("r2")).await.unwrap().unwrap();
     assert!(e2 > epoch);
     assert_eq!(
-        next_within(&mut watch, "second term").await.unwrap().map(|l| l.epoch),
+        next_within(&mut watch, "second term")
+            .await
+            .unwrap()
+            .map(|l| l.epoch),
         Some(e2)
     );
     // Expiry is reported like a revoke.
@@ -541,11 +592,17 @@ async fn watch_leader_reports_create_and_delete<S: TestStore>(s: S) {
     let (_l3, e3) = lead(&s, "r3").await;
     let mut late = s.watch_leader();
     assert_eq!(
-        next_within(&mut late, "initial").await.unwrap().map(|l| l.epoch),
+        next_within(&mut late, "initial")
+            .await
+            .unwrap()
+            .map(|l| l.epoch),
         Some(e3)
     );
     assert_eq!(
-        next_within(&mut watch, "third term").await.unwrap().map(|l| l.epoch),
+        next_within(&mut watch, "third term")
+            .await
+            .unwrap()
+            .map(|l| l.epoch),
         Some(e3)
     );
     assert_quiet(&mut late).await;
@@ -610,7 +667,10 @@ async fn newest_snapshot_picks_highest_index<S: TestStore>(s: S) {
             .await
             .unwrap();
     }
-    assert_eq!(s.newest_snapshot_index().await.unwrap(), Some(10_000_000_000));
+    assert_eq!(
+        s.newest_snapshot_index().await.unwrap(),
+        Some(10_000_000_000)
+    );
     assert_eq!(
         s.newest_snapshot().await.unwrap(),
         Some((10_000_000_000, b"state@10000000000".to_vec()))
@@ -640,8 +700,11 @@ async fn delete_snapshots_below_deletes_exactly_the_range<S: TestStore>(s: S) {
             .unwrap();
     }
     // Leftover chunks of a dead writer at 3 go with their index.
-    s.put_raw("snap/00000000000000000003/chunks-0123456789abcdef/00000000", b"x")
-        .await;
+    s.put_raw(
+        "snap/00000000000000000003/chunks-0123456789abcdef/00000000",
+        b"x",
+    )
+    .await;
     let snapshot_indexes = |keys: Vec<String>| {
         let mut v: Vec<String> = keys
             .into_iter()
@@ -652,7 +715,10 @@ async fn delete_snapshots_below_deletes_exactly_the_range<S: TestStore>(s: S) {
             .map(|d| d.parse::<Index>().unwrap())
             .collect::<Vec<_>>()
     };
-    assert_eq!(snapshot_indexes(s.raw_keys("snap/").await), vec![2, 3, 4, 6, 10]);
+    assert_eq!(
+        snapshot_indexes(s.raw_keys("snap/").await),
+        vec![2, 3, 4, 6, 10]
+    );
     s.delete_snapshots_below(4).await.unwrap();
     assert_eq!(snapshot_indexes(s.raw_keys("snap/").await), vec![4, 6, 10]);
     s.delete_snapshots_below(10).await.unwrap();
@@ -712,7 +778,9 @@ async fn invalid_replica_name_is_rejected<S: TestStore>(s: S) {
 async fn concurrent_appends_to_one_index_have_one_winner<S: TestStore>(s: S) {
     let (_lease, epoch) = lead(&s, "r1").await;
     for index in 1..=3u64 {
-        let payloads: Vec<Vec<u8>> = (0..8).map(|n| format!("{index}-{n}").into_bytes()).collect();
+        let payloads: Vec<Vec<u8>> = (0..8)
+            .map(|n| format!("{index}-{n}").into_bytes())
+            .collect();
         let outcomes =
             futures::future::join_all(payloads.iter().map(|p| s.append(epoch, index, p))).await;
         let outcomes: Vec<AppendOutcome> = outcomes.into_iter().map(Result::unwrap).collect();
@@ -788,10 +856,19 @@ mod etcd_only {
     async fn unreachable_etcd_is_unavailable_within_the_timeout() {
         let endpoint = dead_endpoint();
         let started = Instant::now();
-        let err = EtcdStore::connect(&[endpoint.clone()], "test", "g", quick_options())
-            .await
-            .expect_err("nothing listens there");
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        let err = EtcdStore::connect(
+            std::slice::from_ref(&endpoint),
+            "test",
+            "g",
+            quick_options(),
+        )
+        .await
+        .expect_err("nothing listens there");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
         match err {
             StoreError::Unavailable(message) => {
                 assert!(message.contains(&endpoint), "{message}")
@@ -810,7 +887,10 @@ mod etcd_only {
             );
         }
         let err = EtcdStore::connect(&[], "test", "g", quick_options()).await;
-        assert!(matches!(err, Err(StoreError::InvalidArgument(_))), "{err:?}");
+        assert!(
+            matches!(err, Err(StoreError::InvalidArgument(_))),
+            "{err:?}"
+        );
         assert!(matches!(
             MemoryStore::new_group("test", "a/b"),
             Err(StoreError::InvalidArgument(_))
@@ -836,7 +916,11 @@ mod etcd_only {
         let started = Instant::now();
         let err = s.append(epoch, 2, &entry(2)).await;
         assert!(matches!(err, Err(StoreError::Unavailable(_))), "{err:?}");
-        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
         // The watch reports the loss once, then ends.
         let item = next_within(&mut watch, "watch after kill").await;
         assert!(matches!(item, Err(StoreError::Unavailable(_))), "{item:?}");
@@ -881,11 +965,15 @@ mod etcd_only {
         append_all(&a, ea, 1..=4).await;
         a.put_snapshot(4, b"alpha").await.unwrap();
         let lease = a.grant_lease(LONG_TTL).await.unwrap();
-        a.publish_member(lease, "ra", &MemberRecord {
-            address: "a:1".into(),
-            applied_index: 4,
-            hash: "h".into(),
-        })
+        a.publish_member(
+            lease,
+            "ra",
+            &MemberRecord {
+                address: "a:1".into(),
+                applied_index: 4,
+                hash: "h".into(),
+            },
+        )
         .await
         .unwrap();
         for other in [&b, &a2] {
@@ -938,14 +1026,109 @@ mod etcd_only {
     }
 
     #[tokio::test]
+    async fn compaction_under_a_watch_is_compacted() {
+        let etcd = EtcdProcess::start_with(etcd_options()).await.unwrap();
+        // Page size 3: the watch reads existing entries in pages at one revision.
+        let s = EtcdStore::connect(&etcd.client_urls(), "test", "compact", store_options())
+            .await
+            .unwrap();
+        let (_lease, epoch) = lead(&s, "r1").await;
+        append_all(&s, epoch, 1..=7).await;
+        let mut watch = s.watch_log(1);
+        assert_eq!(next_entry(&mut watch).await.0, 1);
+        append_all(&s, epoch, [8]).await;
+        let mut client = s.client().clone();
+        let revision = client
+            .get("x", None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+        client.compact(revision, None).await.unwrap();
+        assert_eq!(next_entry(&mut watch).await.0, 2);
+        assert_eq!(next_entry(&mut watch).await.0, 3);
+        let item = next_within(&mut watch, "after compaction").await;
+        assert!(
+            matches!(item, Err(StoreError::Compacted(r)) if r > 0),
+            "{item:?}"
+        );
+        assert!(watch.next().await.is_none());
+        // Re-subscribing from what we have works.
+        let mut again = s.watch_log(4);
+        for i in 4..=8 {
+            assert_eq!(next_entry(&mut again).await.0, i);
+        }
+    }
+
+    #[tokio::test]
+    async fn store_on_a_three_member_cluster_survives_a_member_loss() {
+        let mut cluster = EtcdCluster::start_with(3, etcd_options()).await.unwrap();
+        assert_eq!(cluster.len(), 3);
+        let urls = cluster.client_urls();
+        assert_eq!(urls.len(), 3);
+        let s = EtcdStore::connect(&urls, "test", "cluster", store_options())
+            .await
+            .unwrap();
+        let (_lease, epoch) = lead(&s, "r1").await;
+        append_all(&s, epoch, [1]).await;
+
+        cluster.kill_member(0).unwrap();
+        assert!(!cluster.is_running(0).unwrap());
+        // Two of three still form a quorum; the client moves to them.
+        let mut next = 2;
+        eventually("append with one member down", || {
+            let s = s.clone();
+            let index = next;
+            async move {
+                // An earlier attempt that timed out may have been written.
+                match s.append(epoch, index, &entry(index)).await {
+                    Ok(AppendOutcome::Appended) => true,
+                    Ok(AppendOutcome::Occupied(bytes)) => bytes == entry(index),
+                    _ => false,
+                }
+            }
+        })
+        .await;
+        next += 1;
+        cluster.stop_member(1).await.unwrap();
+        // Without a quorum nothing is written, and the error says so in time.
+        let started = Instant::now();
+        let err = s.append(epoch, next, &entry(next)).await;
+        assert!(matches!(err, Err(StoreError::Unavailable(_))), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+
+        cluster.restart_member(0).await.unwrap();
+        cluster.restart_member(1).await.unwrap();
+        eventually("cluster serves after restarts", || async {
+            s.last_index().await.is_ok()
+        })
+        .await;
+        // The lease (60 s) and thus the epoch survived; no entry was lost.
+        let log = log_indexes(&s).await;
+        assert_eq!(&log[..2], &[1, 2]);
+        assert!(log.len() <= 3, "{log:?}");
+        let mut watch = s.watch_log(1);
+        assert_eq!(next_entry(&mut watch).await.0, 1);
+        assert!(cluster.pid(2).unwrap().is_some());
+        assert!(cluster.log_path(2).unwrap().exists());
+    }
+
+    #[tokio::test]
     async fn entry_above_request_limit_is_invalid_argument() {
         let etcd = EtcdProcess::start_with(etcd_options()).await.unwrap();
         let s = EtcdStore::connect(&etcd.client_urls(), "test", "big", store_options())
             .await
             .unwrap();
         let (_lease, epoch) = lead(&s, "r1").await;
-        let err = s.append(epoch, 1, &vec![0u8; 2 * 1024 * 1024]).await;
-        assert!(matches!(err, Err(StoreError::InvalidArgument(_))), "{err:?}");
+        // Refused by etcd (1.5 MiB limit) and by gRPC (2 MiB) respectively.
+        for len in [1_600_000, 3 * 1024 * 1024] {
+            let err = s.append(epoch, 1, &vec![0u8; len]).await;
+            assert!(
+                matches!(err, Err(StoreError::InvalidArgument(_))),
+                "{len}: {err:?}"
+            );
+        }
         assert_eq!(s.last_index().await.unwrap(), None);
     }
 }

@@ -522,6 +522,9 @@ fn parse_module(value: &str) -> Result<(String, String, bool), String> {
         Some((name, key)) => (name, Some(key)),
         None => (value, None),
     };
+    if key.is_some_and(|k| k.contains('/')) {
+        return Err(format!("{value:?} has more than one '/'"));
+    }
     validate::dns1123_subdomain(name).map_err(|e| format!("ConfigMap name {name:?} {e}"))?;
     match key {
         None => Ok((name.to_owned(), ann::DEFAULT_MODULE_KEY.to_owned(), true)),
@@ -608,7 +611,10 @@ fn select_container(
         .pointer("/spec/containers")
         .and_then(Value::as_array)
         .filter(|c| !c.is_empty())
-        .ok_or_else(|| "pod has no containers (spec.containers is empty)".to_owned())?;
+        .ok_or_else(|| {
+            "pod has no containers; expected at least one in spec.containers to become the runtime"
+                .to_owned()
+        })?;
     let names: Vec<&str> = containers
         .iter()
         .map(|c| c.get("name").and_then(Value::as_str).unwrap_or(""))

@@ -29,7 +29,7 @@ pub enum QuantityError {
     #[error("empty quantity")]
     Empty,
     /// The string does not follow the Kubernetes quantity grammar.
-    #[error("{0:?} is not a Kubernetes quantity (examples: 250m, 1, 1.5, 512Mi, 2Gi)")]
+    #[error("{0:?} is not a Kubernetes quantity")]
     Malformed(String),
     /// The quantity is zero or negative; Dorado needs a positive amount.
     #[error("{0:?} must be greater than zero")]

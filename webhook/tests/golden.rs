@@ -40,7 +40,11 @@ fn golden_cases_match() {
     assert!(all.len() >= 40, "golden set unexpectedly small: {all:?}");
     for case in &all {
         let out = run(case);
-        check_or_update(&format!("{case}.response.json"), &out.response, &mut failures);
+        check_or_update(
+            &format!("{case}.response.json"),
+            &out.response,
+            &mut failures,
+        );
         let mutated_path = golden_dir().join(format!("{case}.mutated.json"));
         match &out.mutated {
             Some(pod) => check_or_update(&format!("{case}.mutated.json"), pod, &mut failures),
@@ -118,8 +122,16 @@ fn a_second_pass_yields_no_patch() {
         };
         let body = common::review_for(&pod, "second-pass");
         let again = common::run_body(&body, Some(&pod));
-        assert_eq!(again.outcome, Outcome::Skipped, "{case}: {:#}", again.response);
-        assert!(again.patch.is_none(), "{case}: second pass produced a patch");
+        assert_eq!(
+            again.outcome,
+            Outcome::Skipped,
+            "{case}: {:#}",
+            again.response
+        );
+        assert!(
+            again.patch.is_none(),
+            "{case}: second pass produced a patch"
+        );
         assert_eq!(again.response["response"]["allowed"], true);
     }
 }
@@ -147,7 +159,10 @@ fn mutation_is_stable_without_the_marker() {
                 .unwrap()
                 .remove("dorado.io/status");
         }
-        assert_eq!(once, twice, "{case}: re-applying the webhook changed the pod");
+        assert_eq!(
+            once, twice,
+            "{case}: re-applying the webhook changed the pod"
+        );
     }
 }
 
@@ -190,14 +205,23 @@ fn keys_with_slash_and_tilde_are_escaped_and_kept() {
         .iter()
         .map(|op| op["path"].as_str().unwrap())
         .collect();
-    assert!(paths.contains(&"/metadata/annotations/dorado.io~1status"), "{paths:?}");
-    assert!(paths.contains(&"/metadata/labels/dorado.io~1group"), "{paths:?}");
+    assert!(
+        paths.contains(&"/metadata/annotations/dorado.io~1status"),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"/metadata/labels/dorado.io~1group"),
+        "{paths:?}"
+    );
     let pod = out.mutated.unwrap();
     let a = &pod["metadata"]["annotations"];
     assert_eq!(a["example.com/owner~team"], "storage");
     assert_eq!(a["a/b~c/d"], "x~y/z");
     assert_eq!(a["dorado.io/status"], "mutated");
-    assert_eq!(pod["metadata"]["labels"]["team.example.com/cost~center"], "db");
+    assert_eq!(
+        pod["metadata"]["labels"]["team.example.com/cost~center"],
+        "db"
+    );
     assert_eq!(pod["metadata"]["labels"]["dorado.io/group"], "kv");
 }
 
@@ -257,7 +281,10 @@ fn runtime_container_follows_the_contract() {
     let value = |n: &str| env.iter().find(|(k, _)| k == n).unwrap().1.clone();
     assert_eq!(value("DORADO_GROUP")["value"], "kv");
     assert_eq!(value("DORADO_REPLICA")["value"], "$(POD_NAME)");
-    assert_eq!(value("DORADO_MODULE")["value"], "/etc/dorado/module/kv.wasm");
+    assert_eq!(
+        value("DORADO_MODULE")["value"],
+        "/etc/dorado/module/kv.wasm"
+    );
     assert_eq!(value("DORADO_LISTEN")["value"], "0.0.0.0:7070");
     assert_eq!(value("DORADO_ADVERTISE")["value"], "$(POD_IP):7070");
     assert_eq!(
@@ -319,7 +346,10 @@ fn group_comes_from_the_owner() {
         let env = env_of(&pod["spec"]["containers"][0]);
         let g = env.iter().find(|(n, _)| n == "DORADO_GROUP").unwrap();
         assert_eq!(g.1["value"], group, "{case}");
-        assert_eq!(pod["metadata"]["labels"]["dorado.io/group"], group, "{case}");
+        assert_eq!(
+            pod["metadata"]["labels"]["dorado.io/group"], group,
+            "{case}"
+        );
     }
 }
 
@@ -334,7 +364,10 @@ fn merge_keeps_other_containers_and_entries() {
     );
     let app = &pod["spec"]["containers"][1];
     let env = env_of(app);
-    assert_eq!(env.iter().filter(|(n, _)| n == "DORADO_LEASE_TTL").count(), 1);
+    assert_eq!(
+        env.iter().filter(|(n, _)| n == "DORADO_LEASE_TTL").count(),
+        1
+    );
     assert_eq!(env.iter().filter(|(n, _)| n == "POD_NAME").count(), 1);
     assert!(env.iter().any(|(n, _)| n == "RUST_LOG"));
     let ports: Vec<&str> = app["ports"]
@@ -382,7 +415,10 @@ fn every_denial_names_the_problem_and_the_expected_form() {
             .to_owned();
         assert!(!msg.is_empty(), "{case}: empty denial message");
         let names_something = msg.contains("dorado.io/") || msg.contains("spec.containers");
-        assert!(names_something, "{case}: message names no annotation: {msg}");
+        assert!(
+            names_something,
+            "{case}: message names no annotation: {msg}"
+        );
         assert!(
             msg.contains("expected") || msg.contains("set annotation"),
             "{case}: message gives no expected form: {msg}"
@@ -401,7 +437,10 @@ fn every_warning_case_warns() {
         ("module-default-key", "no key given"),
         ("replicaset-without-hash-label", "dorado.io/group"),
         ("first-container-defaulted", "dorado.io/container not set"),
-        ("unknown-dorado-annotation", "unknown annotation dorado.io/replicas"),
+        (
+            "unknown-dorado-annotation",
+            "unknown annotation dorado.io/replicas",
+        ),
         ("status-not-mutated", "dorado.io/status"),
         ("stray-annotations-without-replicate", "ignored"),
         ("merge-into-existing-container", "DORADO_LEASE_TTL replaced"),
@@ -421,9 +460,11 @@ fn every_warning_case_warns() {
         );
     }
     // A plain opt-in draws no warning.
-    assert!(run("opt-in-statefulset").response["response"]
-        .get("warnings")
-        .is_none());
+    assert!(
+        run("opt-in-statefulset").response["response"]
+            .get("warnings")
+            .is_none()
+    );
 }
 
 #[test]
@@ -435,7 +476,9 @@ fn invalid_request_echoes_the_uid() {
         out.response["response"]["uid"],
         request("invalid-request-missing-operation")["request"]["uid"]
     );
-    let msg = out.response["response"]["status"]["message"].as_str().unwrap();
+    let msg = out.response["response"]["status"]["message"]
+        .as_str()
+        .unwrap();
     assert!(msg.contains("operation"), "{msg}");
 }
 
@@ -450,7 +493,8 @@ fn undecodable_bodies_are_errors_not_panics() {
         b"null".to_vec(),
         br#"{"kind":"AdmissionReview"}"#.to_vec(),
         br#"{"kind":"Pod","apiVersion":"admission.k8s.io/v1","request":{}}"#.to_vec(),
-        br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1beta1","request":{}}"#.to_vec(),
+        br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1beta1","request":{}}"#
+            .to_vec(),
         br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1"}"#.to_vec(),
         br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1","request":[]}"#.to_vec(),
     ];
@@ -481,8 +525,25 @@ fn undecodable_bodies_are_errors_not_panics() {
 fn fuzzed_annotations_never_panic() {
     // A cheap deterministic fuzz over annotation values and pod shapes.
     let values = [
-        "", "true", "false", "/", "~", "~1", "a/b/c", "0", "-1", "65536", "1e3", "none", "kv/",
-        "/kv", "http://", "ü", "\u{0}", " true", "9999999999999999999999",
+        "",
+        "true",
+        "false",
+        "/",
+        "~",
+        "~1",
+        "a/b/c",
+        "0",
+        "-1",
+        "65536",
+        "1e3",
+        "none",
+        "kv/",
+        "/kv",
+        "http://",
+        "ü",
+        "\u{0}",
+        " true",
+        "9999999999999999999999",
     ];
     let keys = [
         "dorado.io/replicate",

@@ -233,7 +233,10 @@ pub mod testing {
             self.items = if snapshot.is_empty() {
                 vec![]
             } else {
-                snapshot.split(|b| *b == b'\n').map(<[u8]>::to_vec).collect()
+                snapshot
+                    .split(|b| *b == b'\n')
+                    .map(<[u8]>::to_vec)
+                    .collect()
             };
             Ok(())
         }
@@ -247,10 +250,7 @@ mod tests {
 
     fn cmd(client: Option<(&str, u64)>, p: &[u8]) -> Command {
         Command {
-            client: client.map(|(id, seq)| ClientTag {
-                id: id.into(),
-                seq,
-            }),
+            client: client.map(|(id, seq)| ClientTag { id: id.into(), seq }),
             payload: p.to_vec(),
         }
     }

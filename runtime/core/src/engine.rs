@@ -437,8 +437,7 @@ mod tests {
 
     #[test]
     fn a_new_leader_fills_every_gap_with_noops_and_continues_after_the_last() {
-        let (e, actions) =
-            LeaderEngine::<u32>::start(9, LeaderConfig::default(), 3, 8, &[4, 6, 8]);
+        let (e, actions) = LeaderEngine::<u32>::start(9, LeaderConfig::default(), 3, 8, &[4, 6, 8]);
         assert_eq!(appends(&actions), vec![5, 7]);
         for a in &actions {
             if let LeaderAction::Append { bytes, .. } = a {
@@ -459,8 +458,12 @@ mod tests {
         let actions = e.on_append(1, Ok(AppendOutcome::Appended));
         match &actions[..] {
             [
-                LeaderAction::Committed { index: 1, waiters, .. },
-                LeaderAction::Append { index: 2, bytes, .. },
+                LeaderAction::Committed {
+                    index: 1, waiters, ..
+                },
+                LeaderAction::Append {
+                    index: 2, bytes, ..
+                },
             ] => {
                 assert_eq!(waiters, &vec![(0, 1)]);
                 assert_eq!(Entry::decode(bytes).unwrap().len(), 2, "2 and 3 batched");
@@ -507,7 +510,14 @@ mod tests {
         let mut e = engine(2);
         e.submit(1, cmd(1));
         let a = e.on_append(1, Err(StoreError::Unavailable("timeout".into())));
-        assert!(matches!(a[..], [LeaderAction::Append { index: 1, retry: true, .. }]));
+        assert!(matches!(
+            a[..],
+            [LeaderAction::Append {
+                index: 1,
+                retry: true,
+                ..
+            }]
+        ));
         let LeaderAction::Append { bytes, .. } = &a[0] else {
             unreachable!()
         };

@@ -450,7 +450,10 @@ mod tests {
     fn every_truncation_of_an_entry_is_an_error() {
         let bytes = sample_batch().encode().unwrap();
         for cut in 0..bytes.len() {
-            assert!(Entry::decode(&bytes[..cut]).is_err(), "prefix {cut} decoded");
+            assert!(
+                Entry::decode(&bytes[..cut]).is_err(),
+                "prefix {cut} decoded"
+            );
         }
     }
 
@@ -465,7 +468,10 @@ mod tests {
             Entry::decode(b"DE\x01\x07"),
             Err(DecodeError::BadTag { tag: 7, .. })
         ));
-        assert_eq!(Entry::decode(b"DE\x01\x00\x00"), Err(DecodeError::Trailing(1)));
+        assert_eq!(
+            Entry::decode(b"DE\x01\x00\x00"),
+            Err(DecodeError::Trailing(1))
+        );
         // A count of 4 billion commands in a 12-byte input must not allocate or loop long.
         assert!(Entry::decode(b"DE\x01\x01\xff\xff\xff\xff\x00\x00").is_err());
     }

@@ -108,8 +108,14 @@ mod tests {
         assert_ne!(base, g.command(2, 0, &cmd(b"x"), &ok));
         assert_ne!(base, g.command(1, 1, &cmd(b"x"), &ok));
         assert_ne!(base, g.command(1, 0, &cmd(b"y"), &ok));
-        assert_ne!(base, g.command(1, 0, &cmd(b"x"), &Outcome::Reply(b"s".to_vec())));
-        assert_ne!(base, g.command(1, 0, &cmd(b"x"), &Outcome::Rejected("r".into())));
+        assert_ne!(
+            base,
+            g.command(1, 0, &cmd(b"x"), &Outcome::Reply(b"s".to_vec()))
+        );
+        assert_ne!(
+            base,
+            g.command(1, 0, &cmd(b"x"), &Outcome::Rejected("r".into()))
+        );
         assert_ne!(base, base.noop(2).noop(3));
         assert_eq!(base, g.command(1, 0, &cmd(b"x"), &ok));
     }

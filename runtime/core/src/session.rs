@@ -118,7 +118,10 @@ mod tests {
         assert_eq!(t.check("a", 1), SessionCheck::Fresh);
         t.insert("a".into(), s(5, 10));
         assert_eq!(t.check("a", 6), SessionCheck::Fresh);
-        assert_eq!(t.check("a", 5), SessionCheck::Duplicate(Outcome::Reply(vec![5])));
+        assert_eq!(
+            t.check("a", 5),
+            SessionCheck::Duplicate(Outcome::Reply(vec![5]))
+        );
         assert_eq!(t.check("a", 4), SessionCheck::Stale { current: 5 });
         assert_eq!(t.check("b", 1), SessionCheck::Fresh);
     }

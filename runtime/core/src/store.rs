@@ -135,8 +135,10 @@ pub type StoreResult<T> = Result<T, StoreError>;
 ///    `>= from` that exists when it starts or is written later, exactly once,
 ///    and never an entry below `from`; deletions are not reported. Entries
 ///    written later arrive in the order the store committed them, which need not
-///    be index order. A watch that cannot continue (compaction, connection loss)
-///    ends with an error item; the caller re-subscribes from what it has.
+///    be index order. A watch "starts" when it is first polled at the latest
+///    (adapters may start earlier). A watch that cannot continue (compaction,
+///    connection loss) ends with an error item and then ends; the caller
+///    re-subscribes from what it has.
 /// 6. **Leader watches report every change**: `watch_leader` first yields the
 ///    current leadership, then a new item whenever the key is created or deleted.
 /// 7. **Snapshots are atomic to readers**: `newest_snapshot` never returns a
@@ -193,11 +195,16 @@ pub trait Store: Send + Sync + 'static {
     fn delete_log_below(&self, below: Index) -> impl Future<Output = StoreResult<()>> + Send;
 
     /// Store a snapshot taken after applying `index`.
-    fn put_snapshot(&self, index: Index, bytes: &[u8]) -> impl Future<Output = StoreResult<()>> + Send;
+    fn put_snapshot(
+        &self,
+        index: Index,
+        bytes: &[u8],
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     /// Index of the newest complete snapshot.
     fn newest_snapshot_index(&self) -> impl Future<Output = StoreResult<Option<Index>>> + Send;
     /// The newest complete snapshot.
-    fn newest_snapshot(&self) -> impl Future<Output = StoreResult<Option<(Index, Vec<u8>)>>> + Send;
+    fn newest_snapshot(&self)
+    -> impl Future<Output = StoreResult<Option<(Index, Vec<u8>)>>> + Send;
     /// Delete snapshots with index `< below`.
     fn delete_snapshots_below(&self, below: Index) -> impl Future<Output = StoreResult<()>> + Send;
 

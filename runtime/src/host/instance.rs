@@ -194,22 +194,33 @@ impl Live {
             Entry::Apply => (&self.apply, "dorado_apply"),
             Entry::Query => (&self.query, "dorado_query"),
         };
-        let packed = func.call(&mut self.store, (ptr, len)).map_err(Fault::Wasm)?;
+        let packed = func
+            .call(&mut self.store, (ptr, len))
+            .map_err(Fault::Wasm)?;
         self.read_reply(name, packed)
     }
 
     fn take_snapshot(&mut self, fuel: u64) -> Result<Vec<u8>, Fault> {
         self.store.set_fuel(fuel).map_err(Fault::Wasm)?;
-        let packed = self.snapshot.call(&mut self.store, ()).map_err(Fault::Wasm)?;
+        let packed = self
+            .snapshot
+            .call(&mut self.store, ())
+            .map_err(Fault::Wasm)?;
         self.read_reply("dorado_snapshot", packed)
     }
 
     fn restore_from(&mut self, snapshot: &[u8], fuel: u64) -> Result<(), Fault> {
         self.store.set_fuel(fuel).map_err(Fault::Wasm)?;
         let (ptr, len) = self.write_input(snapshot)?;
-        match self.restore.call(&mut self.store, (ptr, len)).map_err(Fault::Wasm)? {
+        match self
+            .restore
+            .call(&mut self.store, (ptr, len))
+            .map_err(Fault::Wasm)?
+        {
             0 => Ok(()),
-            status => Err(Fault::BadReply(format!("dorado_restore returned status {status}"))),
+            status => Err(Fault::BadReply(format!(
+                "dorado_restore returned status {status}"
+            ))),
         }
     }
 
@@ -236,7 +247,8 @@ impl Live {
                 RejectKind::MemoryLimit,
                 format!("input of {len} bytes does not fit in a 32-bit guest"),
             ),
-            Fault::Wasm(error) => match (self.store.data().limit_hit, error.downcast_ref::<Trap>()) {
+            Fault::Wasm(error) => match (self.store.data().limit_hit, error.downcast_ref::<Trap>())
+            {
                 (Some("table"), _) => (RejectKind::MemoryLimit, "table growth refused".to_owned()),
                 (Some(_), _) => (
                     RejectKind::MemoryLimit,
@@ -248,13 +260,23 @@ impl Live {
                 ),
                 (None, Some(Trap::UnreachableCodeReached)) => match self.panic_message() {
                     Some(message) => (RejectKind::Trap, format!("guest panicked: {message}")),
-                    None => (RejectKind::Trap, Trap::UnreachableCodeReached.to_string()),
+                    None => (RejectKind::Trap, describe_trap(Trap::UnreachableCodeReached)),
                 },
-                (None, Some(trap)) => (RejectKind::Trap, trap.to_string()),
+                (None, Some(trap)) => (RejectKind::Trap, describe_trap(*trap)),
                 (None, None) => (RejectKind::Trap, one_line(&error.to_string())),
             },
         };
         Rejection { kind, message }
+    }
+}
+
+/// wasmtime's description of a trap without its "wasm trap: " prefix (the
+/// rejection kind already says it is a trap).
+fn describe_trap(trap: Trap) -> String {
+    let text = trap.to_string();
+    match text.strip_prefix("wasm trap: ") {
+        Some(rest) => rest.to_owned(),
+        None => text,
     }
 }
 
@@ -334,14 +356,19 @@ impl Instance {
     /// A new wasm instance holding the state of checkpoint + log.
     fn rebuild(&self) -> Result<Live, String> {
         let config = self.config();
-        let mut live = Live::new(self.module.pre(), &config)
-            .map_err(|e| format!("cannot re-instantiate the module: {}", one_line(&format!("{e:#}"))))?;
+        let mut live = Live::new(self.module.pre(), &config).map_err(|e| {
+            format!(
+                "cannot re-instantiate the module: {}",
+                one_line(&format!("{e:#}"))
+            )
+        })?;
         let replay_fuel = config.fuel_per_command.max(config.fuel_per_snapshot);
         if let Some(snapshot) = &self.checkpoint {
-            live.restore_from(snapshot, config.fuel_per_snapshot).map_err(|fault| {
-                let r = live.classify(fault, config.fuel_per_snapshot, config.memory_limit);
-                format!("cannot restore the checkpoint: {r}")
-            })?;
+            live.restore_from(snapshot, config.fuel_per_snapshot)
+                .map_err(|fault| {
+                    let r = live.classify(fault, config.fuel_per_snapshot, config.memory_limit);
+                    format!("cannot restore the checkpoint: {r}")
+                })?;
         }
         let mut start = 0;
         for (i, &end) in self.log_ends.iter().enumerate() {
@@ -450,7 +477,10 @@ impl StateMachine for Instance {
         let config = self.config();
         let mut fresh = Live::new(self.module.pre(), &config).map_err(|e| Rejection {
             kind: RejectKind::Trap,
-            message: format!("cannot instantiate the module: {}", one_line(&format!("{e:#}"))),
+            message: format!(
+                "cannot instantiate the module: {}",
+                one_line(&format!("{e:#}"))
+            ),
         })?;
         match fresh.restore_from(snapshot, config.fuel_per_snapshot) {
             Ok(()) => {

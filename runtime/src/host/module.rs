@@ -64,7 +64,11 @@ impl fmt::Debug for Module {
 }
 
 impl Module {
-    pub(super) fn load(engine: &Engine, config: HostConfig, bytes: &[u8]) -> Result<Self, LoadError> {
+    pub(super) fn load(
+        engine: &Engine,
+        config: HostConfig,
+        bytes: &[u8],
+    ) -> Result<Self, LoadError> {
         let sha256 = hex::encode(Sha256::digest(bytes));
         let module = wasmtime::Module::from_binary(engine, bytes)
             .map_err(|e| LoadError::Invalid(one_line(&format!("{e:#}"))))?;

@@ -155,7 +155,10 @@ fn classify(message: &str, lease: Option<i64>, invalid_argument: bool) -> Option
         Some(StoreError::LeaseExpired(lease.unwrap_or(0)))
     } else if message.contains("required revision has been compacted") {
         Some(StoreError::Compacted(0))
-    } else if invalid_argument {
+    } else if invalid_argument || message.contains("received message larger than max") {
+        // etcd refuses requests above --max-request-bytes with
+        // InvalidArgument ("request is too large"), and gRPC refuses them
+        // above that plus 512 KiB with ResourceExhausted.
         Some(StoreError::InvalidArgument(message.to_owned()))
     } else {
         None
@@ -233,10 +236,7 @@ impl EtcdStore {
         };
         // The client connects lazily; prove etcd answers (with a quorum).
         let mut kv = store.kv.clone();
-        let probe = kv.get(
-            store.keys.meta(),
-            Some(GetOptions::new().with_count_only()),
-        );
+        let probe = kv.get(store.keys.meta(), Some(GetOptions::new().with_count_only()));
         match tokio::time::timeout(options.connect_timeout, probe).await {
             Ok(Ok(_)) => Ok(store),
             Ok(Err(e)) => Err(match store.ctx.map_err("connect", None, e) {
@@ -282,7 +282,11 @@ impl EtcdStore {
     pub async fn put_raw(&self, relative_key: &str, value: &[u8]) -> StoreResult<()> {
         let mut kv = self.kv.clone();
         self.ctx
-            .call("put", None, kv.put(self.keys.key(relative_key), value, None))
+            .call(
+                "put",
+                None,
+                kv.put(self.keys.key(relative_key), value, None),
+            )
             .await?;
         Ok(())
     }
@@ -439,7 +443,10 @@ impl EtcdStore {
             .call(
                 "read snapshot manifest",
                 None,
-                kv.get(manifest_key, Some(GetOptions::new().with_revision(revision))),
+                kv.get(
+                    manifest_key,
+                    Some(GetOptions::new().with_revision(revision)),
+                ),
             )
             .await
             .map_err(|e| with_compacted_revision(e, revision))?;
@@ -569,7 +576,11 @@ impl Store for EtcdStore {
         // TTL <= 0 (the lease is gone) as "lease not found".
         let (_keeper, _responses) = self
             .ctx
-            .call("keep lease alive", Some(lease.0), client.keep_alive(lease.0))
+            .call(
+                "keep lease alive",
+                Some(lease.0),
+                client.keep_alive(lease.0),
+            )
             .await?;
         Ok(())
     }
@@ -592,7 +603,11 @@ impl Store for EtcdStore {
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([
-                TxnOp::put(key.clone(), value, Some(PutOptions::new().with_lease(lease.0))),
+                TxnOp::put(
+                    key.clone(),
+                    value,
+                    Some(PutOptions::new().with_lease(lease.0)),
+                ),
                 TxnOp::get(key.clone(), None),
             ]);
         let resp = self.txn("campaign", Some(lease.0), txn).await?;
@@ -885,7 +900,11 @@ impl EtcdStore {
         let options = DeleteOptions::new().with_prefix();
         if let Err(e) = self
             .ctx
-            .call("delete snapshot chunks", None, kv.delete(prefix, Some(options)))
+            .call(
+                "delete snapshot chunks",
+                None,
+                kv.delete(prefix, Some(options)),
+            )
             .await
         {
             tracing::warn!(
@@ -906,7 +925,11 @@ fn watch_cancelled(ctx: &Ctx, compact_revision: i64, reason: &str) -> StoreError
         StoreError::Unavailable(format!(
             "etcd at {} cancelled the watch: {}",
             ctx.endpoints,
-            if reason.is_empty() { "no reason given" } else { reason }
+            if reason.is_empty() {
+                "no reason given"
+            } else {
+                reason
+            }
         ))
     })
 }
@@ -922,7 +945,8 @@ enum LogPhase {
         next: Option<Vec<u8>>,
         revision: i64,
     },
-    Live(WatchStream),
+    // Boxed: a watch stream is large, the other phases are small.
+    Live(Box<WatchStream>),
     Done,
 }
 
@@ -972,7 +996,7 @@ impl LogWatcher {
                         )
                         .await;
                     match watch {
-                        Ok(watch) => self.phase = LogPhase::Live(watch),
+                        Ok(watch) => self.phase = LogPhase::Live(Box::new(watch)),
                         Err(e) => return Some(Err(e)),
                     }
                 }
@@ -1035,7 +1059,7 @@ impl LogWatcher {
 
 enum LeaderPhase {
     Start,
-    Live(WatchStream),
+    Live(Box<WatchStream>),
     Done,
 }
 
@@ -1076,7 +1100,7 @@ impl LeaderWatcher {
                         .open_watch("watch leader", key, None, revision + 1, Vec::new())
                         .await
                     {
-                        Ok(watch) => self.phase = LeaderPhase::Live(watch),
+                        Ok(watch) => self.phase = LeaderPhase::Live(Box::new(watch)),
                         Err(e) => return Some(Err(e)),
                     }
                     return Some(current);
@@ -1123,11 +1147,23 @@ mod tests {
             Some(StoreError::LeaseExpired(7))
         );
         assert_eq!(
-            classify("etcdserver: mvcc: required revision has been compacted", None, false),
+            classify(
+                "etcdserver: mvcc: required revision has been compacted",
+                None,
+                false
+            ),
             Some(StoreError::Compacted(0))
         );
         assert!(matches!(
             classify("etcdserver: request is too large", None, true),
+            Some(StoreError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            classify(
+                "grpc: received message larger than max (2097381 vs. 2097152)",
+                None,
+                false
+            ),
             Some(StoreError::InvalidArgument(_))
         ));
         assert_eq!(classify("etcdserver: no leader", None, false), None);

@@ -154,19 +154,20 @@ impl State {
         self.revision += 1;
         let create_revision = match self.kvs.get(&key) {
             Some(old) => {
-                if old.lease != 0 && old.lease != lease {
-                    if let Some(l) = self.leases.get_mut(&old.lease) {
-                        l.keys.remove(&key);
-                    }
+                if old.lease != 0
+                    && old.lease != lease
+                    && let Some(l) = self.leases.get_mut(&old.lease)
+                {
+                    l.keys.remove(&key);
                 }
                 old.create_revision
             }
             None => self.revision,
         };
-        if lease != 0 {
-            if let Some(l) = self.leases.get_mut(&lease) {
-                l.keys.insert(key.clone());
-            }
+        if lease != 0
+            && let Some(l) = self.leases.get_mut(&lease)
+        {
+            l.keys.insert(key.clone());
         }
         self.kvs.insert(
             key.clone(),
@@ -205,12 +206,11 @@ impl State {
         }
         self.revision += 1;
         for key in doomed {
-            if let Some(kv) = self.kvs.remove(&key) {
-                if kv.lease != 0 {
-                    if let Some(l) = self.leases.get_mut(&kv.lease) {
-                        l.keys.remove(&key);
-                    }
-                }
+            if let Some(kv) = self.kvs.remove(&key)
+                && kv.lease != 0
+                && let Some(l) = self.leases.get_mut(&kv.lease)
+            {
+                l.keys.remove(&key);
             }
             self.notify(&key, Event::Delete);
         }
@@ -329,7 +329,10 @@ impl MemoryStore {
     fn lock(&self) -> MutexGuard<'_, State> {
         // Nothing panics while holding the lock; if something ever did, the
         // map is still consistent key by key, so keep serving.
-        self.shared.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn checked(&self) -> StoreResult<MutexGuard<'_, State>> {
@@ -397,7 +400,10 @@ impl MemoryStore {
 }
 
 fn receiver_stream<T: Send + 'static>(rx: mpsc::UnboundedReceiver<T>) -> BoxStream<'static, T> {
-    stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+    stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+    .boxed()
 }
 
 impl Store for MemoryStore {
@@ -576,10 +582,12 @@ impl Store for MemoryStore {
             let item = match event {
                 Err(e) => Some(Err(e)),
                 Ok(Event::Delete) => None,
-                Ok(Event::Put { key, value, .. }) => Some(match keys.parse_log_key(key.as_bytes()) {
-                    Some(index) => Ok((index, value.to_vec())),
-                    None => Err(corrupt_log_key(&keys, &key)),
-                }),
+                Ok(Event::Put { key, value, .. }) => {
+                    Some(match keys.parse_log_key(key.as_bytes()) {
+                        Some(index) => Ok((index, value.to_vec())),
+                        None => Err(corrupt_log_key(&keys, &key)),
+                    })
+                }
             };
             std::future::ready(item)
         });

@@ -42,10 +42,8 @@
 pub mod etcd;
 pub mod memory;
 
-use std::future::ready;
-
 use dorado_core::{Index, StoreError, StoreResult};
-use futures::stream::{BoxStream, Stream, StreamExt};
+use futures::stream::{self, BoxStream, Stream, StreamExt};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 
@@ -173,7 +171,9 @@ impl KeySpace {
     /// The index of a `log/<index>` key, `None` if `key` is not one.
     pub fn parse_log_key(&self, key: &[u8]) -> Option<Index> {
         let key = std::str::from_utf8(key).ok()?;
-        let rest = key.strip_prefix(self.prefix.as_str())?.strip_prefix("log/")?;
+        let rest = key
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("log/")?;
         parse_index(rest)
     }
 
@@ -216,7 +216,9 @@ impl KeySpace {
     /// The index of a `snap/<index>/manifest` key, `None` for any other key.
     pub fn parse_snap_manifest_key(&self, key: &[u8]) -> Option<Index> {
         let key = std::str::from_utf8(key).ok()?;
-        let rest = key.strip_prefix(self.prefix.as_str())?.strip_prefix("snap/")?;
+        let rest = key
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("snap/")?;
         let digits = rest.strip_suffix("/manifest")?;
         parse_index(digits)
     }
@@ -240,7 +242,9 @@ impl KeySpace {
     /// The replica of a `members/<replica>` key.
     pub fn parse_member_key(&self, key: &[u8]) -> Option<String> {
         let key = std::str::from_utf8(key).ok()?;
-        let rest = key.strip_prefix(self.prefix.as_str())?.strip_prefix("members/")?;
+        let rest = key
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("members/")?;
         (!rest.is_empty() && !rest.contains('/')).then(|| rest.to_owned())
     }
 }
@@ -336,15 +340,15 @@ where
     T: Send + 'static,
     S: Stream<Item = StoreResult<T>> + Send + 'static,
 {
-    stream
-        .scan(false, |failed, item| {
-            if *failed {
-                return ready(None);
-            }
-            *failed = item.is_err();
-            ready(Some(item))
-        })
-        .boxed()
+    // Not `scan`/`take_while`: they only end when the inner stream yields
+    // again, and a failed watch may never yield again.
+    stream::unfold(Some(stream.boxed()), |inner| async move {
+        let mut inner = inner?;
+        let item = inner.next().await?;
+        let rest = item.is_ok().then_some(inner);
+        Some((item, rest))
+    })
+    .boxed()
 }
 
 #[cfg(test)]
@@ -375,7 +379,10 @@ mod tests {
         assert!(ks.log(u64::MAX) < ks.log_end());
         assert!(ks.log_prefix() < ks.log(0));
         assert_eq!(ks.parse_log_key(ks.log(42).as_bytes()), Some(42));
-        assert_eq!(ks.parse_log_key(ks.log(u64::MAX).as_bytes()), Some(u64::MAX));
+        assert_eq!(
+            ks.parse_log_key(ks.log(u64::MAX).as_bytes()),
+            Some(u64::MAX)
+        );
         assert_eq!(ks.parse_log_key(b"/dorado/v1/ns/g/log/12"), None);
         assert_eq!(ks.log_end_inclusive(u64::MAX), ks.log_end());
         assert_eq!(ks.log_end_inclusive(3), ks.log(4));
@@ -389,7 +396,10 @@ mod tests {
         assert!(ks.snap_manifest(5) < ks.snap_below(6));
         assert!(ks.snap_below(5) < ks.snap_chunk(5, "0000000000000000", 0));
         assert!(ks.snap_manifest(4) < ks.snap_below(5));
-        assert_eq!(ks.parse_snap_manifest_key(ks.snap_manifest(5).as_bytes()), Some(5));
+        assert_eq!(
+            ks.parse_snap_manifest_key(ks.snap_manifest(5).as_bytes()),
+            Some(5)
+        );
         assert_eq!(ks.parse_snap_manifest_key(chunk.as_bytes()), None);
     }
 

@@ -114,3 +114,107 @@ pub fn mutated_pods() -> Vec<(String, Value)> {
         .filter_map(|c| run(&c).mutated.map(|m| (c, m)))
         .collect()
 }
+
+/// A directory laid out like a Kubernetes Secret volume: `tls.crt -> ..data/tls.crt`,
+/// `..data -> ..<generation>`, updated by the kubelet's atomic symlink swap.
+pub struct SecretDir {
+    pub dir: tempfile::TempDir,
+    generation: std::cell::Cell<u32>,
+}
+
+impl SecretDir {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            generation: std::cell::Cell::new(0),
+        }
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.path().join("tls.crt")
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.dir.path().join("tls.key")
+    }
+
+    pub fn files(&self) -> dorado_webhook::TlsFiles {
+        dorado_webhook::TlsFiles {
+            cert: self.cert_path(),
+            key: self.key_path(),
+        }
+    }
+
+    /// Publishes a new pair the way the kubelet does: write a fresh timestamped directory,
+    /// point `..data_tmp` at it, rename `..data_tmp` over `..data` (atomic).
+    pub fn install(&self, cert_pem: &[u8], key_pem: &[u8]) {
+        use std::os::unix::fs::symlink;
+        let g = self.generation.get() + 1;
+        self.generation.set(g);
+        let root = self.dir.path();
+        let gen_name = format!("..2026_11_27_00_00_{g:02}.{g}");
+        let gen_dir = root.join(&gen_name);
+        std::fs::create_dir(&gen_dir).unwrap();
+        std::fs::write(gen_dir.join("tls.crt"), cert_pem).unwrap();
+        std::fs::write(gen_dir.join("tls.key"), key_pem).unwrap();
+        let tmp = root.join("..data_tmp");
+        let _ = std::fs::remove_file(&tmp);
+        symlink(&gen_name, &tmp).unwrap();
+        std::fs::rename(&tmp, root.join("..data")).unwrap();
+        for f in ["tls.crt", "tls.key"] {
+            let link = root.join(f);
+            if std::fs::symlink_metadata(&link).is_err() {
+                symlink(format!("..data/{f}"), &link).unwrap();
+            }
+        }
+    }
+}
+
+/// Polls `cond` every 20 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut cond: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting until {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// An HTTPS client that trusts only `ca_pem` and reports the peer certificate.
+pub fn https_client(ca_pem: &str, reuse_connections: bool) -> reqwest::Client {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    // A resumed session carries no certificate; full handshakes show what is served now.
+    tls.resumption = rustls::client::Resumption::disabled();
+    let mut builder = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .tls_info(true)
+        .timeout(std::time::Duration::from_secs(10));
+    if !reuse_connections {
+        builder = builder.pool_max_idle_per_host(0);
+    }
+    builder.build().unwrap()
+}
+
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

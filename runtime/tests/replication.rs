@@ -1,0 +1,630 @@
+//! DORADO over etcd with real processes: three `dorado run` replicas of the
+//! `kv` example against a real etcd started by each test.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dorado::etcd_process::EtcdProcess;
+use support::{Cluster, http, kv_get, kv_put, post, wait_until};
+use tokio::sync::Mutex;
+
+async fn etcd() -> EtcdProcess {
+    EtcdProcess::start().await.expect("start etcd")
+}
+
+async fn snapshot_bytes(url: &str) -> (u64, Vec<u8>) {
+    let r = http()
+        .get(format!("{url}/v1/snapshot"))
+        .send()
+        .await
+        .expect("snapshot request");
+    assert!(r.status().is_success(), "snapshot: {}", r.status());
+    let index = r.headers()["dorado-index"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (index, r.bytes().await.unwrap().to_vec())
+}
+
+/// Submit with retries across replicas (same client id and seq every time),
+/// as a careful client would. Returns the final response.
+async fn submit_retrying(
+    urls: &[String],
+    body: &str,
+    id: &str,
+    seq: u64,
+    deadline: Duration,
+) -> Option<support::Resp> {
+    let http = http();
+    let start = Instant::now();
+    let mut i = seq as usize;
+    while start.elapsed() < deadline {
+        let url = &urls[i % urls.len()];
+        i += 1;
+        if let Ok(r) = post(&http, url, "/v1/commands", body, Some((id, seq))).await {
+            if r.status == 200 || r.status == 422 {
+                return Some(r);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commands_apply_in_the_same_order_everywhere() {
+    let etcd = etcd().await;
+    let mut c = Cluster::new(etcd.client_urls(), dorado::examples::KV, 3, 0);
+    c.start_all();
+    c.wait_all_ready().await;
+    c.wait_leader().await;
+
+    let urls = Arc::new(c.urls());
+    let mut clients = Vec::new();
+    for client in 0..10u64 {
+        let urls = urls.clone();
+        clients.push(tokio::spawn(async move {
+            for seq in 1..=100u64 {
+                let body = kv_put(&format!("k{}", seq % 17), &format!("c{client}-{seq}"));
+                let r = submit_retrying(
+                    &urls,
+                    &body,
+                    &format!("client-{client}"),
+                    seq,
+                    Duration::from_secs(20),
+                )
+                .await
+                .unwrap_or_else(|| panic!("client {client} seq {seq} got no answer"));
+                assert_eq!(r.status, 200, "{}", r.body);
+            }
+        }));
+    }
+    for t in clients {
+        t.await.expect("client task");
+    }
+    let (applied, hash) = c.wait_converged(Duration::from_secs(20)).await;
+    assert!(applied >= 1, "nothing applied");
+    assert_eq!(hash.len(), 64);
+    let snaps: Vec<_> = futures::future::join_all(urls.iter().map(|u| snapshot_bytes(u))).await;
+    assert!(
+        snaps.iter().all(|s| s == &snaps[0]),
+        "snapshots differ between replicas"
+    );
+    // 1,000 commands, every one applied exactly once: the trace of each replica has
+    // exactly 1,000 command lines.
+    for r in &c.replicas {
+        let lines = r
+            .stdout()
+            .lines()
+            .filter(|l| l.contains(" client=client-"))
+            .count();
+        assert_eq!(lines, 1000, "replica {} traced {lines} commands", r.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_fails_over_quickly_and_loses_no_acknowledged_write() {
+    let etcd = etcd().await;
+    let mut c = Cluster::new(etcd.client_urls(), dorado::examples::KV, 3, 0);
+    c.start_all();
+    c.wait_all_ready().await;
+    let leader = c.wait_leader().await;
+
+    let urls = Arc::new(c.urls());
+    let acked: Arc<Mutex<BTreeMap<String, (u64, String)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let (urls, acked, stop) = (urls.clone(), acked.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut seq = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seq += 1;
+                let key = format!("w{w}-{seq}");
+                let body = kv_put(&key, "v");
+                if let Some(r) = submit_retrying(
+                    &urls,
+                    &body,
+                    &format!("writer-{w}"),
+                    seq,
+                    Duration::from_secs(15),
+                )
+                .await
+                {
+                    assert_eq!(r.status, 200, "{}", r.body);
+                    acked.lock().await.insert(key, (seq, r.body));
+                }
+            }
+        }));
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "some writes before the crash",
+        || async { acked.lock().await.len() >= 50 },
+    )
+    .await;
+
+    c.replicas[leader].kill();
+    let killed_at = Instant::now();
+    let survivor = (leader + 1) % 3;
+    let before = acked.lock().await.len();
+    wait_until(
+        Duration::from_secs(10),
+        "writes to resume after the leader crash",
+        || async { acked.lock().await.len() > before + 5 },
+    )
+    .await;
+    let failover = killed_at.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    // lease-ttl (2 s) + 1 s, plus the writes needed to observe it.
+    assert!(
+        failover <= Duration::from_secs(3) + Duration::from_millis(500),
+        "writes resumed only after {failover:?}"
+    );
+    let new_leader = c.wait_leader().await;
+    assert_ne!(new_leader, leader);
+
+    // Every acknowledged write is present, exactly once (trace count), on every live replica.
+    c.wait_converged(Duration::from_secs(20)).await;
+    let acked = acked.lock().await.clone();
+    let http = http();
+    for (key, _) in acked.iter().step_by(7) {
+        let r = post(
+            &http,
+            &c.replicas[survivor].url(),
+            "/v1/query",
+            &kv_get(key),
+            None,
+        )
+        .await
+        .unwrap();
+        assert!(
+            r.body.contains("\"v\""),
+            "acknowledged {key} missing: {}",
+            r.body
+        );
+    }
+    let trace = c.replicas[survivor].stdout();
+    let mut seen: BTreeMap<(String, u64), usize> = BTreeMap::new();
+    for line in trace.lines() {
+        if line.contains("(duplicate") {
+            continue;
+        }
+        if let Some(rest) = line.split(" client=").nth(1) {
+            if let Some((id, seq)) = rest
+                .split_whitespace()
+                .next()
+                .and_then(|t| t.split_once('#'))
+            {
+                *seen
+                    .entry((id.to_string(), seq.parse().unwrap()))
+                    .or_default() += 1;
+            }
+        }
+    }
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "a command was applied twice"
+    );
+    for (key, (seq, _)) in &acked {
+        let w = key.split('-').next().unwrap().trim_start_matches('w');
+        assert_eq!(
+            seen.get(&(format!("writer-{w}"), *seq)),
+            Some(&1),
+            "{key} not applied once"
+        );
+    }
+
+    // A client that retries its last acknowledged seq (what a client does when
+    // the answer got lost in the crash) gets the original reply, not a re-application.
+    let (key, (seq, reply)) = acked
+        .iter()
+        .filter(|(k, _)| k.starts_with("w0-"))
+        .max_by_key(|(_, (seq, _))| *seq)
+        .expect("writer 0 acknowledged something");
+    let w = key.split('-').next().unwrap().trim_start_matches('w');
+    let r = post(
+        &http,
+        &c.replicas[survivor].url(),
+        "/v1/commands",
+        &kv_put(key, "v"),
+        Some((&format!("writer-{w}"), *seq)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.duplicate, "retry was not recognised as a duplicate");
+    assert_eq!(&r.body, reply);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_leader_is_fenced_off_and_the_group_stays_consistent() {
+    let etcd = etcd().await;
+    let mut c = Cluster::new(etcd.client_urls(), dorado::examples::KV, 3, 0);
+    c.start_all();
+    c.wait_all_ready().await;
+    let old = c.wait_leader().await;
+    let http = http();
+    let r = post(
+        &http,
+        &c.replicas[old].url(),
+        "/v1/commands",
+        &kv_put("a", "1"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+
+    c.replicas[old].signal("STOP");
+    let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    // Another replica takes over while the old leader sleeps past its lease.
+    wait_until(
+        Duration::from_secs(10),
+        "a new leader while the old one is paused",
+        || async {
+            for &i in &others {
+                if let Some(s) = c.status(i).await {
+                    if s["role"] == "leader" {
+                        return true;
+                    }
+                }
+            }
+            false
+        },
+    )
+    .await;
+    for n in 0..20 {
+        let r = submit_retrying(
+            &others
+                .iter()
+                .map(|i| c.replicas[*i].url())
+                .collect::<Vec<_>>(),
+            &kv_put("b", &n.to_string()),
+            "during-pause",
+            n + 1,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("write during pause");
+        assert_eq!(r.status, 200);
+    }
+    // Resume the old leader and immediately hit it with writes: whatever it
+    // believes, its fenced appends cannot land.
+    c.replicas[old].signal("CONT");
+    let mut answered = Vec::new();
+    for n in 0..10u64 {
+        if let Ok(r) = post(
+            &http,
+            &c.replicas[old].url(),
+            "/v1/commands",
+            &kv_put(&format!("late{n}"), "x"),
+            Some(("late-client", n + 1)),
+        )
+        .await
+        {
+            answered.push((n, r));
+        }
+    }
+    let (applied, _) = c.wait_converged(Duration::from_secs(20)).await;
+    assert!(applied >= 21);
+    let status = c.status(old).await.unwrap();
+    assert_eq!(
+        status["role"], "follower",
+        "the resumed leader still claims to lead"
+    );
+    // Writes it acknowledged went through the new leader (forwarded) and are present once.
+    let trace = c.replicas[others[0]].stdout();
+    for (n, r) in answered {
+        let key = format!("late{n}");
+        let count = trace
+            .lines()
+            .filter(|l| l.contains(&format!("\"key\":\"{key}\"")) && !l.contains("(duplicate"))
+            .count();
+        if r.status == 200 {
+            assert_eq!(count, 1, "{key} acknowledged but applied {count} times");
+        } else {
+            assert!(count <= 1, "{key} applied {count} times");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recreated_replica_restores_the_snapshot_and_replays_the_tail() {
+    let etcd = etcd().await;
+    let mut c = Cluster::new(etcd.client_urls(), dorado::examples::KV, 3, 50);
+    c.start_all();
+    c.wait_all_ready().await;
+    let leader = c.wait_leader().await;
+    let victim = (leader + 1) % 3;
+    let http = http();
+    let url = c.replicas[leader].url();
+    for seq in 1..=230u64 {
+        let r = post(
+            &http,
+            &url,
+            "/v1/commands",
+            &kv_put(&format!("k{}", seq % 40), &seq.to_string()),
+            Some(("loader", seq)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let (applied, hash) = c.wait_converged(Duration::from_secs(20)).await;
+    c.replicas[victim].kill();
+    c.start(victim); // empty working directory: a recreated pod
+    c.wait_ready(victim).await;
+    let (applied2, hash2) = c.wait_converged(Duration::from_secs(20)).await;
+    assert_eq!((applied2, &hash2), (applied, &hash));
+    let out = c.replicas[victim].stdout();
+    assert!(
+        out.contains("restored snapshot idx=200"),
+        "the recreated replica did not restore the snapshot at 200:\n{}",
+        support::tail(&out, 5)
+    );
+    let replayed = out.lines().filter(|l| l.starts_with("idx=")).count();
+    assert_eq!(
+        replayed, 30,
+        "expected the 30-entry tail to be replayed, trace:\n{out}"
+    );
+    let r = post(
+        &http,
+        &c.replicas[victim].url(),
+        "/v1/query?consistency=stale",
+        &kv_get("k30"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(r.body.contains("\"230\""), "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_group_survives_an_etcd_restart_without_losing_acknowledged_commands() {
+    let mut etcd = etcd().await;
+    let mut c = Cluster::new(etcd.client_urls(), dorado::examples::COUNTER, 3, 0);
+    c.start_all();
+    c.wait_all_ready().await;
+    c.wait_leader().await;
+    let urls = c.urls();
+    for seq in 1..=20u64 {
+        let r = submit_retrying(
+            &urls,
+            r#"{"op":"add","n":1}"#,
+            "adder",
+            seq,
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    etcd.kill().expect("kill etcd");
+    wait_until(
+        Duration::from_secs(15),
+        "replicas to report not ready while etcd is down",
+        || async { !c.ready(0).await && !c.ready(1).await && !c.ready(2).await },
+    )
+    .await;
+    etcd.restart().await.expect("restart etcd");
+    for seq in 21..=40u64 {
+        let r = submit_retrying(
+            &urls,
+            r#"{"op":"add","n":1}"#,
+            "adder",
+            seq,
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|| panic!("write {seq} after etcd restart got no answer"));
+        assert_eq!(r.status, 200);
+    }
+    c.wait_converged(Duration::from_secs(20)).await;
+    let http = http();
+    for u in &urls {
+        let r = post(&http, u, "/v1/query", r#"{"op":"get"}"#, None)
+            .await
+            .unwrap();
+        assert!(r.body.contains("40"), "counter lost writes: {}", r.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_requests_are_refused_and_never_reach_the_log() {
+    let etcd = etcd().await;
+    let mut c = Cluster::new(etcd.client_urls(), dorado::examples::KV, 1, 0);
+    c.start_all();
+    c.wait_all_ready().await;
+    c.wait_leader().await;
+    let http = http();
+    let url = c.replicas[0].url();
+    let before = c.status(0).await.unwrap()["applied_index"]
+        .as_u64()
+        .unwrap();
+
+    let r = post(&http, &url, "/v1/commands", "", None).await.unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("\"code\":\"empty\""), "{}", r.body);
+    let r = http
+        .post(format!("{url}/v1/commands"))
+        .header("dorado-client-id", "c")
+        .header("dorado-seq", "abc")
+        .body(kv_put("a", "b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("dorado-seq must be a positive integer")
+    );
+    let big = "x".repeat(600 * 1024);
+    let r = post(&http, &url, "/v1/commands", &big, None).await.unwrap();
+    assert_eq!(r.status, 413, "{}", r.body);
+    let r = http.get(format!("{url}/v2/nothing")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = post(
+        &http,
+        &url,
+        "/v1/query?consistency=weird",
+        &kv_get("a"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 400);
+
+    let after = c.status(0).await.unwrap()["applied_index"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(before, after, "a refused request reached the log");
+    assert!(
+        !c.replicas[0].stdout().contains("idx="),
+        "a refused request was traced"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_with_another_module_refuses_to_join_naming_both_hashes() {
+    let etcd = etcd().await;
+    let mut c = Cluster::new(etcd.client_urls(), dorado::examples::KV, 2, 0);
+    c.start(0);
+    c.wait_ready(0).await;
+    let other = c.tmp.path().join("counter.wasm");
+    std::fs::write(&other, dorado::examples::COUNTER).unwrap();
+    c.start_with_module(1, &other);
+    let code = c.replicas[1].wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(
+        code,
+        Some(1),
+        "the mismatched replica did not exit with an error"
+    );
+    let err = c.replicas[1].stderr();
+    let kv_sha = sha256_hex(dorado::examples::KV);
+    let counter_sha = sha256_hex(dorado::examples::COUNTER);
+    assert!(
+        err.contains(&kv_sha) && err.contains(&counter_sha),
+        "stderr: {err}"
+    );
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_submit_query_status_and_replay_work_against_a_group() {
+    let etcd = etcd().await;
+    let mut c = Cluster::new(etcd.client_urls(), dorado::examples::KV, 2, 0);
+    c.start_all();
+    c.wait_all_ready().await;
+    let leader = c.wait_leader().await;
+    let follower = 1 - leader;
+    let run = |args: &[&str]| {
+        std::process::Command::new(support::BIN)
+            .args(args)
+            .output()
+            .expect("run dorado")
+    };
+    // Through the follower (forwarded), with an explicit session.
+    let fol = c.replicas[follower].addr();
+    let out = run(&[
+        "submit",
+        "--endpoint",
+        &fol,
+        "--client-id",
+        "cli",
+        "--seq",
+        "1",
+        &kv_put("x", "1"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = String::from_utf8_lossy(&out.stdout).to_string();
+    // Same seq again, different value: the original reply, not applied twice.
+    let out = run(&[
+        "submit",
+        "--endpoint",
+        &fol,
+        "--client-id",
+        "cli",
+        "--seq",
+        "1",
+        &kv_put("x", "2"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), first);
+    let out = run(&["query", "--endpoint", &fol, &kv_get("x")]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"1\""));
+    // A dead endpoint first in the list: the client moves on.
+    let dead = format!("127.0.0.1:{}", support::free_port());
+    let out = run(&[
+        "submit",
+        "--endpoint",
+        &format!("{dead},{fol}"),
+        &kv_put("y", "1"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["status", "--endpoint", &fol]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("role            follower"), "{text}");
+
+    c.wait_converged(Duration::from_secs(10)).await;
+    let trace_file = c.tmp.path().join("trace.log");
+    std::fs::write(&trace_file, c.replicas[leader].stdout()).unwrap();
+    let module = c.module.to_string_lossy().to_string();
+    let base = [
+        "replay",
+        "--etcd",
+        &c.etcd_urls[0],
+        "--group",
+        &c.group,
+        "--namespace",
+        &c.namespace,
+        "--module",
+    ];
+    let out = run(&[
+        &base[..],
+        &[module.as_str(), "--trace", trace_file.to_str().unwrap()],
+    ]
+    .concat());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("reference hashes match"), "{text}");
+    // Replaying with another module diverges at the first command.
+    let counter = c.tmp.path().join("c.wasm");
+    std::fs::write(&counter, dorado::examples::COUNTER).unwrap();
+    let out = run(&[
+        &base[..],
+        &[
+            counter.to_str().unwrap(),
+            "--trace",
+            trace_file.to_str().unwrap(),
+        ],
+    ]
+    .concat());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(text.contains("DIVERGENCE at index 1"), "{text}");
+}

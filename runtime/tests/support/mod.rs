@@ -1,0 +1,363 @@
+//! Test harness: real `dorado run` processes against a real etcd.
+//!
+//! Each replica is a child process of the test with its own working
+//! directory, port and log files; dropping the harness kills every process
+//! (also when a test fails), and the temp dirs go with it.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_dorado");
+
+/// Poll `cond` until it holds or `timeout` passes; panics naming `what`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+pub fn http() -> reqwest::Client {
+    dorado::ensure_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("http client")
+}
+
+/// One `dorado run` process.
+pub struct Replica {
+    pub name: String,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+    pub extra: Vec<String>,
+}
+
+impl Replica {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stdout")).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        if let Some(pid) = self.pid() {
+            let ok = Command::new("kill")
+                .args([&format!("-{sig}"), &pid.to_string()])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "kill -{sig} {pid} failed");
+        }
+    }
+
+    /// `kill -9` and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Wait for the process to exit by itself; returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    self.child = None;
+                    return status.code();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGCONT first: a SIGSTOPped process still dies of SIGKILL, but be tidy.
+            let _ = Command::new("kill")
+                .args(["-CONT", &c.id().to_string()])
+                .status();
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A group of replicas over one etcd.
+pub struct Cluster {
+    pub etcd_urls: Vec<String>,
+    pub group: String,
+    pub namespace: String,
+    pub module: PathBuf,
+    pub lease_ttl: u64,
+    pub snapshot_every: u64,
+    pub replicas: Vec<Replica>,
+    pub tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn new(etcd_urls: Vec<String>, module_bytes: &[u8], n: usize, snapshot_every: u64) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let module = tmp.path().join("module.wasm");
+        std::fs::write(&module, module_bytes).expect("write module");
+        let mut c = Cluster {
+            etcd_urls,
+            group: "g".into(),
+            namespace: format!("t{}", std::process::id()),
+            module,
+            lease_ttl: 2,
+            snapshot_every,
+            replicas: Vec::new(),
+            tmp,
+        };
+        for i in 1..=n {
+            let name = format!("r{i}");
+            let dir = c.tmp.path().join(&name);
+            c.replicas.push(Replica {
+                name,
+                port: free_port(),
+                dir,
+                child: None,
+                extra: Vec::new(),
+            });
+        }
+        c
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.replicas.iter().map(Replica::url).collect()
+    }
+
+    /// Start replica `i` with an empty working directory (a fresh pod).
+    pub fn start(&mut self, i: usize) {
+        let module = self.module.clone();
+        self.start_with_module(i, &module);
+    }
+
+    pub fn start_with_module(&mut self, i: usize, module: &Path) {
+        let r = &mut self.replicas[i];
+        let _ = std::fs::remove_dir_all(&r.dir);
+        std::fs::create_dir_all(&r.dir).expect("replica dir");
+        let out = std::fs::File::create(r.dir.join("stdout")).expect("stdout file");
+        let err = std::fs::File::create(r.dir.join("stderr")).expect("stderr file");
+        let child = Command::new(BIN)
+            .arg("run")
+            .args(["--group", &self.group, "--namespace", &self.namespace])
+            .args(["--replica", &r.name])
+            .arg("--module")
+            .arg(module)
+            .args(["--etcd", &self.etcd_urls.join(",")])
+            .args(["--listen", &r.addr(), "--advertise", &r.addr()])
+            .args(["--lease-ttl", &self.lease_ttl.to_string()])
+            .args(["--snapshot-every", &self.snapshot_every.to_string()])
+            .args(&r.extra)
+            .env("DORADO_LOG", "info")
+            .current_dir(&r.dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn dorado run");
+        r.child = Some(child);
+    }
+
+    pub fn start_all(&mut self) {
+        for i in 0..self.replicas.len() {
+            self.start(i);
+        }
+    }
+
+    pub async fn status(&self, i: usize) -> Option<Value> {
+        let r = http()
+            .get(format!("{}/v1/status", self.replicas[i].url()))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        serde_json::from_slice(&r.bytes().await.ok()?).ok()
+    }
+
+    pub async fn ready(&self, i: usize) -> bool {
+        http()
+            .get(format!("{}/readyz", self.replicas[i].url()))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .map(|r| r.status().is_success())
+            .unwrap_or(false)
+    }
+
+    pub async fn wait_ready(&self, i: usize) {
+        let what = format!(
+            "replica {} to be ready (stderr tail: see below)",
+            self.replicas[i].name
+        );
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if self.ready(i).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{what}\n{}", tail(&self.replicas[i].stderr(), 20));
+    }
+
+    pub async fn wait_all_ready(&self) {
+        for i in 0..self.replicas.len() {
+            if self.replicas[i].child.is_some() {
+                self.wait_ready(i).await;
+            }
+        }
+    }
+
+    /// Index of the replica whose status says leader.
+    pub async fn leader(&self) -> Option<usize> {
+        for i in 0..self.replicas.len() {
+            if self.replicas[i].child.is_none() {
+                continue;
+            }
+            if let Some(s) = self.status(i).await {
+                if s["role"] == "leader" {
+                    return Some(i);
+                }
+            }
+        }
+        None
+    }
+
+    pub async fn wait_leader(&self) -> usize {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Some(l) = self.leader().await {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no leader within 20s");
+    }
+
+    /// Wait until every running replica has applied the same index with the
+    /// same hash; returns (index, hash).
+    pub async fn wait_converged(&self, timeout: Duration) -> (u64, String) {
+        let start = Instant::now();
+        let mut last = Vec::new();
+        while start.elapsed() < timeout {
+            let mut seen = Vec::new();
+            for i in 0..self.replicas.len() {
+                if self.replicas[i].child.is_none() {
+                    continue;
+                }
+                match self.status(i).await {
+                    Some(s) => seen.push((
+                        s["applied_index"].as_u64().unwrap_or(0),
+                        s["commit_index"].as_u64().unwrap_or(0),
+                        s["hash"].as_str().unwrap_or("").to_string(),
+                    )),
+                    None => seen.push((0, u64::MAX, String::new())),
+                }
+            }
+            let first = seen[0].clone();
+            if first.0 >= first.1 && seen.iter().all(|s| s.0 == first.0 && s.2 == first.2) {
+                return (first.0, first.2);
+            }
+            last = seen;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("replicas did not converge within {timeout:?}: (applied, commit, hash) = {last:?}");
+    }
+}
+
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Result of one HTTP command.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub body: String,
+    pub index: Option<u64>,
+    pub duplicate: bool,
+}
+
+pub async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    path: &str,
+    body: &str,
+    tag: Option<(&str, u64)>,
+) -> Result<Resp, String> {
+    let mut req = http.post(format!("{url}{path}")).body(body.to_string());
+    if let Some((id, seq)) = tag {
+        req = req
+            .header("dorado-client-id", id)
+            .header("dorado-seq", seq.to_string());
+    }
+    let r = req.send().await.map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let index = r
+        .headers()
+        .get("dorado-index")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let duplicate = r.headers().contains_key("dorado-duplicate");
+    let body = r.text().await.map_err(|e| e.to_string())?;
+    Ok(Resp {
+        status,
+        body,
+        index,
+        duplicate,
+    })
+}
+
+pub fn kv_put(key: &str, value: &str) -> String {
+    serde_json::json!({"op": "put", "key": key, "value": value}).to_string()
+}
+
+pub fn kv_get(key: &str) -> String {
+    serde_json::json!({"op": "get", "key": key}).to_string()
+}
