@@ -386,8 +386,8 @@ async fn query<S: Store>(
         }
     };
     let q = read_body(body, state.max_command_bytes, "query").await?;
-    let (node, store) = state.started()?;
-    match node.query(&**store, q.to_vec(), consistency).await {
+    let (node, _) = state.started()?;
+    match node.query(q.to_vec(), consistency).await {
         Ok(bytes) => Ok((
             StatusCode::OK,
             [(http::header::CONTENT_TYPE, "application/octet-stream")],

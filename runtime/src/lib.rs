@@ -1,13 +1,17 @@
 //! Dorado runtime.
 
 pub mod api;
+pub mod bench;
+pub mod classic;
 pub mod client;
+pub mod demo;
 pub mod etcd_process;
 pub mod examples;
 pub mod host;
 pub mod metrics;
 pub mod node;
 pub mod replay;
+pub mod replica;
 pub mod runner;
 pub mod store;
 pub mod tools;

@@ -44,6 +44,11 @@ enum Command {
     Status(StatusArgs),
     /// Re-execute a group's stored history offline and report the first index whose hash differs.
     Replay(ReplayArgs),
+    /// Run 3 replicas of the embedded kv example, kill the leader, recreate it
+    /// empty and check that nothing was lost (etcd if installed, else in-process).
+    Demo(dorado::demo::DemoArgs),
+    /// Benchmark Dorado against raw etcd puts and fenced Txns, in one run.
+    Bench(Box<dorado::bench::BenchArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -228,6 +233,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Query(args) => runtime()?.block_on(query(args))?,
         Command::Status(args) => runtime()?.block_on(status(args))?,
         Command::Replay(args) => runtime()?.block_on(replay(args))?,
+        Command::Bench(args) => {
+            runtime()?.block_on(dorado::bench::main(*args))?;
+        }
+        Command::Demo(args) => runtime()?.block_on(dorado::demo::run(&args, &mut io::stdout()))?,
     }
     Ok(())
 }

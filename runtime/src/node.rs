@@ -306,11 +306,20 @@ enum Learned {
     Restore(SnapshotData),
 }
 
+/// A linearizable read of the store's last log index (what a linearizable
+/// query must wait for), type-erased so that [`Node`] is not generic.
+type ReadIndex = Arc<
+    dyn Fn() -> futures::future::BoxFuture<'static, Result<Option<Index>, StoreError>>
+        + Send
+        + Sync,
+>;
+
 /// Handle to a running replica (cheap to clone).
 #[derive(Clone)]
 pub struct Node {
     tx: mpsc::UnboundedSender<Msg>,
     shared: Arc<Shared>,
+    read_index: ReadIndex,
 }
 
 impl std::fmt::Debug for Node {
@@ -341,16 +350,14 @@ impl Node {
     }
 
     /// Run a read-only query.
-    pub async fn query<S: Store>(
+    pub async fn query(
         &self,
-        store: &S,
         query: Vec<u8>,
         consistency: Consistency,
     ) -> Result<Vec<u8>, QueryError> {
         let min_index = match consistency {
             Consistency::Stale => 0,
-            Consistency::Linearizable => store
-                .last_index()
+            Consistency::Linearizable => (self.read_index)()
                 .await
                 .map_err(QueryError::Store)?
                 .unwrap_or(0),
@@ -583,9 +590,15 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
     let (tx, rx) = mpsc::unbounded_channel();
     let (learned_tx, learned_rx) = mpsc::channel(1024);
     let (lease_tx, lease_rx) = watch::channel(None);
+    let read_store = store.clone();
+    let read_index: ReadIndex = Arc::new(move || {
+        let store = read_store.clone();
+        Box::pin(async move { store.last_index().await })
+    });
     let node = Node {
         tx: tx.clone(),
         shared: shared.clone(),
+        read_index,
     };
 
     let core = Core {

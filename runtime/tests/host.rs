@@ -648,7 +648,13 @@ fn unbounded_allocation_hits_the_memory_cap_and_is_rolled_back() {
 #[test]
 fn stack_exhaustion_is_a_trap() {
     let mut f = faulty(small_limits());
-    assert_rejected(&mut f, r#"{"op":"recurse","set":5}"#, RejectKind::Trap);
+    let message = assert_rejected(&mut f, r#"{"op":"recurse","set":5}"#, RejectKind::Trap);
+    // Rust's shadow stack overflows into unmapped memory (or wasmtime's own
+    // stack limit trips first); either way a plain trap, described once.
+    assert!(
+        message == "trap: out of bounds memory access" || message == "trap: call stack exhausted",
+        "{message}"
+    );
 }
 
 #[test]

@@ -1091,6 +1091,12 @@ mod etcd_only {
         })
         .await;
         next += 1;
+        // Once the survivors have a leader, connecting with the dead member
+        // first in the list works.
+        let again = EtcdStore::connect(&urls, "test", "cluster", store_options())
+            .await
+            .expect("connect with one member down");
+        assert_eq!(again.last_index().await.unwrap(), Some(2));
         cluster.stop_member(1).await.unwrap();
         // Without a quorum nothing is written, and the error says so in time.
         let started = Instant::now();

@@ -22,8 +22,6 @@ pub const SNAPSHOT_EVERY: &str = "dorado.io/snapshot-every";
 pub const ETCD_ENDPOINTS: &str = "dorado.io/etcd-endpoints";
 /// Runtime log format, `human` or `json`.
 pub const LOG_FORMAT: &str = "dorado.io/log-format";
-/// Ordering protocol, `fenced` (default of the runtime) or `classic`.
-pub const PROTOCOL: &str = "dorado.io/protocol";
 /// CPU request of the runtime container.
 pub const CPU_REQUEST: &str = "dorado.io/cpu-request";
 /// CPU limit of the runtime container (`none` removes it).
@@ -53,13 +51,9 @@ pub const KNOWN: &[&str] = &[
     SNAPSHOT_EVERY,
     ETCD_ENDPOINTS,
     LOG_FORMAT,
-    PROTOCOL,
     CPU_REQUEST,
     CPU_LIMIT,
     MEMORY_REQUEST,
     MEMORY_LIMIT,
     STATUS,
 ];
-
-/// Accepted values of [`PROTOCOL`].
-pub const PROTOCOLS: &[&str] = &["fenced", "classic"];

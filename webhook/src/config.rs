@@ -73,7 +73,7 @@ pub struct MutationConfig {
     pub port: u16,
     /// Default leader lease TTL in seconds (`DORADO_LEASE_TTL`).
     pub lease_ttl_secs: u32,
-    /// Default snapshot interval in log entries (`DORADO_SNAPSHOT_EVERY`).
+    /// Default snapshot interval in log entries (`DORADO_SNAPSHOT_EVERY`; 0 = never).
     pub snapshot_every: u64,
     /// Default runtime log format (`DORADO_LOG_FORMAT`).
     pub log_format: LogFormat,
@@ -121,9 +121,6 @@ impl MutationConfig {
         if !(MIN_LEASE_TTL_SECS..=MAX_LEASE_TTL_SECS).contains(&self.lease_ttl_secs) {
             return Err(ConfigError::LeaseTtl(self.lease_ttl_secs));
         }
-        if self.snapshot_every == 0 {
-            return Err(ConfigError::SnapshotEvery);
-        }
         if let Some(p) = &self.image_pull_policy
             && !matches!(p.as_str(), "Always" | "IfNotPresent" | "Never")
         {
@@ -153,12 +150,13 @@ impl MutationConfig {
 
 /// Default client port of the runtime.
 pub const DEFAULT_PORT: u16 = 7070;
-/// Default leader lease TTL.
-pub const DEFAULT_LEASE_TTL_SECS: u32 = 10;
+/// Default leader lease TTL. Longer than the runtime's own default (2 s) so that an etcd
+/// leader election (about 1 s with etcd's defaults) does not also cost Dorado its leader.
+pub const DEFAULT_LEASE_TTL_SECS: u32 = 5;
 /// Smallest accepted lease TTL.
 pub const MIN_LEASE_TTL_SECS: u32 = 1;
-/// Largest accepted lease TTL.
-pub const MAX_LEASE_TTL_SECS: u32 = 3600;
+/// Largest accepted lease TTL (the runtime's limit).
+pub const MAX_LEASE_TTL_SECS: u32 = 600;
 /// Default snapshot interval.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
 /// Non-root user of the distroless runtime image (`nonroot`).
@@ -189,9 +187,6 @@ pub enum ConfigError {
     /// The lease TTL is out of range.
     #[error("lease ttl {0}s is out of range {MIN_LEASE_TTL_SECS}..={MAX_LEASE_TTL_SECS}")]
     LeaseTtl(u32),
-    /// The snapshot interval is zero.
-    #[error("snapshot interval must be at least 1 entry")]
-    SnapshotEvery,
     /// The image pull policy is not one Kubernetes knows.
     #[error("image pull policy {0:?} is not one of Always, IfNotPresent, Never")]
     PullPolicy(String),

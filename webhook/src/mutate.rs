@@ -104,7 +104,6 @@ struct Settings {
     snapshot_every: u64,
     etcd_endpoints: Vec<String>,
     log_format: LogFormat,
-    protocol: Option<String>,
     cpu_request: Quantity,
     cpu_limit: Option<Quantity>,
     memory_request: Quantity,
@@ -227,7 +226,6 @@ fn resolve(
     let snapshot_every = text(ann::SNAPSHOT_EVERY);
     let etcd = text(ann::ETCD_ENDPOINTS);
     let log_format = text(ann::LOG_FORMAT);
-    let protocol = text(ann::PROTOCOL);
     let cpu_request = text(ann::CPU_REQUEST);
     let cpu_limit = text(ann::CPU_LIMIT);
     let memory_request = text(ann::MEMORY_REQUEST);
@@ -330,10 +328,17 @@ fn resolve(
     let snapshot_every = match snapshot_every {
         None => Some(cfg.snapshot_every),
         Some(v) => match parse_int::<u64>(v) {
-            Some(n) if n > 0 => Some(n),
-            _ => {
+            Some(0) => {
+                warnings.push(format!(
+                    "{}: \"0\" disables snapshots, so the log in etcd is never truncated",
+                    ann::SNAPSHOT_EVERY
+                ));
+                Some(0)
+            }
+            Some(n) => Some(n),
+            None => {
                 errors.push(format!(
-                    "annotation {}: {v:?} is invalid; expected a positive number of log entries",
+                    "annotation {}: {v:?} is invalid; expected a number of log entries (0 = never)",
                     ann::SNAPSHOT_EVERY
                 ));
                 None
@@ -383,19 +388,6 @@ fn resolve(
                 None
             }
         },
-    };
-
-    let protocol = match protocol {
-        None => None,
-        Some(v) if ann::PROTOCOLS.contains(&v) => Some(v.to_owned()),
-        Some(v) => {
-            errors.push(format!(
-                "annotation {}: {v:?} is not a protocol; expected one of {}",
-                ann::PROTOCOL,
-                ann::PROTOCOLS.join(", ")
-            ));
-            None
-        }
     };
 
     let d = &cfg.resources;
@@ -480,7 +472,6 @@ fn resolve(
             snapshot_every,
             etcd_endpoints,
             log_format,
-            protocol,
             cpu_request,
             cpu_limit,
             memory_request,
@@ -831,7 +822,7 @@ fn field_ref(path: &str) -> Value {
 /// The runtime's environment, in dependency order (`$(POD_NAME)` and `$(POD_IP)` are
 /// expanded by the kubelet, so they come first).
 fn runtime_env(s: &Settings) -> Vec<Value> {
-    let mut env = vec![
+    vec![
         json!({ "name": "POD_NAME", "valueFrom": field_ref("metadata.name") }),
         json!({ "name": "POD_NAMESPACE", "valueFrom": field_ref("metadata.namespace") }),
         json!({ "name": "POD_IP", "valueFrom": field_ref("status.podIP") }),
@@ -845,11 +836,7 @@ fn runtime_env(s: &Settings) -> Vec<Value> {
         json!({ "name": "DORADO_LEASE_TTL", "value": s.lease_ttl.to_string() }),
         json!({ "name": "DORADO_SNAPSHOT_EVERY", "value": s.snapshot_every.to_string() }),
         json!({ "name": "DORADO_LOG_FORMAT", "value": s.log_format.as_str() }),
-    ];
-    if let Some(p) = &s.protocol {
-        env.push(json!({ "name": "DORADO_PROTOCOL", "value": p }));
-    }
-    env
+    ]
 }
 
 fn http_probe(path: &str, period: u32, failures: u32) -> Value {

@@ -442,6 +442,7 @@ fn every_warning_case_warns() {
             "unknown annotation dorado.io/replicas",
         ),
         ("status-not-mutated", "dorado.io/status"),
+        ("snapshots-disabled", "never truncated"),
         ("stray-annotations-without-replicate", "ignored"),
         ("merge-into-existing-container", "DORADO_LEASE_TTL replaced"),
         ("merge-into-existing-container", "resources.requests.cpu"),

@@ -260,7 +260,10 @@ impl Live {
                 ),
                 (None, Some(Trap::UnreachableCodeReached)) => match self.panic_message() {
                     Some(message) => (RejectKind::Trap, format!("guest panicked: {message}")),
-                    None => (RejectKind::Trap, describe_trap(Trap::UnreachableCodeReached)),
+                    None => (
+                        RejectKind::Trap,
+                        describe_trap(Trap::UnreachableCodeReached),
+                    ),
                 },
                 (None, Some(trap)) => (RejectKind::Trap, describe_trap(*trap)),
                 (None, None) => (RejectKind::Trap, one_line(&error.to_string())),

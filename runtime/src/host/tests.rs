@@ -24,3 +24,12 @@ fn garbage_is_invalid() {
         other => panic!("expected Invalid, got {other:?}"),
     }
 }
+
+#[test]
+fn host_types_can_move_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Host>();
+    send_sync::<Module>();
+    send::<Instance>();
+}

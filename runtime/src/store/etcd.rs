@@ -58,6 +58,7 @@ const SNAPSHOT_READ_ATTEMPTS: usize = 3;
 
 // gRPC status codes (stable, from the gRPC spec).
 const GRPC_INVALID_ARGUMENT: i32 = 3;
+const GRPC_UNAVAILABLE: i32 = 14;
 
 /// How an [`EtcdStore`] talks to etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,16 +117,40 @@ struct Ctx {
 
 impl Ctx {
     /// Run one etcd request under the request timeout, mapping its errors.
-    async fn call<T>(
-        &self,
-        what: &str,
-        lease: Option<i64>,
-        fut: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> StoreResult<T> {
-        match tokio::time::timeout(self.options.request_timeout, fut).await {
+    ///
+    /// `op` makes the request; it is made again (until the timeout) only
+    /// when the previous attempt could not even connect to the endpoint the
+    /// client picked, so the request was never sent and repeating it is safe
+    /// for writes too. That happens when one member of a cluster is down
+    /// and the client has not noticed yet; another member will answer.
+    async fn call<T, F, Fut>(&self, what: &str, lease: Option<i64>, mut op: F) -> StoreResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut last_connect_error: Option<String> = None;
+        let attempts = async {
+            let mut backoff = Duration::from_millis(10);
+            loop {
+                match op().await {
+                    Err(e) if never_sent(&e) => {
+                        last_connect_error = Some(e.to_string());
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(250));
+                    }
+                    other => return other,
+                }
+            }
+        };
+        let result = tokio::time::timeout(self.options.request_timeout, attempts).await;
+        match result {
             Err(_) => Err(StoreError::Unavailable(format!(
-                "{what}: etcd at {} did not answer within {:?}",
-                self.endpoints, self.options.request_timeout
+                "{what}: etcd at {} did not answer within {:?}{}",
+                self.endpoints,
+                self.options.request_timeout,
+                last_connect_error
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
             ))),
             Ok(Err(e)) => Err(self.map_err(what, lease, e)),
             Ok(Ok(v)) => Ok(v),
@@ -144,6 +169,19 @@ impl Ctx {
         classify(&message, lease, invalid_argument).unwrap_or_else(|| {
             StoreError::Unavailable(format!("{what} at etcd {}: {e}", self.endpoints))
         })
+    }
+}
+
+/// Whether a request failed before any byte of it left this process:
+/// the transport could not connect to the endpoint it was routed to.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            i32::from(status.code()) == GRPC_UNAVAILABLE
+                && (status.message().contains("tcp connect error")
+                    || format!("{status:?}").contains("ConnectError"))
+        }
+        _ => false,
     }
 }
 
@@ -235,16 +273,19 @@ impl EtcdStore {
             ctx,
         };
         // The client connects lazily; prove etcd answers (with a quorum).
-        let mut kv = store.kv.clone();
-        let probe = kv.get(store.keys.meta(), Some(GetOptions::new().with_count_only()));
+        // Like every request, the probe moves on from members that refuse
+        // connections, so one dead member of a cluster does not fail it.
+        let probe = store.kv_get(
+            "connect",
+            store.keys.meta().into_bytes(),
+            Some(GetOptions::new().with_count_only()),
+        );
         match tokio::time::timeout(options.connect_timeout, probe).await {
             Ok(Ok(_)) => Ok(store),
-            Ok(Err(e)) => Err(match store.ctx.map_err("connect", None, e) {
-                StoreError::Unavailable(m) => {
-                    StoreError::Unavailable(format!("etcd is not serving: {m}"))
-                }
-                other => other,
-            }),
+            Ok(Err(StoreError::Unavailable(m))) => {
+                Err(StoreError::Unavailable(format!("etcd is not serving: {m}")))
+            }
+            Ok(Err(other)) => Err(other),
             Err(_) => Err(StoreError::Unavailable(format!(
                 "etcd at {} did not answer within {:?}",
                 store.ctx.endpoints, options.connect_timeout
@@ -280,15 +321,14 @@ impl EtcdStore {
     /// checks at all. For tests and tools that need to fabricate stored
     /// state, e.g. a corrupt record or a snapshot whose manifest never came.
     pub async fn put_raw(&self, relative_key: &str, value: &[u8]) -> StoreResult<()> {
-        let mut kv = self.kv.clone();
-        self.ctx
-            .call(
-                "put",
-                None,
-                kv.put(self.keys.key(relative_key), value, None),
-            )
-            .await?;
-        Ok(())
+        self.kv_put(
+            "put",
+            None,
+            self.keys.key(relative_key),
+            value.to_vec(),
+            None,
+        )
+        .await
     }
 
     /// Keys (relative to this group's prefix) that start with
@@ -320,14 +360,59 @@ impl EtcdStore {
     }
 
     async fn get(&self, what: &str, key: String) -> StoreResult<Option<KeyValue>> {
-        let mut kv = self.kv.clone();
-        let mut resp = self.ctx.call(what, None, kv.get(key, None)).await?;
+        let mut resp = self.kv_get(what, key.into_bytes(), None).await?;
         Ok(resp.take_kvs().into_iter().next())
     }
 
+    async fn kv_get(
+        &self,
+        what: &str,
+        key: Vec<u8>,
+        options: Option<GetOptions>,
+    ) -> StoreResult<GetResponse> {
+        self.ctx
+            .call(what, None, || {
+                let (mut kv, key, options) = (self.kv.clone(), key.clone(), options.clone());
+                async move { kv.get(key, options).await }
+            })
+            .await
+    }
+
+    async fn kv_put(
+        &self,
+        what: &str,
+        lease: Option<i64>,
+        key: String,
+        value: Vec<u8>,
+        options: Option<PutOptions>,
+    ) -> StoreResult<()> {
+        self.ctx
+            .call(what, lease, || {
+                let (mut kv, key, value) = (self.kv.clone(), key.clone(), value.clone());
+                let options = options.clone();
+                async move { kv.put(key, value, options).await }
+            })
+            .await
+            .map(drop)
+    }
+
+    async fn kv_delete(&self, what: &str, key: String, options: DeleteOptions) -> StoreResult<()> {
+        self.ctx
+            .call(what, None, || {
+                let (mut kv, key, options) = (self.kv.clone(), key.clone(), options.clone());
+                async move { kv.delete(key, Some(options)).await }
+            })
+            .await
+            .map(drop)
+    }
+
     async fn txn(&self, what: &str, lease: Option<i64>, txn: Txn) -> StoreResult<TxnResponse> {
-        let mut kv = self.kv.clone();
-        self.ctx.call(what, lease, kv.txn(txn)).await
+        self.ctx
+            .call(what, lease, || {
+                let (mut kv, txn) = (self.kv.clone(), txn.clone());
+                async move { kv.txn(txn).await }
+            })
+            .await
     }
 
     /// Keys in `[start, end)`, at `revision` (0 = latest), at most `limit`.
@@ -344,10 +429,8 @@ impl EtcdStore {
             .with_range(end)
             .with_limit(i64::try_from(limit).unwrap_or(i64::MAX))
             .with_revision(revision);
-        let mut kv = self.kv.clone();
-        let mut resp: GetResponse = self
-            .ctx
-            .call(what, None, kv.get(start, Some(options)))
+        let mut resp = self
+            .kv_get(what, start, Some(options))
             .await
             .map_err(|e| with_compacted_revision(e, revision))?;
         let revision = resp.header().map_or(revision, |h| h.revision());
@@ -373,9 +456,11 @@ impl EtcdStore {
         if let Some(end) = end {
             options = options.with_range(end);
         }
-        let mut watch = self.watch.clone();
         self.ctx
-            .call(what, None, watch.watch(key, Some(options)))
+            .call(what, None, || {
+                let (mut watch, key, options) = (self.watch.clone(), key.clone(), options.clone());
+                async move { watch.watch(key, Some(options)).await }
+            })
             .await
     }
 
@@ -437,16 +522,11 @@ impl EtcdStore {
         revision: i64,
     ) -> StoreResult<Option<(Index, Vec<u8>)>> {
         let rel = self.keys.relative_lossy(&manifest_key);
-        let mut kv = self.kv.clone();
         let mut resp = self
-            .ctx
-            .call(
+            .kv_get(
                 "read snapshot manifest",
-                None,
-                kv.get(
-                    manifest_key,
-                    Some(GetOptions::new().with_revision(revision)),
-                ),
+                manifest_key,
+                Some(GetOptions::new().with_revision(revision)),
             )
             .await
             .map_err(|e| with_compacted_revision(e, revision))?;
@@ -562,34 +642,36 @@ impl Store for EtcdStore {
         let secs = i64::try_from(ttl.as_millis().div_ceil(1000))
             .unwrap_or(i64::MAX)
             .max(1);
-        let mut lease = self.lease.clone();
         let resp = self
             .ctx
-            .call("grant lease", None, lease.grant(secs, None))
+            .call("grant lease", None, || {
+                let mut client = self.lease.clone();
+                async move { client.grant(secs, None).await }
+            })
             .await?;
         Ok(LeaseId(resp.id()))
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> StoreResult<()> {
-        let mut client = self.lease.clone();
         // One request on a fresh keep-alive stream; etcd-client reports a
         // TTL <= 0 (the lease is gone) as "lease not found".
         let (_keeper, _responses) = self
             .ctx
-            .call(
-                "keep lease alive",
-                Some(lease.0),
-                client.keep_alive(lease.0),
-            )
+            .call("keep lease alive", Some(lease.0), || {
+                let mut client = self.lease.clone();
+                async move { client.keep_alive(lease.0).await }
+            })
             .await?;
         Ok(())
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> StoreResult<()> {
-        let mut client = self.lease.clone();
         match self
             .ctx
-            .call("revoke lease", Some(lease.0), client.revoke(lease.0))
+            .call("revoke lease", Some(lease.0), || {
+                let mut client = self.lease.clone();
+                async move { client.revoke(lease.0).await }
+            })
             .await
         {
             Ok(_) | Err(StoreError::LeaseExpired(_)) => Ok(()),
@@ -648,11 +730,22 @@ impl Store for EtcdStore {
         }
         let leader = self.keys.leader();
         let key = self.keys.log(index);
+        #[cfg(not(feature = "unfenced-appends"))]
+        let compares = [
+            Compare::create_revision(leader.clone(), CompareOp::Equal, epoch),
+            Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+        ];
+        // A deliberately injected bug, for the fault suite (`dorado-faults`,
+        // feature `bug-unfenced`) to prove it catches a missing fence: the
+        // append skips the leader-epoch compare. Never in a release build.
+        #[cfg(all(feature = "unfenced-appends", not(debug_assertions)))]
+        compile_error!(
+            "feature `unfenced-appends` removes the leader fence from appends; it exists only to test the fault suite and must never be built in a release profile"
+        );
+        #[cfg(feature = "unfenced-appends")]
+        let compares = [Compare::create_revision(key.clone(), CompareOp::Equal, 0)];
         let txn = Txn::new()
-            .when([
-                Compare::create_revision(leader.clone(), CompareOp::Equal, epoch),
-                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-            ])
+            .when(compares)
             .and_then([TxnOp::put(key.clone(), entry, None)])
             .or_else([TxnOp::get(leader, None), TxnOp::get(key, None)]);
         let resp = self.txn("append", None, txn).await?;
@@ -741,16 +834,9 @@ impl Store for EtcdStore {
     }
 
     async fn delete_log_below(&self, below: Index) -> StoreResult<()> {
-        let mut kv = self.kv.clone();
         let options = DeleteOptions::new().with_range(self.keys.log(below));
-        self.ctx
-            .call(
-                "delete log",
-                None,
-                kv.delete(self.keys.log_prefix(), Some(options)),
-            )
-            .await?;
-        Ok(())
+        self.kv_delete("delete log", self.keys.log_prefix(), options)
+            .await
     }
 
     async fn put_snapshot(&self, index: Index, bytes: &[u8]) -> StoreResult<()> {
@@ -772,12 +858,11 @@ impl Store for EtcdStore {
             .map(|(n, chunk)| {
                 let key = self.keys.snap_chunk(index, &writer, n);
                 let chunk = chunk.to_vec();
-                let ctx = self.ctx.clone();
-                let mut kv = self.kv.clone();
+                let store = self.clone();
                 async move {
-                    ctx.call("write snapshot chunk", None, kv.put(key, chunk, None))
+                    store
+                        .kv_put("write snapshot chunk", None, key, chunk, None)
                         .await
-                        .map(drop)
                 }
             })
             .collect();
@@ -828,16 +913,9 @@ impl Store for EtcdStore {
     }
 
     async fn delete_snapshots_below(&self, below: Index) -> StoreResult<()> {
-        let mut kv = self.kv.clone();
         let options = DeleteOptions::new().with_range(self.keys.snap_below(below));
-        self.ctx
-            .call(
-                "delete snapshots",
-                None,
-                kv.delete(self.keys.snap_prefix(), Some(options)),
-            )
-            .await?;
-        Ok(())
+        self.kv_delete("delete snapshots", self.keys.snap_prefix(), options)
+            .await
     }
 
     async fn publish_member(
@@ -848,15 +926,9 @@ impl Store for EtcdStore {
     ) -> StoreResult<()> {
         let key = self.keys.member(replica)?;
         let value = encode_json("member record", record)?;
-        let mut kv = self.kv.clone();
-        self.ctx
-            .call(
-                "publish member",
-                Some(lease.0),
-                kv.put(key, value, Some(PutOptions::new().with_lease(lease.0))),
-            )
-            .await?;
-        Ok(())
+        let options = PutOptions::new().with_lease(lease.0);
+        self.kv_put("publish member", Some(lease.0), key, value, Some(options))
+            .await
     }
 
     async fn members(&self) -> StoreResult<Vec<(String, MemberRecord)>> {
@@ -896,15 +968,9 @@ impl Store for EtcdStore {
 
 impl EtcdStore {
     async fn delete_prefix_best_effort(&self, prefix: &str) {
-        let mut kv = self.kv.clone();
         let options = DeleteOptions::new().with_prefix();
         if let Err(e) = self
-            .ctx
-            .call(
-                "delete snapshot chunks",
-                None,
-                kv.delete(prefix, Some(options)),
-            )
+            .kv_delete("delete snapshot chunks", prefix.to_owned(), options)
             .await
         {
             tracing::warn!(
@@ -1081,10 +1147,8 @@ impl LeaderWatcher {
                 LeaderPhase::Done => return None,
                 LeaderPhase::Start => {
                     let key = store.keys.leader();
-                    let mut kv = store.kv.clone();
                     let mut resp = match store
-                        .ctx
-                        .call("read leader", None, kv.get(key.clone(), None))
+                        .kv_get("read leader", key.clone().into_bytes(), None)
                         .await
                     {
                         Ok(resp) => resp,

@@ -79,6 +79,16 @@ mod tests {
     }
 
     #[test]
+    fn escaped_keys_work_like_plain_ones() {
+        let mut kv = Kv::default();
+        kv.apply(br#"{"op":"put","key":"a\"b\u00e9","value":1}"#);
+        kv.apply(br#"{"op":"put","key":"a\"b\u00e9","value":2}"#);
+        assert_eq!(s(kv.query(br#"{"op":"len"}"#)), r#"{"ok":true,"len":1}"#);
+        assert_eq!(s(kv.snapshot()), "{\"a\\\"b\u{e9}\":2}");
+        assert!(s(kv.apply(br#"{"op":"get","key":7}"#)).contains("expected a string"));
+    }
+
+    #[test]
     fn bad_input_is_an_error_reply() {
         let mut kv = Kv::default();
         for bad in [

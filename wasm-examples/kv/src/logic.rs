@@ -4,6 +4,7 @@
 //! natively (`#[path]` include) and compare it with the same code running as a
 //! wasm guest. It depends only on `std`, `serde` and `serde_json`.
 
+use serde::de::{Error, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -23,12 +24,39 @@ pub struct Kv {
 struct Request<'a> {
     #[serde(borrow)]
     op: Cow<'a, str>,
-    #[serde(default)]
-    key: Option<String>,
+    #[serde(default, borrow)]
+    key: Option<Key<'a>>,
     #[serde(default, deserialize_with = "present")]
     value: Option<Value>,
     #[serde(default, deserialize_with = "present")]
     expected: Option<Value>,
+}
+
+/// A key borrowed from the request when it has no escapes (the usual case),
+/// so looking up or overwriting an existing key allocates nothing.
+/// (`Option<Cow<str>>` would always allocate: serde borrows only bare `Cow`s.)
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Key<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for KeyVisitor<'a> {
+            type Value = Key<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: Error>(self, v: &'de str) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: Error>(self, v: &str) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: Error>(self, v: String) -> Result<Key<'a>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(KeyVisitor(std::marker::PhantomData))
+    }
 }
 
 /// Distinguishes `"expected": null` (`Some(Value::Null)`) from a missing field (`None`).
@@ -43,29 +71,30 @@ impl Kv {
             Ok(request) => request,
             Err(reply) => return reply,
         };
+        let key = request.key.map(|k| k.0);
         match request.op.as_ref() {
             "put" => {
-                let (key, value) = match (request.key, request.value) {
+                let (key, value) = match (key, request.value) {
                     (Some(key), Some(value)) if !value.is_null() => (key, value),
                     (None, _) => return error("put needs a string \"key\""),
                     _ => return error("put needs a non-null \"value\""),
                 };
-                self.map.insert(key, value);
+                self.put(key, value);
                 br#"{"ok":true}"#.to_vec()
             }
-            "get" => match request.key {
+            "get" => match key {
                 Some(key) => self.get(&key),
                 None => error("get needs a string \"key\""),
             },
-            "delete" => match request.key {
+            "delete" => match key {
                 Some(key) => {
-                    let deleted = self.map.remove(&key).is_some();
+                    let deleted = self.map.remove(key.as_ref()).is_some();
                     ok_field("deleted", &Value::Bool(deleted))
                 }
                 None => error("delete needs a string \"key\""),
             },
             "cas" => {
-                let (key, expected, value) = match (request.key, request.expected, request.value) {
+                let (key, expected, value) = match (key, request.expected, request.value) {
                     (Some(key), Some(expected), Some(value)) if !value.is_null() => {
                         (key, expected, value)
                     }
@@ -73,14 +102,14 @@ impl Kv {
                     (_, None, _) => return error("cas needs \"expected\" (a value or null)"),
                     _ => return error("cas needs a non-null \"value\""),
                 };
-                let current = self.map.get(&key).unwrap_or(&Value::Null);
+                let current = self.map.get(key.as_ref()).unwrap_or(&Value::Null);
                 if *current != expected {
                     let mut reply = br#"{"ok":false,"error":"cas mismatch","current":"#.to_vec();
                     write_json(&mut reply, current);
                     reply.push(b'}');
                     return reply;
                 }
-                self.map.insert(key, value);
+                self.put(key, value);
                 br#"{"ok":true}"#.to_vec()
             }
             other => error(&format!(
@@ -97,7 +126,7 @@ impl Kv {
         };
         match request.op.as_ref() {
             "get" => match request.key {
-                Some(key) => self.get(&key),
+                Some(key) => self.get(&key.0),
                 None => error("get needs a string \"key\""),
             },
             "len" => ok_field("len", &Value::from(self.map.len())),
@@ -120,6 +149,17 @@ impl Kv {
         serde_json::from_slice(bytes)
             .map(|map| Kv { map })
             .map_err(|e| format!("corrupt kv snapshot: {e}"))
+    }
+
+    /// Overwrites in place when the key exists, so the common update path
+    /// allocates no new key.
+    fn put(&mut self, key: Cow<'_, str>, value: Value) {
+        match self.map.get_mut(key.as_ref()) {
+            Some(slot) => *slot = value,
+            None => {
+                self.map.insert(key.into_owned(), value);
+            }
+        }
     }
 
     fn get(&self, key: &str) -> Vec<u8> {

@@ -1,0 +1,692 @@
+//! Results: the JSON shape, the Markdown table and the plots.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use plotters::prelude::*;
+use serde::Serialize;
+
+use super::driver::{Measured, Plan};
+use super::{HttpClientKind, SystemKind, Target};
+
+/// Flags of the throwaway etcd: the deployed etcd's storage settings
+/// (`manifests/base/etcd`), so storage behaves as in production.
+pub(crate) const ETCD_FLAGS: [&str; 3] = [
+    "--auto-compaction-mode=periodic",
+    "--auto-compaction-retention=5m",
+    "--quota-backend-bytes=4294967296",
+];
+
+/// Quantiles at which the latency CDF is recorded.
+const CDF_QUANTILES: [f64; 30] = [
+    0.0, 0.01, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75,
+    0.8, 0.85, 0.9, 0.925, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0,
+];
+
+/// Everything one `dorado bench` invocation measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `dorado bench`.
+    pub tool: String,
+    /// Dorado version.
+    pub version: String,
+    /// Start time (UTC).
+    pub started_utc: String,
+    /// End time (UTC).
+    pub finished_utc: String,
+    /// The parameters every run shares.
+    pub parameters: Parameters,
+    /// The machine.
+    pub machine: Machine,
+    /// The etcd measured against.
+    pub etcd: EtcdInfo,
+    /// One entry per system and client count, in run order.
+    pub runs: Vec<RunResult>,
+    /// The goals of the DORADO-over-etcd and benchmark issues, evaluated.
+    pub goals: Vec<Goal>,
+    /// Free-form notes added by whoever records the results.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub notes: BTreeMap<String, String>,
+}
+
+/// Parameters of the invocation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Parameters {
+    /// The command line.
+    pub command_line: String,
+    /// Client counts.
+    pub clients: Vec<usize>,
+    /// Bytes per command.
+    pub command_size: usize,
+    /// Fraction of reads.
+    pub read_ratio: f64,
+    /// Measured seconds per run.
+    pub duration_s: f64,
+    /// Warm-up seconds per run.
+    pub warmup_s: f64,
+    /// Dorado replicas.
+    pub replicas: usize,
+    /// Systems measured.
+    pub systems: Vec<String>,
+    /// Key space size.
+    pub keys: usize,
+    /// `--max-inflight` given to the replicas (`null`: their default).
+    pub max_inflight: Option<u64>,
+    /// Replica lease TTL.
+    pub lease_ttl_s: u64,
+    /// Replica snapshot interval.
+    pub snapshot_every: u64,
+    /// Extra replica flags.
+    pub replica_args: Vec<String>,
+    /// Which replicas Dorado clients talked to.
+    pub target: Target,
+    /// HTTP client of the Dorado clients.
+    pub http_client: HttpClientKind,
+    /// The quick preset.
+    pub quick: bool,
+    /// Free text.
+    pub label: Option<String>,
+}
+
+/// The machine.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// Usable CPUs.
+    pub nproc: usize,
+    /// CPU model from `/proc/cpuinfo`.
+    pub cpu_model: String,
+    /// Total memory.
+    pub memory_bytes: Option<u64>,
+    /// Kernel release.
+    pub kernel: Option<String>,
+    /// 1, 5 and 15 minute load averages when the run started (noise check).
+    pub load_average_at_start: Vec<f64>,
+}
+
+/// The etcd.
+#[derive(Debug, Clone, Serialize)]
+pub struct EtcdInfo {
+    /// Client URLs.
+    pub endpoints: Vec<String>,
+    /// Started (and removed) by the benchmark.
+    pub managed: bool,
+    /// `etcd --version`.
+    pub version: Option<String>,
+    /// Data directory of a managed etcd.
+    pub data_dir: Option<String>,
+    /// File system of that directory (`tmpfs` means fsync is free).
+    pub data_fs: Option<String>,
+    /// Flags of a managed etcd beyond ports and directories.
+    pub flags: Vec<String>,
+}
+
+/// CPU time one process used during a run's measurement window.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessCpu {
+    /// `etcd`, `replica r0 (leader)`, `bench`.
+    pub process: String,
+    /// Process id.
+    pub pid: u32,
+    /// User + system CPU seconds in the window.
+    pub cpu_s: Option<f64>,
+    /// `cpu_s` / window length: the cores it kept busy.
+    pub cores: Option<f64>,
+}
+
+/// Leader-side batching during a Dorado run (from its `/metrics`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DoradoStats {
+    /// Batches appended during the run (warm-up included).
+    pub batches: Option<u64>,
+    /// Mean commands per batch.
+    pub mean_batch_commands: Option<f64>,
+    /// Mean fenced append latency.
+    pub mean_append_ms: Option<f64>,
+}
+
+/// One system at one client count.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    /// `etcd-put`, `fenced-txn` or `dorado`.
+    pub system: String,
+    /// Closed-loop clients.
+    pub clients: usize,
+    /// Measured seconds.
+    pub duration_s: f64,
+    /// Warm-up seconds.
+    pub warmup_s: f64,
+    /// Fraction of reads requested.
+    pub read_ratio: f64,
+    /// Successful operations in the window.
+    pub ops: u64,
+    /// Of which reads.
+    pub reads: u64,
+    /// Failed operations in the window.
+    pub errors: u64,
+    /// The first failure seen (any time in the run).
+    pub first_error: Option<String>,
+    /// Successful operations per second.
+    pub throughput_ops_s: f64,
+    /// Median latency.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Mean latency.
+    pub mean_ms: f64,
+    /// Largest latency.
+    pub max_ms: f64,
+    /// CPU of each process during the window.
+    pub cpu: Vec<ProcessCpu>,
+    /// Batching on the Dorado leader.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dorado: Option<DoradoStats>,
+    /// Latency CDF: `[latency_ms, quantile]` pairs.
+    pub cdf: Vec<[f64; 2]>,
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+impl RunResult {
+    pub(crate) fn new(plan: &Plan, m: Measured, dorado: Option<DoradoStats>) -> Self {
+        let h: &Histogram<u64> = &m.histogram;
+        let q = |q: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                ms(h.value_at_quantile(q))
+            }
+        };
+        let cdf = if h.is_empty() {
+            Vec::new()
+        } else {
+            CDF_QUANTILES
+                .iter()
+                .map(|&quantile| [ms(h.value_at_quantile(quantile)), quantile])
+                .collect()
+        };
+        RunResult {
+            system: plan.system.name().to_owned(),
+            clients: plan.clients,
+            duration_s: plan.duration.as_secs_f64(),
+            warmup_s: plan.warmup.as_secs_f64(),
+            read_ratio: plan.read_ratio,
+            ops: m.ops,
+            reads: m.reads,
+            errors: m.errors,
+            first_error: m.first_error,
+            throughput_ops_s: m.ops as f64 / plan.duration.as_secs_f64(),
+            p50_ms: q(0.5),
+            p90_ms: q(0.9),
+            p99_ms: q(0.99),
+            p999_ms: q(0.999),
+            mean_ms: if h.is_empty() { 0.0 } else { h.mean() / 1000.0 },
+            max_ms: if h.is_empty() { 0.0 } else { ms(h.max()) },
+            cpu: m.cpu,
+            dorado,
+            cdf,
+        }
+    }
+
+    fn cores_of(&self, prefix: &str) -> Option<f64> {
+        let matching: Vec<f64> = self
+            .cpu
+            .iter()
+            .filter(|c| c.process.starts_with(prefix))
+            .filter_map(|c| c.cores)
+            .collect();
+        (!matching.is_empty()).then(|| matching.iter().sum())
+    }
+}
+
+/// One goal, evaluated on this run's numbers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Goal {
+    /// What is compared.
+    pub name: String,
+    /// The measured value.
+    pub value: f64,
+    /// The target.
+    pub target: f64,
+    /// `>=` or `<=`.
+    pub comparison: String,
+    /// Whether the target is met.
+    pub met: bool,
+}
+
+fn find(runs: &[RunResult], system: SystemKind, clients: usize) -> Option<&RunResult> {
+    runs.iter()
+        .find(|r| r.system == system.name() && r.clients == clients)
+}
+
+/// The goals of issues 3 and 6 that this run can evaluate.
+pub(crate) fn goals(runs: &[RunResult]) -> Vec<Goal> {
+    let mut out = Vec::new();
+    let max_clients = runs
+        .iter()
+        .filter(|r| r.system == SystemKind::Dorado.name())
+        .map(|r| r.clients)
+        .max();
+    if let Some(c) = max_clients
+        && let Some(d) = find(runs, SystemKind::Dorado, c)
+        && let Some(e) = find(runs, SystemKind::EtcdPut, c)
+        && e.throughput_ops_s > 0.0
+    {
+        let value = d.throughput_ops_s / e.throughput_ops_s;
+        out.push(Goal {
+            name: format!("dorado / etcd-put throughput at {c} clients"),
+            value,
+            target: 3.0,
+            comparison: ">=".into(),
+            met: value >= 3.0,
+        });
+    }
+    if let Some(d) = find(runs, SystemKind::Dorado, 1) {
+        if d.ops > 0 {
+            out.push(Goal {
+                name: "dorado p50 latency with 1 client (ms)".into(),
+                value: d.p50_ms,
+                target: 1.0,
+                comparison: "<=".into(),
+                met: d.p50_ms <= 1.0,
+            });
+        }
+        if let Some(t) = find(runs, SystemKind::FencedTxn, 1).filter(|t| t.p50_ms > 0.0) {
+            let value = d.p50_ms / t.p50_ms;
+            out.push(Goal {
+                name: "dorado p50 / fenced-txn p50 with 1 client".into(),
+                value,
+                target: 1.7,
+                comparison: "<=".into(),
+                met: value <= 1.7,
+            });
+        }
+    }
+    out
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
+}
+
+fn human_bytes(b: u64) -> String {
+    format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+/// The results as Markdown: context, one table, ratios, goals.
+pub fn markdown(r: &Report) -> String {
+    let mut s = String::new();
+    let p = &r.parameters;
+    let _ = writeln!(s, "### dorado bench, {}", r.started_utc);
+    let _ = writeln!(s);
+    let _ = writeln!(s, "- command: `{}`", p.command_line);
+    let _ = writeln!(
+        s,
+        "- machine: {} CPUs ({}), {} RAM, Linux {}, load average at start {}",
+        r.machine.nproc,
+        r.machine.cpu_model,
+        r.machine
+            .memory_bytes
+            .map_or_else(|| "?".into(), human_bytes),
+        r.machine.kernel.as_deref().unwrap_or("?"),
+        r.machine
+            .load_average_at_start
+            .iter()
+            .map(|l| format!("{l:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let _ = writeln!(
+        s,
+        "- etcd {}: {}, data on {}{}",
+        r.etcd.version.as_deref().unwrap_or("?"),
+        if r.etcd.managed {
+            "single member started by the benchmark"
+        } else {
+            "given with --etcd"
+        },
+        r.etcd.data_fs.as_deref().unwrap_or("?"),
+        if r.etcd.data_fs.as_deref() == Some("tmpfs") {
+            " (tmpfs: fsync is free, NOT a production setting)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        s,
+        "- workload: {} replicas, {}-byte kv puts, {:.0}% reads, {} keys, {} s measured after {} s warm-up per run, clients -> {:?}, {:?} HTTP client, max-inflight {}",
+        p.replicas,
+        p.command_size,
+        p.read_ratio * 100.0,
+        p.keys,
+        p.duration_s,
+        p.warmup_s,
+        p.target,
+        p.http_client,
+        p.max_inflight
+            .map_or_else(|| "default".into(), |m| m.to_string()),
+    );
+    if let Some(label) = &p.label {
+        let _ = writeln!(s, "- label: {label}");
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| system | clients | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | CPU etcd | CPU leader | CPU followers | CPU bench | batch |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for run in &r.runs {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} |",
+            run.system,
+            run.clients,
+            run.throughput_ops_s,
+            run.p50_ms,
+            run.p90_ms,
+            run.p99_ms,
+            run.p999_ms,
+            run.errors,
+            opt(run.cores_of("etcd"), 2),
+            opt(
+                run.cpu
+                    .iter()
+                    .find(|c| c.process.ends_with("(leader)"))
+                    .and_then(|c| c.cores),
+                2
+            ),
+            opt(
+                {
+                    let f: Vec<f64> = run
+                        .cpu
+                        .iter()
+                        .filter(|c| c.process.ends_with("(follower)"))
+                        .filter_map(|c| c.cores)
+                        .collect();
+                    (!f.is_empty()).then(|| f.iter().sum())
+                },
+                2
+            ),
+            opt(run.cores_of("bench"), 2),
+            opt(run.dorado.as_ref().and_then(|d| d.mean_batch_commands), 1),
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "CPU columns are cores kept busy during the measured window (CPU seconds / window); \"CPU followers\" is the sum over followers; \"batch\" is the leader's mean commands per appended batch."
+    );
+    let clients: Vec<usize> = {
+        let mut c: Vec<usize> = r.runs.iter().map(|r| r.clients).collect();
+        c.sort_unstable();
+        c.dedup();
+        c
+    };
+    let mut ratios = Vec::new();
+    for &c in &clients {
+        let d = find(&r.runs, SystemKind::Dorado, c);
+        let e = find(&r.runs, SystemKind::EtcdPut, c);
+        let t = find(&r.runs, SystemKind::FencedTxn, c);
+        if let Some(d) = d {
+            let mut parts = Vec::new();
+            if let Some(e) = e.filter(|e| e.throughput_ops_s > 0.0) {
+                parts.push(format!(
+                    "throughput {:.2}x etcd-put",
+                    d.throughput_ops_s / e.throughput_ops_s
+                ));
+            }
+            if let Some(t) = t.filter(|t| t.throughput_ops_s > 0.0) {
+                parts.push(format!(
+                    "{:.2}x fenced-txn",
+                    d.throughput_ops_s / t.throughput_ops_s
+                ));
+            }
+            if let Some(t) = t.filter(|t| t.p50_ms > 0.0) {
+                parts.push(format!("p50 {:.2}x fenced-txn p50", d.p50_ms / t.p50_ms));
+            }
+            if let Some(e) = e.filter(|e| e.p50_ms > 0.0) {
+                parts.push(format!("{:.2}x etcd-put p50", d.p50_ms / e.p50_ms));
+            }
+            if !parts.is_empty() {
+                ratios.push(format!("- {c} clients: dorado {}", parts.join(", ")));
+            }
+        }
+    }
+    if !ratios.is_empty() {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "Ratios (same run):");
+        let _ = writeln!(s);
+        for line in ratios {
+            let _ = writeln!(s, "{line}");
+        }
+    }
+    if !r.goals.is_empty() {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "Goals:");
+        let _ = writeln!(s);
+        for g in &r.goals {
+            let _ = writeln!(
+                s,
+                "- {}: {:.3} (goal {} {}) -> {}",
+                g.name,
+                g.value,
+                g.comparison,
+                g.target,
+                if g.met { "met" } else { "MISSED" }
+            );
+        }
+    }
+    let errors: Vec<&RunResult> = r.runs.iter().filter(|x| x.first_error.is_some()).collect();
+    if !errors.is_empty() {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "Errors:");
+        let _ = writeln!(s);
+        for run in errors {
+            let _ = writeln!(
+                s,
+                "- {} at {} clients: {} in the window; first: {}",
+                run.system,
+                run.clients,
+                run.errors,
+                run.first_error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    s
+}
+
+const COLORS: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+fn systems_of(r: &Report) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for run in &r.runs {
+        if !out.contains(&run.system) {
+            out.push(run.system.clone());
+        }
+    }
+    out
+}
+
+/// Draw `throughput.{svg,png}` and `latency-cdf-<clients>.{svg,png}` into
+/// `dir`; returns a description of each plot that could not be drawn.
+pub fn plots(r: &Report, dir: &Path) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut clients: Vec<usize> = r.runs.iter().map(|x| x.clients).collect();
+    clients.sort_unstable();
+    clients.dedup();
+    for ext in ["svg", "png"] {
+        let path = dir.join(format!("throughput.{ext}"));
+        let result = if ext == "svg" {
+            throughput_chart(r, SVGBackend::new(&path, (800, 500)).into_drawing_area())
+        } else {
+            throughput_chart(r, BitMapBackend::new(&path, (800, 500)).into_drawing_area())
+        };
+        if let Err(e) = result {
+            problems.push(format!("plot {}: {e}", path.display()));
+        }
+        for &c in &clients {
+            let path = dir.join(format!("latency-cdf-{c}.{ext}"));
+            let result = if ext == "svg" {
+                cdf_chart(r, c, SVGBackend::new(&path, (800, 500)).into_drawing_area())
+            } else {
+                cdf_chart(
+                    r,
+                    c,
+                    BitMapBackend::new(&path, (800, 500)).into_drawing_area(),
+                )
+            };
+            if let Err(e) = result {
+                problems.push(format!("plot {}: {e}", path.display()));
+            }
+        }
+    }
+    problems
+}
+
+type PlotResult = Result<(), Box<dyn std::error::Error>>;
+
+fn throughput_chart<DB: DrawingBackend>(
+    r: &Report,
+    area: DrawingArea<DB, plotters::coord::Shift>,
+) -> PlotResult
+where
+    DB::ErrorType: 'static,
+{
+    area.fill(&WHITE)?;
+    let max_clients = r.runs.iter().map(|x| x.clients).max().unwrap_or(1) as f64;
+    let max_tput = r
+        .runs
+        .iter()
+        .map(|x| x.throughput_ops_s)
+        .fold(0.0, f64::max)
+        .max(1.0);
+    let mut chart = ChartBuilder::on(&area)
+        .caption(
+            format!(
+                "Throughput vs closed-loop clients ({}-byte kv puts, {} replicas)",
+                r.parameters.command_size, r.parameters.replicas
+            ),
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (0.8f64..max_clients * 1.25).log_scale(),
+            0.0..max_tput * 1.1,
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc("clients")
+        .y_desc("ops/s")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .draw()?;
+    for (i, system) in systems_of(r).iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let points: Vec<(f64, f64)> = r
+            .runs
+            .iter()
+            .filter(|x| &x.system == system)
+            .map(|x| (x.clients as f64, x.throughput_ops_s))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+            .label(system.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 4, color.filled())),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    area.present()?;
+    Ok(())
+}
+
+fn cdf_chart<DB: DrawingBackend>(
+    r: &Report,
+    clients: usize,
+    area: DrawingArea<DB, plotters::coord::Shift>,
+) -> PlotResult
+where
+    DB::ErrorType: 'static,
+{
+    area.fill(&WHITE)?;
+    let runs: Vec<&RunResult> = r
+        .runs
+        .iter()
+        .filter(|x| x.clients == clients && !x.cdf.is_empty())
+        .collect();
+    let lo = runs
+        .iter()
+        .flat_map(|x| x.cdf.iter().map(|p| p[0]))
+        .fold(f64::INFINITY, f64::min)
+        .max(0.001);
+    let hi = runs
+        .iter()
+        .flat_map(|x| x.cdf.iter().map(|p| p[0]))
+        .fold(0.0, f64::max)
+        .max(lo * 10.0);
+    let mut chart = ChartBuilder::on(&area)
+        .caption(
+            format!("Latency CDF, {clients} closed-loop clients"),
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d((lo * 0.8..hi * 1.25).log_scale(), 0.0..1.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("latency (ms, log scale)")
+        .y_desc("fraction of operations")
+        .x_label_formatter(&|v| format!("{v}"))
+        .draw()?;
+    for (i, system) in systems_of(r).iter().enumerate() {
+        let Some(run) = runs.iter().find(|x| &x.system == system) else {
+            continue;
+        };
+        let color = COLORS[i % COLORS.len()];
+        let points: Vec<(f64, f64)> = run.cdf.iter().map(|p| (p[0].max(lo), p[1])).collect();
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(system.as_str())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    area.present()?;
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! `dorado bench` as a process: a tiny configuration end to end (real etcd,
+//! real replicas), checking the shape of its outputs, never its numbers, and
+//! that no child process outlives it, also when it is interrupted.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dorado");
+
+/// Whether a process exists (and is not a zombie).
+fn alive(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_owned));
+            state.as_deref() != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Process ids whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = &stat[stat.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+fn wait_gone(pids: &[u64], timeout: Duration) -> Vec<u64> {
+    let start = Instant::now();
+    loop {
+        let left: Vec<u64> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        if left.is_empty() || start.elapsed() > timeout {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn number(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
+}
+
+#[test]
+fn tiny_bench_writes_json_markdown_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let markdown = dir.path().join("bench.md");
+    let plots = dir.path().join("plots");
+    let out = Command::new(BIN)
+        .args(["bench", "--clients", "1,4", "--duration", "700ms"])
+        .args(["--warmup", "300ms", "--no-progress", "--read-ratio", "0.2"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--markdown")
+        .arg(&markdown)
+        .arg("--plots")
+        .arg(&plots)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run dorado bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "dorado bench failed:\n{stderr}");
+
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let params = &report["parameters"];
+    assert_eq!(params["clients"], serde_json::json!([1, 4]));
+    assert_eq!(params["command_size"], 100);
+    assert_eq!(params["replicas"], 3);
+    assert!(params["command_line"].as_str().unwrap().contains("bench"));
+    let machine = &report["machine"];
+    assert!(machine["nproc"].as_u64().unwrap() >= 1);
+    assert!(machine["cpu_model"].is_string());
+    assert!(report["etcd"]["managed"].as_bool().unwrap());
+
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 6, "3 systems x 2 client counts: {runs:?}");
+    let mut pids = Vec::new();
+    for system in ["etcd-put", "fenced-txn", "dorado"] {
+        for clients in [1, 4] {
+            let run = runs
+                .iter()
+                .find(|r| r["system"] == system && r["clients"] == clients)
+                .unwrap_or_else(|| panic!("no run for {system} at {clients} clients"));
+            for key in ["throughput_ops_s", "p50_ms", "p90_ms", "p99_ms", "p999_ms"] {
+                assert!(number(run, key) >= 0.0, "{key} of {run}");
+            }
+            assert!(
+                run["ops"].as_u64().unwrap() > 0,
+                "no operation succeeded: {run}"
+            );
+            let cpu = run["cpu"].as_array().unwrap();
+            let names: Vec<&str> = cpu.iter().filter_map(|c| c["process"].as_str()).collect();
+            assert!(names.contains(&"etcd"), "{names:?}");
+            assert!(names.contains(&"bench"), "{names:?}");
+            assert_eq!(
+                names.iter().filter(|n| n.starts_with("replica")).count(),
+                3,
+                "{names:?}"
+            );
+            for c in cpu {
+                assert!(c["cpu_s"].as_f64().is_some(), "{c}");
+                pids.push(c["pid"].as_u64().unwrap());
+            }
+            assert!(run["cdf"].as_array().is_some_and(|c| !c.is_empty()));
+            if system == "dorado" {
+                assert!(run["dorado"].is_object(), "{run}");
+            }
+        }
+    }
+    assert!(report["goals"].is_array());
+
+    let md = std::fs::read_to_string(&markdown).unwrap();
+    assert!(md.contains("| system | clients | ops/s |"), "{md}");
+    assert_eq!(md.matches("\n| dorado |").count(), 2, "{md}");
+    for name in ["throughput", "latency-cdf-1", "latency-cdf-4"] {
+        let svg = plots.join(format!("{name}.svg"));
+        assert!(
+            std::fs::read_to_string(&svg).is_ok_and(|s| s.contains("<svg")),
+            "{} missing or not an SVG",
+            svg.display()
+        );
+        assert!(Path::new(&plots.join(format!("{name}.png"))).exists());
+    }
+
+    // etcd and the replicas were children of the benchmark: all gone.
+    pids.sort_unstable();
+    pids.dedup();
+    let left = wait_gone(&pids, Duration::from_secs(5));
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+}
+
+#[test]
+fn interrupted_bench_leaves_no_process_behind() {
+    let mut child = Command::new(BIN)
+        .args([
+            "bench",
+            "--clients",
+            "2",
+            "--duration",
+            "60s",
+            "--warmup",
+            "1s",
+        ])
+        .arg("--no-progress")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start dorado bench");
+    // Wait for etcd and the three replicas.
+    let start = Instant::now();
+    let mut kids = Vec::new();
+    while start.elapsed() < Duration::from_secs(60) {
+        kids = children_of(child.id());
+        if kids.len() >= 4 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(kids.len() >= 4, "bench started only {kids:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let start = Instant::now();
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("dorado bench did not stop after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    assert!(
+        !exit.success(),
+        "an interrupted bench must not report success"
+    );
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let left = wait_gone(&kids, Duration::from_secs(5));
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+}
+
+#[test]
+fn bad_flags_are_refused_without_a_panic() {
+    for args in [
+        &["bench", "--clients", "0"][..],
+        &["bench", "--clients", "x"],
+        &["bench", "--duration", "10q"],
+        &["bench", "--duration", "-1s"],
+        &["bench", "--read-ratio", "1.5"],
+        &["bench", "--command-size", "5"],
+        &["bench", "--replicas", "0"],
+        &["bench", "--systems", "nope"],
+        &[
+            "bench",
+            "--etcd",
+            "http://127.0.0.1:1",
+            "--etcd-dir",
+            "/tmp",
+        ],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
