@@ -107,17 +107,17 @@ impl Operation {
 
     /// True for operations that cannot change the register.
     fn is_read_only(&self) -> bool {
-        match (&self.op, &self.completion) {
-            (KvOp::Get, _) => true,
-            (
-                KvOp::Cas { .. },
-                Completion::Ok {
-                    result: KvResult::CasFailed { .. },
-                    ..
-                },
-            ) => true,
-            _ => false,
-        }
+        matches!(
+            (&self.op, &self.completion),
+            (KvOp::Get, _)
+                | (
+                    KvOp::Cas { .. },
+                    Completion::Ok {
+                        result: KvResult::CasFailed { .. },
+                        ..
+                    },
+                )
+        )
     }
 }
 
@@ -138,9 +138,7 @@ impl fmt::Display for Operation {
         match &self.op {
             KvOp::Put(v) => write!(f, "put({v:?})")?,
             KvOp::Get => write!(f, "get()")?,
-            KvOp::Cas { expected, new } => {
-                write!(f, "cas({} -> {new:?})", show_value(expected))?
-            }
+            KvOp::Cas { expected, new } => write!(f, "cas({} -> {new:?})", show_value(expected))?,
         }
         match &self.completion {
             Completion::Ok { at, result } => {
@@ -153,12 +151,7 @@ impl fmt::Display for Operation {
                     }
                     KvResult::CasFailed { current: None } => "failed".to_string(),
                 };
-                write!(
-                    f,
-                    " = {r}  [{} .. {}]",
-                    secs(self.invoked),
-                    secs(*at)
-                )
+                write!(f, " = {r}  [{} .. {}]", secs(self.invoked), secs(*at))
             }
             Completion::Fail => write!(f, " = not applied  [{} .. ]", secs(self.invoked)),
             Completion::Info => write!(f, " = unknown outcome  [{} .. ∞]", secs(self.invoked)),
@@ -316,9 +309,9 @@ pub fn check_key(key: &str, ops: &[Operation], budget: Budget) -> KeyVerdict {
     match search(&searched, budget) {
         Outcome::Ok => KeyVerdict::Linearizable,
         Outcome::Undecided(why) => KeyVerdict::Undecided(why),
-        Outcome::Fail(deepest) => KeyVerdict::NotLinearizable(Box::new(explain(
-            key, &searched, &failed, deepest, budget,
-        ))),
+        Outcome::Fail(deepest) => {
+            KeyVerdict::NotLinearizable(Box::new(explain(key, &searched, &failed, deepest, budget)))
+        }
     }
 }
 
@@ -508,7 +501,7 @@ fn search(ops: &[Operation], budget: Budget) -> Outcome {
                 budget.max_steps, n
             ));
         }
-        if steps % 65_536 == 0 && started.elapsed() > budget.max_time {
+        if steps.is_multiple_of(65_536) && started.elapsed() > budget.max_time {
             return Outcome::Undecided(format!(
                 "search gave up after {:?} ({} operations)",
                 budget.max_time, n
@@ -551,8 +544,7 @@ fn search(ops: &[Operation], budget: Budget) -> Outcome {
                 _ => deepest = Some((depth, HashSet::from([state]), op)),
             }
             let Some((top, prev_state)) = calls.pop() else {
-                let (linearized, states, culprit) =
-                    deepest.unwrap_or((0, HashSet::from([0]), op));
+                let (linearized, states, culprit) = deepest.unwrap_or((0, HashSet::from([0]), op));
                 let mut states: Vec<Option<Value>> = states
                     .into_iter()
                     .map(|s| interned.values[s as usize].clone())
@@ -634,7 +626,13 @@ fn explain(
     // expected), those concurrent with it, and the last few that completed
     // before it began; plus the reads that survived shrinking.
     let seen: Vec<Option<Value>> = match (&culprit.op, &culprit.completion) {
-        (_, Completion::Ok { result: KvResult::Read(v), .. }) => vec![v.clone()],
+        (
+            _,
+            Completion::Ok {
+                result: KvResult::Read(v),
+                ..
+            },
+        ) => vec![v.clone()],
         (
             _,
             Completion::Ok {
@@ -659,9 +657,7 @@ fn explain(
             continue;
         }
         let concurrent = o.invoked <= c_end && o.ret().unwrap_or(u64::MAX) >= c_start;
-        if o.is_read_only() {
-            relevant.push(i);
-        } else if concurrent || seen.iter().any(|v| writes_value(o, v)) {
+        if o.is_read_only() || concurrent || seen.iter().any(|v| writes_value(o, v)) {
             relevant.push(i);
         } else if o.ret().is_some_and(|r| r < c_start) {
             before.push(i);
@@ -814,8 +810,16 @@ mod tests {
 
     #[test]
     fn concurrent_reads_may_see_either_value() {
-        assert_ok(&[put(0, "1", 0, 10), put(0, "2", 20, 40), get(1, Some("1"), 25, 35)]);
-        assert_ok(&[put(0, "1", 0, 10), put(0, "2", 20, 40), get(1, Some("2"), 25, 35)]);
+        assert_ok(&[
+            put(0, "1", 0, 10),
+            put(0, "2", 20, 40),
+            get(1, Some("1"), 25, 35),
+        ]);
+        assert_ok(&[
+            put(0, "1", 0, 10),
+            put(0, "2", 20, 40),
+            get(1, Some("2"), 25, 35),
+        ]);
         // Two reads in sequence during one write cannot go backwards.
         assert_violation(&[
             put(0, "1", 0, 10),
@@ -837,7 +841,10 @@ mod tests {
             with(put(0, "1", 0, 10), Completion::Fail),
             get(1, Some("1"), 20, 30),
         ]);
-        assert_ok(&[with(put(0, "1", 0, 10), Completion::Fail), get(1, None, 20, 30)]);
+        assert_ok(&[
+            with(put(0, "1", 0, 10), Completion::Fail),
+            get(1, None, 20, 30),
+        ]);
     }
 
     #[test]
@@ -867,7 +874,10 @@ mod tests {
             get(1, Some("1"), 60, 70),
         ]);
         // ... and not before it was invoked.
-        assert_violation(&[get(1, Some("1"), 0, 5), with(put(0, "1", 10, 20), Completion::Info)]);
+        assert_violation(&[
+            get(1, Some("1"), 0, 5),
+            with(put(0, "1", 10, 20), Completion::Info),
+        ]);
         // Seen, then gone without another write: impossible.
         assert_violation(&[info, get(1, Some("1"), 20, 30), get(1, None, 40, 50)]);
     }
@@ -903,10 +913,7 @@ mod tests {
         ]);
         // cas on an absent key (expected null).
         assert_ok(&[cas(1, None, "a", 0, 10, true), get(2, Some("a"), 20, 30)]);
-        assert_violation(&[
-            put(0, "x", 0, 5),
-            cas(1, None, "a", 10, 20, true),
-        ]);
+        assert_violation(&[put(0, "x", 0, 5), cas(1, None, "a", 10, 20, true)]);
     }
 
     #[test]
@@ -931,10 +938,7 @@ mod tests {
 
     #[test]
     fn keys_are_independent_and_the_report_names_the_key() {
-        let mut h = vec![
-            put(0, "1", 0, 10),
-            get(1, Some("1"), 20, 30),
-        ];
+        let mut h = vec![put(0, "1", 0, 10), get(1, Some("1"), 20, 30)];
         let mut other = put(0, "1", 0, 10);
         other.key = "b".into();
         h.push(other);
@@ -1005,7 +1009,11 @@ mod tests {
 
     /// Simulate clients on one register: each op takes effect at a random
     /// point inside its interval (the linearization point), in point order.
-    fn random_history(rng: &mut ChaCha8Rng, clients: u64, ops: usize) -> (Vec<Operation>, Vec<usize>) {
+    fn random_history(
+        rng: &mut ChaCha8Rng,
+        clients: u64,
+        ops: usize,
+    ) -> (Vec<Operation>, Vec<usize>) {
         let mut points: Vec<(u64, u64, u64, u64)> = Vec::new(); // (point, client, from, to)
         let mut t_client = vec![0u64; clients as usize];
         for _ in 0..ops {

@@ -21,7 +21,12 @@ use dorado_faults::suite::{self, SuiteConfig};
 
 /// Fault-injection suite for Dorado (see docs/reliability.md).
 #[derive(Debug, Parser)]
-#[command(name = "dorado-faults", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "dorado-faults",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Cmd>,

@@ -147,8 +147,20 @@ impl NetEnv {
         // From here on, Drop cleans up whatever was created.
         let bridge = env.bridge.clone();
         ip(&["link", "add", &bridge, "type", "bridge"])?;
-        ip(&["addr", "add", &format!("{}/24", env.gateway), "dev", &bridge])?;
-        ip(&["addr", "add", &format!("{}/32", env.proxy_ip), "dev", &bridge])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", env.gateway),
+            "dev",
+            &bridge,
+        ])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/32", env.proxy_ip),
+            "dev",
+            &bridge,
+        ])?;
         ip(&["link", "set", &bridge, "up"])?;
         for slot in 0..slots {
             let ns = format!("{NS_PREFIX}{pid}-{n}-{slot}");

@@ -349,7 +349,8 @@ impl Plan {
             // workload then lasts until the last episode ends).
             let mut kinds = FaultKind::ALL.to_vec();
             kinds.shuffle(&mut rng);
-            let any = |rng: &mut ChaCha8Rng| FaultKind::ALL[rng.random_range(0..FaultKind::ALL.len())];
+            let any =
+                |rng: &mut ChaCha8Rng| FaultKind::ALL[rng.random_range(0..FaultKind::ALL.len())];
             while planned < workload || !kinds.is_empty() {
                 let gap = ms(&mut rng, 300, 2500);
                 let kind = kinds.pop().unwrap_or_else(|| any(&mut rng));
@@ -448,18 +449,24 @@ mod tests {
     fn pause_heavy_plans_only_pause_the_kv_leader() {
         let plan = Plan::generate(1, Profile::PauseHeavy, Duration::from_secs(30));
         assert!(plan.episodes.len() >= 5);
-        assert!(plan.episodes.iter().flat_map(|e| &e.faults).all(|f| matches!(
-            f,
-            Fault::PauseLeader {
-                group: KV,
-                hold: PauseHold::UntilNewLeader(_)
-            }
-        )));
+        assert!(
+            plan.episodes
+                .iter()
+                .flat_map(|e| &e.faults)
+                .all(|f| matches!(
+                    f,
+                    Fault::PauseLeader {
+                        group: KV,
+                        hold: PauseHold::UntilNewLeader(_)
+                    }
+                ))
+        );
     }
 
     #[test]
     fn schedule_seeds_differ() {
-        let seeds: std::collections::HashSet<u64> = (0..1000).map(|i| schedule_seed(42, i)).collect();
+        let seeds: std::collections::HashSet<u64> =
+            (0..1000).map(|i| schedule_seed(42, i)).collect();
         assert_eq!(seeds.len(), 1000);
     }
 }

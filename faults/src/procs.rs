@@ -123,11 +123,11 @@ impl ReplicaProc {
 
     /// Whether the current incarnation is alive (reaps it if it exited).
     pub fn is_running(&mut self) -> bool {
-        if let Some(c) = self.child.as_mut() {
-            if let Ok(Some(_)) = c.try_wait() {
-                self.child = None;
-                self.paused = false;
-            }
+        if let Some(c) = self.child.as_mut()
+            && let Ok(Some(_)) = c.try_wait()
+        {
+            self.child = None;
+            self.paused = false;
         }
         self.child.is_some()
     }

@@ -74,12 +74,7 @@ pub fn main(args: ReplicaArgs) -> anyhow::Result<()> {
 }
 
 async fn run(args: ReplicaArgs) -> anyhow::Result<()> {
-    let mut node = NodeConfig::new(
-        &args.namespace,
-        &args.group,
-        &args.replica,
-        &args.advertise,
-    );
+    let mut node = NodeConfig::new(&args.namespace, &args.group, &args.replica, &args.advertise);
     node.lease_ttl = Duration::from_secs(args.lease_ttl);
     node.snapshot_every = args.snapshot_every;
     node.log_format = args.log_format;
@@ -103,9 +98,7 @@ async fn run(args: ReplicaArgs) -> anyhow::Result<()> {
     let (etcd, namespace, group) = (args.etcd, args.namespace, args.group);
     let connect = move || {
         let (etcd, namespace, group) = (etcd.clone(), namespace.clone(), group.clone());
-        async move {
-            EtcdStore::connect(&etcd, &namespace, &group, EtcdStoreOptions::default()).await
-        }
+        async move { EtcdStore::connect(&etcd, &namespace, &group, EtcdStoreOptions::default()).await }
     };
     runner::run(options, listener, connect, runner::shutdown_signal()).await?;
     Ok(())

@@ -223,7 +223,10 @@ impl Summary {
             o.kv_fail,
             o.kv_reads_failed,
             if o.kv_keys_undecided > 0 {
-                format!("; {} key histories UNDECIDED (search budget)", o.kv_keys_undecided)
+                format!(
+                    "; {} key histories UNDECIDED (search budget)",
+                    o.kv_keys_undecided
+                )
             } else {
                 String::new()
             }
@@ -248,7 +251,11 @@ impl Summary {
         if !self.harness_failures.is_empty() {
             let _ = writeln!(s, "harness errors:     {}", self.harness_failures.len());
             for (seed, e) in &self.harness_failures {
-                let _ = writeln!(s, "  seed {seed}: {e}\n    replay: {}", cfg.replay_command(*seed));
+                let _ = writeln!(
+                    s,
+                    "  seed {seed}: {e}\n    replay: {}",
+                    cfg.replay_command(*seed)
+                );
             }
         }
         s
@@ -328,7 +335,13 @@ pub async fn run(cfg: &SuiteConfig) -> Summary {
         }
         if !report.anomalies.is_empty() {
             let first = report.anomalies[0].to_string();
-            let first: String = first.lines().next().unwrap_or("").chars().take(300).collect();
+            let first: String = first
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(300)
+                .collect();
             summary
                 .failures
                 .push((seed, cfg.replay_command(seed), first));
@@ -412,7 +425,10 @@ pub async fn run_schedule(cfg: &SuiteConfig, seed: u64) -> ScheduleReport {
             if failed { "FAILED" } else { "passed" },
             cfg.replay_command(seed)
         );
-        let _ = writeln!(text, "  or: DORADO_FAULTS_SEED={seed} cargo test -p dorado-faults --test short -- --nocapture");
+        let _ = writeln!(
+            text,
+            "  or: DORADO_FAULTS_SEED={seed} cargo test -p dorado-faults --test short -- --nocapture"
+        );
         for a in &report.anomalies {
             let _ = writeln!(text, "ANOMALY {a}");
         }
@@ -449,18 +465,12 @@ async fn exercise(world: &World, plan: &Plan, report: &mut ScheduleReport) {
     let stop = AtomicBool::new(false);
     let clients = async {
         let kv = plan.kv_clients.iter().enumerate().map(|(n, c)| {
-            workload::kv_client(
-                world,
-                n,
-                c.clone(),
-                plan.kv_keys,
-                &stop,
-                recorder.clone(),
-            )
+            workload::kv_client(world, n, c.clone(), plan.kv_keys, &stop, recorder.clone())
         });
-        let bank = plan.bank_clients.iter().enumerate().map(|(n, seed)| {
-            workload::bank_client(world, n, *seed, plan, &stop, recorder.clone())
-        });
+        let bank =
+            plan.bank_clients.iter().enumerate().map(|(n, seed)| {
+                workload::bank_client(world, n, *seed, plan, &stop, recorder.clone())
+            });
         futures::future::join(
             futures::future::join_all(kv),
             futures::future::join_all(bank),
@@ -468,19 +478,20 @@ async fn exercise(world: &World, plan: &Plan, report: &mut ScheduleReport) {
         .await;
     };
     let faults_then_heal = async {
-        let (stats, ()) = futures::future::join(
-            nemesis::run(world, plan),
-            tokio::time::sleep(plan.workload),
-        )
-        .await;
+        let (stats, ()) =
+            futures::future::join(nemesis::run(world, plan), tokio::time::sleep(plan.workload))
+                .await;
         world.heal_all().await;
-        for g in 0..GROUPS.len() {
-            for i in 0..REPLICAS {
+        // Every replica should be ready again soon; wait for all of them at
+        // once (a group that cannot recover is reported by the checks below).
+        let ready = GROUPS.iter().enumerate().flat_map(|(g, group)| {
+            (0..REPLICAS).map(move |i| async move {
                 if !world.wait_ready(g, i, Duration::from_secs(60)).await {
-                    world.log(format!("{}-{i} not ready 60s after healing", GROUPS[g]));
+                    world.log(format!("{group}-{i} not ready 60s after healing"));
                 }
-            }
-        }
+            })
+        });
+        futures::future::join_all(ready).await;
         world.log("stopping clients");
         stop.store(true, Ordering::Relaxed);
         stats
@@ -491,7 +502,7 @@ async fn exercise(world: &World, plan: &Plan, report: &mut ScheduleReport) {
 
     let mut anomalies = Vec::new();
     let mut final_index = [0u64; 2];
-    for g in 0..GROUPS.len() {
+    for (g, group) in GROUPS.iter().enumerate() {
         // Liveness: with every fault healed, the group must accept a write.
         let probe = workload::probe(world, g, &recorder).await;
         let probe_index = match probe {
@@ -499,7 +510,7 @@ async fn exercise(world: &World, plan: &Plan, report: &mut ScheduleReport) {
             Err(e) => {
                 anomalies.push(Anomaly {
                     kind: AnomalyKind::NoLiveness,
-                    group: GROUPS[g].into(),
+                    group: (*group).into(),
                     detail: format!(
                         "after every fault was healed, a write got {e}; statuses: {}",
                         statuses(world, g).await
@@ -530,7 +541,7 @@ async fn exercise(world: &World, plan: &Plan, report: &mut ScheduleReport) {
             Some(index) => final_index[g] = index,
             None => anomalies.push(Anomaly {
                 kind: AnomalyKind::NoConvergence,
-                group: GROUPS[g].into(),
+                group: (*group).into(),
                 detail: format!(
                     "replicas did not reach the same applied index and hash within 60s of healing; statuses: {}",
                     statuses(world, g).await
@@ -538,7 +549,10 @@ async fn exercise(world: &World, plan: &Plan, report: &mut ScheduleReport) {
             }),
         }
     }
-    world.log(format!("converged at kv {} bank {}", final_index[KV], final_index[BANK]));
+    world.log(format!(
+        "converged at kv {} bank {}",
+        final_index[KV], final_index[BANK]
+    ));
 
     // Final reads.
     final_kv_reads(world, plan, &recorder).await;
@@ -630,9 +644,10 @@ async fn exercise(world: &World, plan: &Plan, report: &mut ScheduleReport) {
 
 async fn statuses(world: &World, g: usize) -> String {
     let mut out = Vec::new();
+    let mut seen = Vec::new();
     for i in 0..REPLICAS {
         let s = world.status(g, i, Duration::from_secs(2)).await;
-        out.push(match s {
+        out.push(match &s {
             Some(s) => format!(
                 "{}-{i}: role {} leader {} applied {} commit {} hash {} error {}",
                 GROUPS[g],
@@ -640,13 +655,46 @@ async fn statuses(world: &World, g: usize) -> String {
                 s["leader"],
                 s["applied_index"],
                 s["commit_index"],
-                s["hash"].as_str().unwrap_or("").chars().take(12).collect::<String>(),
+                s["hash"]
+                    .as_str()
+                    .unwrap_or("")
+                    .chars()
+                    .take(12)
+                    .collect::<String>(),
                 s["store_error"]
             ),
             None => format!("{}-{i}: no status", GROUPS[g]),
         });
+        seen.push(s);
     }
-    out.join("; ")
+    let mut text = out.join("; ");
+    // A common shape worth naming: nobody leads and every replica waits at
+    // the same index below the commit index, i.e. at a hole in the log.
+    let all: Option<Vec<(u64, u64, bool)>> = seen
+        .iter()
+        .map(|s| {
+            let s = s.as_ref()?;
+            Some((
+                s["applied_index"].as_u64()?,
+                s["commit_index"].as_u64()?,
+                s["leader"].is_null(),
+            ))
+        })
+        .collect();
+    if let Some(all) = all {
+        let (applied, commit, _) = all[0];
+        if all
+            .iter()
+            .all(|&(a, c, no_leader)| a == applied && c == commit && no_leader)
+            && applied < commit
+        {
+            text.push_str(&format!(
+                "; DIAGNOSIS: no replica leads and all wait at index {} although entries up to {commit} exist: a hole in the log that only a leader can fill, and no replica campaigns",
+                applied + 1
+            ));
+        }
+    }
+    text
 }
 
 fn trace_reaches(file: &std::path::Path, index: u64) -> bool {
@@ -751,7 +799,10 @@ async fn final_bank_check(world: &World, plan: &Plan, anomalies: &mut Vec<Anomal
             anomalies.push(Anomaly {
                 kind: AnomalyKind::Bank,
                 group: GROUPS[BANK].into(),
-                detail: format!("replica bank-{i} after convergence: {}", problems.join("; ")),
+                detail: format!(
+                    "replica bank-{i} after convergence: {}",
+                    problems.join("; ")
+                ),
             });
         }
     }

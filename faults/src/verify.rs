@@ -83,7 +83,13 @@ pub struct Anomaly {
 
 impl fmt::Display for Anomaly {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "[{}] group {}: {}", self.kind.name(), self.group, self.detail)
+        write!(
+            f,
+            "[{}] group {}: {}",
+            self.kind.name(),
+            self.group,
+            self.detail
+        )
     }
 }
 
@@ -110,8 +116,8 @@ impl TraceCommand {
     /// Whether this line is an application (not a session-table answer, not
     /// a stale-seq rejection).
     pub fn is_application(&self) -> bool {
-        !self.duplicate
-            && !(self.result == "rejected" && self.detail.starts_with("stale sequence number"))
+        let stale = self.result == "rejected" && self.detail.starts_with("stale sequence number");
+        !(self.duplicate || stale)
     }
 }
 
@@ -267,7 +273,9 @@ fn show(p: &Path) -> String {
 /// the first and the last.
 pub fn summarize_attempts(attempts: &[crate::workload::Attempt]) -> String {
     let label = |a: &Answer| match a {
-        Answer::Ok { duplicate: true, .. } => "200 (session table)".to_string(),
+        Answer::Ok {
+            duplicate: true, ..
+        } => "200 (session table)".to_string(),
         Answer::Ok { .. } => "200".to_string(),
         Answer::Rejected { .. } => "422".to_string(),
         Answer::NotApplied(code) => code.split(':').next().unwrap_or(code).to_string(),
@@ -279,7 +287,12 @@ pub fn summarize_attempts(attempts: &[crate::workload::Attempt]) -> String {
     }
     let counts: Vec<String> = counts.iter().map(|(k, n)| format!("{k} x{n}")).collect();
     let at = |a: &crate::workload::Attempt| {
-        format!("replica {} at {:.3}s: {}", a.replica, a.sent as f64 / 1e9, label(&a.answer))
+        format!(
+            "replica {} at {:.3}s: {}",
+            a.replica,
+            a.sent as f64 / 1e9,
+            label(&a.answer)
+        )
     };
     match (attempts.first(), attempts.last()) {
         (Some(first), Some(last)) if attempts.len() > 1 => format!(
@@ -349,7 +362,11 @@ pub fn check_group(
                     .collect();
                 push(
                     AnomalyKind::AppliedTwice,
-                    format!("{client}#{seq} applied {} times: {}", at.len(), cmds.join("; ")),
+                    format!(
+                        "{client}#{seq} applied {} times: {}",
+                        at.len(),
+                        cmds.join("; ")
+                    ),
                 );
             }
         }
@@ -477,7 +494,14 @@ mod tests {
             .collect()
     }
 
-    fn acked(client: &str, seq: u64, index: u64, dup: bool, body: &str, before: &[Answer]) -> WriteRecord {
+    fn acked(
+        client: &str,
+        seq: u64,
+        index: u64,
+        dup: bool,
+        body: &str,
+        before: &[Answer],
+    ) -> WriteRecord {
         let mut attempts: Vec<Attempt> = before
             .iter()
             .map(|a| Attempt {
@@ -540,7 +564,14 @@ mod tests {
         let writes = [
             acked("a", 1, 1, false, "r1", &[]),
             acked("a", 1, 3, true, "r1", &[Answer::Unknown("timeout".into())]),
-            acked("b", 1, 1, false, "r2", &[Answer::NotApplied("no_leader".into())]),
+            acked(
+                "b",
+                1,
+                1,
+                false,
+                "r2",
+                &[Answer::NotApplied("no_leader".into())],
+            ),
         ];
         let refs: Vec<&WriteRecord> = writes.iter().collect();
         let counts = check_group("kv", &log, &refs, 3, &mut anomalies);
@@ -555,7 +586,13 @@ mod tests {
         let files = write_files(
             dir.path(),
             &[
-                ("x.1.trace", vec![line(1, 0, "a", 1, "r1", false), line(2, 0, "a", 1, "r1", false)]),
+                (
+                    "x.1.trace",
+                    vec![
+                        line(1, 0, "a", 1, "r1", false),
+                        line(2, 0, "a", 1, "r1", false),
+                    ],
+                ),
                 ("y.1.trace", vec![line(1, 0, "a", 1, "OTHER", false)]),
             ],
         );
@@ -568,7 +605,14 @@ mod tests {
         not_applied.attempts.truncate(1);
         let writes = [
             not_applied,
-            acked("a", 1, 2, true, "r1", &[Answer::NotApplied("not_ordered".into())]),
+            acked(
+                "a",
+                1,
+                2,
+                true,
+                "r1",
+                &[Answer::NotApplied("not_ordered".into())],
+            ),
             acked("b", 7, 1, false, "x", &[]),
         ];
         let refs: Vec<&WriteRecord> = writes.iter().collect();

@@ -199,7 +199,10 @@ pub async fn send_command(
                 Answer::Unknown(format!("503 {code}"))
             }
         }
-        other => Answer::Unknown(format!("{other} {}", text.chars().take(120).collect::<String>())),
+        other => Answer::Unknown(format!(
+            "{other} {}",
+            text.chars().take(120).collect::<String>()
+        )),
     }
 }
 
@@ -348,7 +351,10 @@ async fn kv_write(
     recorder: &SharedRecorder,
 ) -> Option<KvResult> {
     let w = s.write(kv_body(key, &op)).await;
-    let client_no = s.id.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0);
+    let client_no =
+        s.id.trim_start_matches(|c: char| !c.is_ascii_digit())
+            .parse()
+            .unwrap_or(0);
     let (completion, result) = match (&w.outcome, w.answer()) {
         (WriteOutcome::Definite, Some(answer)) => match kv_result(&op, answer) {
             Ok(result) => (
@@ -383,9 +389,17 @@ async fn kv_write(
 }
 
 /// A linearizable kv read, recorded if answered.
-async fn kv_read(s: &mut Session<'_>, key: &str, recorder: &SharedRecorder) -> Option<Option<String>> {
-    let client_no = s.id.trim_start_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0);
-    let Some((invoked, at, v, replica)) = s.query(&json!({"op": "get", "key": key}).to_string()).await
+async fn kv_read(
+    s: &mut Session<'_>,
+    key: &str,
+    recorder: &SharedRecorder,
+) -> Option<Option<String>> {
+    let client_no =
+        s.id.trim_start_matches(|c: char| !c.is_ascii_digit())
+            .parse()
+            .unwrap_or(0);
+    let Some((invoked, at, v, replica)) =
+        s.query(&json!({"op": "get", "key": key}).to_string()).await
     else {
         rec(recorder).kv_reads_failed += 1;
         return None;
@@ -498,7 +512,11 @@ pub fn account(n: usize) -> String {
 }
 
 /// Open the bank's accounts (client `bank-setup`); false if it could not.
-pub async fn bank_setup(world: &World, plan: &Plan, recorder: &SharedRecorder) -> Result<(), String> {
+pub async fn bank_setup(
+    world: &World,
+    plan: &Plan,
+    recorder: &SharedRecorder,
+) -> Result<(), String> {
     let mut s = Session {
         world,
         group: BANK,
@@ -512,7 +530,8 @@ pub async fn bank_setup(world: &World, plan: &Plan, recorder: &SharedRecorder) -
         let body = json!({"op": "open", "account": account(a), "balance": plan.opening_balance})
             .to_string();
         let w = s.write(body).await;
-        let ok = matches!(w.answer(), Some(Answer::Ok { body, .. }) if body.contains("\"ok\":true"));
+        let ok =
+            matches!(w.answer(), Some(Answer::Ok { body, .. }) if body.contains("\"ok\":true"));
         let answer = format!("{:?}", w.attempts.last().map(|a| &a.answer));
         rec(recorder).writes.push(w);
         if !ok {
@@ -567,8 +586,9 @@ pub async fn bank_client(
             to += 1;
         }
         let amount = s.rng.random_range(1..=plan.opening_balance / 3);
-        let body = json!({"op": "transfer", "from": account(from), "to": account(to), "amount": amount})
-            .to_string();
+        let body =
+            json!({"op": "transfer", "from": account(from), "to": account(to), "amount": amount})
+                .to_string();
         let w = s.write(body).await;
         if let Some(Answer::Ok { body, .. }) = w.answer() {
             let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);

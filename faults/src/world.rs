@@ -193,7 +193,7 @@ impl World {
             }
         }
         world.log("started etcd and all replicas");
-        for g in 0..world.groups.len() {
+        for (g, group) in GROUPS.iter().enumerate() {
             for i in 0..REPLICAS {
                 if !world.wait_ready(g, i, Duration::from_secs(60)).await {
                     let r = lock(&world.groups[g].replicas[i]);
@@ -204,8 +204,12 @@ impl World {
                     );
                 }
             }
-            if world.wait_leader(g, Duration::from_secs(30)).await.is_none() {
-                anyhow::bail!("group {} elected no leader within 30s", GROUPS[g]);
+            if world
+                .wait_leader(g, Duration::from_secs(30))
+                .await
+                .is_none()
+            {
+                anyhow::bail!("group {group} elected no leader within 30s");
             }
         }
         world.log("all replicas ready");
@@ -310,16 +314,16 @@ impl World {
         for (gi, g) in self.groups.iter().enumerate() {
             for (i, r) in g.replicas.iter().enumerate() {
                 let mut r = lock(r);
-                if r.paused {
-                    if let Err(e) = r.resume() {
-                        self.harness_error(format!("resume {}: {e:#}", r.spec.name));
-                    }
+                if r.paused
+                    && let Err(e) = r.resume()
+                {
+                    self.harness_error(format!("resume {}: {e:#}", r.spec.name));
                 }
                 if r.cut {
-                    if let Some(net) = &self.net {
-                        if let Err(e) = net.heal(gi * REPLICAS + i) {
-                            self.harness_error(format!("heal {}: {e:#}", r.spec.name));
-                        }
+                    if let Some(net) = &self.net
+                        && let Err(e) = net.heal(gi * REPLICAS + i)
+                    {
+                        self.harness_error(format!("heal {}: {e:#}", r.spec.name));
                     }
                     r.cut = false;
                 }
@@ -333,10 +337,10 @@ impl World {
         }
         let mut etcd = self.etcd.lock().await;
         for m in 0..ETCD_MEMBERS {
-            if !etcd.is_running(m).unwrap_or(true) {
-                if let Err(e) = etcd.restart_member(m).await {
-                    self.harness_error(format!("restart etcd member {m}: {e}"));
-                }
+            if !etcd.is_running(m).unwrap_or(true)
+                && let Err(e) = etcd.restart_member(m).await
+            {
+                self.harness_error(format!("restart etcd member {m}: {e}"));
             }
         }
         self.log("healed everything");

@@ -17,7 +17,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use dorado_faults::plan::{FaultKind, Profile};
+use dorado_faults::plan::Profile;
 use dorado_faults::suite::{self, SuiteConfig, Summary};
 
 /// Base seed of the short mode: fixed, so CI runs the same schedules.
@@ -100,9 +100,18 @@ fn fault_schedules_find_no_anomaly() {
         "anomalies found (each failure above names its seed and replay command): {:#?}",
         summary.failures
     );
-    assert!(summary.ops.kv_ok > 100, "too few kv operations: {:?}", summary.ops);
-    assert!(summary.ops.bank_ok > 50, "too few bank operations: {:?}", summary.ops);
+    assert!(
+        summary.ops.kv_ok > 100,
+        "too few kv operations: {:?}",
+        summary.ops
+    );
+    assert!(
+        summary.ops.bank_ok > 50,
+        "too few bank operations: {:?}",
+        summary.ops
+    );
     if short {
+        use dorado_faults::plan::FaultKind;
         for kind in FaultKind::ALL {
             if kind == FaultKind::CutFromEtcd && summary.netns.is_err() {
                 continue;

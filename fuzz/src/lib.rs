@@ -296,6 +296,3 @@ pub fn check_patch(pod: &serde_json::Value, patch: &json_patch::Patch) -> serde_
     );
     patched
 }
-
-#[cfg(test)]
-mod seeds;

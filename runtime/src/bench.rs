@@ -588,6 +588,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
             }
             if let Some(r) = replicas.as_mut() {
                 r.check_alive()?;
+                r.refresh_leader().await;
                 procs.extend(r.procs());
             }
             procs.push(machine::Proc::new("bench", std::process::id()));

@@ -124,10 +124,10 @@ impl DemoArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     /// `--store etcd` without an etcd binary, or etcd did not start.
-    #[error("etcd: {0}")]
+    #[error(transparent)]
     Etcd(#[from] EtcdProcessError),
     /// A file or process operation failed.
-    #[error("{what}: {source}")]
+    #[error("cannot {what}")]
     Io {
         /// What was being done.
         what: String,
@@ -136,13 +136,13 @@ pub enum DemoError {
         source: io::Error,
     },
     /// The wasm engine could not be set up.
-    #[error("wasm host: {0}")]
+    #[error(transparent)]
     Host(#[from] HostError),
     /// The embedded module was refused (a build problem).
-    #[error("the embedded kv module was refused: {0}")]
+    #[error("the embedded kv module was refused")]
     Module(#[from] LoadError),
     /// The in-process store refused the group.
-    #[error("store: {0}")]
+    #[error("the in-process store refused the demo group")]
     Store(#[from] StoreError),
     /// A replica died or never came up.
     #[error("replica {name}: {message}")]
@@ -163,7 +163,7 @@ pub enum DemoError {
         detail: String,
     },
     /// A command was not acknowledged.
-    #[error("command {what} was not acknowledged: {source}")]
+    #[error("command {what} was not acknowledged")]
     Submit {
         /// Which command.
         what: String,
@@ -172,7 +172,7 @@ pub enum DemoError {
         source: ClientError,
     },
     /// The demo's output could not be written.
-    #[error("cannot write output: {0}")]
+    #[error("cannot write output")]
     Output(#[source] io::Error),
     /// Ctrl-C or SIGTERM.
     #[error("interrupted; every replica and etcd process the demo started has been stopped")]
@@ -209,7 +209,7 @@ pub async fn run<W: Write>(args: &DemoArgs, out: &mut W) -> Result<(), DemoError
 /// The part of the report that is also the summary.
 struct Outcome {
     acknowledged: usize,
-    takeover: Option<Duration>,
+    takeover: Duration,
     catch_up: Option<Duration>,
     recreated: usize,
 }
@@ -273,10 +273,11 @@ async fn demo<W: Write>(args: &DemoArgs, out: &mut W) -> Result<(), DemoError> {
         None => {
             let why = match args.store {
                 StoreChoice::Memory => "--store memory".to_string(),
-                _ => find_etcd_binary()
-                    .err()
-                    .map(|e| e.to_string())
-                    .unwrap_or_default(),
+                _ => match find_etcd_binary() {
+                    Err(EtcdProcessError::NotFound(why)) => format!("no etcd binary: {why}"),
+                    Err(e) => e.to_string(),
+                    Ok(_) => "etcd appeared while starting".into(),
+                },
             };
             w.line(format_args!(
                 "  store     IN-PROCESS memory store, not etcd ({why})"
@@ -377,7 +378,7 @@ struct Acked {
 
 /// What the demo does to replicas, for either kind of replica.
 trait Launcher {
-    /// What a crash is, for the report ("kill -9" or "abort").
+    /// What a crash is, for the report ("kill -9" or "crash").
     const CRASH: &'static str;
     /// Start replica `i` with empty local state; returns once its API listens.
     async fn start(&mut self, i: usize) -> Result<(), DemoError>;
@@ -436,6 +437,8 @@ async fn scenario<L: Launcher, W: Write>(
     bar.finish_and_clear();
     let mut acked = acked?;
     let load_time = load_started.elapsed();
+    // Leadership may have moved during the load (it should not): crash the current leader.
+    let leader = wait_leader(l, &http, &all).await?;
     let before = status(&http, &l.url(leader)).await.unwrap_or(Value::Null);
     let old_epoch = before["epoch"].as_u64();
     w.line(format_args!(
@@ -447,13 +450,12 @@ async fn scenario<L: Launcher, W: Write>(
     ))?;
 
     // 3. Crash the leader and measure the takeover.
-    let how = l.crash(leader).await;
     let crashed_at = Instant::now();
+    let how = l.crash(leader).await;
     w.line(format_args!(
-        "[3/5] {} {} ({}), the leader",
+        "[3/5] {} {} (the leader, {how})",
         L::CRASH,
-        NAMES[leader],
-        how
+        NAMES[leader]
     ))?;
     let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
     let probe = Acked {
@@ -463,7 +465,10 @@ async fn scenario<L: Launcher, W: Write>(
         value: json!("written after the crash"),
     };
     let survivor_urls: Vec<String> = survivors.iter().map(|&i| l.url(i)).collect();
-    let takeover = probe_write(&http, &survivor_urls, &probe, crashed_at).await?;
+    let spin = spinner("      waiting for another replica to take over and accept a write");
+    let takeover = probe_write(&http, &survivor_urls, &probe, crashed_at).await;
+    spin.finish_and_clear();
+    let takeover = takeover?;
     let (takeover_index, took) = takeover;
     let new_leader = wait_leader(l, &http, &survivors).await?;
     let new_epoch = status(&http, &l.url(new_leader))
@@ -517,9 +522,17 @@ async fn scenario<L: Launcher, W: Write>(
 
     // 4. Recreate the crashed replica from nothing but the store.
     let (target_index, target_hash) = wait_converged(l, &http, &survivors, START_TIMEOUT).await?;
+    let spin = spinner(&format!(
+        "[4/5] recreating {} with an empty working directory; waiting for it to catch up",
+        NAMES[leader]
+    ));
     let recreate_at = Instant::now();
-    l.start(leader).await?;
+    if let Err(e) = l.start(leader).await {
+        spin.finish_and_clear();
+        return Err(e);
+    }
     let caught_up = wait_caught_up(l, &http, leader, target_index, &target_hash).await;
+    spin.finish_and_clear();
     let catch_up = caught_up.as_ref().ok().map(|_| recreate_at.elapsed());
     // Give the trace writer a moment to flush its last lines.
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -585,7 +598,7 @@ async fn scenario<L: Launcher, W: Write>(
     // Summary.
     let outcome = Outcome {
         acknowledged: acked.len(),
-        takeover: Some(took),
+        takeover: took,
         catch_up,
         recreated: leader,
     };
@@ -641,7 +654,7 @@ async fn summary<L: Launcher, W: Write>(
     w.line(format_args!("  commands acknowledged  {}", o.acknowledged))?;
     w.line(format_args!(
         "  takeover time          {}",
-        o.takeover.map_or("-".into(), secs)
+        secs(o.takeover)
     ))?;
     w.line(format_args!(
         "  catch-up time          {}",
@@ -678,11 +691,21 @@ fn http_client() -> reqwest::Client {
 fn progress_bar(len: u64, prefix: &'static str) -> ProgressBar {
     let bar = ProgressBar::new(len).with_prefix(prefix);
     if let Ok(style) = ProgressStyle::with_template(
-        "{prefix} [{bar:40.cyan/blue}] {pos}/{len} commands  {per_sec:.0}  {elapsed}",
+        "{prefix} [{bar:30.cyan/blue}] {pos}/{len} commands, {elapsed}",
     ) {
         bar.set_style(style.progress_chars("=> "));
     }
     bar
+}
+
+/// A spinner on stderr (drawn only when it is a terminal) for silent waits.
+fn spinner(message: &str) -> ProgressBar {
+    let spin = ProgressBar::new_spinner().with_message(message.to_string());
+    if let Ok(style) = ProgressStyle::with_template("{msg} {spinner} {elapsed}") {
+        spin.set_style(style);
+    }
+    spin.enable_steady_tick(Duration::from_millis(100));
+    spin
 }
 
 async fn status(http: &reqwest::Client, url: &str) -> Option<Value> {
@@ -1380,7 +1403,7 @@ impl Drop for TaskReplica {
 }
 
 impl Launcher for TaskLauncher {
-    const CRASH: &'static str = "abort (in-process crash)";
+    const CRASH: &'static str = "crash";
 
     async fn start(&mut self, i: usize) -> Result<(), DemoError> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -1447,7 +1470,7 @@ impl Launcher for TaskLauncher {
         self.replicas[i].kill();
         // Let the task run its abort before anyone looks at the group.
         tokio::task::yield_now().await;
-        "its tasks stopped, lease left to expire".into()
+        "in-process: its tasks aborted, its lease left to expire".into()
     }
 
     fn url(&self, i: usize) -> String {

@@ -1179,7 +1179,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
     fn maybe_snapshot(&mut self, index: Index) {
         let every = self.shared.config.snapshot_every;
         if every == 0
-            || index % every != 0
+            || !index.is_multiple_of(every)
             || self.engine.is_none()
             || self.shared.snapshotting.swap(true, Ordering::AcqRel)
         {

@@ -171,7 +171,10 @@ fn without_etcd_the_demo_runs_in_process_and_says_so() {
         stdout.contains("IN-PROCESS memory store, not etcd"),
         "{stdout}"
     );
-    assert!(stdout.contains("abort (in-process crash)"), "{stdout}");
+    assert!(
+        stdout.contains("(the leader, in-process: its tasks aborted"),
+        "{stdout}"
+    );
     assert!(stdout.contains("restored snapshot idx=100"), "{stdout}");
     assert!(stdout.contains("checks passed          5/5"), "{stdout}");
     assert_no_leftovers(&stdout);

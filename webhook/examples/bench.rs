@@ -57,6 +57,20 @@ struct Args {
     client_threads: usize,
 }
 
+/// Time of the pure decision (parse, mutate, encode) on one thread, without HTTP or TLS.
+fn pure_cost(body: &[u8], cfg: &MutationConfig) -> Duration {
+    let n = 20_000u32;
+    for _ in 0..1000 {
+        let _ = dorado_webhook::review(body, cfg);
+    }
+    let t = Instant::now();
+    for _ in 0..n {
+        let r = dorado_webhook::review(body, cfg).expect("review");
+        assert_eq!(r.outcome, dorado_webhook::Outcome::Mutated);
+    }
+    t.elapsed() / n
+}
+
 fn client(ca_pem: &str, http2: bool) -> reqwest::Client {
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -285,7 +299,7 @@ fn main() {
         "dorado/dorado:0.1.0",
         vec!["http://etcd-0.etcd.dorado-system.svc:2379".into()],
     );
-    let config = ServeConfig::new(mutation, files);
+    let config = ServeConfig::new(mutation.clone(), files);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let admin = std::net::TcpListener::bind("127.0.0.1:0").expect("bind admin");
     let url = format!(
@@ -313,6 +327,10 @@ fn main() {
         serde_json::to_vec(&serde_json::from_str::<serde_json::Value>(REQUEST).expect("JSON"))
             .expect("body")
             .into_boxed_slice(),
+    );
+    println!(
+        "pure decision (review(): parse + mutate + encode, one thread): {:.1} µs per review",
+        pure_cost(body, &mutation).as_secs_f64() * 1e6
     );
     let warmup = Duration::from_secs(args.warmup);
     let run = Duration::from_secs(args.seconds);

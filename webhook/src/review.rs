@@ -203,21 +203,39 @@ fn decide(req: &AdmissionRequest<DynamicObject>, object: &Value, cfg: &MutationC
     }
 }
 
-/// Serializes the response as an AdmissionReview, with `patch` base64-encoded as the API
-/// server's JSON decoding of `[]byte` expects.
+/// The AdmissionReview envelope as sent back: kube's response with `patch` replaced by
+/// its base64 text, which is how the API server's JSON decoding of `[]byte` reads it.
+#[derive(serde::Serialize)]
+struct ReviewOut<'a> {
+    #[serde(flatten)]
+    types: &'a kube::core::TypeMeta,
+    response: ResponseOut<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct ResponseOut<'a> {
+    /// Serialized without its own `patch` (taken out before).
+    #[serde(flatten)]
+    inner: &'a AdmissionResponse,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+}
+
+/// Serializes the response as an AdmissionReview.
 fn finish(mut resp: AdmissionResponse, outcome: Outcome, uid: String, detail: String) -> Reviewed {
-    let patch = resp.patch.take();
-    let mut review = serde_json::to_value(resp.into_review()).unwrap_or(Value::Null);
-    if let (Some(patch), Some(r)) = (
-        patch,
-        review.get_mut("response").and_then(Value::as_object_mut),
-    ) {
-        r.insert(
-            "patch".into(),
-            Value::String(base64::engine::general_purpose::STANDARD.encode(patch)),
-        );
-    }
-    let body = serde_json::to_vec(&review).unwrap_or_default();
+    let patch = resp
+        .patch
+        .take()
+        .map(|p| base64::engine::general_purpose::STANDARD.encode(p));
+    let out = ReviewOut {
+        types: &resp.types,
+        response: ResponseOut {
+            inner: &resp,
+            patch,
+        },
+    };
+    // Serializing plain strings, numbers and maps into a Vec cannot fail.
+    let body = serde_json::to_vec(&out).unwrap_or_default();
     Reviewed {
         body,
         outcome,

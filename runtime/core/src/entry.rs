@@ -90,6 +90,11 @@ pub enum DecodeError {
     /// Bytes remain after the structure ended (a canonical encoding has none).
     #[error("{0} trailing bytes after the end")]
     Trailing(usize),
+    /// Well-formed bytes that the encoder never produces (a client id over
+    /// [`MAX_CLIENT_ID`] bytes, session ids out of order or repeated), so that
+    /// decoding stays the exact inverse of encoding.
+    #[error("not canonical: {0}")]
+    NotCanonical(&'static str),
 }
 
 /// Why a value cannot be encoded.
@@ -239,8 +244,17 @@ impl SnapshotData {
         let module_sha256 = r.string16("module sha256")?;
         let n = r.u32("session count")? as usize;
         let mut sessions = Sessions::default();
+        let mut previous: Option<String> = None;
         for _ in 0..n {
             let id = r.string16("session id")?;
+            // The encoder writes sessions in id order; anything else would
+            // decode to a table that re-encodes to different bytes.
+            if previous.as_ref().is_some_and(|p| *p >= id) {
+                return Err(DecodeError::NotCanonical(
+                    "session ids out of order or repeated",
+                ));
+            }
+            previous = Some(id.clone());
             let seq = r.u64("session seq")?;
             let last_index = r.u64("session index")?;
             let outcome = match r.u8("outcome tag")? {
@@ -396,6 +410,9 @@ impl<'a> Reader<'a> {
 
     fn client(&mut self) -> Result<Option<ClientTag>, DecodeError> {
         let id = self.string16("client id")?;
+        if id.len() > MAX_CLIENT_ID {
+            return Err(DecodeError::NotCanonical("client id longer than 255 bytes"));
+        }
         let seq = self.u64("client seq")?;
         if id.is_empty() {
             if seq != 0 {
@@ -474,6 +491,59 @@ mod tests {
         );
         // A count of 4 billion commands in a 12-byte input must not allocate or loop long.
         assert!(Entry::decode(b"DE\x01\x01\xff\xff\xff\xff\x00\x00").is_err());
+    }
+
+    /// Found by `fuzz/fuzz_targets/entry_decode.rs`: a 256-byte client id
+    /// decoded, but the encoder refuses it, so decode was not the inverse of
+    /// encode.
+    #[test]
+    fn fuzz_regression_overlong_client_id_is_refused() {
+        let mut bytes = b"DE\x01\x01\x00\x00\x00\x01\x01\x00".to_vec();
+        bytes.extend_from_slice(&[b'x'; 256]);
+        bytes.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
+        assert_eq!(
+            Entry::decode(&bytes),
+            Err(DecodeError::NotCanonical("client id longer than 255 bytes"))
+        );
+    }
+
+    /// Found by `fuzz/fuzz_targets/snapshot_decode.rs`: sessions out of id
+    /// order (or repeated) decoded into a sorted table, which re-encoded to
+    /// different bytes; two replicas could hold different snapshot bytes for
+    /// one state.
+    #[test]
+    fn fuzz_regression_snapshot_sessions_must_be_in_id_order() {
+        let session = |id: &str| {
+            let mut b = vec![0, id.len() as u8];
+            b.extend_from_slice(id.as_bytes());
+            b.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1]); // seq
+            b.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 2]); // last index
+            b.extend_from_slice(&[0, 0, 0, 0, 0]); // reply, empty
+            b
+        };
+        let snapshot = |ids: &[&str]| {
+            let mut b = b"DS\x01".to_vec();
+            b.extend_from_slice(&[0; 8]); // index
+            b.extend_from_slice(&[0; 32]); // hash
+            b.extend_from_slice(&[0, 0]); // module sha256 (empty)
+            b.extend_from_slice(&(ids.len() as u32).to_be_bytes());
+            for id in ids {
+                b.extend_from_slice(&session(id));
+            }
+            b.extend_from_slice(&[0; 8]); // empty state
+            b
+        };
+        let sorted = snapshot(&["a", "b"]);
+        let decoded = SnapshotData::decode(&sorted).unwrap();
+        assert_eq!(decoded.encode().unwrap(), sorted);
+        for bad in [snapshot(&["b", "a"]), snapshot(&["a", "a"])] {
+            assert_eq!(
+                SnapshotData::decode(&bad),
+                Err(DecodeError::NotCanonical(
+                    "session ids out of order or repeated"
+                ))
+            );
+        }
     }
 
     #[test]

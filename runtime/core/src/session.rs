@@ -72,7 +72,7 @@ impl Sessions {
 
     /// Forget sessions idle for more than `expiry` entries, if `index` is a check point.
     pub fn expire(&mut self, index: Index, expiry: u64) {
-        if expiry == 0 || index % EXPIRY_CHECK_EVERY != 0 {
+        if expiry == 0 || !index.is_multiple_of(EXPIRY_CHECK_EVERY) {
             return;
         }
         self.map

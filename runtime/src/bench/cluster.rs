@@ -233,6 +233,20 @@ impl Replicas {
         }
     }
 
+    /// Ask the replicas who leads now (leadership can move during a run on an
+    /// overloaded machine); keeps the previous answer if nobody claims it.
+    pub(crate) async fn refresh_leader(&mut self) {
+        for i in 0..self.replicas.len() {
+            if let Some((200, body)) = self.get(i, "/v1/status").await {
+                let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                if status["role"] == "leader" {
+                    self.leader = i;
+                    return;
+                }
+            }
+        }
+    }
+
     /// Fail if any replica has exited.
     pub(crate) fn check_alive(&mut self) -> Result<(), BenchError> {
         for r in &mut self.replicas {
@@ -284,6 +298,28 @@ impl Replicas {
             appends: value("dorado_append_latency_seconds_count")?,
             append_seconds: value("dorado_append_latency_seconds_sum")?,
         })
+    }
+
+    /// Wait (bounded) until every replica has applied what the leader
+    /// committed, so a lagging follower does not spend the next run's CPU.
+    pub(crate) async fn settle(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let mut applied = Vec::new();
+            let mut commit = 0;
+            for i in 0..self.replicas.len() {
+                let Some((200, body)) = self.get(i, "/v1/status").await else {
+                    return;
+                };
+                let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                applied.push(status["applied_index"].as_u64().unwrap_or(0));
+                commit = commit.max(status["commit_index"].as_u64().unwrap_or(0));
+            }
+            if applied.iter().all(|&a| a >= commit) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// SIGTERM every replica, wait a little, then SIGKILL what remains.

@@ -225,6 +225,7 @@ impl Setup {
                 let before = replicas.leader_metrics().await;
                 let measured = driver::drive(Arc::new(load), plan, procs, progress).await?;
                 let after = replicas.leader_metrics().await;
+                replicas.settle(Duration::from_secs(10)).await;
                 dorado = Some(dorado_stats(before, after));
                 measured
             }

@@ -43,18 +43,19 @@
 //!
 //! # What it does not give that DORADO does
 //! * **No fencing.** Nothing in etcd stops a deposed or paused leader from
-//!   writing orders; safety rests on majorities of acceptances and on each
-//!   replica's promise, not on the store. Its stale orders cost writes and
-//!   its clients wait until they time out.
+//!   writing orders; the other replicas ignore them (they have moved to a
+//!   newer view), so they cost etcd writes, and the old leader's clients
+//!   wait until they time out instead of being told at once. Two replicas
+//!   may both believe they lead for a while.
 //! * **Liveness needs a majority** of `group_size` replicas alive and
 //!   registered; DORADO keeps serving while any one replica is alive.
-//! * **A restarted replica trusts that its previous life's writes have
-//!   landed** before it replays (etcd applies a received request within
-//!   milliseconds, a restart takes far longer); a write of a dead process
-//!   still stuck inside a stalled etcd could break a promise. A fence would
-//!   close that; the scheme has none.
+//! * **Safety rests on reading one total order.** Every replica must see
+//!   etcd's writes in revision order (etcd's watch guarantees it); DORADO's
+//!   fence instead lets etcd refuse a stale write outright.
 //! * **No snapshots, no truncation**: recovery time and etcd storage grow with
-//!   the whole history (the etcd quota eventually fills: `NOSPACE`).
+//!   the whole history (the etcd quota eventually fills: `NOSPACE`), and each
+//!   replica remembers every applied request id (so that a request ordered
+//!   twice, e.g. re-submitted by a deposed leader, is applied once).
 //! * **Fixed membership**: the first `group_size` replica ids to register
 //!   form the group for good (use stable ids, e.g. StatefulSet pod names); a
 //!   further id is refused rather than allowed to break majorities.
@@ -77,6 +78,7 @@ use dorado_core::{Command, Index, LeaseId, ReplicaState, StateMachine, StoreErro
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use protocol::{RequestId, View};
 pub use wire::ClassicMeta;
@@ -395,6 +397,15 @@ fn backoff(attempt: u32) -> Duration {
     node::backoff(attempt)
 }
 
+/// The store as an [`EtcdStore`], if it is one. `dorado run` is generic over
+/// its store (DORADO also runs on the in-memory store); the classic scheme
+/// runs on etcd only, and this is how the runner finds out.
+pub fn as_etcd<S: 'static>(store: &S) -> Option<EtcdStore> {
+    (store as &dyn std::any::Any)
+        .downcast_ref::<EtcdStore>()
+        .cloned()
+}
+
 /// Retry `op` while etcd is unreachable (a state to report, not a crash).
 async fn retrying<T, F, Fut>(what: &str, mut op: F) -> Result<T, StoreError>
 where
@@ -425,7 +436,9 @@ pub async fn start_classic<M: StateMachine + Send + 'static>(
     trace: TraceWriter,
 ) -> Result<RunningClassic, ClassicError> {
     if config.group_size == 0 {
-        return Err(ClassicError::Config("the group size must be at least 1".into()));
+        return Err(ClassicError::Config(
+            "the group size must be at least 1".into(),
+        ));
     }
     crate::store::validate_name("replica", &config.node.replica)?;
     let group = config.node.group.clone();
@@ -528,25 +541,20 @@ pub async fn start_classic<M: StateMachine + Send + 'static>(
         group_size = stored.group_size,
         "classic replica starting: replaying the whole history"
     );
-    let core = tokio::spawn(core.run(rx, feed_rx));
+    let span = tracing::info_span!("classic", replica = %me);
+    let core = tokio::spawn(core.run(rx, feed_rx).instrument(span.clone()));
     let tasks = vec![
-        tokio::spawn(node::lease_task(
-            store.clone(),
-            shared.clone(),
-            lease_tx,
-            cancel.clone(),
-        )),
-        tokio::spawn(node::feed_task(
-            store.clone(),
-            shared.clone(),
-            feed_tx,
-            cancel.clone(),
-        )),
-        tokio::spawn(node::health_task(
-            store.clone(),
-            shared.clone(),
-            cancel.clone(),
-        )),
+        tokio::spawn(
+            node::lease_task(store.clone(), shared.clone(), lease_tx, cancel.clone())
+                .instrument(span.clone()),
+        ),
+        tokio::spawn(
+            node::feed_task(store.clone(), shared.clone(), feed_tx, cancel.clone())
+                .instrument(span.clone()),
+        ),
+        tokio::spawn(
+            node::health_task(store.clone(), shared.clone(), cancel.clone()).instrument(span),
+        ),
     ];
     Ok(RunningClassic {
         node: ClassicNode { tx, shared, store },

@@ -27,6 +27,7 @@ use dorado_core::{
 use etcd_client::EventType;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::ClassicConfig;
 use super::protocol::{Decided, Protocol, Record, RequestId, View};
@@ -198,7 +199,11 @@ impl<M: StateMachine + Send + 'static> Core<M> {
         }
     }
 
-    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>, mut feed: mpsc::Receiver<Feed>) {
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Msg>,
+        mut feed: mpsc::Receiver<Feed>,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let cancel = self.cancel.clone();
         loop {
@@ -436,9 +441,13 @@ impl<M: StateMachine + Send + 'static> Core<M> {
                 Written::Accept {
                     instance: a.instance,
                     view: a.view,
+                    // Only this replica's own order as leader: if etcd
+                    // refuses it for good, the request was never ordered.
+                    // A refused acceptance of someone else's order says
+                    // nothing about the request's fate.
                     request: match &a.value {
                         super::protocol::Value::Request { id, .. }
-                            if a.acceptor == self.shared.config.node.replica =>
+                            if self.protocol.leading() && a.view == self.protocol.view() =>
                         {
                             Some(id.clone())
                         }
@@ -454,7 +463,7 @@ impl<M: StateMachine + Send + 'static> Core<M> {
         let shared = self.shared.clone();
         let tx = self.tx.clone();
         let cancel = self.cancel.clone();
-        tokio::spawn(async move {
+        let task = async move {
             let t0 = Instant::now();
             let address = shared.config.node.advertise.clone();
             let mut attempt = 0u32;
@@ -487,7 +496,8 @@ impl<M: StateMachine + Send + 'static> Core<M> {
                 result,
                 elapsed: t0.elapsed(),
             });
-        });
+        };
+        tokio::spawn(task.in_current_span());
     }
 
     fn apply_ready(&mut self) {
@@ -520,14 +530,14 @@ impl<M: StateMachine + Send + 'static> Core<M> {
                     m.commands_rejected.inc();
                 }
             }
-            if let (Some(id), Some(c)) = (request, applied.commands.first()) {
-                if let Some((w, _)) = self.waiters.remove(&id) {
-                    let _ = w.send(Ok(SubmitReply {
-                        index: instance,
-                        outcome: c.outcome.clone(),
-                        duplicate: c.duplicate,
-                    }));
-                }
+            if let (Some(id), Some(c)) = (request, applied.commands.first())
+                && let Some((w, _)) = self.waiters.remove(&id)
+            {
+                let _ = w.send(Ok(SubmitReply {
+                    index: instance,
+                    outcome: c.outcome.clone(),
+                    duplicate: c.duplicate,
+                }));
             }
             if text.len() > 64 * 1024 {
                 self.trace.write(std::mem::take(&mut text));
@@ -585,14 +595,13 @@ impl<M: StateMachine + Send + 'static> Core<M> {
         if self.shared.replayed.load(Ordering::Acquire)
             && !self.shared.draining.load(Ordering::Acquire)
             && !self.shared.is_fatal()
+            && let Some(why) = self.suspicion()
         {
-            if let Some(why) = self.suspicion() {
-                if self.protocol.promised() <= self.protocol.view() {
-                    tracing::info!(view = self.protocol.view(), why, "suspecting the leader");
-                }
-                self.protocol.suspect();
-                self.perform();
+            if self.protocol.promised() <= self.protocol.view() {
+                tracing::info!(view = self.protocol.view(), why, "suspecting the leader");
             }
+            self.protocol.suspect();
+            self.perform();
         }
         self.publish_status();
         self.check_drained();
@@ -748,7 +757,10 @@ pub(crate) async fn feed_task(
                 break;
             }
             if resp.canceled() {
-                tracing::warn!(reason = resp.cancel_reason(), "watch cancelled; re-subscribing");
+                tracing::warn!(
+                    reason = resp.cancel_reason(),
+                    "watch cancelled; re-subscribing"
+                );
                 break;
             }
             attempt = 0;
@@ -805,7 +817,12 @@ async fn replay(store: &ClassicStore, tx: &mpsc::Sender<Feed>) -> Result<Option<
             let page = store
                 .range(start, prefix_end(&prefix), revision, false)
                 .await?;
-            revision = page.revision;
+            // Pin the revision of the first read: a response header carries
+            // etcd's current revision, not the one a read was made at, and
+            // every family must be read at the revision the watch resumes from.
+            if revision == 0 {
+                revision = page.revision;
+            }
             for kv in &page.kvs {
                 let item = match wire::decode(store.keys(), kv.key(), kv.value()) {
                     Ok(Some(r)) => Feed::Record(kv.create_revision(), r),
@@ -906,7 +923,11 @@ pub(crate) async fn lease_task(
 }
 
 /// etcd reachability, for `/readyz` and the status report.
-pub(crate) async fn health_task(store: ClassicStore, shared: Arc<Shared>, cancel: CancellationToken) {
+pub(crate) async fn health_task(
+    store: ClassicStore,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {

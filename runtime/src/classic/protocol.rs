@@ -32,19 +32,28 @@
 //!   (a no-op where it saw none), then orders the waiting requests.
 //!
 //! # Why this is safe without compare-and-swap
-//! This is Paxos with etcd as the message medium: a vote is the promise of
-//! phase 1. A replica writes its vote only after its own acceptances are
-//! stored (the driver holds votes back while acceptances are in flight) and
-//! never accepts in an older view afterwards. If `(i, v, x)` was decided, a
-//! majority accepted it and a majority voted for any later view `w`; the two
-//! majorities share a replica whose acceptance was stored before its vote,
-//! so the leader of `w`, which has read every record up to the vote that
-//! completed its majority, sees an acceptance of `(i, v, x)` and, by
-//! induction over views, re-orders `x` at `i`. A deposed leader that keeps
-//! writing is ignored by replicas that moved on, and cannot gather a
-//! majority because the voters of the newer view are part of every
-//! majority. Incarnations keep a restarted replica from leading a view that
-//! its previous incarnation may already have led.
+//! Every replica reads the same total order: etcd's revisions, through one
+//! ordered, complete watch (and, at start, a replay whose set-based rules
+//! give the state an in-order reader would have at that revision). So the
+//! installation of view `w` is one point in that order, the vote that
+//! completes its majority, and:
+//! * every order stored *before* that point was read by the new leader,
+//!   which re-orders, at each undecided instance, the value from the
+//!   highest view it saw there; by induction over views, a value that a
+//!   majority accepted in an older view is the one re-ordered;
+//! * an order of an older view stored *after* that point is accepted by
+//!   nobody but its writer, because every other replica reads the
+//!   installation first and then only accepts in `w`; a deposed or paused
+//!   leader cannot gather a majority, fence or no fence.
+//!
+//! On top of that the rules keep Paxos' own guard, which does not need the
+//! total order: a vote is a promise (never accept in an older view after
+//! voting), and the driver stores a replica's vote only after its in-flight
+//! acceptances. Incarnations keep a restarted replica from leading a view
+//! that its previous life may already have led. The simulation below checks
+//! on the stored records themselves that no instance ever has a majority for
+//! two values, and was seen to catch a leader that ignores accepted values
+//! and acceptors that ignore views.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -361,10 +370,10 @@ impl Protocol {
             return;
         }
         self.replaying = false;
-        if let Some(&w) = self.votes.keys().next_back() {
-            if self.promised < w {
-                self.cast_vote(w);
-            }
+        if let Some(&w) = self.votes.keys().next_back()
+            && self.promised < w
+        {
+            self.cast_vote(w);
         }
         self.accept_current_view();
     }
@@ -414,16 +423,16 @@ impl Protocol {
         if slot.decided.is_some() {
             return;
         }
-        if let Some(p) = slot.by_view.get_mut(&view) {
-            if p.acceptors.is_empty() {
-                p.value = Value::Noop;
-                self.writes.push(Record::Accept(Accept {
-                    instance,
-                    view,
-                    acceptor: self.me.clone(),
-                    value: Value::Noop,
-                }));
-            }
+        if let Some(p) = slot.by_view.get_mut(&view)
+            && p.acceptors.is_empty()
+        {
+            p.value = Value::Noop;
+            self.writes.push(Record::Accept(Accept {
+                instance,
+                view,
+                acceptor: self.me.clone(),
+                value: Value::Noop,
+            }));
         }
     }
 
@@ -535,11 +544,11 @@ impl Protocol {
             return;
         }
         self.max_instance = self.max_instance.max(a.instance);
-        if let Value::Request { id, .. } = &a.value {
-            if !self.applied_ids.contains(id) {
-                let seen = self.ordered_in.entry(id.clone()).or_insert(a.view);
-                *seen = (*seen).max(a.view);
-            }
+        if let Value::Request { id, .. } = &a.value
+            && !self.applied_ids.contains(id)
+        {
+            let seen = self.ordered_in.entry(id.clone()).or_insert(a.view);
+            *seen = (*seen).max(a.view);
         }
         let majority = self.majority();
         let slot = self.slots.entry(a.instance).or_default();
@@ -571,7 +580,7 @@ impl Protocol {
     /// Write this replica's acceptance of the current leader's order at
     /// `(instance, view)`, if the rules allow and it has not yet.
     fn maybe_accept(&mut self, instance: Instance, view: View) {
-        if view != self.view || !self.counts(&self.me) {
+        if view != self.view || self.promised > view || !self.counts(&self.me) {
             return;
         }
         let Some((leader, _)) = &self.leader else {
@@ -640,8 +649,7 @@ impl Protocol {
         let was_leading = self.leading;
         self.view = view;
         self.votes = self.votes.split_off(&(view + 1));
-        self.leading =
-            !self.replaying && leader == self.me && incarnation == self.incarnation;
+        self.leading = !self.replaying && leader == self.me && incarnation == self.incarnation;
         self.leader = Some((leader, incarnation));
         self.proposed_now.clear();
         if self.leading {
@@ -719,7 +727,9 @@ mod tests {
         match r {
             Record::Roster { replica } => format!("0roster/{replica}"),
             Record::Vote { view, voter, .. } => format!("1elections/{view:020}/{voter}"),
-            Record::Accept(a) => format!("2accept/{:020}/{:020}/{}", a.instance, a.view, a.acceptor),
+            Record::Accept(a) => {
+                format!("2accept/{:020}/{:020}/{}", a.instance, a.view, a.acceptor)
+            }
             Record::Request(p) => format!("3requests/{}", p.id),
             Record::Member { replica, .. } => format!("4members/{replica}"),
         }
@@ -833,7 +843,7 @@ mod tests {
         }
     }
 
-    fn drain(s: &mut Sim, applied: &mut Applied, log: &mut Vec<Vec<Entry>>, idx: usize) {
+    fn drain(s: &mut Sim, applied: &mut Applied, log: &mut [Vec<Entry>], idx: usize) {
         while let Some(d) = s.p.pop_decided() {
             applied.check(&s.name, &d);
             log[idx].push(d.entry);
@@ -964,10 +974,9 @@ mod tests {
                 let stuck = sims
                     .iter()
                     .any(|s| s.p.leader().is_none() || s.p.stale_self_leader());
-                let leader_dead = sims.iter().any(|s| {
-                    s.p.leader()
-                        .is_some_and(|l| !s.p.member_alive(l))
-                });
+                let leader_dead = sims
+                    .iter()
+                    .any(|s| s.p.leader().is_some_and(|l| !s.p.member_alive(l)));
                 if !(stuck || leader_dead) {
                     break;
                 }
@@ -1016,7 +1025,10 @@ mod tests {
             let mut seen = HashSet::new();
             for e in &logs[0] {
                 if let Entry::Batch(c) = e {
-                    assert!(seen.insert(c[0].payload.clone()), "seed {seed}: applied twice");
+                    assert!(
+                        seen.insert(c[0].payload.clone()),
+                        "seed {seed}: applied twice"
+                    );
                 }
             }
             if submitted > 0 && !seen.is_empty() {
@@ -1057,7 +1069,7 @@ mod tests {
     }
 
     /// Deliver every write to every replica in one global order until quiet.
-    fn settle(etcd: &mut Etcd, ps: &mut [Protocol], out: &mut Vec<Vec<Decided>>) {
+    fn settle(etcd: &mut Etcd, ps: &mut [Protocol], out: &mut [Vec<Decided>]) {
         let mut cursor = vec![etcd.log.len(); ps.len()];
         loop {
             let mut moved = false;
@@ -1195,8 +1207,18 @@ mod tests {
     #[test]
     fn replicas_outside_the_roster_do_not_count() {
         let mut p = Protocol::new("a", 1, 1);
-        p.ingest(1, Record::Roster { replica: "a".into() });
-        p.ingest(2, Record::Roster { replica: "z".into() });
+        p.ingest(
+            1,
+            Record::Roster {
+                replica: "a".into(),
+            },
+        );
+        p.ingest(
+            2,
+            Record::Roster {
+                replica: "z".into(),
+            },
+        );
         p.finish_replay();
         p.ingest(
             3,
@@ -1206,7 +1228,11 @@ mod tests {
                 incarnation: 0,
             },
         );
-        assert_eq!(p.view(), 0, "a vote from outside the roster installed a view");
+        assert_eq!(
+            p.view(),
+            0,
+            "a vote from outside the roster installed a view"
+        );
         assert_eq!(p.roster(), vec!["a".to_string()]);
     }
 }

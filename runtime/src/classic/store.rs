@@ -110,13 +110,13 @@ impl ClassicStore {
             return Ok(meta.clone());
         }
         for op in resp.op_responses() {
-            if let TxnOpResponse::Get(mut get) = op {
-                if let Some(kv) = get.take_kvs().into_iter().next() {
-                    return serde_json::from_slice(kv.value()).map_err(|e| StoreError::Corrupt {
-                        key: "classic/meta".into(),
-                        reason: e.to_string(),
-                    });
-                }
+            if let TxnOpResponse::Get(mut get) = op
+                && let Some(kv) = get.take_kvs().into_iter().next()
+            {
+                return serde_json::from_slice(kv.value()).map_err(|e| StoreError::Corrupt {
+                    key: "classic/meta".into(),
+                    reason: e.to_string(),
+                });
             }
         }
         Err(StoreError::Unavailable(
@@ -142,7 +142,9 @@ impl ClassicStore {
             let page = self
                 .range(start, prefix_end(&prefix), revision, false)
                 .await?;
-            revision = page.revision;
+            if revision == 0 {
+                revision = page.revision;
+            }
             for kv in &page.kvs {
                 if let Some(KeyKind::Roster(r)) = self.keys.parse(kv.key()) {
                     out.push((kv.create_revision(), r));
@@ -200,7 +202,9 @@ impl ClassicStore {
         Ok(resp.header().map_or(0, |h| h.revision()))
     }
 
-    /// Keys in `[start, end)` at `revision` (0 = now), one page.
+    /// Keys in `[start, end)` at `revision` (0 = now), one page. The page's
+    /// `revision` is etcd's current revision when it answered, which is the
+    /// revision read at only when `revision` was 0.
     pub async fn range(
         &self,
         start: Vec<u8>,
@@ -259,7 +263,9 @@ impl ClassicStore {
         let mut current: Option<(Instance, BTreeMap<View, BTreeSet<String>>)> = None;
         loop {
             let page = self.range(start, end.clone(), revision, true).await?;
-            revision = page.revision;
+            if revision == 0 {
+                revision = page.revision;
+            }
             for kv in &page.kvs {
                 let Some(KeyKind::Accept {
                     instance,
@@ -292,10 +298,11 @@ impl ClassicStore {
                 _ => break,
             }
         }
-        if let Some((i, views)) = current {
-            if i == expect && decided(&views, majority) {
-                expect += 1;
-            }
+        if let Some((i, views)) = current
+            && i == expect
+            && decided(&views, majority)
+        {
+            expect += 1;
         }
         Ok(expect - 1)
     }

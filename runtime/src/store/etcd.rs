@@ -12,6 +12,9 @@
 //! endpoints and would otherwise wait forever for one to become ready. A
 //! timeout or a transport failure is [`StoreError::Unavailable`] (the outcome
 //! of a write is then unknown; the protocol resolves it with `Occupied`).
+//! Only a request that could not even connect to the member it was routed to
+//! (so was never sent) is repeated inside that timeout, which lets a client
+//! of a cluster with a dead member move on to a live one.
 //!
 //! Watches first range-read what exists at a revision `R` (paginated, all
 //! pages at `R`) and then watch from `R + 1`, so nothing is missed or
