@@ -108,7 +108,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let summary = runtime.block_on(suite::run(&cfg));
+    // On Ctrl-C or SIGTERM the running schedule is dropped, which kills its
+    // processes and removes its network namespaces.
+    let summary = runtime.block_on(async {
+        tokio::select! {
+            summary = suite::run(&cfg) => Some(summary),
+            _ = dorado::runner::shutdown_signal() => None,
+        }
+    });
+    let Some(summary) = summary else {
+        eprintln!("interrupted; the running schedule was torn down");
+        return ExitCode::FAILURE;
+    };
     println!("{}", summary.render(&cfg));
     if summary.passed() {
         ExitCode::SUCCESS

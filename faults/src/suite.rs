@@ -71,6 +71,22 @@ impl SuiteConfig {
     }
 }
 
+impl SuiteConfig {
+    /// The same replay through the test harness.
+    pub fn test_replay_command(&self, seed: u64) -> String {
+        format!(
+            "DORADO_FAULTS_SEED={seed} DORADO_FAULTS_PROFILE={} DORADO_FAULTS_WORKLOAD_SECS={} cargo test -p dorado-faults{} --test short -- --nocapture",
+            self.profile,
+            self.workload.as_secs(),
+            if cfg!(feature = "bug-unfenced") {
+                " --features bug-unfenced"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
 /// The `cargo run` prefix that rebuilds the suite as this build was built.
 pub fn default_replay_prefix() -> String {
     if cfg!(feature = "bug-unfenced") {
@@ -425,10 +441,7 @@ pub async fn run_schedule(cfg: &SuiteConfig, seed: u64) -> ScheduleReport {
             if failed { "FAILED" } else { "passed" },
             cfg.replay_command(seed)
         );
-        let _ = writeln!(
-            text,
-            "  or: DORADO_FAULTS_SEED={seed} cargo test -p dorado-faults --test short -- --nocapture"
-        );
+        let _ = writeln!(text, "  or: {}", cfg.test_replay_command(seed));
         for a in &report.anomalies {
             let _ = writeln!(text, "ANOMALY {a}");
         }
@@ -681,6 +694,27 @@ async fn statuses(world: &World, g: usize) -> String {
             ))
         })
         .collect();
+    let leaders: Vec<(String, String)> = seen
+        .iter()
+        .flatten()
+        .map(|s| {
+            (
+                s["leader"].as_str().unwrap_or("").to_string(),
+                s["role"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    if leaders.len() == REPLICAS
+        && !leaders[0].0.is_empty()
+        && leaders
+            .iter()
+            .all(|(l, role)| *l == leaders[0].0 && role != "leader")
+    {
+        text.push_str(&format!(
+            "; DIAGNOSIS: every replica names {} as leader (its lease is alive) but none leads, so every write is answered no_leader",
+            leaders[0].0
+        ));
+    }
     if let Some(all) = all {
         let (applied, commit, _) = all[0];
         if all

@@ -240,7 +240,6 @@ impl GuestCommand {
     }
 }
 
-#[cfg(feature = "webhook")]
 /// The webhook configuration the golden tests use (`webhook/tests/common`).
 pub fn webhook_config() -> &'static dorado_webhook::MutationConfig {
     static CONFIG: LazyLock<dorado_webhook::MutationConfig> = LazyLock::new(|| {
@@ -256,7 +255,6 @@ pub fn webhook_config() -> &'static dorado_webhook::MutationConfig {
     &CONFIG
 }
 
-#[cfg(feature = "webhook")]
 /// Checks what must hold for every patch the webhook produces for `pod`, and
 /// returns the patched pod:
 /// * the patch applies cleanly (every path exists or has its parent added);

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -369,9 +370,20 @@ struct QueryParams {
 
 async fn query<S: Store>(
     State(state): State<Arc<ApiState<S>>>,
-    Query(params): Query<QueryParams>,
+    params: Result<Query<QueryParams>, QueryRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
+    // axum's own rejection is plain text; the API answers JSON errors only.
+    let Query(params) = params.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_parameter",
+            format!(
+                "{}; the only parameter is consistency=linearizable|stale",
+                e.body_text()
+            ),
+        )
+    })?;
     let consistency = match params.consistency.as_deref() {
         None | Some("linearizable") => Consistency::Linearizable,
         Some("stale") => Consistency::Stale,
@@ -473,6 +485,26 @@ mod tests {
             h.insert(*k, HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    /// Found by `fuzz/fuzz_targets/api_router.rs`: a query string that does
+    /// not deserialize (here a repeated `consistency`) got axum's plain-text
+    /// 400 instead of the API's JSON error.
+    #[tokio::test]
+    async fn fuzz_regression_bad_query_string_is_a_json_error() {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let app = router(Arc::new(ApiState::<crate::store::MemoryStore>::new(1024)));
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/v1/query?consistency=a&consistency=b")
+            .body(Body::from("{}"))
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["code"], "bad_parameter", "{json}");
     }
 
     #[test]

@@ -209,7 +209,7 @@ impl Client {
             let safe = code != "unknown_outcome" || tag.is_some();
             match status {
                 422 => Attempt::Done(Err(ClientError::Rejected { index, message })),
-                503 | 504 | 502 if safe => Attempt::Retry {
+                502..=504 if safe => Attempt::Retry {
                     leader,
                     why: format!("{code}: {message}"),
                 },

@@ -63,7 +63,7 @@ const READERS: usize = 16;
 /// Where the shared memory lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum StoreChoice {
-    /// etcd if an `etcd` binary is found, else the in-process store.
+    /// A throwaway etcd when an `etcd` binary is found, else the in-process store.
     #[default]
     Auto,
     /// A throwaway etcd (fails if there is no `etcd` binary).
@@ -1374,6 +1374,7 @@ struct TaskReplica {
     crash: CancellationToken,
     failed: Arc<Mutex<Option<String>>>,
     task: Option<JoinHandle<()>>,
+    incarnation: u32,
 }
 
 impl TaskReplica {
@@ -1385,6 +1386,7 @@ impl TaskReplica {
             crash: CancellationToken::new(),
             failed: Arc::default(),
             task: None,
+            incarnation: 0,
         }
     }
 
@@ -1418,10 +1420,8 @@ impl Launcher for TaskLauncher {
         r.port = port;
         r.crash = CancellationToken::new();
         r.failed = Arc::default();
-        let n = std::fs::read_dir(&self.dir)
-            .map(Iterator::count)
-            .unwrap_or(0);
-        r.trace_path = self.dir.join(format!("{}.{n}.trace", r.name));
+        r.incarnation += 1;
+        r.trace_path = self.dir.join(format!("{}.{}.trace", r.name, r.incarnation));
         let trace_file = File::create(&r.trace_path)
             .map_err(io_err(format!("create {}", r.trace_path.display())))?;
         let addr = format!("127.0.0.1:{port}");

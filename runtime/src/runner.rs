@@ -70,7 +70,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<S, StoreError>>,
 {
-    let host = Host::new(options.host.clone())?;
+    let host = Host::new(options.host)?;
     let module = tools::load_file(&host, &options.module)?;
     let instance = module.instantiate()?;
     options.node.module_sha256 = module.sha256().to_string();

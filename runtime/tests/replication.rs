@@ -45,10 +45,10 @@ async fn submit_retrying(
     while start.elapsed() < deadline {
         let url = &urls[i % urls.len()];
         i += 1;
-        if let Ok(r) = post(&http, url, "/v1/commands", body, Some((id, seq))).await {
-            if r.status == 200 || r.status == 422 {
-                return Some(r);
-            }
+        if let Ok(r) = post(&http, url, "/v1/commands", body, Some((id, seq))).await
+            && (r.status == 200 || r.status == 422)
+        {
+            return Some(r);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -197,16 +197,15 @@ async fn killing_the_leader_fails_over_quickly_and_loses_no_acknowledged_write()
         if line.contains("(duplicate") {
             continue;
         }
-        if let Some(rest) = line.split(" client=").nth(1) {
-            if let Some((id, seq)) = rest
+        if let Some(rest) = line.split(" client=").nth(1)
+            && let Some((id, seq)) = rest
                 .split_whitespace()
                 .next()
                 .and_then(|t| t.split_once('#'))
-            {
-                *seen
-                    .entry((id.to_string(), seq.parse().unwrap()))
-                    .or_default() += 1;
-            }
+        {
+            *seen
+                .entry((id.to_string(), seq.parse().unwrap()))
+                .or_default() += 1;
         }
     }
     assert!(
@@ -271,10 +270,10 @@ async fn a_paused_leader_is_fenced_off_and_the_group_stays_consistent() {
         "a new leader while the old one is paused",
         || async {
             for &i in &others {
-                if let Some(s) = c.status(i).await {
-                    if s["role"] == "leader" {
-                        return true;
-                    }
+                if let Some(s) = c.status(i).await
+                    && s["role"] == "leader"
+                {
+                    return true;
                 }
             }
             false

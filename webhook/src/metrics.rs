@@ -1,6 +1,6 @@
 //! Prometheus metrics of the webhook (served on the admin port at `/metrics`).
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -8,7 +8,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Why a request got no AdmissionReview answer (or an `invalid` one).
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum ErrorReason {
     /// Content-Type was not `application/json`.
     ContentType,
@@ -22,6 +22,25 @@ pub enum ErrorReason {
     Invalid,
 }
 
+impl ErrorReason {
+    /// Label value (snake case).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorReason::ContentType => "content_type",
+            ErrorReason::TooLarge => "too_large",
+            ErrorReason::BodyRead => "body_read",
+            ErrorReason::BadRequest => "bad_request",
+            ErrorReason::Invalid => "invalid",
+        }
+    }
+}
+
+impl EncodeLabelValue for ErrorReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
 /// Label set of `dorado_webhook_errors_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -30,12 +49,28 @@ pub struct ErrorLabels {
 }
 
 /// Result of a certificate reload attempt.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum ReloadResult {
     /// A new pair was loaded.
     Success,
     /// A changed pair could not be read or parsed; the old pair stays in use.
     Failure,
+}
+
+impl ReloadResult {
+    /// Label value (snake case).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadResult::Success => "success",
+            ReloadResult::Failure => "failure",
+        }
+    }
+}
+
+impl EncodeLabelValue for ReloadResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
 }
 
 /// Label set of `dorado_webhook_certificate_reloads_total`.

@@ -76,7 +76,7 @@ pub enum ReviewError {
     )]
     WrongApiVersion(String),
     /// There is no `request` object.
-    #[error("AdmissionReview has no request")]
+    #[error("no request in the AdmissionReview")]
     NoRequest,
 }
 

@@ -95,7 +95,7 @@ async fn oversized_body_is_413() {
     assert!(
         st.metrics
             .encode()
-            .contains("dorado_webhook_errors_total{reason=\"TooLarge\"} 2")
+            .contains("dorado_webhook_errors_total{reason=\"too_large\"} 2")
     );
 }
 
@@ -118,7 +118,7 @@ async fn undecodable_bodies_are_400_with_a_message() {
         ),
         (
             br#"{"kind":"AdmissionReview","apiVersion":"admission.k8s.io/v1"}"#.to_vec(),
-            "no request",
+            "no request in",
         ),
     ];
     for (body, needle) in cases {

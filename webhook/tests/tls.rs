@@ -171,7 +171,7 @@ async fn serves_over_tls_and_rotates_on_symlink_swap() {
         || async {
             metrics(&admin)
                 .await
-                .contains("dorado_webhook_certificate_reloads_total{result=\"Failure\"} 1")
+                .contains("dorado_webhook_certificate_reloads_total{result=\"failure\"} 1")
                 .then_some(())
         },
     )
@@ -185,7 +185,7 @@ async fn serves_over_tls_and_rotates_on_symlink_swap() {
         || async {
             metrics(&admin)
                 .await
-                .contains("dorado_webhook_certificate_reloads_total{result=\"Failure\"} 2")
+                .contains("dorado_webhook_certificate_reloads_total{result=\"failure\"} 2")
                 .then_some(())
         },
     )
@@ -209,7 +209,7 @@ async fn serves_over_tls_and_rotates_on_symlink_swap() {
 
     let m = metrics(&admin).await;
     assert!(
-        m.contains("dorado_webhook_certificate_reloads_total{result=\"Success\"} 2"),
+        m.contains("dorado_webhook_certificate_reloads_total{result=\"success\"} 2"),
         "{m}"
     );
     assert!(m.contains("dorado_webhook_certificate_loaded 1"), "{m}");

@@ -516,7 +516,10 @@ pub async fn start_classic<M: StateMachine + Send + 'static>(
         fatal: Mutex::new(None),
         status: Mutex::new(status),
         store_error: Mutex::new(None),
-        roster: RwLock::new((Vec::new(), stored.group_size / 2 + 1)),
+        roster: RwLock::new((
+            members.iter().map(|r| (*r).to_owned()).collect(),
+            stored.group_size / 2 + 1,
+        )),
         config: config.clone(),
     });
 

@@ -440,7 +440,7 @@ impl StateMachine for Instance {
         let live = self.live()?;
         match live.call(Entry::Apply, command, fuel) {
             Ok(reply) => {
-                self.last_fuel_used = fuel - live.fuel_left();
+                self.last_fuel_used = fuel.saturating_sub(live.fuel_left());
                 self.log.extend_from_slice(command);
                 self.log_ends.push(self.log.len());
                 if self.log_cost() >= self.next_checkpoint {
@@ -457,7 +457,7 @@ impl StateMachine for Instance {
         let live = self.live()?;
         match live.call(Entry::Query, query, fuel) {
             Ok(reply) => {
-                self.last_fuel_used = fuel - live.fuel_left();
+                self.last_fuel_used = fuel.saturating_sub(live.fuel_left());
                 Ok(reply)
             }
             Err(fault) => Err(self.reject(fault, fuel)),

@@ -98,11 +98,11 @@ impl Replica {
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let start = Instant::now();
         while start.elapsed() < timeout {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    self.child = None;
-                    return status.code();
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                self.child = None;
+                return status.code();
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -259,10 +259,10 @@ impl Cluster {
             if self.replicas[i].child.is_none() {
                 continue;
             }
-            if let Some(s) = self.status(i).await {
-                if s["role"] == "leader" {
-                    return Some(i);
-                }
+            if let Some(s) = self.status(i).await
+                && s["role"] == "leader"
+            {
+                return Some(i);
             }
         }
         None
