@@ -235,6 +235,10 @@ struct Shared {
     draining: AtomicBool,
     leading: AtomicBool,
     snapshotting: AtomicBool,
+    /// No progress for a while although the store is ahead: maybe a gap left by
+    /// a leader that died mid-append, which only a new leader fills. Such a
+    /// replica may campaign even though it is not caught up.
+    stuck: AtomicBool,
     fatal: Mutex<Option<String>>,
     status: Mutex<Status>,
     store_error: Mutex<Option<String>>,
@@ -578,6 +582,7 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
         draining: AtomicBool::new(false),
         leading: AtomicBool::new(false),
         snapshotting: AtomicBool::new(false),
+        stuck: AtomicBool::new(false),
         fatal: Mutex::new(None),
         status: Mutex::new(status),
         store_error: Mutex::new(None),
@@ -1240,12 +1245,18 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
                         tracing::info!(waiting_for = next, "no progress; re-reading the log");
                         self.shared.resubscribe.notify_one();
                         self.stuck_since = Some((next, Instant::now()));
+                        // Possibly a gap only a leader can fill: allow campaigning.
+                        self.shared.stuck.store(true, Ordering::Release);
                     }
                 }
-                _ => self.stuck_since = Some((next, Instant::now())),
+                _ => {
+                    self.stuck_since = Some((next, Instant::now()));
+                    self.shared.stuck.store(false, Ordering::Release);
+                }
             }
         } else {
             self.stuck_since = None;
+            self.shared.stuck.store(false, Ordering::Release);
         }
         self.check_drained();
     }
@@ -1404,7 +1415,8 @@ async fn election_task<S: Store>(
             let lease_id = *lease.borrow();
             if !no_leader
                 || shared.draining.load(Ordering::Acquire)
-                || !shared.caught_up.load(Ordering::Acquire)
+                || !(shared.caught_up.load(Ordering::Acquire)
+                    || shared.stuck.load(Ordering::Acquire))
             {
                 continue;
             }

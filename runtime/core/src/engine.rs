@@ -143,6 +143,9 @@ struct Inflight<T> {
     bytes: Arc<Vec<u8>>,
     entry: Entry,
     waiters: Vec<(u32, T)>,
+    /// An earlier attempt's outcome was unknown: it may have landed even if a
+    /// later attempt is fenced.
+    uncertain: bool,
 }
 
 /// A leader's batching and append pipeline for one epoch.
@@ -241,9 +244,19 @@ impl<T> LeaderEngine<T> {
                 // An earlier attempt with an unknown outcome did land.
                 self.commit(index)
             }
-            // Someone else's entry at our index, or a newer epoch: we are deposed.
-            Ok(AppendOutcome::Occupied(_)) | Ok(AppendOutcome::Fenced) => {
-                let mut actions = self.abandon_all(Abandoned::NotOrdered, Some(index));
+            // Someone else's entry at our index: ours is certainly not there,
+            // and we are deposed. Other in-flight appends may have landed before
+            // the new leader took over, so their outcome is unknown.
+            Ok(AppendOutcome::Occupied(_)) => {
+                let mut actions = self.abandon_all(Abandoned::Unknown, Some(index));
+                actions.push(LeaderAction::StepDown);
+                actions
+            }
+            // A newer epoch: this attempt wrote nothing, but an earlier attempt
+            // with an unknown outcome (or another in-flight append) may have.
+            Ok(AppendOutcome::Fenced) => {
+                let certain = (!inflight.uncertain).then_some(index);
+                let mut actions = self.abandon_all(Abandoned::Unknown, certain);
                 actions.push(LeaderAction::StepDown);
                 actions
             }
@@ -252,11 +265,17 @@ impl<T> LeaderEngine<T> {
                 actions.push(LeaderAction::StepDown);
                 actions
             }
-            Err(_) => vec![LeaderAction::Append {
-                index,
-                bytes: inflight.bytes.clone(),
-                retry: true,
-            }],
+            Err(_) => {
+                let bytes = inflight.bytes.clone();
+                if let Some(i) = self.inflight.get_mut(&index) {
+                    i.uncertain = true;
+                }
+                vec![LeaderAction::Append {
+                    index,
+                    bytes,
+                    retry: true,
+                }]
+            }
         }
     }
 
@@ -347,6 +366,7 @@ impl<T> LeaderEngine<T> {
                 bytes: bytes.clone(),
                 entry,
                 waiters,
+                uncertain: false,
             },
         );
         LeaderAction::Append {
@@ -542,9 +562,10 @@ mod tests {
             tokens: vec![1],
             why: Abandoned::NotOrdered
         }));
+        // Index 2 was in flight: it may have landed before the new leader took over.
         assert!(a.contains(&LeaderAction::Abandon {
             tokens: vec![2],
-            why: Abandoned::NotOrdered
+            why: Abandoned::Unknown
         }));
         // After stepping down nothing is ordered any more.
         assert_eq!(
@@ -555,6 +576,19 @@ mod tests {
             }]
         );
         assert!(e.on_append(2, Ok(AppendOutcome::Appended)).is_empty());
+    }
+
+    #[test]
+    fn a_fenced_retry_after_an_unknown_outcome_is_still_unknown() {
+        let mut e = engine(1);
+        e.submit(1, cmd(1));
+        e.on_append(1, Err(StoreError::Unavailable("timeout".into())));
+        let a = e.on_append(1, Ok(AppendOutcome::Fenced));
+        assert!(a.contains(&LeaderAction::Abandon {
+            tokens: vec![1],
+            why: Abandoned::Unknown
+        }));
+        assert_eq!(a.last(), Some(&LeaderAction::StepDown));
     }
 
     #[test]
