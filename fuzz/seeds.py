@@ -45,10 +45,10 @@ def batch(commands):
     return b"DE\x01\x01" + u32(len(commands)) + b"".join(commands)
 
 
-def snapshot(index, hash_, sha, sessions, state):
+def snapshot(index, hash_, sha, sessions, state, keep_order=False):
     out = b"DS\x01" + u64(index) + hash_ + u16(len(sha)) + sha.encode()
     out += u32(len(sessions))
-    for sid, seq, last, outcome in sorted(sessions):
+    for sid, seq, last, outcome in (sessions if keep_order else sorted(sessions)):
         out += u16(len(sid)) + sid.encode() + u64(seq) + u64(last)
         tag, body = outcome
         out += bytes([tag]) + u32(len(body)) + body
@@ -61,6 +61,8 @@ def entries():
     write("entry_decode", "empty-batch", batch([]))
     write("entry_decode", "batch-two", batch([command(("c1", 7), put), command(None, b"")]))
     write("entry_decode", "batch-long-id", batch([command(("x" * 255, 2**64 - 1), put)]))
+    # Past crash (docs/fuzzing.md): a 256-byte client id.
+    write("entry_decode", "crash-id-256-bytes", batch([command(("x" * 256, 1), b"")]))
     write("entry_decode", "batch-three", batch([
         command(("web-1", 1), put),
         command(("web-1", 2), b'{"op":"get","key":"a"}'),
@@ -74,6 +76,11 @@ def snapshots():
         42, bytes([7]) * 32, "ab" * 32,
         [("a", 3, 9, (0, b'{"ok":true}')), ("b", 1, 2, (1, b"trap: guest panicked"))],
         b'{"a":1,"b":"x"}'))
+    # Past crashes (docs/fuzzing.md): sessions out of id order, and repeated.
+    write("snapshot_decode", "crash-sessions-unordered", snapshot(
+        1, bytes(32), "", [("b", 1, 1, (0, b"")), ("a", 1, 1, (0, b""))], b"", keep_order=True))
+    write("snapshot_decode", "crash-sessions-repeated", snapshot(
+        1, bytes(32), "", [("a", 1, 1, (0, b"")), ("a", 2, 1, (0, b""))], b"", keep_order=True))
 
 
 # --- HTTP ---------------------------------------------------------------------
@@ -100,6 +107,8 @@ def requests():
         "command-bad-seq": "POST /v1/commands HTTP/1.1\r\ndorado-client-id: a\r\ndorado-seq: -1\r\n\r\nx",
         "query-stale": "POST /v1/query?consistency=stale HTTP/1.1\r\n\r\n{\"op\":\"get\",\"key\":\"a\"}",
         "query-bad-consistency": "POST /v1/query?consistency=eventual HTTP/1.1\r\n\r\n{}",
+        # Past finding (docs/fuzzing.md): axum's plain-text rejection.
+        "crash-query-repeated-param": "POST /v1/query?consistency=a&consistency=b HTTP/1.1\r\n\r\n{}",
         "status": "GET /v1/status HTTP/1.1\r\nhost: r0\r\n\r\n",
         "snapshot": "GET /v1/snapshot HTTP/1.1\r\n\r\n",
         "healthz": "GET /healthz HTTP/1.1\r\n\r\n",

@@ -34,7 +34,9 @@ fuzz_target!(|data: &[u8]| {
     match reviewed.outcome {
         Outcome::Mutated => {
             assert!(allowed);
-            let b64 = patch.and_then(Value::as_str).expect("mutated without a patch");
+            let b64 = patch
+                .and_then(Value::as_str)
+                .expect("mutated without a patch");
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(b64)
                 .expect("patch is not base64");

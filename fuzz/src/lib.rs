@@ -54,7 +54,9 @@ pub fn abi_shape() -> Vec<u8> {
     let mut code = CodeSection::new();
     for (i, (name, params, results)) in funcs.iter().enumerate() {
         let i = i as u32;
-        types.ty().function(params.iter().copied(), results.iter().copied());
+        types
+            .ty()
+            .function(params.iter().copied(), results.iter().copied());
         functions.function(i);
         exports.export(name, ExportKind::Func, i);
         let mut body = Function::new([]);
@@ -272,20 +274,28 @@ pub fn check_patch(pod: &serde_json::Value, patch: &json_patch::Patch) -> serde_
     }
     if let Some(fields) = pod.as_object() {
         for key in fields.keys() {
-            assert!(patched.get(key).is_some(), "patch dropped top-level field {key:?}");
+            assert!(
+                patched.get(key).is_some(),
+                "patch dropped top-level field {key:?}"
+            );
         }
     }
     for list in ["/spec/initContainers", "/spec/ephemeralContainers"] {
         assert_eq!(pod.pointer(list), patched.pointer(list), "{list} changed");
     }
     let before = pod.pointer("/spec/containers").and_then(|c| c.as_array());
-    let after = patched.pointer("/spec/containers").and_then(|c| c.as_array());
+    let after = patched
+        .pointer("/spec/containers")
+        .and_then(|c| c.as_array());
     let (Some(before), Some(after)) = (before, after) else {
         panic!("a mutated pod must have spec.containers before and after");
     };
     assert_eq!(before.len(), after.len(), "containers added or removed");
     let changed = before.iter().zip(after).filter(|(a, b)| a != b).count();
-    assert!(changed <= 1, "{changed} containers changed; only the target may");
+    assert!(
+        changed <= 1,
+        "{changed} containers changed; only the target may"
+    );
     let again = mutate_pod(&patched, webhook_config());
     assert_eq!(
         again.verdict,

@@ -169,6 +169,9 @@ pub struct BenchArgs {
     /// Free text recorded with the results (e.g. "etcd on tmpfs").
     #[arg(long)]
     pub label: Option<String>,
+    /// Keep each replica's trace (stdout) and log (stderr) in DIR/r<N>/ instead of a temp dir.
+    #[arg(long, value_name = "DIR")]
+    pub keep_logs: Option<PathBuf>,
     /// No progress bar (one line per finished run is still printed on stderr).
     #[arg(long)]
     pub no_progress: bool,
@@ -255,6 +258,8 @@ pub struct BenchConfig {
     pub quick: bool,
     /// Free text recorded with the results.
     pub label: Option<String>,
+    /// Keep the replicas' module, trace and log files in this directory.
+    pub keep_logs: Option<PathBuf>,
 }
 
 impl BenchConfig {
@@ -326,6 +331,7 @@ impl BenchConfig {
             progress: !args.no_progress,
             quick: args.quick,
             label: args.label.clone(),
+            keep_logs: args.keep_logs.clone(),
         })
     }
 }
@@ -541,10 +547,17 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     };
 
     let namespace = format!("bench-{run_id}");
-    let workdir = tempfile::Builder::new()
+    let tempdir = tempfile::Builder::new()
         .prefix("dorado-bench-")
         .tempdir()
         .map_err(io_err("create a temp dir"))?;
+    let workdir = match &config.keep_logs {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+            dir.clone()
+        }
+        None => tempdir.path().to_owned(),
+    };
     let binary = match &config.binary {
         Some(b) => b.clone(),
         None => std::env::current_exe().map_err(io_err("find the dorado executable"))?,
@@ -564,7 +577,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
         replicas = Some(
             cluster::Replicas::start(cluster::ReplicaSpec {
                 binary: &binary,
-                dir: workdir.path(),
+                dir: &workdir,
                 count: config.replicas,
                 etcd: &etcd_urls,
                 namespace: &namespace,
@@ -588,7 +601,14 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
             }
             if let Some(r) = replicas.as_mut() {
                 r.check_alive()?;
-                r.refresh_leader().await;
+                if system == SystemKind::Dorado {
+                    // A previous run may have overloaded etcd enough to cost
+                    // the group its leader: measure steady state, not the
+                    // election.
+                    r.wait_ready().await?;
+                } else {
+                    r.refresh_leader().await;
+                }
                 procs.extend(r.procs());
             }
             procs.push(machine::Proc::new("bench", std::process::id()));

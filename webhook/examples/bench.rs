@@ -46,6 +46,10 @@ struct Args {
     /// Fixed rate of the first open-loop phase (reviews per second).
     #[arg(long, default_value_t = 2500)]
     rate: u64,
+    /// Most requests in flight in the open loop (and so connections, over HTTP/1.1); a
+    /// request that has to wait for a slot still counts its latency from its scheduled time.
+    #[arg(long, default_value_t = 256)]
+    max_in_flight: usize,
     /// Use HTTP/2 (one multiplexed connection per client) instead of HTTP/1.1.
     #[arg(long)]
     http2: bool,
@@ -123,12 +127,70 @@ fn memchr(needle: &[u8], hay: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// CPU time consumed so far by this process's threads whose name starts with `prefix`
+/// (all threads for ""), from `/proc/self/task/*/schedstat` (Linux).
+fn cpu_time(prefix: &str) -> Duration {
+    let mut ns = 0u64;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if !comm.trim_end().starts_with(prefix) {
+                continue;
+            }
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+            ns += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(ns)
+}
+
+/// CPU used by the server runtime and by the whole process over a window.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    server: Duration,
+    total: Duration,
+}
+
+fn cpu_now() -> Cpu {
+    Cpu {
+        server: cpu_time("server"),
+        total: cpu_time(""),
+    }
+}
+
+fn cpu_since(start: Cpu) -> Cpu {
+    let now = cpu_now();
+    Cpu {
+        server: now.server.saturating_sub(start.server),
+        total: now.total.saturating_sub(start.total),
+    }
+}
+
+fn report_cpu(cpu: Cpu, reviews: f64, wall: Duration) {
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / reviews.max(1.0);
+    println!(
+        "  cpu: server {:.0} µs/review ({:.2} cores), whole process {:.0} µs/review ({:.2} cores); \
+         server-only capacity per core ≈ {:.0} reviews/s",
+        per(cpu.server),
+        cpu.server.as_secs_f64() / wall.as_secs_f64(),
+        per(cpu.total),
+        cpu.total.as_secs_f64() / wall.as_secs_f64(),
+        1e6 / per(cpu.server).max(1e-9),
+    );
+}
+
 fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
 }
 
 struct Closed {
     rate: f64,
+    cpu: Cpu,
+    wall: Duration,
     hist: Histogram<u64>,
     errors: u64,
 }
@@ -174,8 +236,10 @@ async fn closed_loop(
     tokio::time::sleep(warmup).await;
     measuring.store(true, Ordering::Relaxed);
     let start = Instant::now();
+    let cpu0 = cpu_now();
     tokio::time::sleep(run).await;
     measuring.store(false, Ordering::Relaxed);
+    let cpu = cpu_since(cpu0);
     let elapsed = start.elapsed();
     stop.store(true, Ordering::Relaxed);
     let mut hist = new_hist();
@@ -187,6 +251,8 @@ async fn closed_loop(
     }
     Closed {
         rate: total as f64 / elapsed.as_secs_f64(),
+        cpu,
+        wall: elapsed,
         hist,
         errors: errors.load(Ordering::Relaxed),
     }
@@ -194,6 +260,7 @@ async fn closed_loop(
 
 struct Open {
     sent: u64,
+    cpu: Cpu,
     achieved: f64,
     hist: Histogram<u64>,
     errors: u64,
@@ -204,9 +271,11 @@ async fn open_loop(
     url: &str,
     body: &'static [u8],
     rate: u64,
+    max_in_flight: usize,
     warmup: Duration,
     run: Duration,
 ) -> Open {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<u64, String>>();
     let begin = Instant::now() + Duration::from_millis(50);
@@ -214,6 +283,7 @@ async fn open_loop(
     let end = measure_from + run;
     let mut n: u64 = 0;
     let mut sent_measured = 0;
+    let mut cpu0 = None;
     loop {
         let scheduled = begin + interval.mul_f64(n as f64);
         if scheduled >= end {
@@ -226,10 +296,13 @@ async fn open_loop(
         let measured = scheduled >= measure_from;
         if measured {
             sent_measured += 1;
+            cpu0.get_or_insert_with(cpu_now);
         }
         let (client, url, tx) = (client.clone(), url.to_owned(), tx.clone());
+        let permit = slots.clone().acquire_owned().await.expect("semaphore open");
         tokio::spawn(async move {
             let r = one(&client, &url, body).await;
+            drop(permit);
             // Latency from the scheduled send time (includes any client-side queueing).
             let lat = scheduled.elapsed().as_micros().max(1) as u64;
             if measured {
@@ -238,6 +311,7 @@ async fn open_loop(
         });
         n += 1;
     }
+    let cpu = cpu_since(cpu0.unwrap_or_else(cpu_now));
     drop(tx);
     let mut hist = new_hist();
     let mut errors = 0;
@@ -256,6 +330,7 @@ async fn open_loop(
     }
     Open {
         sent: sent_measured,
+        cpu,
         achieved: hist.len() as f64 / run.as_secs_f64(),
         hist,
         errors,
@@ -355,6 +430,11 @@ fn main() {
             closed.rate, closed.errors
         );
         report_latency("closed loop latency", &closed.hist);
+        report_cpu(
+            closed.cpu,
+            closed.rate * closed.wall.as_secs_f64(),
+            closed.wall,
+        );
 
         let mut rates = vec![args.rate];
         let half = (closed.rate / 2.0).round() as u64;
@@ -362,12 +442,13 @@ fn main() {
             rates.push(half);
         }
         for rate in rates {
-            let open = open_loop(&client, &url, body, rate, warmup, run).await;
+            let open = open_loop(&client, &url, body, rate, args.max_in_flight, warmup, run).await;
             println!(
                 "open loop at {rate}/s: sent {} answered {:.0}/s, {} errors",
                 open.sent, open.achieved, open.errors
             );
             report_latency(&format!("open loop {rate}/s latency"), &open.hist);
+            report_cpu(open.cpu, open.sent as f64, run);
         }
     });
 

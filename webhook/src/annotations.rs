@@ -1,4 +1,4 @@
-//! The `dorado.io/*` annotation keys the webhook reads and writes. `docs/annotations.md`
+//! The `dorado.io/*` annotation keys the webhook reads and writes. the annotation table in `README.md`
 //! documents each one; a test checks that every key listed here appears there.
 
 /// Prefix shared by all Dorado annotations.

@@ -9,7 +9,7 @@
 //! - [`serve`] runs the HTTPS webhook and the admin endpoints until a shutdown future
 //!   resolves;
 //! - [`certs`] generates a development CA and serving certificate;
-//! - `docs/annotations.md` lists every `dorado.io/*` annotation.
+//! - the annotation table in `README.md` lists every `dorado.io/*` annotation.
 
 pub mod annotations;
 pub mod certs;

@@ -164,7 +164,7 @@ pub fn mutate_pod(pod: &Value, cfg: &MutationConfig) -> Decision {
     for key in annotations.keys() {
         if key.starts_with(ann::PREFIX) && !ann::KNOWN.contains(&key.as_str()) {
             warnings.push(format!(
-                "unknown annotation {key} ignored (see docs/annotations.md)"
+                "unknown annotation {key} ignored (see the annotation reference in README.md)"
             ));
         }
     }

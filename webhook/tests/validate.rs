@@ -199,12 +199,12 @@ fn rendered_manifests_pass_kubernetes_validate() {
 
 #[test]
 fn annotation_table_documents_every_key() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/annotations.md");
-    let doc = std::fs::read_to_string(&path).expect("docs/annotations.md exists");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let doc = std::fs::read_to_string(&path).expect("README.md exists");
     for key in dorado_webhook::annotations::KNOWN {
         assert!(
             doc.contains(&format!("`{key}`")),
-            "{key} is not documented in docs/annotations.md"
+            "{key} is not documented in the README annotation table"
         );
     }
 }

@@ -185,7 +185,8 @@ impl Replicas {
         Some((status, resp.text().await.ok()?))
     }
 
-    async fn wait_ready(&mut self) -> Result<(), BenchError> {
+    /// Wait until every replica is ready and one leads (bounded).
+    pub(crate) async fn wait_ready(&mut self) -> Result<(), BenchError> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             self.check_alive()?;
@@ -285,13 +286,7 @@ impl Replicas {
     /// The leader's counters relevant to batching.
     pub(crate) async fn leader_metrics(&self) -> Option<LeaderMetrics> {
         let (_, text) = self.get(self.leader, "/metrics").await?;
-        let value = |name: &str| -> Option<f64> {
-            text.lines().find_map(|l| {
-                let rest = l.strip_prefix(name)?;
-                let rest = rest.strip_prefix(' ')?;
-                rest.split_whitespace().next()?.parse().ok()
-            })
-        };
+        let value = |name: &str| metric(&text, name);
         Some(LeaderMetrics {
             batches: value("dorado_batch_size_commands_count")?,
             batched_commands: value("dorado_batch_size_commands_sum")?,
@@ -322,6 +317,18 @@ impl Replicas {
         }
     }
 
+    /// Leader terms won so far, summed over all replicas (`None` if a replica
+    /// does not answer): a change during a run means leadership moved.
+    pub(crate) async fn elections(&self) -> Option<u64> {
+        let mut total = 0.0;
+        for i in 0..self.replicas.len() {
+            let (_, text) = self.get(i, "/metrics").await?;
+            total += metric(&text, "dorado_elections_won_total")
+                .or_else(|| metric(&text, "dorado_elections_won"))?;
+        }
+        Some(total as u64)
+    }
+
     /// SIGTERM every replica, wait a little, then SIGKILL what remains.
     pub(crate) async fn shutdown(mut self) {
         for r in &self.replicas {
@@ -348,6 +355,14 @@ impl Replicas {
             r.kill();
         }
     }
+}
+
+/// The value of an unlabelled sample `name` in a Prometheus text exposition.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?.strip_prefix(' ')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
 }
 
 /// Cumulative counters of the leader (`/metrics`).

@@ -316,6 +316,14 @@ impl Progress {
         if let Some(b) = r.dorado.as_ref().and_then(|d| d.mean_batch_commands) {
             line.push_str(&format!("  batch {b:.1} cmds"));
         }
+        if let Some(n) = r
+            .dorado
+            .as_ref()
+            .and_then(|d| d.leader_changes)
+            .filter(|&n| n > 0)
+        {
+            line.push_str(&format!("  LEADER CHANGED {n}x"));
+        }
         self.note(&line);
     }
 

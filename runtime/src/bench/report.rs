@@ -144,6 +144,9 @@ pub struct DoradoStats {
     pub mean_batch_commands: Option<f64>,
     /// Mean fenced append latency.
     pub mean_append_ms: Option<f64>,
+    /// Leader elections during the run (warm-up included); more than 0
+    /// means the run measured a failover, not steady state.
+    pub leader_changes: Option<u64>,
 }
 
 /// One system at one client count.
@@ -484,6 +487,25 @@ pub fn markdown(r: &Report) -> String {
                 g.target,
                 if g.met { "met" } else { "MISSED" }
             );
+        }
+    }
+    let moved: Vec<String> = r
+        .runs
+        .iter()
+        .filter_map(|x| {
+            let n = x.dorado.as_ref()?.leader_changes.filter(|&n| n > 0)?;
+            Some(format!(
+                "- {} at {} clients: {n} leader election(s) during the run; it measured a failover, not steady state",
+                x.system, x.clients
+            ))
+        })
+        .collect();
+    if !moved.is_empty() {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "Leadership moved:");
+        let _ = writeln!(s);
+        for line in moved {
+            let _ = writeln!(s, "{line}");
         }
     }
     let errors: Vec<&RunResult> = r.runs.iter().filter(|x| x.first_error.is_some()).collect();

@@ -223,10 +223,16 @@ impl Setup {
                     http,
                 };
                 let before = replicas.leader_metrics().await;
+                let elections_before = replicas.elections().await;
                 let measured = driver::drive(Arc::new(load), plan, procs, progress).await?;
                 let after = replicas.leader_metrics().await;
+                let elections_after = replicas.elections().await;
                 replicas.settle(Duration::from_secs(10)).await;
-                dorado = Some(dorado_stats(before, after));
+                let mut stats = dorado_stats(before, after);
+                stats.leader_changes = elections_before
+                    .zip(elections_after)
+                    .map(|(b, a)| a.saturating_sub(b));
+                dorado = Some(stats);
                 measured
             }
         };
@@ -264,6 +270,7 @@ fn dorado_stats(before: Option<LeaderMetrics>, after: Option<LeaderMetrics>) -> 
                     .then(|| (a.batched_commands - b.batched_commands) / batches),
                 mean_append_ms: (appends > 0.0)
                     .then(|| (a.append_seconds - b.append_seconds) / appends * 1000.0),
+                leader_changes: None,
             }
         }
         _ => DoradoStats::default(),
