@@ -5,22 +5,24 @@
 # builds and a regression on a known input; the long runs are manual (see
 # fuzz/README.md and docs/fuzzing.md).
 #
-# Plain cargo on the stable toolchain, no cargo-fuzz and no network: the
+# Plain cargo on the stable toolchain, without cargo-fuzz (nothing to install;
+# the registry is needed only if fuzz/Cargo.lock is stale, see below): the
 # flags below are the ones `cargo fuzz build -s none` passes. `--target` keeps
 # them away from build scripts and proc macros.
 #
 # Budget: with a warm build cache (CARGO_TARGET_DIR survives between CI runs
 # on a machine) this takes about 4 minutes: a no-op build plus
 # FUZZ_SMOKE_SECONDS per target. A cold instrumented build of wasmtime, kube
-# and axum takes 15-30 minutes on 2 cores, so a cold build gets at most
-# FUZZ_SMOKE_BUILD_TIMEOUT seconds; past that the smoke test is skipped
-# (the partial build stays cached and the next run continues it).
+# and axum needs about 18 CPU-minutes (32 minutes of wall time on a busy
+# 2-core machine), so it gets at most FUZZ_SMOKE_BUILD_TIMEOUT seconds; past
+# that the smoke test is skipped, and what was built stays cached for the
+# next run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 
 SECONDS_PER_TARGET="${FUZZ_SMOKE_SECONDS:-20}"
-BUILD_TIMEOUT="${FUZZ_SMOKE_BUILD_TIMEOUT:-1200}"
+BUILD_TIMEOUT="${FUZZ_SMOKE_BUILD_TIMEOUT:-900}"
 TRIPLE="$(rustc -vV | sed -n 's/^host: //p')"
 TARGET_DIR="${FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:-$ROOT/fuzz/target}/fuzz}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/fuzz-smoke.XXXXXX")"
@@ -72,8 +74,8 @@ for t in $targets; do
   if "$BIN/$t" -max_total_time="$SECONDS_PER_TARGET" -timeout=30 -rss_limit_mb=4096 \
       -print_final_stats=1 -artifact_prefix="$WORK/artifacts/$t/" \
       "$WORK/corpus/$t" "fuzz/corpus/$t" >"$log" 2>&1; then
-    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
-    cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1)
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" || true)
+    cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 || true)
     echo "fuzz-smoke: $t ok ($execs executions, $cov)"
   else
     echo "fuzz-smoke: $t FAILED; its log:" >&2

@@ -91,6 +91,8 @@ async fn run(args: ReplicaArgs) -> anyhow::Result<()> {
         },
         max_command_bytes,
         drain_timeout: Duration::from_secs(5),
+        protocol: dorado::runner::Protocol::Dorado,
+        group_size: 3,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -1,6 +1,6 @@
 //! The client API every replica serves (default port 7070).
 //!
-//! Handlers only translate HTTP to [`Node`] calls and back; every decision
+//! Handlers only translate HTTP to [`Replica`] calls and back; every decision
 //! about ordering lives in the node. Errors are JSON with a stable `code` (for
 //! programs) and a human `message` (for people); the codes are listed in
 //! `runtime/README.md`. Request validation happens here, before anything can
@@ -22,6 +22,7 @@ use dorado_core::{ClientTag, Command, Outcome, Store};
 use serde::Deserialize;
 
 use crate::node::{Consistency, Node, QueryError, SubmitError, SubmitReply};
+use crate::replica::Replica;
 
 /// Header carrying the client id for exactly-once delivery.
 pub const CLIENT_ID: &str = "dorado-client-id";
@@ -43,13 +44,25 @@ pub const DEFAULT_MAX_COMMAND_BYTES: usize = 512 * 1024;
 /// What the API needs. The replica is attached once it has connected to the
 /// store; until then every route but `/healthz` answers 503, so probes and
 /// clients see a clear "starting" state while etcd is unreachable.
-#[derive(Debug)]
 pub struct ApiState<S> {
-    started: OnceLock<(Node, Arc<S>)>,
+    started: OnceLock<Arc<dyn Replica>>,
+    _store: std::marker::PhantomData<fn() -> S>,
     /// Client used to forward writes to the leader.
     pub http: reqwest::Client,
     /// Largest accepted command or query, in bytes.
     pub max_command_bytes: usize,
+}
+
+impl<S> std::fmt::Debug for ApiState<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field(
+                "started",
+                &self.started.get().map(|r| r.replica_id().to_string()),
+            )
+            .field("max_command_bytes", &self.max_command_bytes)
+            .finish()
+    }
 }
 
 impl<S> ApiState<S> {
@@ -63,17 +76,23 @@ impl<S> ApiState<S> {
             .unwrap_or_default();
         ApiState {
             started: OnceLock::new(),
+            _store: std::marker::PhantomData,
             http,
             max_command_bytes,
         }
     }
 
     /// Attach the running replica (once).
-    pub fn attach(&self, node: Node, store: Arc<S>) {
-        let _ = self.started.set((node, store));
+    pub fn attach(&self, node: Node, _store: Arc<S>) {
+        self.attach_replica(Arc::new(node));
     }
 
-    fn started(&self) -> Result<&(Node, Arc<S>), ApiError> {
+    /// Attach a running replica of any protocol (once).
+    pub fn attach_replica(&self, replica: Arc<dyn Replica>) {
+        let _ = self.started.set(replica);
+    }
+
+    fn started(&self) -> Result<&Arc<dyn Replica>, ApiError> {
         self.started.get().ok_or_else(|| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -274,7 +293,7 @@ async fn submit<S: Store>(
 ) -> Result<Response, ApiError> {
     let client = parse_client_tag(&headers)?;
     let payload = read_body(body, state.max_command_bytes, "command").await?;
-    let (node, _) = state.started()?;
+    let node = state.started()?;
     let command = Command {
         client: client.clone(),
         payload: payload.to_vec(),
@@ -308,7 +327,7 @@ fn submit_error(e: SubmitError) -> ApiError {
 /// applied it too (so a client that reads here next sees its write).
 async fn forward<S: Store>(
     state: &ApiState<S>,
-    node: &Node,
+    node: &Arc<dyn Replica>,
     leader: &str,
     client: Option<&ClientTag>,
     payload: Bytes,
@@ -316,7 +335,7 @@ async fn forward<S: Store>(
     let mut req = state
         .http
         .post(format!("http://{leader}/v1/commands"))
-        .header(FORWARDED, node.replica())
+        .header(FORWARDED, node.replica_id())
         .body(payload);
     if let Some(c) = client {
         req = req.header(CLIENT_ID, &c.id).header(SEQ, c.seq.to_string());
@@ -398,7 +417,7 @@ async fn query<S: Store>(
         }
     };
     let q = read_body(body, state.max_command_bytes, "query").await?;
-    let (node, _) = state.started()?;
+    let node = state.started()?;
     match node.query(q.to_vec(), consistency).await {
         Ok(bytes) => Ok((
             StatusCode::OK,
@@ -419,14 +438,14 @@ async fn query<S: Store>(
 }
 
 async fn status<S: Store>(State(state): State<Arc<ApiState<S>>>) -> Result<Response, ApiError> {
-    let (node, _) = state.started()?;
+    let node = state.started()?;
     Ok(axum::Json(node.status()).into_response())
 }
 
 /// The replica's current snapshot (encoded `SnapshotData`), for comparing
 /// replicas byte for byte and for debugging a guest's state offline.
 async fn snapshot<S: Store>(State(state): State<Arc<ApiState<S>>>) -> Result<Response, ApiError> {
-    let (node, _) = state.started()?;
+    let node = state.started()?;
     let (index, bytes) = node.snapshot().await.ok_or_else(|| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -440,7 +459,7 @@ async fn snapshot<S: Store>(State(state): State<Arc<ApiState<S>>>) -> Result<Res
 }
 
 async fn readyz<S: Store>(State(state): State<Arc<ApiState<S>>>) -> Result<Response, ApiError> {
-    let (node, _) = state.started()?;
+    let node = state.started()?;
     if node.is_ready() {
         return Ok((StatusCode::OK, "ready\n").into_response());
     }
@@ -463,7 +482,7 @@ async fn readyz<S: Store>(State(state): State<Arc<ApiState<S>>>) -> Result<Respo
 }
 
 async fn metrics<S: Store>(State(state): State<Arc<ApiState<S>>>) -> Result<Response, ApiError> {
-    let (node, _) = state.started()?;
+    let node = state.started()?;
     Ok((
         StatusCode::OK,
         [(

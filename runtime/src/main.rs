@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use dorado::client::{Client, generated_client_id};
 use dorado::host::{DEFAULT_FUEL_PER_COMMAND, DEFAULT_MEMORY_LIMIT, Host, HostConfig};
 use dorado::node::NodeConfig;
-use dorado::runner::{self, RunOptions};
+use dorado::runner::{self, Protocol, RunOptions};
 use dorado::store::{EtcdStore, EtcdStoreOptions};
 use dorado::tools;
 use dorado::trace::LogFormat;
@@ -100,6 +100,14 @@ struct RunArgs {
     /// Client sessions idle for this many log entries expire (fixed by the group's first replica).
     #[arg(long, env = "DORADO_SESSION_EXPIRY", default_value_t = 1_000_000)]
     session_expiry: u64,
+    /// Ordering protocol: dorado (fenced, batched) or classic (the paper's
+    /// 2016 scheme, kept as a benchmark baseline).
+    #[arg(long, env = "DORADO_PROTOCOL", value_enum, default_value_t = Protocol::Dorado)]
+    protocol: Protocol,
+    /// Replicas in the group; with --protocol classic a majority of them
+    /// decides (fixed by the group's first replica).
+    #[arg(long, env = "DORADO_REPLICAS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=99))]
+    replicas: u64,
     /// Appends the leader keeps in flight at once.
     #[arg(long, env = "DORADO_MAX_INFLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     max_inflight: u64,
@@ -308,6 +316,8 @@ async fn run_replica(args: RunArgs) -> anyhow::Result<()> {
         },
         max_command_bytes: args.max_command_bytes,
         drain_timeout: Duration::from_secs(5),
+        protocol: args.protocol,
+        group_size: usize::try_from(args.replicas).unwrap_or(3),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

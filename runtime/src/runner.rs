@@ -17,10 +17,23 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
+use crate::classic::{self, ClassicConfig, ClassicError};
 use crate::host::{Host, HostConfig, HostError};
 use crate::node::{self, NodeConfig, NodeError};
 use crate::tools::{self, ToolError};
 use crate::trace::TraceWriter;
+
+/// Which ordering protocol a replica runs (`--protocol`, `DORADO_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// DORADO: fenced, batched appends through etcd.
+    #[default]
+    Dorado,
+    /// The paper's 2016 scheme (one entry per request, acceptances by every
+    /// replica, majority decisions, views by votes); a benchmark baseline.
+    Classic,
+}
 
 /// Everything `dorado run` needs besides the listener.
 #[derive(Debug, Clone)]
@@ -35,6 +48,10 @@ pub struct RunOptions {
     pub max_command_bytes: usize,
     /// How long in-flight commands may take to finish on shutdown.
     pub drain_timeout: Duration,
+    /// Ordering protocol.
+    pub protocol: Protocol,
+    /// Replicas in the group: a majority of them decides (classic only).
+    pub group_size: usize,
 }
 
 /// Why `dorado run` stopped with an error.
@@ -49,6 +66,9 @@ pub enum RunError {
     /// The replica refused to start (module mismatch, corrupt snapshot, ...).
     #[error(transparent)]
     Node(#[from] NodeError),
+    /// The classic replica refused to start (module or group size mismatch, group full).
+    #[error(transparent)]
+    Classic(#[from] ClassicError),
     /// The store refused the configuration (e.g. an invalid group name).
     #[error("store: {0}")]
     Store(StoreError),
@@ -137,6 +157,25 @@ where
             }
         }
     };
+    if options.protocol == Protocol::Classic {
+        let Some(etcd) = classic::as_etcd(&store) else {
+            return Err(RunError::Store(StoreError::InvalidArgument(
+                "--protocol classic runs on etcd only".into(),
+            )));
+        };
+        let config = ClassicConfig::new(options.node.clone(), options.group_size);
+        let running = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            r = classic::start_classic(etcd, instance, config, TraceWriter::stdout()) => r?,
+        };
+        state.attach_replica(running.replica());
+        tracing::info!(protocol = "classic", "replica started");
+        shutdown.await;
+        tracing::info!("shutting down: draining, then releasing the lease");
+        running.shutdown(options.drain_timeout).await;
+        tracing::info!("stopped");
+        return Ok(());
+    }
     let running = tokio::select! {
         _ = &mut shutdown => return Ok(()),
         r = node::start(store, instance, options.node.clone(), TraceWriter::stdout()) => r?,

@@ -436,7 +436,15 @@ impl EtcdStore {
             .kv_get(what, start, Some(options))
             .await
             .map_err(|e| with_compacted_revision(e, revision))?;
-        let revision = resp.header().map_or(revision, |h| h.revision());
+        // A read pinned to a revision reports etcd's *current* revision in its
+        // header; later pages and the watch that follows must stay at the
+        // revision the first page was read at, or writes to ranges already
+        // read would be skipped.
+        let revision = if revision > 0 {
+            revision
+        } else {
+            resp.header().map_or(revision, |h| h.revision())
+        };
         Ok(Page {
             more: resp.more(),
             kvs: resp.take_kvs(),
