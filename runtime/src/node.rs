@@ -1342,16 +1342,20 @@ async fn lease_task<S: Store>(
                     .map(|s| s.hash.clone())
                     .unwrap_or_default(),
             };
-            let result = async {
-                store.keep_alive(lease).await?;
-                store
-                    .publish_member(lease, &shared.config.replica, &record)
-                    .await
-            };
+            // The keep-alive alone decides whether the lease lives, and it may
+            // take as long as the lease has left: a slow etcd must not cost the
+            // leader its lease. Publishing the member record is best effort.
+            let budget = ttl.saturating_sub(last_ok.elapsed()).max(period);
             let result = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = tokio::time::timeout(period, result) => r.unwrap_or_else(|_| Err(StoreError::Unavailable("keep-alive timed out".into()))),
+                r = tokio::time::timeout(budget, store.keep_alive(lease)) => r.unwrap_or_else(|_| Err(StoreError::Unavailable("keep-alive timed out".into()))),
             };
+            if result.is_ok() {
+                let publish = store.publish_member(lease, &shared.config.replica, &record);
+                if let Ok(Err(e)) = tokio::time::timeout(period, publish).await {
+                    tracing::debug!(error = %e, "could not publish the member record");
+                }
+            }
             match result {
                 Ok(()) => last_ok = Instant::now(),
                 Err(StoreError::LeaseExpired(_)) => {
