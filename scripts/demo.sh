@@ -16,7 +16,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   sudo_if_needed apt-get update -q
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}"
 fi
-rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+targets="$(rustup target list --installed)"
+grep -qx wasm32-unknown-unknown <<<"$targets" || rustup target add wasm32-unknown-unknown
 
 cargo build --release -p dorado
 bin="${CARGO_TARGET_DIR:-target}/release/dorado"
