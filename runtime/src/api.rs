@@ -67,19 +67,24 @@ impl<S> std::fmt::Debug for ApiState<S> {
 
 impl<S> ApiState<S> {
     /// State with a forwarding client and a size limit; attach the node later.
-    pub fn new(max_command_bytes: usize) -> Self {
+    ///
+    /// Forwarding to the leader is plain HTTP inside the pod network, so the
+    /// client trusts no TLS roots at all: it must not depend on the image
+    /// carrying a system certificate store (a `scratch` or minimal image has
+    /// none, and reqwest then refuses to build a default client).
+    pub fn new(max_command_bytes: usize) -> Result<Self, reqwest::Error> {
         crate::ensure_crypto_provider();
         let http = reqwest::Client::builder()
+            .tls_certs_only(Vec::new())
             .timeout(Duration::from_secs(15))
             .pool_max_idle_per_host(256)
-            .build()
-            .unwrap_or_default();
-        ApiState {
+            .build()?;
+        Ok(ApiState {
             started: OnceLock::new(),
             _store: std::marker::PhantomData,
             http,
             max_command_bytes,
-        }
+        })
     }
 
     /// Attach the running replica (once).
@@ -513,7 +518,9 @@ mod tests {
     async fn fuzz_regression_bad_query_string_is_a_json_error() {
         use http_body_util::BodyExt;
         use tower::ServiceExt;
-        let app = router(Arc::new(ApiState::<crate::store::MemoryStore>::new(1024)));
+        let app = router(Arc::new(
+            ApiState::<crate::store::MemoryStore>::new(1024).unwrap(),
+        ));
         let req = http::Request::builder()
             .method("POST")
             .uri("/v1/query?consistency=a&consistency=b")

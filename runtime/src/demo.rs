@@ -1432,7 +1432,13 @@ impl Launcher for TaskLauncher {
         config.abi_version = self.module.abi_version();
         let instance = self.module.instantiate()?;
         let store = self.store.clone();
-        let state = Arc::new(ApiState::<MemoryStore>::new(DEFAULT_MAX_COMMAND_BYTES));
+        let state = ApiState::<MemoryStore>::new(DEFAULT_MAX_COMMAND_BYTES).map_err(|e| {
+            DemoError::Replica {
+                name: r.name.clone(),
+                message: format!("forwarding http client: {e}"),
+            }
+        })?;
+        let state = Arc::new(state);
         let http_stop = CancellationToken::new();
         let stop = http_stop.clone();
         tokio::spawn(api::serve(

@@ -75,6 +75,9 @@ pub enum RunError {
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Http(#[from] std::io::Error),
+    /// The client that forwards commands to the leader could not be built.
+    #[error("forwarding http client: {0}")]
+    HttpClient(#[from] reqwest::Error),
 }
 
 /// Run one replica until `shutdown` resolves. `connect` is called (with
@@ -103,7 +106,7 @@ where
         "module loaded"
     );
 
-    let state = Arc::new(ApiState::<S>::new(options.max_command_bytes));
+    let state = Arc::new(ApiState::<S>::new(options.max_command_bytes)?);
     let http_stop = CancellationToken::new();
     let stop = http_stop.clone();
     let server = tokio::spawn(api::serve(

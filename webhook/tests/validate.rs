@@ -144,10 +144,12 @@ fn rendered_manifests_pass_kubernetes_validate() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("manifests");
     copy_dir(&src, &root);
-    let wasm = root.join("examples/kv/kv.wasm");
-    if !wasm.exists() {
-        // Any bytes do for rendering; the end-to-end test uses the real module.
-        std::fs::write(&wasm, b"\0asm\x01\0\0\0").unwrap();
+    for example in ["kv", "bank"] {
+        let wasm = root.join(format!("examples/{example}/{example}.wasm"));
+        if !wasm.exists() {
+            // Any bytes do for rendering; the end-to-end tests use the real modules.
+            std::fs::write(&wasm, b"\0asm\x01\0\0\0").unwrap();
+        }
     }
     let generated =
         dorado_webhook::certs::generate("dorado-webhook", "dorado-system", 10, 1).unwrap();
@@ -164,6 +166,7 @@ fn rendered_manifests_pass_kubernetes_validate() {
             Some("api version cert-manager.io/v1"),
         ),
         ("examples/kv", None),
+        ("examples/bank", None),
     ] {
         let yaml = kustomize(&root.join(name));
         match name {
@@ -180,10 +183,11 @@ fn rendered_manifests_pass_kubernetes_validate() {
                     yaml.contains("cert-manager.io/inject-ca-from: dorado-system/dorado-webhook")
                 );
             }
-            "examples/kv" => {
-                assert!(yaml.contains("dorado.io/module: kv/kv.wasm"));
+            "examples/kv" | "examples/bank" => {
+                let example = name.trim_start_matches("examples/");
+                assert!(yaml.contains(&format!("dorado.io/module: {example}/{example}.wasm")));
                 assert!(
-                    yaml.contains("name: kv\n  namespace: dorado-demo"),
+                    yaml.contains(&format!("name: {example}\n  namespace: dorado-demo")),
                     "ConfigMap name must be stable"
                 );
             }
