@@ -679,3 +679,85 @@ async fn dorado_run_protocol_classic_orders_commands_and_survives_a_killed_repli
     }
     c.wait_converged(Duration::from_secs(20)).await;
 }
+
+/// etcd unreachable when the pod starts (e.g. etcd still scheduling): the
+/// replica serves its probes at once, says it is starting (liveness passes,
+/// readiness and the API answer 503 `starting`), keeps retrying, and becomes
+/// a working replica as soon as etcd appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_started_before_etcd_waits_then_serves() {
+    // A port where nothing listens yet; etcd will be reachable there later.
+    let port = support::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut c = Cluster::new(vec![url], dorado::examples::KV, 1, 0);
+    c.start(0);
+    let base = c.urls()[0].clone();
+    let http = http();
+    wait_until(
+        Duration::from_secs(20),
+        "/healthz to answer while etcd is unreachable",
+        || {
+            let r = http.get(format!("{base}/healthz")).send();
+            async move { r.await.is_ok_and(|r| r.status().is_success()) }
+        },
+    )
+    .await;
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "not ready without etcd");
+    let r = post(&http, &base, "/v1/commands", &kv_put("k", "v"), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status, 503,
+        "commands are refused while starting: {}",
+        r.body
+    );
+    assert!(r.body.contains("starting"), "{}", r.body);
+    assert!(
+        c.replicas[0]
+            .wait_exit(Duration::from_millis(1))
+            .await
+            .is_none(),
+        "the replica must keep running and retrying"
+    );
+
+    // etcd appears at that address (a real etcd behind a TCP forwarder).
+    let etcd = etcd().await;
+    let upstream: std::net::SocketAddr = etcd
+        .client_url()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let forwarder = tokio::spawn(async move {
+        loop {
+            let Ok((mut down, _)) = listener.accept().await else {
+                break;
+            };
+            tokio::spawn(async move {
+                if let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                }
+            });
+        }
+    });
+    c.wait_ready(0).await;
+    let r = post(
+        &http,
+        &base,
+        "/v1/commands",
+        &kv_put("k", "v"),
+        Some(("late", 1)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let got = post(&http, &base, "/v1/query", &kv_get("k"), None)
+        .await
+        .unwrap();
+    assert_eq!(got.status, 200, "{}", got.body);
+    assert!(got.body.contains("\"v\""), "{}", got.body);
+    forwarder.abort();
+}
