@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use dorado_core::entry::MAX_CLIENT_ID;
-use dorado_core::{ClientTag, Command, Outcome, Store};
+use dorado_core::{ClientTag, Command, Outcome};
 use serde::Deserialize;
 
 use crate::node::{Consistency, Node, QueryError, SubmitError, SubmitReply};
@@ -44,16 +44,15 @@ pub const DEFAULT_MAX_COMMAND_BYTES: usize = 512 * 1024;
 /// What the API needs. The replica is attached once it has connected to the
 /// store; until then every route but `/healthz` answers 503, so probes and
 /// clients see a clear "starting" state while etcd is unreachable.
-pub struct ApiState<S> {
+pub struct ApiState {
     started: OnceLock<Arc<dyn Replica>>,
-    _store: std::marker::PhantomData<fn() -> S>,
     /// Client used to forward writes to the leader.
     pub http: reqwest::Client,
     /// Largest accepted command or query, in bytes.
     pub max_command_bytes: usize,
 }
 
-impl<S> std::fmt::Debug for ApiState<S> {
+impl std::fmt::Debug for ApiState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiState")
             .field(
@@ -65,7 +64,7 @@ impl<S> std::fmt::Debug for ApiState<S> {
     }
 }
 
-impl<S> ApiState<S> {
+impl ApiState {
     /// State with a forwarding client and a size limit; attach the node later.
     ///
     /// Forwarding to the leader is plain HTTP inside the pod network, so the
@@ -81,14 +80,13 @@ impl<S> ApiState<S> {
             .build()?;
         Ok(ApiState {
             started: OnceLock::new(),
-            _store: std::marker::PhantomData,
             http,
             max_command_bytes,
         })
     }
 
     /// Attach the running replica (once).
-    pub fn attach(&self, node: Node, _store: Arc<S>) {
+    pub fn attach(&self, node: Node) {
         self.attach_replica(Arc::new(node));
     }
 
@@ -156,15 +154,15 @@ impl IntoResponse for ApiError {
 }
 
 /// The router of the client API.
-pub fn router<S: Store>(state: Arc<ApiState<S>>) -> Router {
+pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
-        .route("/v1/commands", post(submit::<S>))
-        .route("/v1/query", post(query::<S>))
-        .route("/v1/status", get(status::<S>))
-        .route("/v1/snapshot", get(snapshot::<S>))
+        .route("/v1/commands", post(submit))
+        .route("/v1/query", post(query))
+        .route("/v1/status", get(status))
+        .route("/v1/snapshot", get(snapshot))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz::<S>))
-        .route("/metrics", get(metrics::<S>))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -291,8 +289,8 @@ fn reply_response(r: SubmitReply) -> Response {
     }
 }
 
-async fn submit<S: Store>(
-    State(state): State<Arc<ApiState<S>>>,
+async fn submit(
+    State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -330,8 +328,8 @@ fn submit_error(e: SubmitError) -> ApiError {
 
 /// Forward a write to the leader, then answer only once this replica has
 /// applied it too (so a client that reads here next sees its write).
-async fn forward<S: Store>(
-    state: &ApiState<S>,
+async fn forward(
+    state: &ApiState,
     node: &Arc<dyn Replica>,
     leader: &str,
     client: Option<&ClientTag>,
@@ -392,8 +390,8 @@ struct QueryParams {
     consistency: Option<String>,
 }
 
-async fn query<S: Store>(
-    State(state): State<Arc<ApiState<S>>>,
+async fn query(
+    State(state): State<Arc<ApiState>>,
     params: Result<Query<QueryParams>, QueryRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -442,14 +440,14 @@ async fn query<S: Store>(
     }
 }
 
-async fn status<S: Store>(State(state): State<Arc<ApiState<S>>>) -> Result<Response, ApiError> {
+async fn status(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
     let node = state.started()?;
     Ok(axum::Json(node.status()).into_response())
 }
 
 /// The replica's current snapshot (encoded `SnapshotData`), for comparing
 /// replicas byte for byte and for debugging a guest's state offline.
-async fn snapshot<S: Store>(State(state): State<Arc<ApiState<S>>>) -> Result<Response, ApiError> {
+async fn snapshot(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
     let node = state.started()?;
     let (index, bytes) = node.snapshot().await.ok_or_else(|| {
         ApiError::new(
@@ -463,7 +461,7 @@ async fn snapshot<S: Store>(State(state): State<Arc<ApiState<S>>>) -> Result<Res
     Ok(resp)
 }
 
-async fn readyz<S: Store>(State(state): State<Arc<ApiState<S>>>) -> Result<Response, ApiError> {
+async fn readyz(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
     let node = state.started()?;
     if node.is_ready() {
         return Ok((StatusCode::OK, "ready\n").into_response());
@@ -486,7 +484,7 @@ async fn readyz<S: Store>(State(state): State<Arc<ApiState<S>>>) -> Result<Respo
     ))
 }
 
-async fn metrics<S: Store>(State(state): State<Arc<ApiState<S>>>) -> Result<Response, ApiError> {
+async fn metrics(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
     let node = state.started()?;
     Ok((
         StatusCode::OK,
@@ -518,9 +516,7 @@ mod tests {
     async fn fuzz_regression_bad_query_string_is_a_json_error() {
         use http_body_util::BodyExt;
         use tower::ServiceExt;
-        let app = router(Arc::new(
-            ApiState::<crate::store::MemoryStore>::new(1024).unwrap(),
-        ));
+        let app = router(Arc::new(ApiState::new(1024).unwrap()));
         let req = http::Request::builder()
             .method("POST")
             .uri("/v1/query?consistency=a&consistency=b")

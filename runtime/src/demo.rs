@@ -1432,11 +1432,9 @@ impl Launcher for TaskLauncher {
         config.abi_version = self.module.abi_version();
         let instance = self.module.instantiate()?;
         let store = self.store.clone();
-        let state = ApiState::<MemoryStore>::new(DEFAULT_MAX_COMMAND_BYTES).map_err(|e| {
-            DemoError::Replica {
-                name: r.name.clone(),
-                message: format!("forwarding http client: {e}"),
-            }
+        let state = ApiState::new(DEFAULT_MAX_COMMAND_BYTES).map_err(|e| DemoError::Replica {
+            name: r.name.clone(),
+            message: format!("forwarding http client: {e}"),
         })?;
         let state = Arc::new(state);
         let http_stop = CancellationToken::new();
@@ -1462,7 +1460,7 @@ impl Launcher for TaskLauncher {
                     }
                 }
                 Some(Ok(running)) => {
-                    state.attach(running.node.clone(), running.store.clone());
+                    state.attach(running.node.clone());
                     crash.cancelled().await;
                     running.abort().await;
                 }

@@ -106,7 +106,7 @@ where
         "module loaded"
     );
 
-    let state = Arc::new(ApiState::<S>::new(options.max_command_bytes)?);
+    let state = Arc::new(ApiState::new(options.max_command_bytes)?);
     let http_stop = CancellationToken::new();
     let stop = http_stop.clone();
     let server = tokio::spawn(api::serve(
@@ -128,7 +128,7 @@ where
 async fn serve_replica<S, F, Fut, M>(
     options: RunOptions,
     instance: M,
-    state: &ApiState<S>,
+    state: &ApiState,
     connect: &mut F,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError>
@@ -183,7 +183,7 @@ where
         _ = &mut shutdown => return Ok(()),
         r = node::start(store, instance, options.node.clone(), TraceWriter::stdout()) => r?,
     };
-    state.attach(running.node.clone(), running.store.clone());
+    state.attach(running.node.clone());
     tracing::info!("replica started");
     shutdown.await;
     tracing::info!("shutting down: draining, then resigning");
