@@ -1,7 +1,8 @@
-//! `dorado bench`: Dorado against raw etcd, side by side in one run.
+//! `dorado bench`: Dorado against raw etcd and the paper's protocol, side by
+//! side in one run; plus failover and recovery measurements.
 //!
 //! Every number Dorado publishes is a ratio measured in one run on one
-//! machine, so this tool measures three systems against the *same* etcd, at
+//! machine, so this tool measures four systems against the *same* etcd, at
 //! the *same* concurrency, with the *same* command size, one after the other
 //! for each client count:
 //!
@@ -13,9 +14,12 @@
 //!   Then put log/i`), without batching: the cost of one ordered entry;
 //! - `dorado`: N replicas of the embedded `kv` module, started as child
 //!   processes (`dorado run`), driven over the real HTTP client API with
-//!   exactly-once headers (one client id per client, seq 1, 2, 3, ...).
+//!   exactly-once headers (one client id per client, seq 1, 2, 3, ...);
+//! - `classic`: N replicas of the same module running the paper's 2016
+//!   scheme (`dorado run --protocol classic --replicas N`), same client API,
+//!   same driver, same headers.
 //!
-//! All three share one closed-loop driver ([`driver::drive`]): each client
+//! All of them share one closed-loop driver ([`driver::drive`]): each client
 //! sends its next operation as soon as the previous one is answered; only
 //! operations that complete inside the measurement window (after the
 //! warm-up) count. The driver also samples the CPU time of every process
@@ -28,14 +32,28 @@
 //! guards on errors and panics, and Ctrl-C / SIGTERM end the run through the
 //! same guards.
 //!
+//! Two subcommands measure what throughput does not show:
+//! - `dorado bench failover` ([`failover`]): under a steady closed-loop write
+//!   load, `kill -9` or SIGTERM the leader and measure how long writes are
+//!   unavailable, repeated;
+//! - `dorado bench recovery` ([`recovery`]): write a history of 10^4, 10^5,
+//!   10^6 commands (configurable) and time how long a recreated replica
+//!   (empty local state) takes to catch up, with and without snapshots.
+//!
+//! Their results go to the same JSON / Markdown outputs, next to the
+//! parameters and the machine.
+//!
 //! [`EtcdStore`]: crate::store::EtcdStore
 
 mod cluster;
 mod driver;
+mod failover;
 mod http1;
 mod machine;
+mod recovery;
 mod report;
 mod systems;
+mod writer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,19 +63,32 @@ use dorado_core::StoreError;
 
 use crate::etcd_process::{EtcdProcess, EtcdProcessError, EtcdProcessOptions};
 
-pub use report::{Goal, Machine, Parameters, ProcessCpu, Report, RunResult};
+pub use failover::{FailoverArgs, FailoverKind};
+pub use recovery::RecoveryArgs;
+pub use report::{
+    FailoverReport, FailoverSample, FailoverSummary, Goal, Machine, Parameters, ProcessCpu,
+    RecoveryReport, RecoveryResult, Report, RunResult,
+};
+
+use crate::runner::Protocol;
 
 /// The systems `dorado bench` can measure, in the order they run at each
-/// client count. Dorado runs before the fenced-txn ceiling on purpose: at high
-/// concurrency that ceiling pushes etcd's request latency to hundreds of
-/// milliseconds, enough for the idle group's leases to lapse, and the next
-/// Dorado run would then measure an election instead of steady state.
+/// client count. The replica groups run before the fenced-txn ceiling on
+/// purpose: at high concurrency that ceiling pushes etcd's request latency to
+/// hundreds of milliseconds, enough for an idle group's leases to lapse, and
+/// the next group run would then measure an election (a view change for
+/// `classic`) instead of steady state. Dorado runs before classic: classic
+/// writes `N + 1` etcd entries per request and keeps etcd busier than Dorado
+/// at the same concurrency. Before each group run the benchmark also waits
+/// until that group is ready with a leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 pub enum SystemKind {
     /// Plain etcd puts (the etcd ceiling).
     EtcdPut,
     /// Dorado replicas over the HTTP client API.
     Dorado,
+    /// The paper's protocol (`--protocol classic`) over the same client API.
+    Classic,
     /// One fenced append `Txn` per operation (Dorado's append, unbatched).
     FencedTxn,
 }
@@ -69,15 +100,26 @@ impl SystemKind {
             SystemKind::EtcdPut => "etcd-put",
             SystemKind::FencedTxn => "fenced-txn",
             SystemKind::Dorado => "dorado",
+            SystemKind::Classic => "classic",
         }
     }
 
     /// Every system, in the order they run.
-    pub const ALL: [SystemKind; 3] = [
+    pub const ALL: [SystemKind; 4] = [
         SystemKind::EtcdPut,
         SystemKind::Dorado,
+        SystemKind::Classic,
         SystemKind::FencedTxn,
     ];
+
+    /// The replica protocol this system runs, if it is a replica group.
+    pub fn protocol(self) -> Option<Protocol> {
+        match self {
+            SystemKind::Dorado => Some(Protocol::Dorado),
+            SystemKind::Classic => Some(Protocol::Classic),
+            SystemKind::EtcdPut | SystemKind::FencedTxn => None,
+        }
+    }
 }
 
 /// Which replicas the Dorado clients talk to.
@@ -106,25 +148,39 @@ pub const MIN_COMMAND_SIZE: u32 = systems::MIN_COMMAND_SIZE as u32;
 /// Largest `--command-size` (a replica's default command limit is 512 KiB).
 pub const MAX_COMMAND_SIZE: u32 = 512 * 1024;
 
-/// `dorado bench` flags.
+/// `dorado bench` flags: a throughput comparison, or a subcommand.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Without a subcommand: throughput and latency of etcd-put, dorado, classic and fenced-txn at each client count.\nSubcommands: `dorado bench failover --help` (write unavailability after kill -9 / SIGTERM of the leader), `dorado bench recovery --help` (catch-up time of a recreated replica vs history length)."
+)]
 pub struct BenchArgs {
-    /// Closed-loop client counts to measure, comma-separated [default: 1,16,64,256; with --quick: 1,64].
-    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub clients: Option<Vec<u32>>,
+    /// Failover or recovery measurements instead of throughput.
+    #[command(subcommand)]
+    pub mode: Option<BenchMode>,
+    /// Throughput flags.
+    #[command(flatten)]
+    pub throughput: ThroughputArgs,
+}
+
+/// What `dorado bench` measures besides throughput.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BenchMode {
+    /// Write unavailability after `kill -9` and SIGTERM of the leader, under a
+    /// steady closed-loop write load; repeated, min/median/max per kind.
+    Failover(Box<FailoverArgs>),
+    /// Time for a recreated replica (empty local state) to catch up, as a
+    /// function of history length, with and without snapshots.
+    Recovery(Box<RecoveryArgs>),
+}
+
+/// Flags every `dorado bench` mode shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
     /// Bytes of each command (the whole kv put JSON; the value is padded to fit).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(i64::from(MIN_COMMAND_SIZE)..=i64::from(MAX_COMMAND_SIZE)))]
     pub command_size: u32,
-    /// Fraction of operations that are reads (linearizable kv gets; etcd gets).
-    #[arg(long, default_value_t = 0.0, value_parser = parse_ratio)]
-    pub read_ratio: f64,
-    /// Measured time per run, e.g. 10s, 500ms, 1m [default: 10s; with --quick: 4s].
-    #[arg(long, value_parser = parse_duration)]
-    pub duration: Option<Duration>,
-    /// Warm-up before each run's measurement [default: 2s; with --quick: 1s].
-    #[arg(long, value_parser = parse_duration)]
-    pub warmup: Option<Duration>,
-    /// Dorado replicas to start.
+    /// Replicas per group to start.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
     pub replicas: u32,
     /// Use this etcd (comma-separated URLs) instead of starting a throwaway single member.
@@ -134,9 +190,6 @@ pub struct BenchArgs {
     /// e.g. /dev/shm puts it on tmpfs, which makes fsync free: label such runs).
     #[arg(long, value_name = "DIR", conflicts_with = "etcd")]
     pub etcd_dir: Option<PathBuf>,
-    /// Systems to measure, comma-separated [default: all].
-    #[arg(long, value_delimiter = ',', value_enum)]
-    pub systems: Option<Vec<SystemKind>>,
     /// Number of distinct keys written (same key space for every system).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub keys: u32,
@@ -146,18 +199,9 @@ pub struct BenchArgs {
     /// `--lease-ttl` of the replicas, in seconds.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub lease_ttl: u64,
-    /// `--snapshot-every` of the replicas (log entries).
-    #[arg(long, default_value_t = 10_000)]
-    pub snapshot_every: u64,
     /// More flags for every replica (repeat; e.g. --replica-arg=--fuel=1000000).
     #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
     pub replica_arg: Vec<String>,
-    /// Which replicas the Dorado clients talk to.
-    #[arg(long, value_enum, default_value_t = Target::Leader)]
-    pub target: Target,
-    /// HTTP client for the Dorado clients.
-    #[arg(long, value_enum, default_value_t = HttpClientKind::Raw)]
-    pub http_client: HttpClientKind,
     /// Write the full results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -167,18 +211,50 @@ pub struct BenchArgs {
     /// Draw plots (SVG and PNG) into this directory.
     #[arg(long, value_name = "DIR")]
     pub plots: Option<PathBuf>,
-    /// Short comparison (all systems at 1 and 64 clients, short runs; well under a minute).
-    #[arg(long)]
-    pub quick: bool,
     /// Free text recorded with the results (e.g. "etcd on tmpfs").
     #[arg(long)]
     pub label: Option<String>,
-    /// Keep each replica's trace (stdout) and log (stderr) in DIR/r<N>/ instead of a temp dir.
+    /// Keep each replica's trace (stdout) and log (stderr) in DIR/<group>/<replica>/ instead of a temp dir.
     #[arg(long, value_name = "DIR")]
     pub keep_logs: Option<PathBuf>,
     /// No progress bar (one line per finished run is still printed on stderr).
     #[arg(long)]
     pub no_progress: bool,
+}
+
+/// Flags of the throughput comparison (`dorado bench` without a subcommand).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ThroughputArgs {
+    /// Closed-loop client counts to measure, comma-separated [default: 1,16,64,256; with --quick: 1,64].
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub clients: Option<Vec<u32>>,
+    /// Fraction of operations that are reads (linearizable kv gets; etcd gets).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_ratio)]
+    pub read_ratio: f64,
+    /// Measured time per run, e.g. 10s, 500ms, 1m [default: 10s; with --quick: 3s].
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Warm-up before each run's measurement [default: 2s; with --quick: 1s].
+    #[arg(long, value_parser = parse_duration)]
+    pub warmup: Option<Duration>,
+    /// Systems to measure, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub systems: Option<Vec<SystemKind>>,
+    /// `--snapshot-every` of the replicas (log entries).
+    #[arg(long, default_value_t = 10_000)]
+    pub snapshot_every: u64,
+    /// Which replicas the Dorado and classic clients talk to.
+    #[arg(long, value_enum, default_value_t = Target::Leader)]
+    pub target: Target,
+    /// HTTP client for the Dorado and classic clients.
+    #[arg(long, value_enum, default_value_t = HttpClientKind::Raw)]
+    pub http_client: HttpClientKind,
+    /// Short comparison (all systems at 1 and 64 clients, short runs; under 90 s).
+    #[arg(long)]
+    pub quick: bool,
+    /// Shared flags.
+    #[command(flatten)]
+    pub common: CommonArgs,
 }
 
 fn parse_ratio(s: &str) -> Result<f64, String> {
@@ -268,7 +344,7 @@ pub struct BenchConfig {
 
 impl BenchConfig {
     /// Resolve flags and presets.
-    pub fn from_args(args: &BenchArgs) -> Result<Self, BenchError> {
+    pub fn from_args(args: &ThroughputArgs) -> Result<Self, BenchError> {
         let default_clients: &[u32] = if args.quick {
             &[1, 64]
         } else {
@@ -287,7 +363,7 @@ impl BenchConfig {
             ));
         }
         let duration = args.duration.unwrap_or(if args.quick {
-            Duration::from_secs(4)
+            Duration::from_secs(3)
         } else {
             Duration::from_secs(10)
         });
@@ -307,6 +383,21 @@ impl BenchConfig {
             .unwrap_or_else(|| SystemKind::ALL.to_vec());
         systems.sort();
         systems.dedup();
+        let mut config = BenchConfig::from_common(&args.common)?;
+        config.clients = clients;
+        config.read_ratio = args.read_ratio;
+        config.duration = duration;
+        config.warmup = warmup;
+        config.systems = systems;
+        config.snapshot_every = args.snapshot_every;
+        config.target = args.target;
+        config.http_client = args.http_client;
+        config.quick = args.quick;
+        Ok(config)
+    }
+
+    /// The shared flags, with the throughput-only settings at their defaults.
+    pub fn from_common(args: &CommonArgs) -> Result<Self, BenchError> {
         if let Some(urls) = &args.etcd
             && (urls.is_empty() || urls.iter().any(|u| u.trim().is_empty()))
         {
@@ -315,25 +406,25 @@ impl BenchConfig {
             ));
         }
         Ok(BenchConfig {
-            clients,
+            clients: vec![1],
             command_size: args.command_size as usize,
-            read_ratio: args.read_ratio,
-            duration,
-            warmup,
+            read_ratio: 0.0,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(2),
             replicas: args.replicas as usize,
             etcd: args.etcd.clone(),
             etcd_dir: args.etcd_dir.clone(),
-            systems,
+            systems: vec![SystemKind::Dorado],
             keys: args.keys as usize,
             max_inflight: args.max_inflight,
             lease_ttl: args.lease_ttl,
-            snapshot_every: args.snapshot_every,
+            snapshot_every: 10_000,
             replica_args: args.replica_arg.clone(),
-            target: args.target,
-            http_client: args.http_client,
+            target: Target::Leader,
+            http_client: HttpClientKind::Raw,
             binary: None,
             progress: !args.no_progress,
-            quick: args.quick,
+            quick: false,
             label: args.label.clone(),
             keep_logs: args.keep_logs.clone(),
         })
@@ -387,6 +478,19 @@ pub enum BenchError {
     /// An HTTP client could not be built or a control request failed.
     #[error("http: {0}")]
     Http(String),
+    /// Writes stopped being acknowledged (e.g. while loading a history).
+    #[error("{what}: no write acknowledged for {timeout:?}; first error: {detail}")]
+    Stalled {
+        /// What was being done.
+        what: String,
+        /// How long nothing was acknowledged.
+        timeout: Duration,
+        /// The first error the writers saw.
+        detail: String,
+    },
+    /// A replica did not do what a measurement needs (e.g. no leader to kill).
+    #[error("{0}")]
+    Replica(String),
     /// A result file could not be written.
     #[error("cannot write {path}: {reason}")]
     Output {
@@ -407,15 +511,25 @@ pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> 
 
 /// `dorado bench`: resolve flags, run, write outputs, print the table.
 pub async fn main(args: BenchArgs) -> Result<Report, BenchError> {
-    let config = BenchConfig::from_args(&args)?;
-    let outputs = Outputs {
-        json: args.json.clone(),
-        markdown: args.markdown.clone(),
-        plots: args.plots.clone(),
+    let (common, report) = match &args.mode {
+        None => {
+            let config = BenchConfig::from_args(&args.throughput)?;
+            let common = &args.throughput.common;
+            Outputs::from_common(common).check()?;
+            (common, interruptible(run(config)).await?)
+        }
+        Some(BenchMode::Failover(f)) => {
+            let config = failover::FailoverConfig::from_args(f)?;
+            Outputs::from_common(&f.common).check()?;
+            (&f.common, interruptible(failover::run(config)).await?)
+        }
+        Some(BenchMode::Recovery(r)) => {
+            let config = recovery::RecoveryConfig::from_args(r)?;
+            Outputs::from_common(&r.common).check()?;
+            (&r.common, interruptible(recovery::run(config)).await?)
+        }
     };
-    outputs.check()?;
-    let report = run_interruptible(config).await?;
-    outputs.write(&report)?;
+    Outputs::from_common(common).write(&report)?;
     println!("{}", report::markdown(&report));
     Ok(report)
 }
@@ -432,6 +546,15 @@ pub struct Outputs {
 }
 
 impl Outputs {
+    /// The outputs the flags ask for.
+    pub fn from_common(common: &CommonArgs) -> Self {
+        Outputs {
+            json: common.json.clone(),
+            markdown: common.markdown.clone(),
+            plots: common.plots.clone(),
+        }
+    }
+
     /// Fail early (before a long run) if an output cannot be created.
     pub fn check(&self) -> Result<(), BenchError> {
         for path in [&self.json, &self.markdown].into_iter().flatten() {
@@ -484,6 +607,14 @@ impl Outputs {
 
 /// [`run`], ended early (with every child process stopped) by Ctrl-C or SIGTERM.
 pub async fn run_interruptible(config: BenchConfig) -> Result<Report, BenchError> {
+    interruptible(run(config)).await
+}
+
+/// `work`, ended early by Ctrl-C or SIGTERM (dropping it stops every child
+/// process through their guards).
+async fn interruptible<T>(
+    work: impl std::future::Future<Output = Result<T, BenchError>>,
+) -> Result<T, BenchError> {
     let interrupted = async {
         #[cfg(unix)]
         {
@@ -506,114 +637,221 @@ pub async fn run_interruptible(config: BenchConfig) -> Result<Report, BenchError
         }
     };
     tokio::select! {
-        result = run(config) => result,
+        result = work => result,
         () = interrupted => Err(BenchError::Interrupted),
+    }
+}
+
+/// What every mode sets up first: etcd, a working directory, the binary.
+struct Env {
+    started: String,
+    machine: Machine,
+    run_id: String,
+    namespace: String,
+    etcd_process: Option<EtcdProcess>,
+    etcd_urls: Vec<String>,
+    etcd_info: report::EtcdInfo,
+    workdir: PathBuf,
+    binary: PathBuf,
+    _tempdir: tempfile::TempDir,
+}
+
+impl Env {
+    async fn new(config: &BenchConfig) -> Result<Self, BenchError> {
+        crate::ensure_crypto_provider();
+        let started = machine::utc_now();
+        let machine = machine::describe();
+        let run_id = format!("{:08x}", rand::random::<u32>());
+
+        // etcd: the one the user named, or a throwaway member configured like
+        // the one Dorado deploys (periodic compaction, sized quota).
+        let (etcd_process, etcd_urls) = match &config.etcd {
+            Some(urls) => (None, urls.clone()),
+            None => {
+                let process = EtcdProcess::start_with(EtcdProcessOptions {
+                    base_dir: config.etcd_dir.clone(),
+                    extra_args: report::ETCD_FLAGS.iter().map(|s| (*s).to_owned()).collect(),
+                    ..EtcdProcessOptions::default()
+                })
+                .await?;
+                let urls = process.client_urls();
+                (Some(process), urls)
+            }
+        };
+        let etcd_info = report::EtcdInfo {
+            endpoints: etcd_urls.clone(),
+            managed: etcd_process.is_some(),
+            version: machine::etcd_version(),
+            data_dir: etcd_process
+                .as_ref()
+                .map(|p| p.data_dir().display().to_string()),
+            data_fs: etcd_process
+                .as_ref()
+                .and_then(|p| machine::fs_type(&p.data_dir())),
+            flags: if etcd_process.is_some() {
+                report::ETCD_FLAGS.iter().map(|s| (*s).to_owned()).collect()
+            } else {
+                Vec::new()
+            },
+        };
+        let namespace = format!("bench-{run_id}");
+        let tempdir = tempfile::Builder::new()
+            .prefix("dorado-bench-")
+            .tempdir()
+            .map_err(io_err("create a temp dir"))?;
+        let workdir = match &config.keep_logs {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(io_err(format!("create {}", dir.display())))?;
+                dir.clone()
+            }
+            None => tempdir.path().to_owned(),
+        };
+        let binary = match &config.binary {
+            Some(b) => b.clone(),
+            None => std::env::current_exe().map_err(io_err("find the dorado executable"))?,
+        };
+        Ok(Env {
+            started,
+            machine,
+            run_id,
+            namespace,
+            etcd_process,
+            etcd_urls,
+            etcd_info,
+            workdir,
+            binary,
+            _tempdir: tempdir,
+        })
+    }
+
+    /// How to start a group of `config.replicas` replicas running `protocol`.
+    fn spec(
+        &self,
+        config: &BenchConfig,
+        protocol: Protocol,
+        group: &str,
+        snapshot_every: u64,
+    ) -> cluster::ReplicaSpec {
+        let (label, prefix) = match protocol {
+            Protocol::Dorado => ("replica", "r"),
+            Protocol::Classic => ("classic", "c"),
+        };
+        cluster::ReplicaSpec {
+            binary: self.binary.clone(),
+            dir: self.workdir.join(group),
+            count: config.replicas,
+            etcd: self.etcd_urls.clone(),
+            namespace: self.namespace.clone(),
+            group: group.to_owned(),
+            lease_ttl: config.lease_ttl,
+            snapshot_every,
+            max_inflight: config.max_inflight,
+            extra: config.replica_args.clone(),
+            protocol,
+            label: label.to_owned(),
+            name_prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The process id of the throwaway etcd, labelled for CPU samples.
+    fn etcd_proc(&self) -> Option<machine::Proc> {
+        self.etcd_process
+            .as_ref()
+            .and_then(EtcdProcess::pid)
+            .map(|pid| machine::Proc::new("etcd", pid))
+    }
+
+    fn parameters(&self, config: &BenchConfig) -> Parameters {
+        Parameters {
+            command_line: std::env::args().collect::<Vec<_>>().join(" "),
+            clients: config.clients.clone(),
+            command_size: config.command_size,
+            read_ratio: config.read_ratio,
+            duration_s: config.duration.as_secs_f64(),
+            warmup_s: config.warmup.as_secs_f64(),
+            replicas: config.replicas,
+            systems: config.systems.iter().map(|s| s.name().to_owned()).collect(),
+            keys: config.keys,
+            max_inflight: config.max_inflight,
+            lease_ttl_s: config.lease_ttl,
+            snapshot_every: config.snapshot_every,
+            replica_args: config.replica_args.clone(),
+            target: config.target,
+            http_client: config.http_client,
+            quick: config.quick,
+            label: config.label.clone(),
+        }
+    }
+
+    /// The report around `runs` (and the other modes' sections).
+    fn report(self, mode: &str, config: &BenchConfig, runs: Vec<RunResult>) -> Report {
+        let parameters = self.parameters(config);
+        let goals = report::goals(&runs);
+        Report {
+            tool: "dorado bench".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            mode: mode.into(),
+            started_utc: self.started.clone(),
+            finished_utc: machine::utc_now(),
+            parameters,
+            machine: self.machine.clone(),
+            etcd: self.etcd_info.clone(),
+            runs,
+            failover: None,
+            recovery: None,
+            goals,
+            notes: BTreeMap::new(),
+        }
     }
 }
 
 /// Run the benchmark described by `config` and return the report (writes no files).
 pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
-    crate::ensure_crypto_provider();
-    let started = machine::utc_now();
-    let machine = machine::describe();
-    let run_id = format!("{:08x}", rand::random::<u32>());
-
-    // etcd: the one the user named, or a throwaway member configured like the
-    // one Dorado deploys (periodic compaction, sized quota).
-    let (etcd_process, etcd_urls) = match &config.etcd {
-        Some(urls) => (None, urls.clone()),
-        None => {
-            let process = EtcdProcess::start_with(EtcdProcessOptions {
-                base_dir: config.etcd_dir.clone(),
-                extra_args: report::ETCD_FLAGS.iter().map(|s| (*s).to_owned()).collect(),
-                ..EtcdProcessOptions::default()
-            })
-            .await?;
-            let urls = process.client_urls();
-            (Some(process), urls)
-        }
-    };
-    let etcd_info = report::EtcdInfo {
-        endpoints: etcd_urls.clone(),
-        managed: etcd_process.is_some(),
-        version: machine::etcd_version(),
-        data_dir: etcd_process
-            .as_ref()
-            .map(|p| p.data_dir().display().to_string()),
-        data_fs: etcd_process
-            .as_ref()
-            .and_then(|p| machine::fs_type(&p.data_dir())),
-        flags: if etcd_process.is_some() {
-            report::ETCD_FLAGS.iter().map(|s| (*s).to_owned()).collect()
-        } else {
-            Vec::new()
-        },
-    };
-
-    let namespace = format!("bench-{run_id}");
-    let tempdir = tempfile::Builder::new()
-        .prefix("dorado-bench-")
-        .tempdir()
-        .map_err(io_err("create a temp dir"))?;
-    let workdir = match &config.keep_logs {
-        Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
-            dir.clone()
-        }
-        None => tempdir.path().to_owned(),
-    };
-    let binary = match &config.binary {
-        Some(b) => b.clone(),
-        None => std::env::current_exe().map_err(io_err("find the dorado executable"))?,
-    };
-
+    let env = Env::new(&config).await?;
     let mut progress = driver::Progress::new(
         config.progress,
         config.clients.len() * config.systems.len(),
         config.warmup + config.duration,
     );
-    let mut replicas = None;
-    if config.systems.contains(&SystemKind::Dorado) {
+    // One group per replica protocol measured; both stay up for the whole
+    // run (their CPU is sampled in every run, so idle cost is visible).
+    let mut groups: Vec<(SystemKind, cluster::Replicas)> = Vec::new();
+    for &system in &config.systems {
+        let Some(protocol) = system.protocol() else {
+            continue;
+        };
         progress.note(&format!(
-            "starting {} replicas of the kv module",
-            config.replicas
+            "starting {} replicas of the kv module ({})",
+            config.replicas,
+            system.name()
         ));
-        replicas = Some(
-            cluster::Replicas::start(cluster::ReplicaSpec {
-                binary: &binary,
-                dir: &workdir,
-                count: config.replicas,
-                etcd: &etcd_urls,
-                namespace: &namespace,
-                group: "kv",
-                lease_ttl: config.lease_ttl,
-                snapshot_every: config.snapshot_every,
-                max_inflight: config.max_inflight,
-                extra: &config.replica_args,
-            })
-            .await?,
-        );
+        let group = match protocol {
+            Protocol::Dorado => "kv",
+            Protocol::Classic => "kv-classic",
+        };
+        let spec = env.spec(&config, protocol, group, config.snapshot_every);
+        groups.push((system, cluster::Replicas::start(spec).await?));
     }
 
-    let workload = systems::Setup::new(&config, &run_id, &etcd_urls, &namespace).await?;
+    let workload =
+        systems::Setup::new(&config, &env.run_id, &env.etcd_urls, &env.namespace).await?;
     let mut runs = Vec::new();
     for &clients in &config.clients {
         for &system in &config.systems {
             let mut procs = Vec::new();
-            if let Some(pid) = etcd_process.as_ref().and_then(EtcdProcess::pid) {
-                procs.push(machine::Proc::new("etcd", pid));
-            }
-            if let Some(r) = replicas.as_mut() {
-                r.check_alive()?;
-                if system == SystemKind::Dorado {
+            procs.extend(env.etcd_proc());
+            for (kind, group) in &mut groups {
+                group.check_alive()?;
+                if *kind == system {
                     // A previous run may have overloaded etcd enough to cost
                     // the group its leader: measure steady state, not the
                     // election.
-                    r.wait_ready().await?;
+                    group.wait_ready().await?;
                 } else {
-                    r.refresh_leader().await;
+                    group.refresh_leader().await;
                 }
-                procs.extend(r.procs());
+                procs.extend(group.procs());
             }
             procs.push(machine::Proc::new("bench", std::process::id()));
             let plan = driver::Plan {
@@ -624,9 +862,11 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
                 read_ratio: config.read_ratio,
                 keys: config.keys,
             };
-            let result = workload
-                .run(&plan, replicas.as_ref(), &procs, &mut progress)
-                .await?;
+            let group = groups
+                .iter()
+                .find(|(kind, _)| *kind == system)
+                .map(|(_, g)| g);
+            let result = workload.run(&plan, group, &procs, &mut progress).await?;
             progress.finished(&result);
             runs.push(result);
         }
@@ -634,41 +874,8 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     progress.done();
 
     workload.cleanup(config.etcd.is_some()).await;
-    if let Some(r) = replicas.take() {
-        r.shutdown().await;
+    for (_, group) in groups {
+        group.shutdown().await;
     }
-    drop(etcd_process);
-
-    let parameters = Parameters {
-        command_line: std::env::args().collect::<Vec<_>>().join(" "),
-        clients: config.clients.clone(),
-        command_size: config.command_size,
-        read_ratio: config.read_ratio,
-        duration_s: config.duration.as_secs_f64(),
-        warmup_s: config.warmup.as_secs_f64(),
-        replicas: config.replicas,
-        systems: config.systems.iter().map(|s| s.name().to_owned()).collect(),
-        keys: config.keys,
-        max_inflight: config.max_inflight,
-        lease_ttl_s: config.lease_ttl,
-        snapshot_every: config.snapshot_every,
-        replica_args: config.replica_args.clone(),
-        target: config.target,
-        http_client: config.http_client,
-        quick: config.quick,
-        label: config.label.clone(),
-    };
-    let goals = report::goals(&runs);
-    Ok(Report {
-        tool: "dorado bench".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        started_utc: started,
-        finished_utc: machine::utc_now(),
-        parameters,
-        machine,
-        etcd: etcd_info,
-        runs,
-        goals,
-        notes: BTreeMap::new(),
-    })
+    Ok(env.report("throughput", &config, runs))
 }

@@ -47,7 +47,9 @@ enum Command {
     /// Run 3 replicas of the embedded kv example, kill the leader, recreate it
     /// empty and check that nothing was lost (etcd if installed, else in-process).
     Demo(dorado::demo::DemoArgs),
-    /// Benchmark Dorado against raw etcd puts and fenced Txns, in one run.
+    /// Benchmark Dorado against raw etcd puts, fenced Txns and the classic
+    /// protocol in one run; `bench failover` / `bench recovery` measure
+    /// write unavailability and replica catch-up.
     Bench(Box<dorado::bench::BenchArgs>),
 }
 

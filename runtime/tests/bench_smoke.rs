@@ -91,10 +91,11 @@ fn tiny_bench_writes_json_markdown_and_plots() {
     assert!(machine["cpu_model"].is_string());
     assert!(report["etcd"]["managed"].as_bool().unwrap());
 
+    assert_eq!(report["mode"], "throughput");
     let runs = report["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 6, "3 systems x 2 client counts: {runs:?}");
+    assert_eq!(runs.len(), 8, "4 systems x 2 client counts: {runs:?}");
     let mut pids = Vec::new();
-    for system in ["etcd-put", "fenced-txn", "dorado"] {
+    for system in ["etcd-put", "fenced-txn", "dorado", "classic"] {
         for clients in [1, 4] {
             let run = runs
                 .iter()
@@ -112,7 +113,12 @@ fn tiny_bench_writes_json_markdown_and_plots() {
             assert!(names.contains(&"etcd"), "{names:?}");
             assert!(names.contains(&"bench"), "{names:?}");
             assert_eq!(
-                names.iter().filter(|n| n.starts_with("replica")).count(),
+                names.iter().filter(|n| n.starts_with("replica ")).count(),
+                3,
+                "{names:?}"
+            );
+            assert_eq!(
+                names.iter().filter(|n| n.starts_with("classic ")).count(),
                 3,
                 "{names:?}"
             );
@@ -121,7 +127,7 @@ fn tiny_bench_writes_json_markdown_and_plots() {
                 pids.push(c["pid"].as_u64().unwrap());
             }
             assert!(run["cdf"].as_array().is_some_and(|c| !c.is_empty()));
-            if system == "dorado" {
+            if system == "dorado" || system == "classic" {
                 assert!(run["dorado"].is_object(), "{run}");
             }
         }
@@ -131,6 +137,7 @@ fn tiny_bench_writes_json_markdown_and_plots() {
     let md = std::fs::read_to_string(&markdown).unwrap();
     assert!(md.contains("| system | clients | ops/s |"), "{md}");
     assert_eq!(md.matches("\n| dorado |").count(), 2, "{md}");
+    assert_eq!(md.matches("\n| classic |").count(), 2, "{md}");
     for name in ["throughput", "latency-cdf-1", "latency-cdf-4"] {
         let svg = plots.join(format!("{name}.svg"));
         assert!(
@@ -166,17 +173,17 @@ fn interrupted_bench_leaves_no_process_behind() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start dorado bench");
-    // Wait for etcd and the three replicas.
+    // Wait for etcd and the two groups of three replicas (dorado, classic).
     let start = Instant::now();
     let mut kids = Vec::new();
     while start.elapsed() < Duration::from_secs(60) {
         kids = children_of(child.id());
-        if kids.len() >= 4 {
+        if kids.len() >= 7 {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(kids.len() >= 4, "bench started only {kids:?}");
+    assert!(kids.len() >= 7, "bench started only {kids:?}");
     std::thread::sleep(Duration::from_millis(500));
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -219,6 +226,12 @@ fn bad_flags_are_refused_without_a_panic() {
         &["bench", "--command-size", "5"],
         &["bench", "--replicas", "0"],
         &["bench", "--systems", "nope"],
+        &["bench", "failover", "--repeat", "0"],
+        &["bench", "failover", "--kinds", "kill-8"],
+        &["bench", "failover", "--clients", "4", "--quick"],
+        &["bench", "recovery", "--history", "0"],
+        &["bench", "recovery", "--protocols", "paxos"],
+        &["bench", "--quick", "recovery"],
         &[
             "bench",
             "--etcd",

@@ -1,10 +1,15 @@
-//! The Dorado replicas under test: `dorado run` child processes.
+//! The replica groups under test: `dorado run` child processes, with either
+//! protocol (`--protocol dorado` or `--protocol classic --replicas N`).
 //!
 //! Each replica gets a free port on 127.0.0.1, its own working directory
 //! (trace on stdout and log on stderr go to files there) and is killed when
 //! its guard drops, so no path out of the benchmark (error, panic, Ctrl-C)
 //! leaves processes behind. A normal end sends SIGTERM first so a leader
 //! resigns cleanly, which matters when the etcd is not a throwaway one.
+//!
+//! The failover and recovery measurements also kill one replica (SIGKILL or
+//! SIGTERM) and recreate it: same replica id, a fresh working directory and
+//! a new port, i.e. a pod rescheduled with empty local state.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -15,6 +20,7 @@ use tokio::time::Instant;
 
 use super::machine::Proc;
 use super::{BenchError, io_err};
+use crate::runner::Protocol;
 
 /// Bound on replicas becoming ready and electing a leader.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -23,18 +29,24 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How replicas are started.
-#[derive(Debug)]
-pub(crate) struct ReplicaSpec<'a> {
-    pub binary: &'a Path,
-    pub dir: &'a Path,
+#[derive(Debug, Clone)]
+pub(crate) struct ReplicaSpec {
+    pub binary: PathBuf,
+    /// Parent of the replicas' working directories (one per group).
+    pub dir: PathBuf,
     pub count: usize,
-    pub etcd: &'a [String],
-    pub namespace: &'a str,
-    pub group: &'a str,
+    pub etcd: Vec<String>,
+    pub namespace: String,
+    pub group: String,
     pub lease_ttl: u64,
     pub snapshot_every: u64,
     pub max_inflight: Option<u64>,
-    pub extra: &'a [String],
+    pub extra: Vec<String>,
+    pub protocol: Protocol,
+    /// Label of the processes in CPU samples (`replica`, `classic`).
+    pub label: String,
+    /// Replica ids are this prefix plus 0, 1, 2, ...
+    pub name_prefix: String,
 }
 
 /// One `dorado run` process.
@@ -44,6 +56,8 @@ struct Replica {
     addr: SocketAddr,
     dir: PathBuf,
     child: Option<Child>,
+    /// How many times this replica id was started.
+    generation: u32,
 }
 
 impl Replica {
@@ -97,6 +111,8 @@ pub(crate) struct Replicas {
     replicas: Vec<Replica>,
     leader: usize,
     http: reqwest::Client,
+    spec: ReplicaSpec,
+    module: PathBuf,
 }
 
 fn free_addrs(n: usize) -> Result<Vec<SocketAddr>, BenchError> {
@@ -112,58 +128,89 @@ fn free_addrs(n: usize) -> Result<Vec<SocketAddr>, BenchError> {
         .map_err(io_err("read a bound port"))
 }
 
+fn spawn(
+    spec: &ReplicaSpec,
+    module: &Path,
+    name: &str,
+    addr: SocketAddr,
+    generation: u32,
+) -> Result<Replica, BenchError> {
+    let dir = if generation <= 1 {
+        spec.dir.join(name)
+    } else {
+        spec.dir.join(format!("{name}.{generation}"))
+    };
+    std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+    let open = |file: &str| {
+        let path = dir.join(file);
+        std::fs::File::create(&path).map_err(io_err(format!("create {}", path.display())))
+    };
+    let (stdout, stderr) = (open("stdout")?, open("stderr")?);
+    let mut cmd = Command::new(&spec.binary);
+    cmd.arg("run")
+        .args(["--group", &spec.group, "--namespace", &spec.namespace])
+        .args(["--replica", name])
+        .arg("--module")
+        .arg(module)
+        .args(["--etcd", &spec.etcd.join(",")])
+        .args(["--listen", &addr.to_string()])
+        .args(["--advertise", &addr.to_string()])
+        .args(["--lease-ttl", &spec.lease_ttl.to_string()])
+        .args(["--snapshot-every", &spec.snapshot_every.to_string()]);
+    if let Some(m) = spec.max_inflight {
+        cmd.args(["--max-inflight", &m.to_string()]);
+    }
+    if spec.protocol == Protocol::Classic {
+        cmd.args(["--protocol", "classic"])
+            .args(["--replicas", &spec.count.to_string()]);
+    }
+    cmd.args(&spec.extra);
+    // Our flags are the whole configuration.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("DORADO_") {
+            cmd.env_remove(key);
+        }
+    }
+    let child = cmd
+        .env("DORADO_LOG", "warn")
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .map_err(io_err(format!("start {} run", spec.binary.display())))?;
+    Ok(Replica {
+        name: name.to_owned(),
+        addr,
+        dir,
+        child: Some(child),
+        generation,
+    })
+}
+
+/// What a replica's `/v1/status` says (the fields the benchmark uses).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ReplicaStatus {
+    pub role: String,
+    pub applied_index: u64,
+    pub commit_index: u64,
+    pub snapshot_index: u64,
+    pub ready: bool,
+}
+
 impl Replicas {
     /// Start `spec.count` replicas and wait until all are ready and one leads.
-    pub(crate) async fn start(spec: ReplicaSpec<'_>) -> Result<Self, BenchError> {
+    pub(crate) async fn start(spec: ReplicaSpec) -> Result<Self, BenchError> {
+        std::fs::create_dir_all(&spec.dir)
+            .map_err(io_err(format!("create {}", spec.dir.display())))?;
         let module = spec.dir.join("kv.wasm");
         std::fs::write(&module, crate::examples::KV)
             .map_err(io_err(format!("write {}", module.display())))?;
         let addrs = free_addrs(spec.count)?;
         let mut replicas = Vec::with_capacity(spec.count);
         for (i, addr) in addrs.into_iter().enumerate() {
-            let name = format!("r{i}");
-            let dir = spec.dir.join(&name);
-            std::fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
-            let open = |file: &str| {
-                let path = dir.join(file);
-                std::fs::File::create(&path).map_err(io_err(format!("create {}", path.display())))
-            };
-            let (stdout, stderr) = (open("stdout")?, open("stderr")?);
-            let mut cmd = Command::new(spec.binary);
-            cmd.arg("run")
-                .args(["--group", spec.group, "--namespace", spec.namespace])
-                .args(["--replica", &name])
-                .arg("--module")
-                .arg(&module)
-                .args(["--etcd", &spec.etcd.join(",")])
-                .args(["--listen", &addr.to_string()])
-                .args(["--advertise", &addr.to_string()])
-                .args(["--lease-ttl", &spec.lease_ttl.to_string()])
-                .args(["--snapshot-every", &spec.snapshot_every.to_string()]);
-            if let Some(m) = spec.max_inflight {
-                cmd.args(["--max-inflight", &m.to_string()]);
-            }
-            cmd.args(spec.extra);
-            // Our flags are the whole configuration.
-            for (key, _) in std::env::vars_os() {
-                if key.to_string_lossy().starts_with("DORADO_") {
-                    cmd.env_remove(key);
-                }
-            }
-            let child = cmd
-                .env("DORADO_LOG", "warn")
-                .current_dir(&dir)
-                .stdin(Stdio::null())
-                .stdout(stdout)
-                .stderr(stderr)
-                .spawn()
-                .map_err(io_err(format!("start {} run", spec.binary.display())))?;
-            replicas.push(Replica {
-                name,
-                addr,
-                dir,
-                child: Some(child),
-            });
+            let name = format!("{}{i}", spec.name_prefix);
+            replicas.push(spawn(&spec, &module, &name, addr, 1)?);
         }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
@@ -173,9 +220,123 @@ impl Replicas {
             replicas,
             leader: 0,
             http,
+            spec,
+            module,
         };
         group.wait_ready().await?;
         Ok(group)
+    }
+
+    /// The protocol this group runs.
+    pub(crate) fn protocol(&self) -> Protocol {
+        self.spec.protocol
+    }
+
+    /// Number of replicas.
+    pub(crate) fn len(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// Replica id of replica `i`.
+    pub(crate) fn name(&self, i: usize) -> &str {
+        &self.replicas[i].name
+    }
+
+    /// The index of the replica that led at the last check.
+    pub(crate) fn leader(&self) -> usize {
+        self.leader
+    }
+
+    /// SIGKILL replica `i` (a crash); returns the instant the signal was sent.
+    pub(crate) fn kill9(&mut self, i: usize) -> Instant {
+        let at = Instant::now();
+        self.replicas[i].kill();
+        at
+    }
+
+    /// SIGTERM replica `i` (a graceful stop: drain, resign) without waiting
+    /// for it to exit. Returns the instants just before and just after the
+    /// signal was sent (it is sent by a `kill` child process, so it arrives
+    /// somewhere in between).
+    pub(crate) fn terminate(&mut self, i: usize) -> Result<(Instant, Instant), BenchError> {
+        let r = &mut self.replicas[i];
+        let Some(child) = &r.child else {
+            return Err(r.exited_error("not running".into()));
+        };
+        let pid = child.id().to_string();
+        let before = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map_err(io_err("run kill -TERM"))?;
+        let after = Instant::now();
+        if !status.success() {
+            return Err(BenchError::Io {
+                what: format!("kill -TERM {pid}"),
+                source: std::io::Error::other(status.to_string()),
+            });
+        }
+        Ok((before, after))
+    }
+
+    /// Wait (bounded) until replica `i` has exited, then SIGKILL it if not.
+    pub(crate) async fn reap(&mut self, i: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.replicas[i].exited().is_some() || self.replicas[i].child.is_none() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.replicas[i].kill();
+    }
+
+    /// Start replica `i` again after it stopped: same replica id, a fresh
+    /// working directory and a new port (a rescheduled pod with empty local
+    /// state). Returns the instant the process was spawned. Does not wait.
+    pub(crate) fn recreate(&mut self, i: usize) -> Result<Instant, BenchError> {
+        self.replicas[i].kill();
+        let addr = free_addrs(1)?[0];
+        let name = self.replicas[i].name.clone();
+        let generation = self.replicas[i].generation + 1;
+        let at = Instant::now();
+        self.replicas[i] = spawn(&self.spec, &self.module, &name, addr, generation)?;
+        Ok(at)
+    }
+
+    /// Whether replica `i`'s process has exited (reaps it).
+    pub(crate) fn has_exited(&mut self, i: usize) -> Option<BenchError> {
+        let r = &mut self.replicas[i];
+        r.exited().map(|status| r.exited_error(status))
+    }
+
+    /// `/healthz` of replica `i` answers 200.
+    pub(crate) async fn healthy(&self, i: usize) -> bool {
+        matches!(self.get(i, "/healthz").await, Some((200, _)))
+    }
+
+    /// `/readyz` of replica `i` answers 200.
+    pub(crate) async fn is_ready(&self, i: usize) -> bool {
+        matches!(self.get(i, "/readyz").await, Some((200, _)))
+    }
+
+    /// `/v1/status` of replica `i`.
+    pub(crate) async fn status(&self, i: usize) -> Option<ReplicaStatus> {
+        let (code, body) = self.get(i, "/v1/status").await?;
+        if code != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        Some(ReplicaStatus {
+            role: v["role"].as_str().unwrap_or_default().to_owned(),
+            applied_index: v["applied_index"].as_u64().unwrap_or(0),
+            commit_index: v["commit_index"].as_u64().unwrap_or(0),
+            snapshot_index: v["snapshot_index"].as_u64().unwrap_or(0),
+            ready: v["ready"].as_bool().unwrap_or(false),
+        })
     }
 
     async fn get(&self, i: usize, path: &str) -> Option<(u16, String)> {
@@ -273,7 +434,10 @@ impl Replicas {
                 } else {
                     "follower"
                 };
-                Some(Proc::new(format!("replica {} ({role})", r.name), pid))
+                Some(Proc::new(
+                    format!("{} {} ({role})", self.spec.label, r.name),
+                    pid,
+                ))
             })
             .collect()
     }
@@ -297,24 +461,26 @@ impl Replicas {
 
     /// Wait (bounded) until every replica has applied what the leader
     /// committed, so a lagging follower does not spend the next run's CPU.
-    pub(crate) async fn settle(&self, timeout: Duration) {
+    /// Returns whether they did.
+    pub(crate) async fn settle(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             let mut applied = Vec::new();
             let mut commit = 0;
             for i in 0..self.replicas.len() {
                 let Some((200, body)) = self.get(i, "/v1/status").await else {
-                    return;
+                    return false;
                 };
                 let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
                 applied.push(status["applied_index"].as_u64().unwrap_or(0));
                 commit = commit.max(status["commit_index"].as_u64().unwrap_or(0));
             }
             if applied.iter().all(|&a| a >= commit) {
-                return;
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        false
     }
 
     /// Leader terms won so far, summed over all replicas (`None` if a replica

@@ -27,12 +27,6 @@ pub(crate) fn describe() -> Machine {
             Some(kib * 1024)
         })
     });
-    let load_average = std::fs::read_to_string("/proc/loadavg").ok().map(|l| {
-        l.split_whitespace()
-            .take(3)
-            .filter_map(|v| v.parse().ok())
-            .collect()
-    });
     Machine {
         nproc: std::thread::available_parallelism()
             .map(|n| n.get())
@@ -42,8 +36,21 @@ pub(crate) fn describe() -> Machine {
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .ok()
             .map(|s| s.trim().to_owned()),
-        load_average_at_start: load_average.unwrap_or_default(),
+        load_average_at_start: load_average(),
     }
+}
+
+/// The 1, 5 and 15 minute load averages now (empty where unreadable).
+pub(crate) fn load_average() -> Vec<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| {
+            l.split_whitespace()
+                .take(3)
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `etcd --version`'s first line, if an etcd binary is found.

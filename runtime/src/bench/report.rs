@@ -32,6 +32,8 @@ pub struct Report {
     pub tool: String,
     /// Dorado version.
     pub version: String,
+    /// `throughput`, `failover` or `recovery`.
+    pub mode: String,
     /// Start time (UTC).
     pub started_utc: String,
     /// End time (UTC).
@@ -42,8 +44,14 @@ pub struct Report {
     pub machine: Machine,
     /// The etcd measured against.
     pub etcd: EtcdInfo,
-    /// One entry per system and client count, in run order.
+    /// One entry per system and client count, in run order (throughput mode).
     pub runs: Vec<RunResult>,
+    /// Failover measurements (`dorado bench failover`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverReport>,
+    /// Recovery measurements (`dorado bench recovery`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryReport>,
     /// The goals of the DORADO-over-etcd and benchmark issues, evaluated.
     pub goals: Vec<Goal>,
     /// Free-form notes added by whoever records the results.
@@ -135,6 +143,143 @@ pub struct ProcessCpu {
     pub cores: Option<f64>,
 }
 
+/// Write unavailability when the leader goes away, measured repeatedly.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailoverReport {
+    /// Closed-loop writers during each measurement.
+    pub clients: usize,
+    /// Measurements per protocol and kind.
+    pub repeat: usize,
+    /// Seconds of steady load before the leader is stopped.
+    pub steady_s: f64,
+    /// Seconds of load kept after writes resumed.
+    pub after_s: f64,
+    /// Bound on waiting for writes to resume (beyond: reported as timed out).
+    pub timeout_s: f64,
+    /// Pause of a writer before retrying a failed write on the next replica.
+    pub retry_pause_ms: f64,
+    /// Replicas' lease TTL (`--lease-ttl`).
+    pub lease_ttl_s: u64,
+    /// The TTL etcd grants for it (etcd raises TTLs below its minimum); the
+    /// `kill -9` goal is this plus 0.5 s.
+    pub lease_ttl_granted_s: u64,
+    /// How unavailability is measured.
+    pub definition: String,
+    /// Every measurement, in the order taken.
+    pub samples: Vec<FailoverSample>,
+    /// Min / median / max per protocol and kind.
+    pub summary: Vec<FailoverSummary>,
+}
+
+/// One failover measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailoverSample {
+    /// `dorado` or `classic`.
+    pub protocol: String,
+    /// `kill-9` or `sigterm`.
+    pub kind: String,
+    /// 1, 2, ...
+    pub repeat: usize,
+    /// The replica id of the stopped leader.
+    pub stopped: String,
+    /// The replica leading once writes resumed.
+    pub new_leader: Option<String>,
+    /// Seconds from the signal to the first acknowledgement of a write sent
+    /// after it (`null`: writes did not resume within the timeout).
+    pub unavailable_s: Option<f64>,
+    /// Seconds from the signal to the first acknowledgement received after
+    /// it, whenever that write was sent (in-flight writes finishing count).
+    pub first_ack_after_signal_s: Option<f64>,
+    /// Longest time between consecutive acknowledgements around the event.
+    pub max_ack_gap_s: Option<f64>,
+    /// How long sending the signal took (SIGTERM is sent by a `kill`
+    /// process; the signal instant is taken before it, so this much of
+    /// `unavailable_s` may be the signal's own delivery).
+    pub signal_delay_ms: f64,
+    /// Writes acknowledged before the signal (steady phase).
+    pub acked_before: u64,
+    /// Writes acknowledged after it.
+    pub acked_after: u64,
+    /// Failed attempts (each retried on another replica).
+    pub errors: u64,
+    /// The first failure the writers saw.
+    pub first_error: Option<String>,
+    /// 1, 5 and 15 minute load averages when the leader was stopped.
+    pub load_average: Vec<f64>,
+}
+
+/// Statistics of one protocol and kind over its repeats.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailoverSummary {
+    /// `dorado` or `classic`.
+    pub protocol: String,
+    /// `kill-9` or `sigterm`.
+    pub kind: String,
+    /// Measurements taken.
+    pub samples: usize,
+    /// Of which writes did not resume within the timeout.
+    pub timed_out: usize,
+    /// Smallest unavailability (of those that resumed).
+    pub min_s: Option<f64>,
+    /// Median.
+    pub median_s: Option<f64>,
+    /// Largest.
+    pub max_s: Option<f64>,
+    /// The issue's goal for this kind (Dorado only).
+    pub goal_s: Option<f64>,
+    /// Whether every measurement met it.
+    pub met: Option<bool>,
+}
+
+/// Catch-up time of a recreated replica against history length.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoveryReport {
+    /// History lengths, in commands.
+    pub histories: Vec<u64>,
+    /// `--snapshot-every` settings measured (one group each; 0 = no snapshots).
+    pub snapshot_every: Vec<u64>,
+    /// Closed-loop writers used to write the history.
+    pub load_clients: usize,
+    /// Bound on one recovery (beyond: reported as `> timeout`).
+    pub timeout_s: f64,
+    /// How recovery is measured.
+    pub definition: String,
+    /// One entry per protocol, setting and history length.
+    pub results: Vec<RecoveryResult>,
+}
+
+/// One recovery measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecoveryResult {
+    /// `dorado` or `classic`.
+    pub protocol: String,
+    /// The group's `--snapshot-every` (0 = no snapshots; `null` for classic, which has none).
+    pub snapshot_every: Option<u64>,
+    /// Commands in the history.
+    pub history_commands: u64,
+    /// Log entries (Dorado batches) or instances (classic) in the history:
+    /// the group's commit index.
+    pub log_entries: u64,
+    /// The snapshot the recreated replica restored (0: none).
+    pub snapshot_index: u64,
+    /// Seconds spent writing this part of the history.
+    pub load_s: f64,
+    /// Commands per second while writing it.
+    pub load_ops_s: f64,
+    /// The recreated replica: spawn to first `/healthz` 200.
+    pub process_up_s: Option<f64>,
+    /// Spawn to `applied_index` >= the group's commit index.
+    pub caught_up_s: Option<f64>,
+    /// Spawn to caught up and `/readyz` 200 (the recovery time).
+    pub ready_s: Option<f64>,
+    /// Not ready within the timeout.
+    pub timed_out: bool,
+    /// Not measured (a shorter history already exceeded the timeout).
+    pub skipped: bool,
+    /// 1, 5 and 15 minute load averages when the replica was recreated.
+    pub load_average: Vec<f64>,
+}
+
 /// Leader-side batching during a Dorado run (from its `/metrics`).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DoradoStats {
@@ -186,7 +331,8 @@ pub struct RunResult {
     pub max_ms: f64,
     /// CPU of each process during the window.
     pub cpu: Vec<ProcessCpu>,
-    /// Batching on the Dorado leader.
+    /// Batching on the group's leader (`dorado` and `classic` runs; classic
+    /// never batches, so its batch is always 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dorado: Option<DoradoStats>,
     /// Latency CDF: `[latency_ms, quantile]` pairs.
@@ -291,6 +437,20 @@ pub(crate) fn goals(runs: &[RunResult]) -> Vec<Goal> {
             met: value >= 3.0,
         });
     }
+    if let Some(c) = max_clients
+        && let Some(d) = find(runs, SystemKind::Dorado, c)
+        && let Some(k) = find(runs, SystemKind::Classic, c)
+        && k.throughput_ops_s > 0.0
+    {
+        let value = d.throughput_ops_s / k.throughput_ops_s;
+        out.push(Goal {
+            name: format!("dorado / classic throughput at {c} clients"),
+            value,
+            target: 10.0,
+            comparison: ">=".into(),
+            met: value >= 10.0,
+        });
+    }
     if let Some(d) = find(runs, SystemKind::Dorado, 1) {
         if d.ops > 0 {
             out.push(Goal {
@@ -315,6 +475,15 @@ pub(crate) fn goals(runs: &[RunResult]) -> Vec<Goal> {
     out
 }
 
+/// The CPU-sample label of the group a run measured.
+fn group_label(run: &RunResult) -> &'static str {
+    if run.system == SystemKind::Classic.name() {
+        "classic "
+    } else {
+        "replica "
+    }
+}
+
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
 }
@@ -323,11 +492,223 @@ fn human_bytes(b: u64) -> String {
     format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
 }
 
+/// The failover goals: Dorado's worst case against lease TTL + 0.5 s
+/// (`kill -9`) and 0.2 s (SIGTERM).
+pub(crate) fn failover_goals(f: &FailoverReport) -> Vec<Goal> {
+    f.summary
+        .iter()
+        .filter_map(|x| {
+            let (target, met) = (x.goal_s?, x.met?);
+            Some(Goal {
+                name: format!(
+                    "{} write unavailability after {} of the leader, worst of {} (s)",
+                    x.protocol, x.kind, x.samples
+                ),
+                value: if x.timed_out > 0 {
+                    f64::INFINITY
+                } else {
+                    x.max_s.unwrap_or(f64::INFINITY)
+                },
+                target,
+                comparison: "<=".into(),
+                met,
+            })
+        })
+        .collect()
+}
+
+/// The recovery goal: 10^6 commands of history recovered within 3 s with snapshots.
+pub(crate) fn recovery_goals(r: &RecoveryReport) -> Vec<Goal> {
+    r.results
+        .iter()
+        .filter(|x| {
+            x.protocol == "dorado"
+                && x.snapshot_every.is_some_and(|e| e > 0)
+                && x.history_commands >= 1_000_000
+                && !x.skipped
+        })
+        .map(|x| {
+            let value = x.ready_s.unwrap_or(f64::INFINITY);
+            Goal {
+                name: format!(
+                    "dorado recovery of {} commands with snapshots every {} entries (s)",
+                    x.history_commands,
+                    x.snapshot_every.unwrap_or(0)
+                ),
+                value,
+                target: 3.0,
+                comparison: "<=".into(),
+                met: value <= 3.0,
+            }
+        })
+        .collect()
+}
+
+/// Median of a sorted, non-empty slice.
+pub(crate) fn median(sorted: &[f64]) -> Option<f64> {
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+fn secs(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.3}"))
+}
+
+fn loads(l: &[f64]) -> String {
+    l.iter()
+        .map(|v| format!("{v:.2}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn failover_markdown(s: &mut String, f: &FailoverReport) {
+    let _ = writeln!(
+        s,
+        "- failover: {} closed-loop writers spread over all replicas (a failed write is retried with the same client id and seq on the next replica after {} ms), {} s of steady load before the signal, lease TTL {} s (etcd grants {} s), {} repeat(s), timeout {} s",
+        f.clients,
+        f.retry_pause_ms,
+        f.steady_s,
+        f.lease_ttl_s,
+        f.lease_ttl_granted_s,
+        f.repeat,
+        f.timeout_s
+    );
+    let _ = writeln!(s, "- unavailability: {}", f.definition);
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| protocol | kind | samples | timed out | min s | median s | max s | goal s | verdict |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---|");
+    for x in &f.summary {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            x.protocol,
+            x.kind,
+            x.samples,
+            x.timed_out,
+            secs(x.min_s),
+            secs(x.median_s),
+            secs(x.max_s),
+            x.goal_s.map_or_else(|| "-".into(), |g| format!("{g:.1}")),
+            match x.met {
+                Some(true) => "met",
+                Some(false) => "MISSED",
+                None => "-",
+            }
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| protocol | kind | # | stopped | new leader | unavailable s | first ack after signal s | max ack gap s | errors | acked before / after | load avg |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---|---|---:|---:|---:|---:|---:|---|");
+    for x in &f.samples {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} |",
+            x.protocol,
+            x.kind,
+            x.repeat,
+            x.stopped,
+            x.new_leader.as_deref().unwrap_or("-"),
+            x.unavailable_s
+                .map_or_else(|| format!("> {:.0}", f.timeout_s), |v| format!("{v:.3}")),
+            secs(x.first_ack_after_signal_s),
+            secs(x.max_ack_gap_s),
+            x.errors,
+            x.acked_before,
+            x.acked_after,
+            loads(&x.load_average)
+        );
+    }
+}
+
+fn recovery_markdown(s: &mut String, r: &RecoveryReport) {
+    let _ = writeln!(
+        s,
+        "- recovery: history written by {} closed-loop writers over the client API; one follower is then killed and recreated (same id, empty working directory, new port); timeout {} s",
+        r.load_clients, r.timeout_s
+    );
+    let _ = writeln!(s, "- recovery time: {}", r.definition);
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| protocol | snapshot every | history (commands) | log entries | restored snapshot | process up s | caught up s | ready s | load ops/s | load avg |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    for x in &r.results {
+        let ready = if x.skipped {
+            format!("skipped (> {:.0})", r.timeout_s)
+        } else if x.timed_out {
+            format!("> {:.0}", r.timeout_s)
+        } else {
+            secs(x.ready_s)
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |",
+            x.protocol,
+            x.snapshot_every.map_or_else(
+                || "none (classic)".into(),
+                |e| if e == 0 {
+                    "0 (off)".to_string()
+                } else {
+                    e.to_string()
+                }
+            ),
+            x.history_commands,
+            x.log_entries,
+            x.snapshot_index,
+            secs(x.process_up_s),
+            secs(x.caught_up_s),
+            ready,
+            x.load_ops_s,
+            loads(&x.load_average)
+        );
+    }
+}
+
+fn goals_markdown(s: &mut String, goals: &[Goal]) {
+    if goals.is_empty() {
+        return;
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "Goals:");
+    let _ = writeln!(s);
+    for g in goals {
+        let _ = writeln!(
+            s,
+            "- {}: {:.3} (goal {} {}) -> {}",
+            g.name,
+            g.value,
+            g.comparison,
+            g.target,
+            if g.met { "met" } else { "MISSED" }
+        );
+    }
+}
+
 /// The results as Markdown: context, one table, ratios, goals.
 pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
     let p = &r.parameters;
-    let _ = writeln!(s, "### dorado bench, {}", r.started_utc);
+    let _ = writeln!(
+        s,
+        "### dorado bench{}, {}",
+        if r.mode == "throughput" {
+            String::new()
+        } else {
+            format!(" {}", r.mode)
+        },
+        r.started_utc
+    );
     let _ = writeln!(s);
     let _ = writeln!(s, "- command: `{}`", p.command_line);
     let _ = writeln!(
@@ -362,6 +743,37 @@ pub fn markdown(r: &Report) -> String {
             ""
         }
     );
+    if let Some(f) = &r.failover {
+        let _ = writeln!(
+            s,
+            "- {} replicas per group, {}-byte kv puts, {} keys, max-inflight {}",
+            p.replicas,
+            p.command_size,
+            p.keys,
+            p.max_inflight
+                .map_or_else(|| "default".into(), |m| m.to_string()),
+        );
+        failover_markdown(&mut s, f);
+    }
+    if let Some(rec) = &r.recovery {
+        let _ = writeln!(
+            s,
+            "- {} replicas per group, {}-byte kv puts, {} keys, max-inflight {}",
+            p.replicas,
+            p.command_size,
+            p.keys,
+            p.max_inflight
+                .map_or_else(|| "default".into(), |m| m.to_string()),
+        );
+        recovery_markdown(&mut s, rec);
+    }
+    if r.failover.is_some() || r.recovery.is_some() {
+        if let Some(label) = &p.label {
+            let _ = writeln!(s, "- label: {label}");
+        }
+        goals_markdown(&mut s, &r.goals);
+        return s;
+    }
     let _ = writeln!(
         s,
         "- workload: {} replicas, {}-byte kv puts, {:.0}% reads, {} keys, {} s measured after {} s warm-up per run, clients -> {:?}, {:?} HTTP client, max-inflight {}",
@@ -404,7 +816,8 @@ pub fn markdown(r: &Report) -> String {
             opt(
                 run.cpu
                     .iter()
-                    .find(|c| c.process.ends_with("(leader)"))
+                    .find(|c| c.process.starts_with(group_label(run))
+                        && c.process.ends_with("(leader)"))
                     .and_then(|c| c.cores),
                 2
             ),
@@ -413,7 +826,10 @@ pub fn markdown(r: &Report) -> String {
                     let f: Vec<f64> = run
                         .cpu
                         .iter()
-                        .filter(|c| c.process.ends_with("(follower)"))
+                        .filter(|c| {
+                            c.process.starts_with(group_label(run))
+                                && c.process.ends_with("(follower)")
+                        })
                         .filter_map(|c| c.cores)
                         .collect();
                     (!f.is_empty()).then(|| f.iter().sum())
@@ -427,7 +843,7 @@ pub fn markdown(r: &Report) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "CPU columns are cores kept busy during the measured window (CPU seconds / window); \"CPU followers\" is the sum over followers; \"batch\" is the leader's mean commands per appended batch."
+        "CPU columns are cores kept busy during the measured window (CPU seconds / window); \"CPU leader\" and \"CPU followers\" are those of the group measured (classic's for classic rows, Dorado's otherwise; the other group idles meanwhile and its CPU is in the JSON); \"batch\" is the leader's mean commands per appended batch."
     );
     let clients: Vec<usize> = {
         let mut c: Vec<usize> = r.runs.iter().map(|r| r.clients).collect();
@@ -440,8 +856,15 @@ pub fn markdown(r: &Report) -> String {
         let d = find(&r.runs, SystemKind::Dorado, c);
         let e = find(&r.runs, SystemKind::EtcdPut, c);
         let t = find(&r.runs, SystemKind::FencedTxn, c);
+        let k = find(&r.runs, SystemKind::Classic, c);
         if let Some(d) = d {
             let mut parts = Vec::new();
+            if let Some(k) = k.filter(|k| k.throughput_ops_s > 0.0) {
+                parts.push(format!(
+                    "throughput {:.1}x classic",
+                    d.throughput_ops_s / k.throughput_ops_s
+                ));
+            }
             if let Some(e) = e.filter(|e| e.throughput_ops_s > 0.0) {
                 parts.push(format!(
                     "throughput {:.2}x etcd-put",
@@ -473,22 +896,7 @@ pub fn markdown(r: &Report) -> String {
             let _ = writeln!(s, "{line}");
         }
     }
-    if !r.goals.is_empty() {
-        let _ = writeln!(s);
-        let _ = writeln!(s, "Goals:");
-        let _ = writeln!(s);
-        for g in &r.goals {
-            let _ = writeln!(
-                s,
-                "- {}: {:.3} (goal {} {}) -> {}",
-                g.name,
-                g.value,
-                g.comparison,
-                g.target,
-                if g.met { "met" } else { "MISSED" }
-            );
-        }
-    }
+    goals_markdown(&mut s, &r.goals);
     let moved: Vec<String> = r
         .runs
         .iter()
@@ -550,6 +958,38 @@ fn systems_of(r: &Report) -> Vec<String> {
 /// `dir`; returns a description of each plot that could not be drawn.
 pub fn plots(r: &Report, dir: &Path) -> Vec<String> {
     let mut problems = Vec::new();
+    if let Some(rec) = &r.recovery {
+        for ext in ["svg", "png"] {
+            let path = dir.join(format!("recovery.{ext}"));
+            let result = if ext == "svg" {
+                recovery_chart(rec, SVGBackend::new(&path, (800, 500)).into_drawing_area())
+            } else {
+                recovery_chart(
+                    rec,
+                    BitMapBackend::new(&path, (800, 500)).into_drawing_area(),
+                )
+            };
+            if let Err(e) = result {
+                problems.push(format!("plot {}: {e}", path.display()));
+            }
+        }
+    }
+    if let Some(f) = &r.failover {
+        for ext in ["svg", "png"] {
+            let path = dir.join(format!("failover.{ext}"));
+            let result = if ext == "svg" {
+                failover_chart(f, SVGBackend::new(&path, (800, 500)).into_drawing_area())
+            } else {
+                failover_chart(f, BitMapBackend::new(&path, (800, 500)).into_drawing_area())
+            };
+            if let Err(e) = result {
+                problems.push(format!("plot {}: {e}", path.display()));
+            }
+        }
+    }
+    if r.runs.is_empty() {
+        return problems;
+    }
     let mut clients: Vec<usize> = r.runs.iter().map(|x| x.clients).collect();
     clients.sort_unstable();
     clients.dedup();
@@ -711,4 +1151,248 @@ where
         .draw()?;
     area.present()?;
     Ok(())
+}
+
+/// Recovery time against history length (log-log), one line per setting.
+fn recovery_chart<DB: DrawingBackend>(
+    r: &RecoveryReport,
+    area: DrawingArea<DB, plotters::coord::Shift>,
+) -> PlotResult
+where
+    DB::ErrorType: 'static,
+{
+    area.fill(&WHITE)?;
+    let measured: Vec<&RecoveryResult> = r.results.iter().filter(|x| !x.skipped).collect();
+    let max_h = measured
+        .iter()
+        .map(|x| x.history_commands)
+        .max()
+        .unwrap_or(10) as f64;
+    let min_h = measured
+        .iter()
+        .map(|x| x.history_commands)
+        .min()
+        .unwrap_or(1) as f64;
+    let value = |x: &RecoveryResult| x.ready_s.unwrap_or(r.timeout_s);
+    let max_t = measured
+        .iter()
+        .map(|x| value(x))
+        .fold(0.0, f64::max)
+        .max(0.01);
+    let min_t = measured
+        .iter()
+        .map(|x| value(x))
+        .fold(f64::INFINITY, f64::min)
+        .clamp(0.001, max_t);
+    let mut chart = ChartBuilder::on(&area)
+        .caption(
+            "Recovery of a recreated replica vs history length",
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(
+            (min_h * 0.7..max_h * 1.4).log_scale(),
+            (min_t * 0.7..max_t * 1.5).log_scale(),
+        )?;
+    chart
+        .configure_mesh()
+        .x_desc("history (commands, log scale)")
+        .y_desc("seconds to ready (log scale)")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .draw()?;
+    let mut series: Vec<(String, Option<u64>)> = Vec::new();
+    for x in &measured {
+        let key = (x.protocol.clone(), x.snapshot_every);
+        if !series.contains(&key) {
+            series.push(key);
+        }
+    }
+    for (i, (protocol, every)) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let label = match every {
+            Some(0) => format!("{protocol}, no snapshots"),
+            Some(e) => format!("{protocol}, snapshot every {e}"),
+            None => protocol.clone(),
+        };
+        let points: Vec<(f64, f64)> = measured
+            .iter()
+            .filter(|x| &x.protocol == protocol && &x.snapshot_every == every)
+            .map(|x| (x.history_commands as f64, value(x)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 4, color.filled())),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    area.present()?;
+    Ok(())
+}
+
+/// Every failover sample, one column per protocol and kind.
+fn failover_chart<DB: DrawingBackend>(
+    f: &FailoverReport,
+    area: DrawingArea<DB, plotters::coord::Shift>,
+) -> PlotResult
+where
+    DB::ErrorType: 'static,
+{
+    area.fill(&WHITE)?;
+    let columns: Vec<(String, String)> = f
+        .summary
+        .iter()
+        .map(|x| (x.protocol.clone(), x.kind.clone()))
+        .collect();
+    let value = |x: &FailoverSample| x.unavailable_s.unwrap_or(f.timeout_s);
+    let max_t = f.samples.iter().map(value).fold(0.0, f64::max).max(0.1);
+    let mut chart = ChartBuilder::on(&area)
+        .caption(
+            format!(
+                "Write unavailability after stopping the leader (lease TTL {} s)",
+                f.lease_ttl_s
+            ),
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5f64..columns.len() as f64 - 0.5, 0.0..max_t * 1.15)?;
+    let names: Vec<String> = columns.iter().map(|(p, k)| format!("{p} {k}")).collect();
+    chart
+        .configure_mesh()
+        .x_labels(columns.len().max(1))
+        .x_label_formatter(&|v| {
+            let i = v.round();
+            if (v - i).abs() < 0.01 && i >= 0.0 {
+                names.get(i as usize).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("seconds until a new write is acknowledged")
+        .draw()?;
+    for (i, (protocol, kind)) in columns.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let points: Vec<(f64, f64)> = f
+            .samples
+            .iter()
+            .filter(|x| &x.protocol == protocol && &x.kind == kind)
+            .map(|x| (i as f64, value(x)))
+            .collect();
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 5, color.filled())),
+        )?;
+    }
+    area.present()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[2.0]), Some(2.0));
+        assert_eq!(median(&[1.0, 2.0, 4.0]), Some(2.0));
+        assert_eq!(median(&[1.0, 2.0, 4.0, 8.0]), Some(3.0));
+    }
+
+    fn summary(kind: &str, timed_out: usize, max_s: f64, goal_s: f64) -> FailoverSummary {
+        FailoverSummary {
+            protocol: "dorado".into(),
+            kind: kind.into(),
+            samples: 3,
+            timed_out,
+            min_s: Some(max_s / 2.0),
+            median_s: Some(max_s / 1.5),
+            max_s: Some(max_s),
+            goal_s: Some(goal_s),
+            met: Some(timed_out == 0 && max_s <= goal_s),
+        }
+    }
+
+    #[test]
+    fn failover_goals_use_the_worst_sample_and_count_timeouts_as_missed() {
+        let report = FailoverReport {
+            clients: 4,
+            repeat: 3,
+            steady_s: 1.0,
+            after_s: 0.5,
+            timeout_s: 30.0,
+            retry_pause_ms: 5.0,
+            lease_ttl_s: 2,
+            lease_ttl_granted_s: 2,
+            definition: String::new(),
+            samples: Vec::new(),
+            summary: vec![
+                summary("kill-9", 0, 2.3, 2.5),
+                summary("sigterm", 1, 0.05, 0.2),
+            ],
+        };
+        let goals = failover_goals(&report);
+        assert_eq!(goals.len(), 2);
+        assert!(goals[0].met);
+        assert!((goals[0].value - 2.3).abs() < 1e-9);
+        assert!(!goals[1].met);
+        assert!(goals[1].value.is_infinite());
+    }
+
+    #[test]
+    fn recovery_goal_needs_a_million_commands_with_snapshots() {
+        let result = |every: u64, history: u64, ready: Option<f64>| RecoveryResult {
+            protocol: "dorado".into(),
+            snapshot_every: Some(every),
+            history_commands: history,
+            log_entries: history / 30,
+            snapshot_index: 0,
+            load_s: 1.0,
+            load_ops_s: 1.0,
+            process_up_s: Some(0.1),
+            caught_up_s: ready,
+            ready_s: ready,
+            timed_out: ready.is_none(),
+            skipped: false,
+            load_average: Vec::new(),
+        };
+        let report = RecoveryReport {
+            histories: vec![10_000, 1_000_000],
+            snapshot_every: vec![10_000, 0],
+            load_clients: 256,
+            timeout_s: 60.0,
+            definition: String::new(),
+            results: vec![
+                result(10_000, 10_000, Some(0.5)),
+                result(10_000, 1_000_000, Some(2.0)),
+                result(0, 1_000_000, None),
+            ],
+        };
+        let goals = recovery_goals(&report);
+        assert_eq!(goals.len(), 1, "{goals:?}");
+        assert!(goals[0].met);
+        let md = {
+            let mut s = String::new();
+            recovery_markdown(&mut s, &report);
+            s
+        };
+        assert!(md.contains("| dorado | 0 (off) | 1000000 |"), "{md}");
+        assert!(md.contains("> 60"), "{md}");
+    }
 }

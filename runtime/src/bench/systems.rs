@@ -1,11 +1,12 @@
-//! The three systems as [`Workload`]s of the shared driver.
+//! The four systems as [`Workload`]s of the shared driver.
 //!
 //! They write the same bytes: every operation's payload is a kv put command
 //! of exactly `--command-size` bytes (`{"op":"put","key":"k00000042","value":"xxx…"}`)
 //! for a key drawn from the same key space. `etcd-put` stores it as the value
 //! of that key; `fenced-txn` appends it as one log entry with Dorado's own
-//! fenced append; `dorado` submits it to the replicas. Reads are a kv get
-//! query (linearizable) for Dorado, a linearizable get of the key for
+//! fenced append; `dorado` and `classic` submit it to their replicas (the
+//! same workload, only the group differs). Reads are a kv get
+//! query (linearizable) for Dorado and classic, a linearizable get of the key for
 //! `etcd-put`, and a linearizable get of the leader key (what a Dorado leader
 //! reads to confirm its epoch) for `fenced-txn`.
 
@@ -34,13 +35,14 @@ const KEY_DIGITS: usize = 8;
 pub(crate) const MIN_COMMAND_SIZE: usize =
     r#"{"op":"put","key":"k","value":""}"#.len() + KEY_DIGITS + 1;
 
-/// Per-request timeout of the benchmark's own clients.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Per-request timeout of the benchmark's own clients (above the replicas'
+/// own 10 s submit timeout, so a slow group answers with its error first).
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// TTL of the fenced-txn system's leader lease (kept alive during the run).
 const FENCE_LEASE_TTL: Duration = Duration::from_secs(10);
 
-fn key_name(key: usize) -> String {
+pub(crate) fn key_name(key: usize) -> String {
     format!("k{key:0width$}", width = KEY_DIGITS)
 }
 
@@ -196,9 +198,13 @@ impl Setup {
                 fence.store.delete_log_below(below).await?;
                 measured
             }
-            SystemKind::Dorado => {
-                let replicas = replicas
-                    .ok_or_else(|| BenchError::Config("no replicas were started".into()))?;
+            SystemKind::Dorado | SystemKind::Classic => {
+                let replicas = replicas.ok_or_else(|| {
+                    BenchError::Config(format!(
+                        "no replicas were started for {}",
+                        plan.system.name()
+                    ))
+                })?;
                 let (addrs, leader) = replicas.addrs();
                 let http = match self.http_client {
                     HttpClientKind::Raw => None,
@@ -217,7 +223,12 @@ impl Setup {
                         Target::Leader => vec![addrs[leader]],
                         Target::All => addrs,
                     },
-                    client_prefix: format!("bench-{}-c{}", self.run_id, plan.clients),
+                    client_prefix: format!(
+                        "bench-{}-{}-c{}",
+                        self.run_id,
+                        plan.system.name(),
+                        plan.clients
+                    ),
                     commands: self.commands.clone(),
                     queries: self.queries.clone(),
                     http,
@@ -353,7 +364,7 @@ impl Workload for FencedTxn {
     }
 }
 
-/// Dorado replicas over the HTTP client API.
+/// A replica group (either protocol) over the HTTP client API.
 #[derive(Debug)]
 struct Dorado {
     targets: Vec<SocketAddr>,

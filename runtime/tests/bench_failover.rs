@@ -1,0 +1,271 @@
+//! `dorado bench failover` and `dorado bench recovery` as processes: tiny
+//! configurations end to end (real etcd, real replicas, real signals),
+//! checking the shape of their outputs, never their values, and that no
+//! child process (etcd, replicas, recreated replicas) outlives the run.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dorado");
+
+/// Whether a process exists (and is not a zombie).
+fn alive(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_owned));
+            state.as_deref() != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Process ids whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u64> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = &stat[stat.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+fn wait_gone(pids: &BTreeSet<u64>, timeout: Duration) -> Vec<u64> {
+    let start = Instant::now();
+    loop {
+        let left: Vec<u64> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        if left.is_empty() || start.elapsed() > timeout {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Run `dorado <args>` to completion (bounded), collecting every child
+/// process it started along the way; returns (success, stderr, children).
+fn run_collecting(args: &[&str], timeout: Duration) -> (bool, String, BTreeSet<u64>) {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr_path = dir.path().join("stderr");
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .expect("start dorado bench");
+    let start = Instant::now();
+    let mut kids = BTreeSet::new();
+    let status = loop {
+        kids.extend(children_of(child.id()));
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            panic!("dorado {args:?} did not finish within {timeout:?}; stderr:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    (status.success(), stderr, kids)
+}
+
+fn positive(v: &Value, key: &str) -> f64 {
+    let x = v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is not a number in {v}"));
+    assert!(x.is_finite() && x > 0.0, "{key} = {x} in {v}");
+    x
+}
+
+fn assert_common(report: &Value, mode: &str) {
+    assert_eq!(report["mode"], mode);
+    assert_eq!(report["tool"], "dorado bench");
+    assert!(report["machine"]["nproc"].as_u64().unwrap() >= 1);
+    assert!(report["machine"]["load_average_at_start"].is_array());
+    assert!(report["etcd"]["managed"].as_bool().unwrap());
+    assert!(report["started_utc"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(report["parameters"]["replicas"], 3);
+    assert!(
+        report["parameters"]["command_line"]
+            .as_str()
+            .unwrap()
+            .contains(mode)
+    );
+    assert!(report["goals"].is_array());
+}
+
+#[test]
+fn tiny_failover_measures_both_kinds_for_both_protocols() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("failover.json");
+    let markdown = dir.path().join("failover.md");
+    let plots = dir.path().join("plots");
+    let args = [
+        "bench",
+        "failover",
+        "--repeat",
+        "1",
+        "--lease-ttl",
+        "1",
+        "--clients",
+        "3",
+        "--steady",
+        "300ms",
+        "--after",
+        "100ms",
+        "--timeout",
+        "15s",
+        "--no-progress",
+        "--json",
+        json.to_str().unwrap(),
+        "--markdown",
+        markdown.to_str().unwrap(),
+        "--plots",
+        plots.to_str().unwrap(),
+    ];
+    let (ok, stderr, kids) = run_collecting(&args, Duration::from_secs(90));
+    assert!(ok, "dorado bench failover failed:\n{stderr}");
+    // etcd, 2 groups of 3, and one recreated replica per measurement.
+    assert!(kids.len() >= 1 + 6 + 4, "children seen: {kids:?}");
+
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_common(&report, "failover");
+    let f = &report["failover"];
+    assert_eq!(f["repeat"], 1);
+    assert_eq!(f["lease_ttl_s"], 1);
+    // etcd raises a 1 s TTL to its minimum.
+    assert!(f["lease_ttl_granted_s"].as_u64().unwrap() >= 1, "{f}");
+    let samples = f["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 4, "{samples:?}");
+    for protocol in ["dorado", "classic"] {
+        for kind in ["kill-9", "sigterm"] {
+            let s = samples
+                .iter()
+                .find(|s| s["protocol"] == protocol && s["kind"] == kind)
+                .unwrap_or_else(|| panic!("no sample for {protocol} {kind}"));
+            positive(s, "unavailable_s");
+            positive(s, "max_ack_gap_s");
+            assert!(s["acked_before"].as_u64().unwrap() > 0, "{s}");
+            assert!(s["acked_after"].as_u64().unwrap() > 0, "{s}");
+            assert!(s["stopped"].is_string(), "{s}");
+            assert!(s["load_average"].is_array(), "{s}");
+            let summary = f["summary"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["protocol"] == protocol && x["kind"] == kind)
+                .unwrap_or_else(|| panic!("no summary for {protocol} {kind}"));
+            assert_eq!(summary["samples"], 1);
+            for key in ["min_s", "median_s", "max_s"] {
+                positive(summary, key);
+            }
+            if protocol == "dorado" {
+                positive(summary, "goal_s");
+                assert!(summary["met"].is_boolean(), "{summary}");
+            }
+        }
+    }
+    let goals = report["goals"].as_array().unwrap();
+    assert_eq!(goals.len(), 2, "one goal per kind for dorado: {goals:?}");
+
+    let md = std::fs::read_to_string(&markdown).unwrap();
+    assert!(md.contains("| protocol | kind | samples |"), "{md}");
+    assert!(md.contains("| dorado | kill-9 |"), "{md}");
+    assert!(md.contains("| classic | sigterm |"), "{md}");
+    assert!(Path::new(&plots.join("failover.svg")).exists());
+
+    let left = wait_gone(&kids, Duration::from_secs(5));
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+}
+
+#[test]
+fn tiny_recovery_measures_each_history_with_and_without_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("recovery.json");
+    let markdown = dir.path().join("recovery.md");
+    let plots = dir.path().join("plots");
+    let args = [
+        "bench",
+        "recovery",
+        "--history",
+        "100,300",
+        "--snapshot-every",
+        "20,0",
+        "--load-clients",
+        "8",
+        "--timeout",
+        "20s",
+        "--no-progress",
+        "--json",
+        json.to_str().unwrap(),
+        "--markdown",
+        markdown.to_str().unwrap(),
+        "--plots",
+        plots.to_str().unwrap(),
+    ];
+    let (ok, stderr, kids) = run_collecting(&args, Duration::from_secs(90));
+    assert!(ok, "dorado bench recovery failed:\n{stderr}");
+    assert!(kids.len() >= 1 + 6 + 4, "children seen: {kids:?}");
+
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_common(&report, "recovery");
+    let r = &report["recovery"];
+    assert_eq!(r["histories"], serde_json::json!([100, 300]));
+    assert_eq!(r["snapshot_every"], serde_json::json!([20, 0]));
+    let results = r["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4, "{results:?}");
+    for every in [20, 0] {
+        for history in [100, 300] {
+            let x = results
+                .iter()
+                .find(|x| x["snapshot_every"] == every && x["history_commands"] == history)
+                .unwrap_or_else(|| panic!("no result for {every} / {history}"));
+            assert_eq!(x["protocol"], "dorado");
+            assert_eq!(x["timed_out"], false, "{x}");
+            assert_eq!(x["skipped"], false, "{x}");
+            for key in [
+                "process_up_s",
+                "caught_up_s",
+                "ready_s",
+                "load_s",
+                "load_ops_s",
+            ] {
+                positive(x, key);
+            }
+            assert!(x["log_entries"].as_u64().unwrap() > 0, "{x}");
+            let restored = x["snapshot_index"].as_u64().unwrap();
+            if every == 0 {
+                assert_eq!(restored, 0, "no snapshots, yet one was restored: {x}");
+            } else if history == 300 {
+                assert!(restored > 0, "a snapshot should have been restored: {x}");
+            }
+        }
+    }
+    let md = std::fs::read_to_string(&markdown).unwrap();
+    assert!(
+        md.contains("| protocol | snapshot every | history (commands) |"),
+        "{md}"
+    );
+    assert_eq!(md.matches("\n| dorado |").count(), 4, "{md}");
+    assert!(Path::new(&plots.join("recovery.svg")).exists());
+
+    let left = wait_gone(&kids, Duration::from_secs(5));
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+}
