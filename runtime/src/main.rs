@@ -110,8 +110,9 @@ struct RunArgs {
     /// decides (fixed by the group's first replica).
     #[arg(long, env = "DORADO_REPLICAS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=99))]
     replicas: u64,
-    /// Appends the leader keeps in flight at once.
-    #[arg(long, env = "DORADO_MAX_INFLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    /// Appends the leader keeps in flight at once (1: commands queue behind the
+    /// append in flight and leave together; raise it when etcd is far away).
+    #[arg(long, env = "DORADO_MAX_INFLIGHT", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     max_inflight: u64,
 }
 
