@@ -744,6 +744,9 @@ async fn a_replica_started_before_etcd_waits_then_serves() {
         }
     });
     c.wait_ready(0).await;
+    // Ready means caught up; the election may still be running (clients get
+    // 503 no_leader and retry): wait for it instead of racing it.
+    c.wait_leader().await;
     let r = post(
         &http,
         &base,
