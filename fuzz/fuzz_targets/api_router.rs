@@ -16,7 +16,6 @@ use std::sync::{Arc, LazyLock};
 use axum::Router;
 use axum::body::Body;
 use dorado::api::{ApiState, router};
-use dorado::store::MemoryStore;
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use libfuzzer_sys::fuzz_target;
@@ -31,8 +30,11 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
         .expect("tokio runtime")
 });
 
-static ROUTER: LazyLock<Router> =
-    LazyLock::new(|| router(Arc::new(ApiState::<MemoryStore>::new(MAX_BODY))));
+static ROUTER: LazyLock<Router> = LazyLock::new(|| {
+    router(Arc::new(
+        ApiState::new(MAX_BODY).expect("the forwarding client builds"),
+    ))
+});
 
 /// Parses the input as an HTTP/1.1 request (head, blank line, body).
 fn build(data: &[u8]) -> Option<Request<Body>> {
