@@ -10,50 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod procs;
+use procs::{children_of, wait_gone};
+
 const BIN: &str = env!("CARGO_BIN_EXE_dorado");
-
-/// Whether a process exists (and is not a zombie).
-fn alive(pid: u64) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rfind(')')
-                .and_then(|i| stat[i + 1..].split_whitespace().next().map(str::to_owned));
-            state.as_deref() != Some("Z")
-        }
-        Err(_) => false,
-    }
-}
-
-/// Process ids whose parent is `parent`.
-fn children_of(parent: u32) -> Vec<u64> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|stat| {
-                    let rest = &stat[stat.rfind(')')? + 1..];
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(parent)
-        })
-        .collect()
-}
-
-fn wait_gone(pids: &BTreeSet<u64>, timeout: Duration) -> Vec<u64> {
-    let start = Instant::now();
-    loop {
-        let left: Vec<u64> = pids.iter().copied().filter(|p| alive(*p)).collect();
-        if left.is_empty() || start.elapsed() > timeout {
-            return left;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Run `dorado <args>` to completion (bounded), collecting every child
 /// process it started along the way; returns (success, stderr, children).
@@ -191,7 +151,10 @@ fn tiny_failover_measures_both_kinds_for_both_protocols() {
     assert!(md.contains("| classic | sigterm |"), "{md}");
     assert!(Path::new(&plots.join("failover.svg")).exists());
 
-    let left = wait_gone(&kids, Duration::from_secs(5));
+    let left = wait_gone(
+        &kids.iter().copied().collect::<Vec<_>>(),
+        Duration::from_secs(5),
+    );
     assert!(left.is_empty(), "processes left behind: {left:?}");
 }
 
@@ -266,6 +229,9 @@ fn tiny_recovery_measures_each_history_with_and_without_snapshots() {
     assert_eq!(md.matches("\n| dorado |").count(), 4, "{md}");
     assert!(Path::new(&plots.join("recovery.svg")).exists());
 
-    let left = wait_gone(&kids, Duration::from_secs(5));
+    let left = wait_gone(
+        &kids.iter().copied().collect::<Vec<_>>(),
+        Duration::from_secs(5),
+    );
     assert!(left.is_empty(), "processes left behind: {left:?}");
 }
