@@ -312,8 +312,9 @@ enum Learned {
 
 /// A linearizable read of the store's last log index (what a linearizable
 /// query must wait for), type-erased so that [`Node`] is not generic.
+/// `Store::last_index` with the store type erased: the highest index `>= from`.
 type ReadIndex = Arc<
-    dyn Fn() -> futures::future::BoxFuture<'static, Result<Option<Index>, StoreError>>
+    dyn Fn(Index) -> futures::future::BoxFuture<'static, Result<Option<Index>, StoreError>>
         + Send
         + Sync,
 >;
@@ -361,10 +362,15 @@ impl Node {
     ) -> Result<Vec<u8>, QueryError> {
         let min_index = match consistency {
             Consistency::Stale => 0,
-            Consistency::Linearizable => (self.read_index)()
-                .await
-                .map_err(QueryError::Store)?
-                .unwrap_or(0),
+            Consistency::Linearizable => {
+                // An append acknowledged before this read is either applied
+                // already or at an index above `applied`.
+                let applied = self.applied_index();
+                (self.read_index)(applied + 1)
+                    .await
+                    .map_err(QueryError::Store)?
+                    .unwrap_or(applied)
+            }
         };
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -596,9 +602,9 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
     let (learned_tx, learned_rx) = mpsc::channel(1024);
     let (lease_tx, lease_rx) = watch::channel(None);
     let read_store = store.clone();
-    let read_index: ReadIndex = Arc::new(move || {
+    let read_index: ReadIndex = Arc::new(move |from| {
         let store = read_store.clone();
-        Box::pin(async move { store.last_index().await })
+        Box::pin(async move { store.last_index(from).await })
     });
     let node = Node {
         tx: tx.clone(),
@@ -1469,8 +1475,8 @@ async fn prepare_leadership<S: Store>(
     shared: &Shared,
 ) -> Result<(Index, Index, Vec<(Index, Vec<u8>)>), StoreError> {
     let snap = store.newest_snapshot_index().await?.unwrap_or(0);
-    let last = store.last_index().await?.unwrap_or(0);
     let base = snap.max(shared.applied.load(Ordering::Acquire));
+    let last = store.last_index(base + 1).await?.unwrap_or(base);
     let mut entries = Vec::new();
     let mut from = base + 1;
     while from <= last {
@@ -1570,10 +1576,15 @@ async fn health_task<S: Store>(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let result = tokio::time::timeout(Duration::from_secs(2), store.last_index()).await;
+        // Only the entries above what this replica applied are read, so a
+        // check costs etcd the same whatever the log's length.
+        let applied_before = shared.applied.load(Ordering::Acquire);
+        let result =
+            tokio::time::timeout(Duration::from_secs(2), store.last_index(applied_before + 1))
+                .await;
         match result {
             Ok(Ok(last)) => {
-                let last = last.unwrap_or(0);
+                let last = last.unwrap_or(applied_before);
                 shared.set_store_error(None);
                 shared.commit.fetch_max(last, Ordering::AcqRel);
                 let applied = shared.applied.load(Ordering::Acquire);

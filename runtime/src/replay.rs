@@ -102,7 +102,7 @@ pub async fn replay<S: Store, M: StateMachine>(
     sm: &mut M,
     trace: &[TracedHash],
 ) -> Result<ReplayReport, ReplayError> {
-    let last = store.last_index().await?.unwrap_or(0);
+    let last = store.last_index(0).await?.unwrap_or(0);
     let first = store.read_log(1, last, 1).await?.first().map(|(i, _)| *i);
     let mut state = ReplicaState::new(session_expiry(store).await?);
     let mut snapshot = None;

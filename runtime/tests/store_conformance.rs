@@ -135,6 +135,7 @@ conformance!(
     append_without_leader_is_fenced,
     read_log_is_ordered_and_bounded,
     last_index_tracks_the_highest_entry,
+    last_index_looks_only_at_or_above_from,
     watch_log_yields_existing_then_new_exactly_once,
     watch_log_never_yields_below_from,
     watch_log_ignores_deletions,
@@ -403,7 +404,7 @@ async fn append_with_stale_epoch_is_fenced<S: TestStore>(s: S) {
         AppendOutcome::Fenced
     );
     assert_eq!(log_indexes(&s).await, vec![1]);
-    assert_eq!(s.last_index().await.unwrap(), Some(1));
+    assert_eq!(s.last_index(0).await.unwrap(), Some(1));
     assert_eq!(
         s.append(epoch, 2, &entry(2)).await.unwrap(),
         AppendOutcome::Appended
@@ -440,7 +441,7 @@ async fn append_without_leader_is_fenced<S: TestStore>(s: S) {
             "epoch {epoch}"
         );
     }
-    assert_eq!(s.last_index().await.unwrap(), None);
+    assert_eq!(s.last_index(0).await.unwrap(), None);
     assert!(s.raw_keys("log/").await.is_empty());
 }
 
@@ -486,17 +487,41 @@ async fn read_log_is_ordered_and_bounded<S: TestStore>(s: S) {
 }
 
 async fn last_index_tracks_the_highest_entry<S: TestStore>(s: S) {
-    assert_eq!(s.last_index().await.unwrap(), None);
+    assert_eq!(s.last_index(0).await.unwrap(), None);
     let (_lease, epoch) = lead(&s, "r1").await;
     append_all(&s, epoch, [1]).await;
-    assert_eq!(s.last_index().await.unwrap(), Some(1));
+    assert_eq!(s.last_index(0).await.unwrap(), Some(1));
     append_all(&s, epoch, [2, 3, 10, 9]).await;
-    assert_eq!(s.last_index().await.unwrap(), Some(10));
+    assert_eq!(s.last_index(0).await.unwrap(), Some(10));
     // Keys outside log/ do not count.
     s.put_snapshot(50, b"snap").await.unwrap();
-    assert_eq!(s.last_index().await.unwrap(), Some(10));
+    assert_eq!(s.last_index(0).await.unwrap(), Some(10));
     s.delete_log_below(11).await.unwrap();
-    assert_eq!(s.last_index().await.unwrap(), None);
+    assert_eq!(s.last_index(0).await.unwrap(), None);
+}
+
+async fn last_index_looks_only_at_or_above_from<S: TestStore>(s: S) {
+    let (_lease, epoch) = lead(&s, "r1").await;
+    // Gaps and a sparse tail: an adapter that estimates the highest index
+    // from how many entries there are must not stop short of it.
+    append_all(&s, epoch, [1, 2, 3, 5, 9, 10, 40, 41, 1000]).await;
+    for (from, want) in [
+        (0, Some(1000)),
+        (1, Some(1000)),
+        (4, Some(1000)),
+        (41, Some(1000)),
+        (42, Some(1000)),
+        (1000, Some(1000)),
+        (1001, None),
+        (Index::MAX, None),
+    ] {
+        assert_eq!(s.last_index(from).await.unwrap(), want, "last_index({from})");
+    }
+    s.delete_log_below(1000).await.unwrap();
+    assert_eq!(s.last_index(1).await.unwrap(), Some(1000));
+    append_all(&s, epoch, [1001, 1002]).await;
+    assert_eq!(s.last_index(1001).await.unwrap(), Some(1002));
+    assert_eq!(s.last_index(1003).await.unwrap(), None);
 }
 
 async fn watch_log_yields_existing_then_new_exactly_once<S: TestStore>(s: S) {
@@ -816,7 +841,7 @@ async fn groups_are_isolated<S: TestStore>(s: S) {
     let mut b_watch = b.watch_log(1);
     append_all(&a, ea, 1..=3).await;
     a.put_snapshot(3, b"a-state").await.unwrap();
-    assert_eq!(b.last_index().await.unwrap(), None);
+    assert_eq!(b.last_index(0).await.unwrap(), None);
     assert_eq!(b.newest_snapshot().await.unwrap(), None);
     // b's own leader cannot write with a's epoch, and vice versa.
     assert_eq!(b.append(ea, 1, b"x").await.unwrap(), AppendOutcome::Fenced);
@@ -933,7 +958,7 @@ mod etcd_only {
 
         etcd.restart().await.unwrap();
         eventually("store serves again after restart", || async {
-            s.last_index().await.is_ok()
+            s.last_index(0).await.is_ok()
         })
         .await;
         // Acknowledged data survived; the leader (lease TTL 60 s) too.
@@ -978,7 +1003,7 @@ mod etcd_only {
         .unwrap();
         for other in [&b, &a2] {
             assert_eq!(other.leader().await.unwrap(), None);
-            assert_eq!(other.last_index().await.unwrap(), None);
+            assert_eq!(other.last_index(0).await.unwrap(), None);
             assert_eq!(other.read_log(0, Index::MAX, 100).await.unwrap(), vec![]);
             assert_eq!(other.newest_snapshot().await.unwrap(), None);
             assert_eq!(other.members().await.unwrap(), vec![]);
@@ -986,7 +1011,7 @@ mod etcd_only {
         }
         assert_quiet(&mut b_leader).await;
         a2.delete_log_below(Index::MAX).await.unwrap();
-        assert_eq!(a.last_index().await.unwrap(), Some(4));
+        assert_eq!(a.last_index(0).await.unwrap(), Some(4));
         assert_eq!(a.members().await.unwrap().len(), 1);
     }
 
@@ -1020,7 +1045,7 @@ mod etcd_only {
             other => panic!("expected NoSpace before 16 MiB, got {other:?}"),
         }
         // Reads still work; writes of any kind keep failing the same way.
-        assert!(s.last_index().await.unwrap().is_some());
+        assert!(s.last_index(0).await.unwrap().is_some());
         let err = s.put_snapshot(1, b"s").await;
         assert!(matches!(err, Err(StoreError::NoSpace(_))), "{err:?}");
     }
@@ -1096,7 +1121,7 @@ mod etcd_only {
         let again = EtcdStore::connect(&urls, "test", "cluster", store_options())
             .await
             .expect("connect with one member down");
-        assert_eq!(again.last_index().await.unwrap(), Some(2));
+        assert_eq!(again.last_index(0).await.unwrap(), Some(2));
         cluster.stop_member(1).await.unwrap();
         // Without a quorum nothing is written, and the error says so in time.
         let started = Instant::now();
@@ -1107,7 +1132,7 @@ mod etcd_only {
         cluster.restart_member(0).await.unwrap();
         cluster.restart_member(1).await.unwrap();
         eventually("cluster serves after restarts", || async {
-            s.last_index().await.is_ok()
+            s.last_index(0).await.is_ok()
         })
         .await;
         // The lease (60 s) and thus the epoch survived; no entry was lost.
@@ -1135,7 +1160,7 @@ mod etcd_only {
                 "{len}: {err:?}"
             );
         }
-        assert_eq!(s.last_index().await.unwrap(), None);
+        assert_eq!(s.last_index(0).await.unwrap(), None);
     }
 }
 

@@ -130,7 +130,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 ///    `log/i` only if `epoch` equals the current leader key's epoch *and*
 ///    `log/i` is absent, both checked atomically with the write.
 /// 4. **Log reads are ordered**: `read_log` returns existing entries in
-///    ascending index order; `last_index` is the highest existing index.
+///    ascending index order; `last_index(from)` is the highest existing index
+///    `>= from`.
 /// 5. **Watches are complete**: `watch_log(from)` yields every entry with index
 ///    `>= from` that exists when it starts or is written later, exactly once,
 ///    and never an entry below `from`; deletions are not reported. Entries
@@ -186,9 +187,13 @@ pub trait Store: Send + Sync + 'static {
         to: Index,
         limit: usize,
     ) -> impl Future<Output = StoreResult<Vec<(Index, Vec<u8>)>>> + Send;
-    /// Highest index present in the log, `None` if the log is empty.
+    /// Highest index `>= from` present in the log, `None` if there is none.
     /// This is a linearizable read: every append acknowledged before it started is visible.
-    fn last_index(&self) -> impl Future<Output = StoreResult<Option<Index>>> + Send;
+    ///
+    /// Replicas call this every 250 ms and for every linearizable read, with
+    /// `from` just above what they have applied, so its cost must depend on the
+    /// entries at or above `from`, never on the length of the whole log.
+    fn last_index(&self, from: Index) -> impl Future<Output = StoreResult<Option<Index>>> + Send;
     /// Every entry `>= from`, existing and future (see requirement 5).
     fn watch_log(&self, from: Index) -> BoxStream<'static, StoreResult<(Index, Vec<u8>)>>;
     /// Delete entries with index `< below`.

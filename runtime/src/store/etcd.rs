@@ -813,22 +813,45 @@ impl Store for EtcdStore {
         }
     }
 
-    async fn last_index(&self) -> StoreResult<Option<Index>> {
-        let page = self
-            .range_page(
-                "read last index",
-                self.keys.log_prefix().into_bytes(),
-                self.keys.log_end().into_bytes(),
-                1,
-                0,
-                GetOptions::new()
-                    .with_keys_only()
-                    .with_sort(SortTarget::Key, SortOrder::Descend),
-            )
-            .await?;
-        match page.kvs.first() {
-            None => Ok(None),
-            Some(kv) => self.decode_log(kv).map(|(index, _)| Some(index)),
+    async fn last_index(&self, from: Index) -> StoreResult<Option<Index>> {
+        // Not "sort descending, limit 1": etcd 3.4 drops the limit of a
+        // sorted range and reads (and unmarshals) every value in it, so each
+        // call cost the whole log; with replicas calling this every 250 ms
+        // that was half of etcd's CPU under load. Instead, read the first key
+        // at or above a candidate together with the number of keys there
+        // (etcd counts from its in-memory index, without reading values).
+        // `n` distinct indexes `>= first` put the highest at `>= first + n -
+        // 1`, so jump there and read again. Without gaps (the usual log) that
+        // is one read when at most one entry is above `from`, two otherwise;
+        // each read fetches one value whatever the log's length.
+        let mut candidate = from;
+        let mut highest_seen = None;
+        loop {
+            let options = GetOptions::new()
+                .with_range(self.keys.log_end())
+                .with_keys_only()
+                .with_limit(1);
+            let resp = self
+                .kv_get(
+                    "read last index",
+                    self.keys.log(candidate).into_bytes(),
+                    Some(options),
+                )
+                .await?;
+            let Some(kv) = resp.kvs().first() else {
+                // Only reachable if entries vanished between two reads
+                // (truncation never removes the highest entry): keep what
+                // was seen.
+                return Ok(highest_seen);
+            };
+            let (first, _) = self.decode_log(kv)?;
+            let count = u64::try_from(resp.count()).unwrap_or(0);
+            if count <= 1 {
+                return Ok(Some(first));
+            }
+            highest_seen = Some(first);
+            // > first >= candidate: every round moves forward.
+            candidate = first.saturating_add(count - 1);
         }
     }
 

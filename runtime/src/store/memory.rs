@@ -548,10 +548,10 @@ impl Store for MemoryStore {
             .collect()
     }
 
-    async fn last_index(&self) -> StoreResult<Option<Index>> {
+    async fn last_index(&self, from: Index) -> StoreResult<Option<Index>> {
         let st = self.checked()?;
         match st
-            .range(&self.keys.log_prefix(), &self.keys.log_end())
+            .range(&self.keys.log(from), &self.keys.log_end())
             .next_back()
         {
             None => Ok(None),
