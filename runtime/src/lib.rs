@@ -10,6 +10,7 @@ pub mod examples;
 pub mod host;
 pub mod metrics;
 pub mod node;
+mod read_index;
 pub mod replay;
 pub mod replica;
 pub mod runner;

@@ -12,6 +12,8 @@
 //!  append tasks ──(AppendDone)──────────────────┼──► core loop ──► trace writer thread
 //!  HTTP handlers ──(Submit, Query, WaitApplied)─┘        │
 //!  health task (store reachability, catch-up) ◄─ shared ─┘
+//!  read-index task: one store read answers every linearizable query that
+//!  arrived before it started (`read_index.rs`)
 //! ```
 //!
 //! Why the learner channel is bounded and the control channel is not: a
@@ -36,6 +38,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, gauge_value};
+use crate::read_index::ReadIndex;
 use crate::trace::{LogFormat, TraceFormatter, TraceWriter};
 
 /// How a replica runs; everything `dorado run` configures.
@@ -310,20 +313,12 @@ enum Learned {
     Restore(SnapshotData),
 }
 
-/// A linearizable read of the store's last log index (what a linearizable
-/// query must wait for), type-erased so that [`Node`] is not generic.
-/// `Store::last_index` with the store type erased: the highest index `>= from`.
-type ReadIndex = Arc<
-    dyn Fn(Index) -> futures::future::BoxFuture<'static, Result<Option<Index>, StoreError>>
-        + Send
-        + Sync,
->;
-
 /// Handle to a running replica (cheap to clone).
 #[derive(Clone)]
 pub struct Node {
     tx: mpsc::UnboundedSender<Msg>,
     shared: Arc<Shared>,
+    /// What a linearizable query waits for (see `read_index`).
     read_index: ReadIndex,
 }
 
@@ -362,15 +357,10 @@ impl Node {
     ) -> Result<Vec<u8>, QueryError> {
         let min_index = match consistency {
             Consistency::Stale => 0,
-            Consistency::Linearizable => {
-                // An append acknowledged before this read is either applied
-                // already or at an index above `applied`.
-                let applied = self.applied_index();
-                (self.read_index)(applied + 1)
-                    .await
-                    .map_err(QueryError::Store)?
-                    .unwrap_or(applied)
-            }
+            Consistency::Linearizable => match self.read_index.read().await {
+                Some(index) => index.map_err(QueryError::Store)?,
+                None => return Err(QueryError::ShuttingDown),
+            },
         };
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -602,10 +592,15 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
     let (learned_tx, learned_rx) = mpsc::channel(1024);
     let (lease_tx, lease_rx) = watch::channel(None);
     let read_store = store.clone();
-    let read_index: ReadIndex = Arc::new(move |from| {
-        let store = read_store.clone();
-        Box::pin(async move { store.last_index(from).await })
-    });
+    let read_shared = shared.clone();
+    let (read_index, read_task) = ReadIndex::spawn(
+        Arc::new(move |from| {
+            let store = read_store.clone();
+            Box::pin(async move { store.last_index(from).await })
+        }),
+        move || read_shared.applied.load(Ordering::Acquire),
+        cancel.clone(),
+    );
     let node = Node {
         tx: tx.clone(),
         shared: shared.clone(),
@@ -661,6 +656,7 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
             lease_rx.clone(),
             cancel.clone(),
         )),
+        read_task,
     ];
     Ok(RunningNode {
         node,

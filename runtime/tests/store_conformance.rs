@@ -515,7 +515,11 @@ async fn last_index_looks_only_at_or_above_from<S: TestStore>(s: S) {
         (1001, None),
         (Index::MAX, None),
     ] {
-        assert_eq!(s.last_index(from).await.unwrap(), want, "last_index({from})");
+        assert_eq!(
+            s.last_index(from).await.unwrap(),
+            want,
+            "last_index({from})"
+        );
     }
     s.delete_log_below(1000).await.unwrap();
     assert_eq!(s.last_index(1).await.unwrap(), Some(1000));

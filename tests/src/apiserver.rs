@@ -27,7 +27,6 @@ const MUTATE_PATH: &str = "/mutate";
 pub struct Webhook {
     child: Child,
     https: SocketAddr,
-    admin: SocketAddr,
     log: PathBuf,
     client: reqwest::Client,
 }
@@ -95,7 +94,6 @@ impl Webhook {
         let mut webhook = Webhook {
             child,
             https: SocketAddr::from(([127, 0, 0, 1], 0)),
-            admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             log,
             client: reqwest::Client::new(),
         };
@@ -112,7 +110,6 @@ impl Webhook {
         .await
         .with_context(|| format!("webhook log:\n{}", webhook.log_text()))?;
         webhook.https = https;
-        webhook.admin = admin;
         webhook.client = reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
             .resolve(&service_host(), https)
@@ -251,11 +248,6 @@ impl Webhook {
             message,
             warnings,
         })
-    }
-
-    /// The admin listener (`/metrics`).
-    pub fn admin(&self) -> SocketAddr {
-        self.admin
     }
 }
 

@@ -141,9 +141,7 @@ pub struct Env {
     pub kubelet: Kubelet,
     /// The webhook process.
     pub webhook: Webhook,
-    /// etcd as pods reach it (the `--etcd-endpoints` given to the webhook).
-    pub etcd_urls: Vec<String>,
-    etcd: EtcdProcess,
+    _etcd: EtcdProcess,
     _dir: tempfile::TempDir,
 }
 
@@ -174,14 +172,8 @@ impl Env {
         Ok(Env {
             kubelet,
             webhook,
-            etcd_urls,
-            etcd,
+            _etcd: etcd,
             _dir: dir,
         })
-    }
-
-    /// etcd's log tail, for failure messages.
-    pub fn etcd_log(&self) -> String {
-        self.etcd.log_tail()
     }
 }
