@@ -704,6 +704,15 @@ async fn newest_snapshot_picks_highest_index<S: TestStore>(s: S) {
         s.newest_snapshot().await.unwrap(),
         Some((10_000_000_000, b"state@10000000000".to_vec()))
     );
+    // Keys under snap/ that are no snapshot's are skipped, not fatal.
+    s.put_raw("snap/not-a-snapshot", b"x").await;
+    s.put_raw("snap/", b"x").await;
+    s.put_snapshot(Index::MAX, b"last").await.unwrap();
+    assert_eq!(s.newest_snapshot_index().await.unwrap(), Some(Index::MAX));
+    assert_eq!(
+        s.newest_snapshot().await.unwrap(),
+        Some((Index::MAX, b"last".to_vec()))
+    );
 }
 
 async fn delete_log_below_deletes_exactly_the_range<S: TestStore>(s: S) {

@@ -34,8 +34,8 @@ use dorado_core::{
 };
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, GetResponse,
-    KeyValue, KvClient, LeaseClient, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse,
-    TxnResponse, WatchClient, WatchFilterType, WatchOptions, WatchStream,
+    KeyValue, KvClient, LeaseClient, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+    WatchClient, WatchFilterType, WatchOptions, WatchStream,
 };
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
@@ -494,34 +494,55 @@ impl EtcdStore {
     }
 
     /// The newest snapshot manifest key and the revision the scan ran at.
+    ///
+    /// Not a descending scan of `snap/`: etcd 3.4 reads every value of a
+    /// sorted range, here every chunk of every retained snapshot. Instead the
+    /// scan walks the snapshot directories in ascending order, reading one
+    /// key per directory (an unsorted read with limit 1 reads one value) and
+    /// asking whether its manifest exists with a count-only read (which reads
+    /// none). Older snapshots are deleted once a newer one is complete, so
+    /// there are only a few directories. Every read is pinned to the first
+    /// one's revision.
     async fn newest_manifest_key(&self) -> StoreResult<Option<(Index, Vec<u8>, i64)>> {
-        let start = self.keys.snap_prefix().into_bytes();
-        let mut end = self.keys.snap_end().into_bytes();
+        let end = self.keys.snap_end().into_bytes();
+        let mut start = self.keys.snap_prefix().into_bytes();
         let mut revision = 0;
+        let mut newest = None;
         loop {
-            // Descending by key: the manifest sorts after its chunks, so a
-            // complete newest snapshot is found on the first key.
             let page = self
                 .range_page(
                     "scan snapshots",
-                    start.clone(),
+                    start,
                     end.clone(),
-                    self.ctx.options.page_size.max(1),
+                    1,
                     revision,
-                    GetOptions::new()
-                        .with_keys_only()
-                        .with_sort(SortTarget::Key, SortOrder::Descend),
+                    GetOptions::new().with_keys_only(),
                 )
                 .await?;
             revision = page.revision;
-            for kv in &page.kvs {
-                if let Some(index) = self.keys.parse_snap_manifest_key(kv.key()) {
-                    return Ok(Some((index, kv.key().to_vec(), revision)));
-                }
+            let Some(kv) = page.kvs.first() else {
+                return Ok(newest);
+            };
+            let Some(index) = self.keys.parse_snap_dir_index(kv.key()) else {
+                // Not `snap/<index>/...`; not a snapshot, so not ours to judge.
+                start = key_after(kv.key());
+                continue;
+            };
+            let manifest = self.keys.snap_manifest(index).into_bytes();
+            let found = self
+                .kv_get(
+                    "scan snapshots",
+                    manifest.clone(),
+                    Some(GetOptions::new().with_count_only().with_revision(revision)),
+                )
+                .await
+                .map_err(|e| with_compacted_revision(e, revision))?;
+            if found.count() > 0 {
+                newest = Some((index, manifest, revision));
             }
-            match page.kvs.last() {
-                Some(last) if page.more => end = last.key().to_vec(),
-                _ => return Ok(None),
+            match index.checked_add(1) {
+                Some(next) => start = self.keys.snap_below(next).into_bytes(),
+                None => return Ok(newest),
             }
         }
     }

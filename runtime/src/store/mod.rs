@@ -223,6 +223,16 @@ impl KeySpace {
         parse_index(digits)
     }
 
+    /// The index of any `snap/<index>/...` key, `None` for any other key.
+    pub fn parse_snap_dir_index(&self, key: &[u8]) -> Option<Index> {
+        let key = std::str::from_utf8(key).ok()?;
+        let rest = key
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix("snap/")?;
+        let (digits, _) = rest.split_once('/')?;
+        parse_index(digits)
+    }
+
     /// `members/`.
     pub fn members_prefix(&self) -> String {
         self.key("members/")
@@ -401,6 +411,13 @@ mod tests {
             Some(5)
         );
         assert_eq!(ks.parse_snap_manifest_key(chunk.as_bytes()), None);
+        assert_eq!(ks.parse_snap_dir_index(chunk.as_bytes()), Some(5));
+        assert_eq!(
+            ks.parse_snap_dir_index(ks.snap_manifest(7).as_bytes()),
+            Some(7)
+        );
+        assert_eq!(ks.parse_snap_dir_index(ks.snap_below(5).as_bytes()), None);
+        assert_eq!(ks.parse_snap_dir_index(ks.log(5).as_bytes()), None);
     }
 
     #[test]
