@@ -1558,7 +1558,10 @@ async fn learner_task<S: Store>(
 }
 
 /// Store reachability and catch-up, for `/readyz`: ready once the replica has
-/// applied what the store held at the previous check.
+/// applied what the store held at the previous check. A replica that is not
+/// caught up turns ready as soon as it applies what the store held at the
+/// last check, not at the next one: a recreated pod would otherwise report
+/// ready up to a check period late.
 async fn health_task<S: Store>(
     store: Arc<S>,
     shared: Arc<Shared>,
@@ -1568,9 +1571,15 @@ async fn health_task<S: Store>(
     let mut target: Option<Index> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
+        let catching_up = target.filter(|_| !shared.caught_up.load(Ordering::Acquire));
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+            _ = applied_reaches(&shared, catching_up) => {
+                shared.caught_up.store(true, Ordering::Release);
+                shared.update_ready(lease.borrow().is_some());
+                continue;
+            }
         }
         // Only the entries above what this replica applied are read, so a
         // check costs etcd the same whatever the log's length.
@@ -1601,5 +1610,16 @@ async fn health_task<S: Store>(
             }
         }
         shared.update_ready(lease.borrow().is_some());
+    }
+}
+
+/// Resolves once the replica has applied `goal`; never without a goal. Polls
+/// an atomic (no store access), only while a replica catches up.
+async fn applied_reaches(shared: &Shared, goal: Option<Index>) {
+    let Some(goal) = goal else {
+        return std::future::pending().await;
+    };
+    while shared.applied.load(Ordering::Acquire) < goal {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
