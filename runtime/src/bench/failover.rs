@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use super::cluster::Replicas;
 use super::report::{self, FailoverReport, FailoverSample, FailoverSummary};
-use super::systems::put_command;
+use super::systems::put_commands;
 use super::writer::{WriterConfig, Writers};
 use super::{BenchConfig, BenchError, CommonArgs, Env, Report, parse_duration};
 use crate::runner::Protocol;
@@ -146,11 +146,7 @@ impl FailoverConfig {
 pub(crate) async fn run(config: FailoverConfig) -> Result<Report, BenchError> {
     let env = Env::new(&config.base).await?;
     let lease_ttl_granted_s = granted_ttl(&env.etcd_urls, config.base.lease_ttl).await?;
-    let commands: Arc<Vec<Bytes>> = Arc::new(
-        (0..config.base.keys.max(1))
-            .map(|k| Bytes::from(put_command(k, config.base.command_size)))
-            .collect(),
-    );
+    let commands: Arc<Vec<Bytes>> = Arc::new(put_commands(&config.base));
     let mut samples = Vec::new();
     for &protocol in &config.protocols {
         let group = match protocol {

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use super::cluster::Replicas;
 use super::report::{self, RecoveryReport, RecoveryResult};
-use super::systems::put_command;
+use super::systems::put_commands;
 use super::writer::{WriterConfig, Writers};
 use super::{BenchConfig, BenchError, CommonArgs, Env, Report, machine, parse_duration};
 use crate::runner::Protocol;
@@ -116,11 +116,7 @@ fn note(line: &str) {
 /// Run the recovery measurements and return the report (writes no files).
 pub(crate) async fn run(config: RecoveryConfig) -> Result<Report, BenchError> {
     let env = Env::new(&config.base).await?;
-    let commands: Arc<Vec<Bytes>> = Arc::new(
-        (0..config.base.keys.max(1))
-            .map(|k| Bytes::from(put_command(k, config.base.command_size)))
-            .collect(),
-    );
+    let commands: Arc<Vec<Bytes>> = Arc::new(put_commands(&config.base));
     let mut results = Vec::new();
     for &protocol in &config.protocols {
         // Classic has no snapshots: one group, whatever --snapshot-every says.

@@ -58,6 +58,13 @@ pub(crate) fn put_command(key: usize, size: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The put command of every key in the benchmark's key space, in key order.
+pub(crate) fn put_commands(config: &BenchConfig) -> Vec<Bytes> {
+    (0..config.keys.max(1))
+        .map(|k| Bytes::from(put_command(k, config.command_size)))
+        .collect()
+}
+
 fn get_query(key: usize) -> Vec<u8> {
     format!(r#"{{"op":"get","key":"{}"}}"#, key_name(key)).into_bytes()
 }
@@ -103,9 +110,7 @@ impl Setup {
         namespace: &str,
     ) -> Result<Self, BenchError> {
         let keys = config.keys.max(1);
-        let commands: Vec<Bytes> = (0..keys)
-            .map(|k| Bytes::from(put_command(k, config.command_size)))
-            .collect();
+        let commands = put_commands(config);
         let queries: Vec<Bytes> = (0..keys).map(|k| Bytes::from(get_query(k))).collect();
         // The same connection settings the replicas' store uses.
         let store_options = EtcdStoreOptions::default();
