@@ -4,7 +4,7 @@
 //! child process (etcd, replicas, recreated replicas) outlives the run.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -77,27 +77,24 @@ fn assert_common(report: &Value, mode: &str) {
     assert!(report["goals"].is_array());
 }
 
-#[test]
-fn tiny_failover_measures_both_kinds_for_both_protocols() {
+/// One finished `dorado bench <mode> <args>` that wrote JSON, Markdown and
+/// plots into a temp dir, with the checks every mode shares already made.
+struct BenchRun {
+    report: Value,
+    markdown: String,
+    plots: PathBuf,
+    kids: BTreeSet<u64>,
+    _dir: tempfile::TempDir,
+}
+
+fn run_bench(mode: &str, mode_args: &[&str]) -> BenchRun {
     let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("failover.json");
-    let markdown = dir.path().join("failover.md");
+    let json = dir.path().join(format!("{mode}.json"));
+    let markdown = dir.path().join(format!("{mode}.md"));
     let plots = dir.path().join("plots");
-    let args = [
-        "bench",
-        "failover",
-        "--repeat",
-        "1",
-        "--lease-ttl",
-        "1",
-        "--clients",
-        "3",
-        "--steady",
-        "300ms",
-        "--after",
-        "100ms",
-        "--timeout",
-        "15s",
+    let mut args = vec!["bench", mode];
+    args.extend_from_slice(mode_args);
+    args.extend_from_slice(&[
         "--no-progress",
         "--json",
         json.to_str().unwrap(),
@@ -105,13 +102,52 @@ fn tiny_failover_measures_both_kinds_for_both_protocols() {
         markdown.to_str().unwrap(),
         "--plots",
         plots.to_str().unwrap(),
-    ];
+    ]);
     let (ok, stderr, kids) = run_collecting(&args, Duration::from_secs(90));
-    assert!(ok, "dorado bench failover failed:\n{stderr}");
+    assert!(ok, "dorado bench {mode} failed:\n{stderr}");
     assert!(kids.len() >= LONG_LIVED_CHILDREN, "children seen: {kids:?}");
-
     let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    assert_common(&report, "failover");
+    assert_common(&report, mode);
+    BenchRun {
+        report,
+        markdown: std::fs::read_to_string(&markdown).unwrap(),
+        plots,
+        kids,
+        _dir: dir,
+    }
+}
+
+impl BenchRun {
+    /// No child process outlives the command.
+    fn assert_no_leftovers(&self) {
+        let left = wait_gone(
+            &self.kids.iter().copied().collect::<Vec<_>>(),
+            Duration::from_secs(5),
+        );
+        assert!(left.is_empty(), "processes left behind: {left:?}");
+    }
+}
+
+#[test]
+fn tiny_failover_measures_both_kinds_for_both_protocols() {
+    let run = run_bench(
+        "failover",
+        &[
+            "--repeat",
+            "1",
+            "--lease-ttl",
+            "1",
+            "--clients",
+            "3",
+            "--steady",
+            "300ms",
+            "--after",
+            "100ms",
+            "--timeout",
+            "15s",
+        ],
+    );
+    let report = &run.report;
     let f = &report["failover"];
     assert_eq!(f["repeat"], 1);
     assert_eq!(f["lease_ttl_s"], 1);
@@ -150,50 +186,31 @@ fn tiny_failover_measures_both_kinds_for_both_protocols() {
     let goals = report["goals"].as_array().unwrap();
     assert_eq!(goals.len(), 2, "one goal per kind for dorado: {goals:?}");
 
-    let md = std::fs::read_to_string(&markdown).unwrap();
+    let md = &run.markdown;
     assert!(md.contains("| protocol | kind | samples |"), "{md}");
     assert!(md.contains("| dorado | kill-9 |"), "{md}");
     assert!(md.contains("| classic | sigterm |"), "{md}");
-    assert!(Path::new(&plots.join("failover.svg")).exists());
+    assert!(run.plots.join("failover.svg").exists());
 
-    let left = wait_gone(
-        &kids.iter().copied().collect::<Vec<_>>(),
-        Duration::from_secs(5),
-    );
-    assert!(left.is_empty(), "processes left behind: {left:?}");
+    run.assert_no_leftovers();
 }
 
 #[test]
 fn tiny_recovery_measures_each_history_with_and_without_snapshots() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("recovery.json");
-    let markdown = dir.path().join("recovery.md");
-    let plots = dir.path().join("plots");
-    let args = [
-        "bench",
+    let run = run_bench(
         "recovery",
-        "--history",
-        "100,300",
-        "--snapshot-every",
-        "20,0",
-        "--load-clients",
-        "8",
-        "--timeout",
-        "20s",
-        "--no-progress",
-        "--json",
-        json.to_str().unwrap(),
-        "--markdown",
-        markdown.to_str().unwrap(),
-        "--plots",
-        plots.to_str().unwrap(),
-    ];
-    let (ok, stderr, kids) = run_collecting(&args, Duration::from_secs(90));
-    assert!(ok, "dorado bench recovery failed:\n{stderr}");
-    assert!(kids.len() >= LONG_LIVED_CHILDREN, "children seen: {kids:?}");
-
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    assert_common(&report, "recovery");
+        &[
+            "--history",
+            "100,300",
+            "--snapshot-every",
+            "20,0",
+            "--load-clients",
+            "8",
+            "--timeout",
+            "20s",
+        ],
+    );
+    let report = &run.report;
     let r = &report["recovery"];
     assert_eq!(r["histories"], serde_json::json!([100, 300]));
     assert_eq!(r["snapshot_every"], serde_json::json!([20, 0]));
@@ -226,17 +243,13 @@ fn tiny_recovery_measures_each_history_with_and_without_snapshots() {
             }
         }
     }
-    let md = std::fs::read_to_string(&markdown).unwrap();
+    let md = &run.markdown;
     assert!(
         md.contains("| protocol | snapshot every | history (commands) |"),
         "{md}"
     );
     assert_eq!(md.matches("\n| dorado |").count(), 4, "{md}");
-    assert!(Path::new(&plots.join("recovery.svg")).exists());
+    assert!(run.plots.join("recovery.svg").exists());
 
-    let left = wait_gone(
-        &kids.iter().copied().collect::<Vec<_>>(),
-        Duration::from_secs(5),
-    );
-    assert!(left.is_empty(), "processes left behind: {left:?}");
+    run.assert_no_leftovers();
 }
