@@ -35,6 +35,16 @@ pub enum Protocol {
     Classic,
 }
 
+impl Protocol {
+    /// The name `--protocol` takes and reports carry.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Dorado => "dorado",
+            Protocol::Classic => "classic",
+        }
+    }
+}
+
 /// Everything `dorado run` needs besides the listener.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -212,5 +222,25 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::ValueEnum;
+
+    #[test]
+    fn protocol_names_are_the_flag_values() {
+        for p in Protocol::value_variants() {
+            let value = p
+                .to_possible_value()
+                .expect("every protocol is a flag value");
+            assert_eq!(p.name(), value.get_name());
+            assert_eq!(
+                serde_json::to_value(p).unwrap(),
+                serde_json::Value::from(p.name())
+            );
+        }
     }
 }

@@ -156,7 +156,7 @@ pub(crate) async fn run(config: FailoverConfig) -> Result<Report, BenchError> {
         note(&format!(
             "starting {} replicas ({})",
             config.base.replicas,
-            protocol_name(protocol)
+            protocol.name()
         ));
         let spec = env.spec(&config.base, protocol, group, config.base.snapshot_every);
         let mut replicas = Replicas::start(spec).await?;
@@ -199,18 +199,11 @@ pub(crate) async fn run(config: FailoverConfig) -> Result<Report, BenchError> {
     report.parameters.systems = config
         .protocols
         .iter()
-        .map(|p| protocol_name(*p).to_owned())
+        .map(|p| p.name().to_owned())
         .collect();
     report.goals = goals;
     report.failover = Some(failover);
     Ok(report)
-}
-
-fn protocol_name(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Dorado => "dorado",
-        Protocol::Classic => "classic",
-    }
 }
 
 fn note(line: &str) {
@@ -232,7 +225,7 @@ async fn measure(
     let leader = replicas.leader();
     let stopped = replicas.name(leader).to_owned();
     let (targets, _) = replicas.addrs();
-    let protocol = protocol_name(replicas.protocol());
+    let protocol = replicas.protocol().name();
     let writers = Writers::start(WriterConfig {
         targets,
         start_at: None,
@@ -343,7 +336,7 @@ fn summarize(
         for &kind in &config.kinds {
             let of: Vec<&FailoverSample> = samples
                 .iter()
-                .filter(|s| s.protocol == protocol_name(protocol) && s.kind == kind.name())
+                .filter(|s| s.protocol == protocol.name() && s.kind == kind.name())
                 .collect();
             if of.is_empty() {
                 continue;
@@ -357,7 +350,7 @@ fn summarize(
             });
             let max_s = values.last().copied();
             out.push(FailoverSummary {
-                protocol: protocol_name(protocol).to_owned(),
+                protocol: protocol.name().to_owned(),
                 kind: kind.name().to_owned(),
                 samples: of.len(),
                 timed_out,

@@ -138,10 +138,7 @@ pub(crate) async fn run(config: RecoveryConfig) -> Result<Report, BenchError> {
             let mut written = 0u64;
             let mut exceeded = false;
             for (phase, &history) in config.histories.iter().enumerate() {
-                let name = match protocol {
-                    Protocol::Dorado => "dorado",
-                    Protocol::Classic => "classic",
-                };
+                let name = protocol.name();
                 if exceeded {
                     results.push(RecoveryResult {
                         protocol: name.into(),
@@ -212,10 +209,7 @@ pub(crate) async fn run(config: RecoveryConfig) -> Result<Report, BenchError> {
     report.parameters.systems = config
         .protocols
         .iter()
-        .map(|p| match p {
-            Protocol::Dorado => "dorado".to_owned(),
-            Protocol::Classic => "classic".to_owned(),
-        })
+        .map(|p| p.name().to_owned())
         .collect();
     report.goals = goals;
     report.recovery = Some(recovery);
