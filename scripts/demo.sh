@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: installs what the build needs (protoc for
 # etcd-client, etcd for a real shared store, the wasm32 target for the guest
-# modules), builds, and runs `dorado demo`: three replicas of the kv state
+# modules), builds, and runs `dorado-bench demo`: three replicas of the kv state
 # machine, a leader killed with SIGKILL, a replica recreated with empty state.
-# Usage: bash scripts/demo.sh [demo flags, see `dorado demo --help`]
+# Usage: bash scripts/demo.sh [demo flags, see `dorado-bench demo --help`]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +19,6 @@ fi
 targets="$(rustup target list --installed)"
 grep -qx wasm32-unknown-unknown <<<"$targets" || rustup target add wasm32-unknown-unknown
 
-cargo build --release -p dorado
-bin="${CARGO_TARGET_DIR:-target}/release/dorado"
+cargo build --release -p dorado-bench
+bin="${CARGO_TARGET_DIR:-target}/release/dorado-bench"
 exec "$bin" demo "$@"

@@ -17,7 +17,6 @@
 
 pub mod checker;
 pub mod nemesis;
-pub mod net;
 pub mod plan;
 pub mod procs;
 pub mod replica;

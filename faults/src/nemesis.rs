@@ -174,7 +174,7 @@ async fn inject(world: &World, fault: &Fault) -> Done {
             hold,
         } => {
             let Some(net) = &world.net else {
-                let why = match crate::net::available() {
+                let why = match dorado_testkit::netns::available() {
                     Err(e) => format!("network namespaces unavailable: {e}"),
                     Ok(()) => "network namespaces unavailable".into(),
                 };

@@ -8,10 +8,11 @@
 
 use std::fs::File;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 
 use anyhow::Context;
+use dorado_testkit::process::ChildGuard;
 
 /// How to start one replica.
 #[derive(Debug, Clone)]
@@ -49,9 +50,7 @@ pub struct ReplicaProc {
     pub logdir: PathBuf,
     /// Incarnations started so far.
     pub incarnations: u32,
-    child: Option<Child>,
-    /// Stopped with SIGSTOP and not yet continued.
-    pub paused: bool,
+    child: ChildGuard,
     /// Cut off from etcd (network namespace route blackholed).
     pub cut: bool,
 }
@@ -64,8 +63,7 @@ impl ReplicaProc {
             workdir,
             logdir,
             incarnations: 0,
-            child: None,
-            paused: false,
+            child: ChildGuard::default(),
             cut: false,
         }
     }
@@ -108,75 +106,46 @@ impl ReplicaProc {
             .args(["--lease-ttl", &s.lease_ttl.to_string()])
             .args(["--snapshot-every", &s.snapshot_every.to_string()])
             .args(["--log-format", "json"])
+            // Several appends in flight: more interleavings for the faults to hit.
+            .args(["--max-inflight", "4"])
             .env("DORADO_LOG", "info")
             .current_dir(&self.workdir)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("start replica {}", s.name))?;
-        self.child = Some(child);
-        self.paused = false;
+        self.child =
+            ChildGuard::spawn(&mut cmd).with_context(|| format!("start replica {}", s.name))?;
         Ok(())
     }
 
     /// Whether the current incarnation is alive (reaps it if it exited).
     pub fn is_running(&mut self) -> bool {
-        if let Some(c) = self.child.as_mut()
-            && let Ok(Some(_)) = c.try_wait()
-        {
-            self.child = None;
-            self.paused = false;
-        }
-        self.child.is_some()
+        self.child.is_running()
+    }
+
+    /// Stopped with SIGSTOP and not yet continued.
+    pub fn is_paused(&self) -> bool {
+        self.child.is_paused()
     }
 
     /// Process id of the current incarnation.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    fn signal(&self, sig: &str) -> anyhow::Result<()> {
-        let Some(pid) = self.pid() else {
-            return Ok(());
-        };
-        let status = Command::new("kill")
-            .args([format!("-{sig}"), pid.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("run kill")?;
-        anyhow::ensure!(status.success(), "kill -{sig} {pid} failed");
-        Ok(())
+        self.child.pid()
     }
 
     /// `SIGSTOP`.
     pub fn pause(&mut self) -> anyhow::Result<()> {
-        if self.child.is_some() {
-            self.signal("STOP")?;
-            self.paused = true;
-        }
-        Ok(())
+        Ok(self.child.pause()?)
     }
 
     /// `SIGCONT`.
     pub fn resume(&mut self) -> anyhow::Result<()> {
-        if self.paused {
-            self.signal("CONT")?;
-            self.paused = false;
-        }
-        Ok(())
+        Ok(self.child.resume()?)
     }
 
     /// `kill -9` and reap (a crashed pod).
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        self.paused = false;
+        self.child.kill();
     }
 
     /// Trace files of every incarnation, oldest first.
@@ -193,15 +162,4 @@ impl ReplicaProc {
     }
 }
 
-impl Drop for ReplicaProc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The last `n` lines of a file, for reports.
-pub fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
+pub use dorado_testkit::process::tail_file as tail;

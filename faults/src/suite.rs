@@ -288,7 +288,7 @@ pub async fn run(cfg: &SuiteConfig) -> Summary {
         anomalies: BTreeMap::new(),
         failures: Vec::new(),
         harness_failures: Vec::new(),
-        netns: crate::net::available(),
+        netns: dorado_testkit::netns::available(),
         elapsed: Duration::ZERO,
     };
     println!(

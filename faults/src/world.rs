@@ -9,13 +9,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
-use dorado::etcd_process::{EtcdCluster, EtcdProcessOptions};
+use dorado_testkit::etcd_process::{EtcdCluster, EtcdProcessOptions};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::net::NetEnv;
 use crate::plan::{ETCD_MEMBERS, GROUPS, LEASE_TTL_SECS, Plan, REPLICAS};
 use crate::procs::{ReplicaProc, ReplicaSpec};
+use dorado_testkit::netns::NetEnv;
 
 /// How often conditions are polled.
 pub const POLL: Duration = Duration::from_millis(100);
@@ -117,7 +117,7 @@ impl World {
         let etcd_logs = (0..ETCD_MEMBERS)
             .filter_map(|i| etcd.log_path(i).ok())
             .collect();
-        let net = match crate::net::available() {
+        let net = match dorado_testkit::netns::available() {
             Ok(()) => Some(
                 NetEnv::create(GROUPS.len() * REPLICAS, &etcd.client_urls())
                     .await
@@ -126,8 +126,8 @@ impl World {
             Err(_) => None,
         };
         let modules = [
-            ("kv", dorado::examples::KV),
-            ("bank", dorado::examples::BANK),
+            ("kv", dorado_testkit::examples::KV),
+            ("bank", dorado_testkit::examples::BANK),
         ];
         let mut groups = Vec::new();
         for (g, name) in GROUPS.iter().enumerate() {
@@ -314,7 +314,7 @@ impl World {
         for (gi, g) in self.groups.iter().enumerate() {
             for (i, r) in g.replicas.iter().enumerate() {
                 let mut r = lock(r);
-                if r.paused
+                if r.is_paused()
                     && let Err(e) = r.resume()
                 {
                     self.harness_error(format!("resume {}: {e:#}", r.spec.name));

@@ -21,7 +21,7 @@
 use std::sync::LazyLock;
 
 use arbitrary::{Arbitrary, Unstructured};
-use dorado::examples;
+use dorado_testkit::examples;
 use dorado::host::{Instance, Module};
 use dorado_core::{RejectKind, Rejection, StateMachine};
 use dorado_fuzz::{GuestCommand, host};

@@ -12,9 +12,9 @@
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use dorado::examples;
 use dorado::host::{Host, HostConfig};
 use dorado_core::StateMachine;
+use dorado_testkit::examples;
 use std::hint::black_box;
 use std::time::Duration;
 

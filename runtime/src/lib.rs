@@ -1,12 +1,8 @@
 //! Dorado runtime.
 
 pub mod api;
-pub mod bench;
-pub mod classic;
+pub mod cli;
 pub mod client;
-pub mod demo;
-pub mod etcd_process;
-pub mod examples;
 pub mod host;
 pub mod metrics;
 pub mod node;

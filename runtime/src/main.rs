@@ -6,8 +6,6 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use dorado::client::{Client, generated_client_id};
 use dorado::host::{DEFAULT_FUEL_PER_COMMAND, DEFAULT_MEMORY_LIMIT, Host, HostConfig};
-use dorado::node::NodeConfig;
-use dorado::runner::{self, Protocol, RunOptions};
 use dorado::store::{EtcdStore, EtcdStoreOptions};
 use dorado::tools;
 use dorado::trace::LogFormat;
@@ -35,7 +33,7 @@ enum Command {
     /// print one reply per line; a line starting with `?` is a query.
     Try(TryArgs),
     /// Run one replica of a group (what the webhook injects into pods).
-    Run(Box<RunArgs>),
+    Run(Box<dorado::cli::RunArgs>),
     /// Submit a command to a group and print the reply.
     Submit(SubmitArgs),
     /// Run a read-only query against a group and print the answer.
@@ -44,88 +42,6 @@ enum Command {
     Status(StatusArgs),
     /// Re-execute a group's stored history offline and report the first index whose hash differs.
     Replay(ReplayArgs),
-    /// Run 3 replicas of the embedded kv example, kill the leader, recreate it
-    /// empty and check that nothing was lost (etcd if installed, else in-process).
-    Demo(dorado::demo::DemoArgs),
-    /// Benchmark Dorado against raw etcd puts, fenced Txns and the classic
-    /// protocol in one run; `bench failover` / `bench recovery` measure
-    /// write unavailability and replica catch-up.
-    Bench(Box<dorado::bench::BenchArgs>),
-}
-
-#[derive(Debug, Args)]
-struct RunArgs {
-    /// Group name (one replicated state machine).
-    #[arg(long, env = "DORADO_GROUP")]
-    group: String,
-    /// Namespace of the group (key prefix in etcd).
-    #[arg(long, env = "DORADO_NAMESPACE", default_value = "default")]
-    namespace: String,
-    /// Replica id [default: $POD_NAME, then the host name].
-    #[arg(long, env = "DORADO_REPLICA")]
-    replica: Option<String>,
-    /// The guest module (.wasm).
-    #[arg(long, env = "DORADO_MODULE")]
-    module: PathBuf,
-    /// etcd endpoints, comma-separated URLs.
-    #[arg(
-        long,
-        env = "DORADO_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        required = true
-    )]
-    etcd: Vec<String>,
-    /// Address of the client API.
-    #[arg(long, env = "DORADO_LISTEN", default_value = "0.0.0.0:7070")]
-    listen: std::net::SocketAddr,
-    /// host:port other replicas use to reach this one [default: $POD_IP:port, else the listen address].
-    #[arg(long, env = "DORADO_ADVERTISE")]
-    advertise: Option<String>,
-    /// Lease time-to-live in seconds: the longest a crashed leader blocks writes.
-    #[arg(long, env = "DORADO_LEASE_TTL", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=600))]
-    lease_ttl: u64,
-    /// Store a snapshot and truncate the log every this many entries (0 = never).
-    #[arg(long, env = "DORADO_SNAPSHOT_EVERY", default_value_t = 10_000)]
-    snapshot_every: u64,
-    /// Trace format on stdout.
-    #[arg(long, env = "DORADO_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
-    log_format: LogFormat,
-    /// Largest accepted command, in bytes (etcd refuses requests over 1.5 MiB).
-    #[arg(long, env = "DORADO_MAX_COMMAND_BYTES", default_value_t = dorado::api::DEFAULT_MAX_COMMAND_BYTES, value_parser = parse_command_limit)]
-    max_command_bytes: usize,
-    /// Fuel budget per command.
-    #[arg(long, env = "DORADO_FUEL", default_value_t = DEFAULT_FUEL_PER_COMMAND)]
-    fuel: u64,
-    /// Cap on the guest's memory, in MiB.
-    #[arg(long, env = "DORADO_MEMORY_MIB", default_value_t = DEFAULT_MEMORY_LIMIT >> 20)]
-    memory_mib: usize,
-    /// Client sessions idle for this many log entries expire (fixed by the group's first replica).
-    #[arg(long, env = "DORADO_SESSION_EXPIRY", default_value_t = 1_000_000)]
-    session_expiry: u64,
-    /// Ordering protocol: dorado (fenced, batched) or classic (the paper's
-    /// 2016 scheme, kept as a benchmark baseline).
-    #[arg(long, env = "DORADO_PROTOCOL", value_enum, default_value_t = Protocol::Dorado)]
-    protocol: Protocol,
-    /// Replicas in the group; with --protocol classic a majority of them
-    /// decides (fixed by the group's first replica).
-    #[arg(long, env = "DORADO_REPLICAS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=99))]
-    replicas: u64,
-    /// Appends the leader keeps in flight at once (1: commands queue behind the
-    /// append in flight and leave together; raise it when etcd is far away).
-    #[arg(long, env = "DORADO_MAX_INFLIGHT", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
-    max_inflight: u64,
-}
-
-fn parse_command_limit(s: &str) -> Result<usize, String> {
-    let n: usize = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of bytes"))?;
-    if n == 0 || n > 1_400_000 {
-        return Err(format!(
-            "{n} is outside 1..=1400000 bytes (etcd refuses requests over 1.5 MiB)"
-        ));
-    }
-    Ok(n)
 }
 
 #[derive(Debug, Args)]
@@ -239,15 +155,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let stdout = io::BufWriter::new(io::stdout().lock());
             tools::try_module(&host, &args.module, args.snapshot.as_deref(), stdin, stdout)?;
         }
-        Command::Run(args) => runtime()?.block_on(run_replica(*args))?,
+        Command::Run(args) => {
+            runtime()?.block_on(dorado::cli::run_replica(*args, dorado::runner::Dorado))?
+        }
         Command::Submit(args) => runtime()?.block_on(submit(args))?,
         Command::Query(args) => runtime()?.block_on(query(args))?,
         Command::Status(args) => runtime()?.block_on(status(args))?,
         Command::Replay(args) => runtime()?.block_on(replay(args))?,
-        Command::Bench(args) => {
-            runtime()?.block_on(dorado::bench::main(*args))?;
-        }
-        Command::Demo(args) => runtime()?.block_on(dorado::demo::run(&args, &mut io::stdout()))?,
     }
     Ok(())
 }
@@ -257,81 +171,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DORADO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.init(),
-    }
-}
-
-fn host_name() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
-async fn run_replica(args: RunArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
-    let replica = args
-        .replica
-        .or_else(|| std::env::var("POD_NAME").ok().filter(|s| !s.is_empty()))
-        .or_else(host_name)
-        .context("no replica id: set --replica, DORADO_REPLICA or POD_NAME")?;
-    let advertise = match args.advertise {
-        Some(a) => a,
-        None => match std::env::var("POD_IP").ok().filter(|s| !s.is_empty()) {
-            Some(ip) => format!("{ip}:{}", args.listen.port()),
-            None if !args.listen.ip().is_unspecified() => args.listen.to_string(),
-            None => format!(
-                "{}:{}",
-                host_name().unwrap_or_else(|| "127.0.0.1".into()),
-                args.listen.port()
-            ),
-        },
-    };
-    let mut node = NodeConfig::new(&args.namespace, &args.group, &replica, &advertise);
-    node.lease_ttl = Duration::from_secs(args.lease_ttl);
-    node.snapshot_every = args.snapshot_every;
-    node.log_format = args.log_format;
-    node.session_expiry_entries = args.session_expiry;
-    node.leader.max_inflight = args.max_inflight as usize;
-    node.leader.max_batch_bytes = (1024 * 1024).max(args.max_command_bytes + 4096);
-    let memory_limit = args
-        .memory_mib
-        .checked_mul(1 << 20)
-        .context("--memory-mib is too large")?;
-    let options = RunOptions {
-        node,
-        module: args.module,
-        host: HostConfig {
-            fuel_per_command: args.fuel,
-            memory_limit,
-            ..HostConfig::default()
-        },
-        max_command_bytes: args.max_command_bytes,
-        drain_timeout: Duration::from_secs(5),
-        protocol: args.protocol,
-        group_size: usize::try_from(args.replicas).unwrap_or(3),
-    };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let (etcd, namespace, group) = (args.etcd, args.namespace, args.group);
-    let connect = move || {
-        let (etcd, namespace, group) = (etcd.clone(), namespace.clone(), group.clone());
-        async move { EtcdStore::connect(&etcd, &namespace, &group, EtcdStoreOptions::default()).await }
-    };
-    runner::run(options, listener, connect, runner::shutdown_signal()).await?;
-    Ok(())
 }
 
 fn arg_bytes(arg: &str) -> anyhow::Result<Vec<u8>> {
@@ -404,7 +243,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
-    init_logging(LogFormat::Human);
+    dorado::cli::init_logging(LogFormat::Human);
     let host = Host::new(HostConfig::default())?;
     let module = tools::load_file(&host, &args.module)?;
     let mut instance = module.instantiate()?;

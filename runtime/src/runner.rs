@@ -13,37 +13,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dorado_core::{Store, StoreError};
+use futures::future::BoxFuture;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
-use crate::classic::{self, ClassicConfig, ClassicError};
-use crate::host::{Host, HostConfig, HostError};
+use crate::host::{Host, HostConfig, HostError, Instance};
 use crate::node::{self, NodeConfig, NodeError};
+use crate::replica::Replica;
 use crate::tools::{self, ToolError};
 use crate::trace::TraceWriter;
-
-/// Which ordering protocol a replica runs (`--protocol`, `DORADO_PROTOCOL`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// DORADO: fenced, batched appends through etcd.
-    #[default]
-    Dorado,
-    /// The paper's 2016 scheme (one entry per request, acceptances by every
-    /// replica, majority decisions, views by votes); a benchmark baseline.
-    Classic,
-}
-
-impl Protocol {
-    /// The name `--protocol` takes and reports carry.
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Dorado => "dorado",
-            Protocol::Classic => "classic",
-        }
-    }
-}
 
 /// Everything `dorado run` needs besides the listener.
 #[derive(Debug, Clone)]
@@ -58,10 +37,6 @@ pub struct RunOptions {
     pub max_command_bytes: usize,
     /// How long in-flight commands may take to finish on shutdown.
     pub drain_timeout: Duration,
-    /// Ordering protocol.
-    pub protocol: Protocol,
-    /// Replicas in the group: a majority of them decides (classic only).
-    pub group_size: usize,
 }
 
 /// Why `dorado run` stopped with an error.
@@ -76,9 +51,10 @@ pub enum RunError {
     /// The replica refused to start (module mismatch, corrupt snapshot, ...).
     #[error(transparent)]
     Node(#[from] NodeError),
-    /// The classic replica refused to start (module or group size mismatch, group full).
+    /// A replica of another ordering protocol (a [`Starter`] other than
+    /// [`Dorado`], e.g. the benchmarks' classic baseline) refused to start.
     #[error(transparent)]
-    Classic(#[from] ClassicError),
+    Start(Box<dyn std::error::Error + Send + Sync>),
     /// The store refused the configuration (e.g. an invalid group name).
     #[error("store: {0}")]
     Store(StoreError),
@@ -90,12 +66,63 @@ pub enum RunError {
     HttpClient(#[from] reqwest::Error),
 }
 
+/// A replica that [`run`] started: what the client API serves, and how to
+/// stop it (drain in-flight commands for at most the given time, then
+/// release leadership).
+pub struct Started {
+    /// The replica behind the client API.
+    pub replica: Arc<dyn Replica>,
+    /// Drains and stops the replica.
+    pub shutdown: Box<dyn FnOnce(Duration) -> BoxFuture<'static, ()> + Send>,
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started").finish_non_exhaustive()
+    }
+}
+
+/// Starts the ordering protocol once the store is connected. [`Dorado`] is
+/// the only one the runtime ships; the benchmarks plug in the paper's classic
+/// scheme through this trait without the runtime knowing about it.
+pub trait Starter<S: Store>: Send {
+    /// Start a replica of `node`'s group over `store`, applying to `instance`.
+    fn start(
+        self,
+        store: S,
+        instance: Instance,
+        node: NodeConfig,
+        trace: TraceWriter,
+    ) -> impl Future<Output = Result<Started, RunError>> + Send;
+}
+
+/// The DORADO protocol: fenced, batched appends ([`node::start`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Dorado;
+
+impl<S: Store> Starter<S> for Dorado {
+    async fn start(
+        self,
+        store: S,
+        instance: Instance,
+        node: NodeConfig,
+        trace: TraceWriter,
+    ) -> Result<Started, RunError> {
+        let running = node::start(store, instance, node, trace).await?;
+        Ok(Started {
+            replica: Arc::new(running.node.clone()),
+            shutdown: Box::new(move |drain| Box::pin(running.shutdown(drain))),
+        })
+    }
+}
+
 /// Run one replica until `shutdown` resolves. `connect` is called (with
 /// backoff) until it yields a store.
 pub async fn run<S, F, Fut>(
     mut options: RunOptions,
     listener: TcpListener,
     mut connect: F,
+    starter: impl Starter<S>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError>
 where
@@ -125,7 +152,7 @@ where
         async move { stop.cancelled().await },
     ));
 
-    let result = serve_replica(options, instance, &state, &mut connect, shutdown).await;
+    let result = serve_replica(options, instance, &state, &mut connect, starter, shutdown).await;
     http_stop.cancel();
     let served = server.await;
     result?;
@@ -135,18 +162,18 @@ where
     }
 }
 
-async fn serve_replica<S, F, Fut, M>(
+async fn serve_replica<S, F, Fut>(
     options: RunOptions,
-    instance: M,
+    instance: Instance,
     state: &ApiState,
     connect: &mut F,
+    starter: impl Starter<S>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError>
 where
     S: Store,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<S, StoreError>>,
-    M: dorado_core::StateMachine + Send + 'static,
 {
     tokio::pin!(shutdown);
     let mut attempt = 0u32;
@@ -170,34 +197,15 @@ where
             }
         }
     };
-    if options.protocol == Protocol::Classic {
-        let Some(etcd) = classic::as_etcd(&store) else {
-            return Err(RunError::Store(StoreError::InvalidArgument(
-                "--protocol classic runs on etcd only".into(),
-            )));
-        };
-        let config = ClassicConfig::new(options.node.clone(), options.group_size);
-        let running = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            r = classic::start_classic(etcd, instance, config, TraceWriter::stdout()) => r?,
-        };
-        state.attach_replica(running.replica());
-        tracing::info!(protocol = "classic", "replica started");
-        shutdown.await;
-        tracing::info!("shutting down: draining, then releasing the lease");
-        running.shutdown(options.drain_timeout).await;
-        tracing::info!("stopped");
-        return Ok(());
-    }
-    let running = tokio::select! {
+    let started = tokio::select! {
         _ = &mut shutdown => return Ok(()),
-        r = node::start(store, instance, options.node.clone(), TraceWriter::stdout()) => r?,
+        r = starter.start(store, instance, options.node.clone(), TraceWriter::stdout()) => r?,
     };
-    state.attach(running.node.clone());
+    state.attach_replica(started.replica);
     tracing::info!("replica started");
     shutdown.await;
     tracing::info!("shutting down: draining, then resigning");
-    running.shutdown(options.drain_timeout).await;
+    (started.shutdown)(options.drain_timeout).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -222,25 +230,5 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::ValueEnum;
-
-    #[test]
-    fn protocol_names_are_the_flag_values() {
-        for p in Protocol::value_variants() {
-            let value = p
-                .to_possible_value()
-                .expect("every protocol is a flag value");
-            assert_eq!(p.name(), value.get_name());
-            assert_eq!(
-                serde_json::to_value(p).unwrap(),
-                serde_json::Value::from(p.name())
-            );
-        }
     }
 }

@@ -1,6 +1,6 @@
 //! `dorado inspect` and `dorado try`, run as the built binary.
 
-use dorado::examples;
+use dorado_testkit::examples;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};

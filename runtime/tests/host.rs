@@ -1,9 +1,9 @@
-//! The wasm host against the real example guests (`dorado::examples`) and
+//! The wasm host against the real example guests (`dorado_testkit::examples`) and
 //! hand-written WAT modules for the refusals.
 
-use dorado::examples;
 use dorado::host::{Host, HostConfig, Instance, LoadError};
 use dorado_core::{RejectKind, StateMachine};
+use dorado_testkit::examples;
 use sha2::{Digest, Sha256};
 
 fn host() -> Host {

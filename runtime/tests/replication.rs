@@ -1,14 +1,16 @@
 //! DORADO over etcd with real processes: three `dorado run` replicas of the
 //! `kv` example against a real etcd started by each test.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dorado::etcd_process::EtcdProcess;
-use support::{Cluster, http, kv_get, kv_put, post, wait_until};
+use dorado_testkit::cluster::{
+    self as support, Cluster, http, kv_get, kv_put, post, submit_retrying, wait_until,
+};
+use dorado_testkit::etcd_process::EtcdProcess;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dorado");
 use tokio::sync::Mutex;
 
 async fn etcd() -> EtcdProcess {
@@ -30,35 +32,10 @@ async fn snapshot_bytes(url: &str) -> (u64, Vec<u8>) {
     (index, r.bytes().await.unwrap().to_vec())
 }
 
-/// Submit with retries across replicas (same client id and seq every time),
-/// as a careful client would. Returns the final response.
-async fn submit_retrying(
-    urls: &[String],
-    body: &str,
-    id: &str,
-    seq: u64,
-    deadline: Duration,
-) -> Option<support::Resp> {
-    let http = http();
-    let start = Instant::now();
-    let mut i = seq as usize;
-    while start.elapsed() < deadline {
-        let url = &urls[i % urls.len()];
-        i += 1;
-        if let Ok(r) = post(&http, url, "/v1/commands", body, Some((id, seq))).await
-            && (r.status == 200 || r.status == 422)
-        {
-            return Some(r);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_commands_apply_in_the_same_order_everywhere() {
     let etcd = etcd().await;
-    let mut c = Cluster::new(etcd.client_urls(), dorado::examples::KV, 3, 0);
+    let mut c = Cluster::new(BIN, etcd.client_urls(), dorado_testkit::examples::KV, 3, 0);
     c.start_all();
     c.wait_all_ready().await;
     c.wait_leader().await;
@@ -109,7 +86,7 @@ async fn concurrent_commands_apply_in_the_same_order_everywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_the_leader_fails_over_quickly_and_loses_no_acknowledged_write() {
     let etcd = etcd().await;
-    let mut c = Cluster::new(etcd.client_urls(), dorado::examples::KV, 3, 0);
+    let mut c = Cluster::new(BIN, etcd.client_urls(), dorado_testkit::examples::KV, 3, 0);
     c.start_all();
     c.wait_all_ready().await;
     let leader = c.wait_leader().await;
@@ -246,7 +223,7 @@ async fn killing_the_leader_fails_over_quickly_and_loses_no_acknowledged_write()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_leader_is_fenced_off_and_the_group_stays_consistent() {
     let etcd = etcd().await;
-    let mut c = Cluster::new(etcd.client_urls(), dorado::examples::KV, 3, 0);
+    let mut c = Cluster::new(BIN, etcd.client_urls(), dorado_testkit::examples::KV, 3, 0);
     c.start_all();
     c.wait_all_ready().await;
     let old = c.wait_leader().await;
@@ -338,7 +315,7 @@ async fn a_paused_leader_is_fenced_off_and_the_group_stays_consistent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_recreated_replica_restores_the_snapshot_and_replays_the_tail() {
     let etcd = etcd().await;
-    let mut c = Cluster::new(etcd.client_urls(), dorado::examples::KV, 3, 50);
+    let mut c = Cluster::new(BIN, etcd.client_urls(), dorado_testkit::examples::KV, 3, 50);
     c.start_all();
     c.wait_all_ready().await;
     let leader = c.wait_leader().await;
@@ -389,7 +366,13 @@ async fn a_recreated_replica_restores_the_snapshot_and_replays_the_tail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_group_survives_an_etcd_restart_without_losing_acknowledged_commands() {
     let mut etcd = etcd().await;
-    let mut c = Cluster::new(etcd.client_urls(), dorado::examples::COUNTER, 3, 0);
+    let mut c = Cluster::new(
+        BIN,
+        etcd.client_urls(),
+        dorado_testkit::examples::COUNTER,
+        3,
+        0,
+    );
     c.start_all();
     c.wait_all_ready().await;
     c.wait_leader().await;
@@ -439,7 +422,7 @@ async fn the_group_survives_an_etcd_restart_without_losing_acknowledged_commands
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_requests_are_refused_and_never_reach_the_log() {
     let etcd = etcd().await;
-    let mut c = Cluster::new(etcd.client_urls(), dorado::examples::KV, 1, 0);
+    let mut c = Cluster::new(BIN, etcd.client_urls(), dorado_testkit::examples::KV, 1, 0);
     c.start_all();
     c.wait_all_ready().await;
     c.wait_leader().await;
@@ -496,11 +479,11 @@ async fn bad_requests_are_refused_and_never_reach_the_log() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_with_another_module_refuses_to_join_naming_both_hashes() {
     let etcd = etcd().await;
-    let mut c = Cluster::new(etcd.client_urls(), dorado::examples::KV, 2, 0);
+    let mut c = Cluster::new(BIN, etcd.client_urls(), dorado_testkit::examples::KV, 2, 0);
     c.start(0);
     c.wait_ready(0).await;
     let other = c.tmp.path().join("counter.wasm");
-    std::fs::write(&other, dorado::examples::COUNTER).unwrap();
+    std::fs::write(&other, dorado_testkit::examples::COUNTER).unwrap();
     c.start_with_module(1, &other);
     let code = c.replicas[1].wait_exit(Duration::from_secs(20)).await;
     assert_eq!(
@@ -509,8 +492,8 @@ async fn a_replica_with_another_module_refuses_to_join_naming_both_hashes() {
         "the mismatched replica did not exit with an error"
     );
     let err = c.replicas[1].stderr();
-    let kv_sha = sha256_hex(dorado::examples::KV);
-    let counter_sha = sha256_hex(dorado::examples::COUNTER);
+    let kv_sha = sha256_hex(dorado_testkit::examples::KV);
+    let counter_sha = sha256_hex(dorado_testkit::examples::COUNTER);
     assert!(
         err.contains(&kv_sha) && err.contains(&counter_sha),
         "stderr: {err}"
@@ -525,13 +508,13 @@ fn sha256_hex(b: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cli_submit_query_status_and_replay_work_against_a_group() {
     let etcd = etcd().await;
-    let mut c = Cluster::new(etcd.client_urls(), dorado::examples::KV, 2, 0);
+    let mut c = Cluster::new(BIN, etcd.client_urls(), dorado_testkit::examples::KV, 2, 0);
     c.start_all();
     c.wait_all_ready().await;
     let leader = c.wait_leader().await;
     let follower = 1 - leader;
     let run = |args: &[&str]| {
-        std::process::Command::new(support::BIN)
+        std::process::Command::new(BIN)
             .args(args)
             .output()
             .expect("run dorado")
@@ -613,7 +596,7 @@ async fn cli_submit_query_status_and_replay_work_against_a_group() {
     assert!(text.contains("reference hashes match"), "{text}");
     // Replaying with another module diverges at the first command.
     let counter = c.tmp.path().join("c.wasm");
-    std::fs::write(&counter, dorado::examples::COUNTER).unwrap();
+    std::fs::write(&counter, dorado_testkit::examples::COUNTER).unwrap();
     let out = run(&[
         &base[..],
         &[
@@ -628,58 +611,6 @@ async fn cli_submit_query_status_and_replay_work_against_a_group() {
     assert!(text.contains("DIVERGENCE at index 1"), "{text}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn dorado_run_protocol_classic_orders_commands_and_survives_a_killed_replica() {
-    let etcd = etcd().await;
-    let mut c = Cluster::new(etcd.client_urls(), dorado::examples::KV, 3, 0);
-    for r in &mut c.replicas {
-        r.extra = vec![
-            "--protocol".into(),
-            "classic".into(),
-            "--replicas".into(),
-            "3".into(),
-        ];
-    }
-    c.start_all();
-    c.wait_all_ready().await;
-    let urls = c.urls();
-    for seq in 1..=30u64 {
-        let r = submit_retrying(
-            &urls,
-            &kv_put(&format!("k{seq}"), "v"),
-            "classic",
-            seq,
-            Duration::from_secs(20),
-        )
-        .await
-        .unwrap_or_else(|| panic!("classic write {seq} got no answer"));
-        assert_eq!(r.status, 200, "{}", r.body);
-    }
-    c.wait_converged(Duration::from_secs(20)).await;
-    let s = c.status(0).await.expect("status");
-    assert_eq!(s["protocol"], "classic");
-    // Kill whichever replica reports itself leader (or the first): the rest continue.
-    let victim = c.leader().await.unwrap_or(0);
-    c.replicas[victim].kill();
-    let alive: Vec<String> = (0..3)
-        .filter(|i| *i != victim)
-        .map(|i| c.replicas[i].url())
-        .collect();
-    for seq in 31..=40u64 {
-        let r = submit_retrying(
-            &alive,
-            &kv_put(&format!("k{seq}"), "v"),
-            "classic",
-            seq,
-            Duration::from_secs(30),
-        )
-        .await
-        .unwrap_or_else(|| panic!("classic write {seq} after the crash got no answer"));
-        assert_eq!(r.status, 200, "{}", r.body);
-    }
-    c.wait_converged(Duration::from_secs(20)).await;
-}
-
 /// etcd unreachable when the pod starts (e.g. etcd still scheduling): the
 /// replica serves its probes at once, says it is starting (liveness passes,
 /// readiness and the API answer 503 `starting`), keeps retrying, and becomes
@@ -689,7 +620,7 @@ async fn a_replica_started_before_etcd_waits_then_serves() {
     // A port where nothing listens yet; etcd will be reachable there later.
     let port = support::free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let mut c = Cluster::new(vec![url], dorado::examples::KV, 1, 0);
+    let mut c = Cluster::new(BIN, vec![url], dorado_testkit::examples::KV, 1, 0);
     c.start(0);
     let base = c.urls()[0].clone();
     let http = http();

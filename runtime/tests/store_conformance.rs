@@ -14,11 +14,11 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use dorado::etcd_process::{EtcdCluster, EtcdProcess, EtcdProcessOptions};
 use dorado::store::{EtcdStore, EtcdStoreOptions, MemoryStore};
 use dorado_core::{
     AppendOutcome, Index, LeaderRecord, Leadership, LeaseId, MemberRecord, Meta, Store, StoreError,
 };
+use dorado_testkit::etcd_process::{EtcdCluster, EtcdProcess, EtcdProcessOptions};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 

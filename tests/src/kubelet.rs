@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
-use dorado_faults::net::NetEnv;
+use dorado_testkit::netns::NetEnv;
 use serde_json::Value;
 
 use crate::Binaries;

@@ -23,7 +23,7 @@
 //! says `DORADO_LISTEN=0.0.0.0:<port>`, which only works when each pod has its
 //! own network stack; rewriting it for the harness would be exactly the kind
 //! of special case that hides a broken spec. The namespaces come from
-//! `dorado-faults` ([`dorado_faults::net::NetEnv`]); they need root and
+//! `dorado-testkit` ([`dorado_testkit::netns::NetEnv`]); they need root and
 //! `ip netns`, which the CI machines have.
 
 pub mod apiserver;
@@ -37,8 +37,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use dorado::etcd_process::EtcdProcess;
-use dorado_faults::net::NetEnv;
+use dorado_testkit::etcd_process::EtcdProcess;
+use dorado_testkit::netns::NetEnv;
 
 pub use apiserver::Webhook;
 pub use kubelet::{Kubelet, RunningPod};
@@ -153,7 +153,7 @@ impl Env {
     /// runtime image) and a kubelet that knows the images of [`kubelet::images`].
     pub async fn start() -> anyhow::Result<Env> {
         dorado::ensure_crypto_provider();
-        dorado_faults::net::available()
+        dorado_testkit::netns::available()
             .map_err(|e| anyhow::anyhow!("the end-to-end tests need `ip netns` (root): {e}"))?;
         let bins = binaries()?;
         let dir = tempfile::Builder::new()

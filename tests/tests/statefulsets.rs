@@ -184,7 +184,7 @@ async fn kv_puts(client: &Client, id: &str, range: std::ops::Range<u64>) -> anyh
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kv_statefulset_survives_the_loss_of_its_leader_pod() -> anyhow::Result<()> {
     let mut env = Env::start().await?;
-    let (sts, mut pods) = deploy(&mut env, "kv", dorado::examples::KV).await?;
+    let (sts, mut pods) = deploy(&mut env, "kv", dorado_testkit::examples::KV).await?;
     let client = Client::new(&endpoints(&pods)?)?.with_deadline(Duration::from_secs(30));
 
     // Three writers, each through the Service (any pod; followers forward).
@@ -238,7 +238,7 @@ async fn bank_statefulset_conserves_money_across_a_recreated_pod() -> anyhow::Re
     const ACCOUNTS: u64 = 5;
     const BALANCE: u64 = 1000;
     let mut env = Env::start().await?;
-    let (sts, mut pods) = deploy(&mut env, "bank", dorado::examples::BANK).await?;
+    let (sts, mut pods) = deploy(&mut env, "bank", dorado_testkit::examples::BANK).await?;
     let client = Client::new(&endpoints(&pods)?)?.with_deadline(Duration::from_secs(30));
     for a in 0..ACCOUNTS {
         let cmd = json!({"op": "open", "account": format!("a{a}"), "balance": BALANCE});
@@ -321,7 +321,7 @@ async fn bank_statefulset_conserves_money_across_a_recreated_pod() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_without_a_correct_patch_fail_to_start() -> anyhow::Result<()> {
     let mut env = Env::start().await?;
-    let rendered = Rendered::example("kv", dorado::examples::KV)?;
+    let rendered = Rendered::example("kv", dorado_testkit::examples::KV)?;
     env.kubelet.add_config_maps(rendered.all("ConfigMap"));
     let sts = rendered.get("StatefulSet", "kv")?;
 

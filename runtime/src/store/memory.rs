@@ -1,6 +1,6 @@
 //! An in-process [`Store`] with etcd's semantics, for tests and demos.
 //!
-//! Protocol logic is unit-tested against this store, and `dorado demo` runs
+//! Protocol logic is unit-tested against this store, and `dorado-bench demo` runs
 //! on it when no etcd binary exists, so it must behave like the etcd adapter
 //! in everything the protocol can observe. It therefore models the parts of
 //! etcd the adapter relies on rather than the trait's outcomes: one key-value

@@ -7,7 +7,7 @@
 //!
 //! - [`EtcdStore`] (production): etcd v3, every safety check evaluated by etcd
 //!   inside one `Txn`.
-//! - [`MemoryStore`] (unit tests, `dorado demo` without an etcd binary): the
+//! - [`MemoryStore`] (unit tests, `dorado-bench demo` without an etcd binary): the
 //!   same key space and the same semantics in one process.
 //!
 //! # Key space

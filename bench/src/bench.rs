@@ -1,4 +1,4 @@
-//! `dorado bench`: Dorado against raw etcd and the paper's protocol, side by
+//! `dorado-bench bench`: Dorado against raw etcd and the paper's protocol, side by
 //! side in one run; plus failover and recovery measurements.
 //!
 //! Every number Dorado publishes is a ratio measured in one run on one
@@ -33,17 +33,17 @@
 //! same guards.
 //!
 //! Two subcommands measure what throughput does not show:
-//! - `dorado bench failover` ([`failover`]): under a steady closed-loop write
+//! - `dorado-bench bench failover` ([`failover`]): under a steady closed-loop write
 //!   load, `kill -9` or SIGTERM the leader and measure how long writes are
 //!   unavailable, repeated;
-//! - `dorado bench recovery` ([`recovery`]): write a history of 10^4, 10^5,
+//! - `dorado-bench bench recovery` ([`recovery`]): write a history of 10^4, 10^5,
 //!   10^6 commands (configurable) and time how long a recreated replica
 //!   (empty local state) takes to catch up, with and without snapshots.
 //!
 //! Their results go to the same JSON / Markdown outputs, next to the
 //! parameters and the machine.
 //!
-//! [`EtcdStore`]: crate::store::EtcdStore
+//! [`EtcdStore`]: dorado::store::EtcdStore
 
 mod cluster;
 mod driver;
@@ -61,7 +61,7 @@ use std::time::Duration;
 
 use dorado_core::StoreError;
 
-use crate::etcd_process::{EtcdProcess, EtcdProcessError, EtcdProcessOptions};
+use dorado_testkit::etcd_process::{EtcdProcess, EtcdProcessError, EtcdProcessOptions};
 
 pub use failover::{FailoverArgs, FailoverKind};
 pub use recovery::RecoveryArgs;
@@ -70,9 +70,9 @@ pub use report::{
     RecoveryReport, RecoveryResult, Report, RunResult,
 };
 
-use crate::runner::Protocol;
+use crate::Protocol;
 
-/// The systems `dorado bench` can measure, in the order they run at each
+/// The systems `dorado-bench bench` can measure, in the order they run at each
 /// client count. The replica groups run before the fenced-txn ceiling on
 /// purpose: at high concurrency that ceiling pushes etcd's request latency to
 /// hundreds of milliseconds, enough for an idle group's leases to lapse, and
@@ -148,11 +148,11 @@ pub const MIN_COMMAND_SIZE: u32 = systems::MIN_COMMAND_SIZE as u32;
 /// Largest `--command-size` (a replica's default command limit is 512 KiB).
 pub const MAX_COMMAND_SIZE: u32 = 512 * 1024;
 
-/// `dorado bench` flags: a throughput comparison, or a subcommand.
+/// `dorado-bench bench` flags: a throughput comparison, or a subcommand.
 #[derive(Debug, Clone, clap::Args)]
 #[command(
     args_conflicts_with_subcommands = true,
-    after_help = "Without a subcommand: throughput and latency of etcd-put, dorado, classic and fenced-txn at each client count.\nSubcommands: `dorado bench failover --help` (write unavailability after kill -9 / SIGTERM of the leader), `dorado bench recovery --help` (catch-up time of a recreated replica vs history length)."
+    after_help = "Without a subcommand: throughput and latency of etcd-put, dorado, classic and fenced-txn at each client count.\nSubcommands: `dorado-bench bench failover --help` (write unavailability after kill -9 / SIGTERM of the leader), `dorado-bench bench recovery --help` (catch-up time of a recreated replica vs history length)."
 )]
 pub struct BenchArgs {
     /// Failover or recovery measurements instead of throughput.
@@ -163,7 +163,7 @@ pub struct BenchArgs {
     pub throughput: ThroughputArgs,
 }
 
-/// What `dorado bench` measures besides throughput.
+/// What `dorado-bench bench` measures besides throughput.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum BenchMode {
     /// Write unavailability after `kill -9` and SIGTERM of the leader, under a
@@ -174,7 +174,7 @@ pub enum BenchMode {
     Recovery(Box<RecoveryArgs>),
 }
 
-/// Flags every `dorado bench` mode shares.
+/// Flags every `dorado-bench bench` mode shares.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
     /// Bytes of each command (the whole kv put JSON; the value is padded to fit).
@@ -222,7 +222,7 @@ pub struct CommonArgs {
     pub no_progress: bool,
 }
 
-/// Flags of the throughput comparison (`dorado bench` without a subcommand).
+/// Flags of the throughput comparison (`dorado-bench bench` without a subcommand).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ThroughputArgs {
     /// Closed-loop client counts to measure, comma-separated [default: 1,16,64,256; with --quick: 1,64].
@@ -295,7 +295,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-/// Resolved configuration of one `dorado bench` invocation.
+/// Resolved configuration of one `dorado-bench bench` invocation.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
     /// Client counts, in run order.
@@ -509,7 +509,7 @@ pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> 
     move |source| BenchError::Io { what, source }
 }
 
-/// `dorado bench`: resolve flags, run, write outputs, print the table.
+/// `dorado-bench bench`: resolve flags, run, write outputs, print the table.
 pub async fn main(args: BenchArgs) -> Result<Report, BenchError> {
     let (common, report) = match &args.mode {
         None => {
@@ -658,7 +658,7 @@ struct Env {
 
 impl Env {
     async fn new(config: &BenchConfig) -> Result<Self, BenchError> {
-        crate::ensure_crypto_provider();
+        dorado::ensure_crypto_provider();
         let started = machine::utc_now();
         let machine = machine::describe();
         let run_id = format!("{:08x}", rand::random::<u32>());
@@ -789,7 +789,7 @@ impl Env {
         let parameters = self.parameters(config);
         let goals = report::goals(&runs);
         Report {
-            tool: "dorado bench".into(),
+            tool: "dorado-bench bench".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             mode: mode.into(),
             started_utc: self.started.clone(),

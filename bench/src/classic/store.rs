@@ -23,7 +23,7 @@ use etcd_client::{
 
 use super::protocol::{Instance, Record, View};
 use super::wire::{self, ClassicKeys, ClassicMeta, KeyKind, prefix_end};
-use crate::store::EtcdStore;
+use dorado::store::EtcdStore;
 
 /// Largest gRPC message accepted (a page of acceptances or a watch burst
 /// after a slow consumer can exceed tonic's 4 MiB default).

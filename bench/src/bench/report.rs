@@ -25,10 +25,10 @@ const CDF_QUANTILES: [f64; 30] = [
     0.8, 0.85, 0.9, 0.925, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0,
 ];
 
-/// Everything one `dorado bench` invocation measured.
+/// Everything one `dorado-bench bench` invocation measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// `dorado bench`.
+    /// `dorado-bench bench`.
     pub tool: String,
     /// Dorado version.
     pub version: String,
@@ -46,10 +46,10 @@ pub struct Report {
     pub etcd: EtcdInfo,
     /// One entry per system and client count, in run order (throughput mode).
     pub runs: Vec<RunResult>,
-    /// Failover measurements (`dorado bench failover`).
+    /// Failover measurements (`dorado-bench bench failover`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failover: Option<FailoverReport>,
-    /// Recovery measurements (`dorado bench recovery`).
+    /// Recovery measurements (`dorado-bench bench recovery`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovery: Option<RecoveryReport>,
     /// The goals of the DORADO-over-etcd and benchmark issues, evaluated.
@@ -701,7 +701,7 @@ pub fn markdown(r: &Report) -> String {
     let p = &r.parameters;
     let _ = writeln!(
         s,
-        "### dorado bench{}, {}",
+        "### dorado-bench bench{}, {}",
         if r.mode == "throughput" {
             String::new()
         } else {

@@ -1,4 +1,4 @@
-//! `dorado bench recovery`: how long a recreated replica takes to catch up,
+//! `dorado-bench bench recovery`: how long a recreated replica takes to catch up,
 //! against the length of the group's history.
 //!
 //! For each protocol and `--snapshot-every` setting, one group of N replicas
@@ -30,7 +30,7 @@ use super::report::{self, RecoveryReport, RecoveryResult};
 use super::systems::put_commands;
 use super::writer::{WriterConfig, Writers};
 use super::{BenchConfig, BenchError, CommonArgs, Env, Report, machine, parse_duration};
-use crate::runner::Protocol;
+use crate::Protocol;
 
 /// How often the recreated replica is polled.
 const POLL: Duration = Duration::from_millis(10);
@@ -38,7 +38,7 @@ const POLL: Duration = Duration::from_millis(10);
 /// Bound on the group applying everything after a load.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// `dorado bench recovery` flags.
+/// `dorado-bench bench recovery` flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RecoveryArgs {
     /// History lengths to measure, in commands, comma-separated (written cumulatively).
@@ -64,7 +64,7 @@ pub struct RecoveryArgs {
     pub common: CommonArgs,
 }
 
-/// Resolved `dorado bench recovery` configuration.
+/// Resolved `dorado-bench bench recovery` configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct RecoveryConfig {
     pub base: BenchConfig,

@@ -7,14 +7,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dorado::classic::{ClassicConfig, ClassicError, ClassicNode, RunningClassic, start_classic};
-use dorado::etcd_process::EtcdProcess;
 use dorado::host::{Host, HostConfig, Module};
 use dorado::node::{Consistency, NodeConfig, SubmitError};
 use dorado::replica::Replica;
 use dorado::store::{EtcdStore, EtcdStoreOptions};
 use dorado::trace::TraceWriter;
+use dorado_bench::classic::{
+    ClassicConfig, ClassicError, ClassicNode, RunningClassic, start_classic,
+};
 use dorado_core::{ClientTag, Command, Outcome};
+use dorado_testkit::etcd_process::EtcdProcess;
 
 const GROUP: &str = "calc";
 
@@ -38,7 +40,7 @@ impl Group {
             .try_init();
         let etcd = EtcdProcess::start().await.expect("start etcd");
         let host = Host::new(HostConfig::default()).expect("host");
-        let module = host.load(dorado::examples::KV).expect("kv loads");
+        let module = host.load(dorado_testkit::examples::KV).expect("kv loads");
         Group {
             etcd,
             namespace: namespace.into(),

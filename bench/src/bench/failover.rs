@@ -1,4 +1,4 @@
-//! `dorado bench failover`: write unavailability when the leader goes away.
+//! `dorado-bench bench failover`: write unavailability when the leader goes away.
 //!
 //! For each protocol, one group of N replicas runs for the whole measurement.
 //! Each repeat, for each kind (`kill -9`, SIGTERM):
@@ -31,7 +31,7 @@ use super::report::{self, FailoverReport, FailoverSample, FailoverSummary};
 use super::systems::put_commands;
 use super::writer::{WriterConfig, Writers};
 use super::{BenchConfig, BenchError, CommonArgs, Env, Report, parse_duration};
-use crate::runner::Protocol;
+use crate::Protocol;
 
 /// How the leader is stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
@@ -53,7 +53,7 @@ impl FailoverKind {
     }
 }
 
-/// `dorado bench failover` flags.
+/// `dorado-bench bench failover` flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FailoverArgs {
     /// Measurements per protocol and kind.
@@ -88,7 +88,7 @@ pub struct FailoverArgs {
     pub common: CommonArgs,
 }
 
-/// Resolved `dorado bench failover` configuration.
+/// Resolved `dorado-bench bench failover` configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct FailoverConfig {
     pub base: BenchConfig,

@@ -1,4 +1,4 @@
-//! `dorado demo` as users run it: a process that starts etcd (or the
+//! `dorado-bench demo` as users run it: a process that starts etcd (or the
 //! in-process store) and three replicas, crashes the leader, recreates it and
 //! checks the group, then exits 0 only if every check passed, leaving no
 //! process behind on any path.
@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_dorado");
+const BIN: &str = env!("CARGO_BIN_EXE_dorado-bench");
 
 /// The demos measure takeover times: run them one at a time so they do not
 /// compete for the machine's cores.
@@ -132,7 +132,7 @@ fn the_demo_survives_a_leader_crash_and_prints_the_summary() {
         );
     }
     assert!(!stdout.contains("FAILED"), "{stdout}");
-    if dorado::etcd_process::find_etcd_binary().is_ok() {
+    if dorado_testkit::etcd_process::find_etcd_binary().is_ok() {
         assert!(stdout.contains("[3/5] kill -9 kv-"), "{stdout}");
         assert!(stdout.contains("`dorado run` processes"), "{stdout}");
     } else {

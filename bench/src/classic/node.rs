@@ -1,6 +1,6 @@
 //! The classic replica driver: performs what [`Protocol`] decides.
 //!
-//! Same shape as the DORADO driver (`crate::node`): one *core* task owns the
+//! Same shape as the DORADO driver (`dorado::node`): one *core* task owns the
 //! protocol state, the replicated host state ([`ReplicaState`]) and the state
 //! machine; everything else talks to it by message.
 //!
@@ -33,9 +33,9 @@ use super::ClassicConfig;
 use super::protocol::{Decided, Protocol, Record, RequestId, View};
 use super::store::{ClassicStore, key_after};
 use super::wire::{self, KeyKind, REPLAY_FAMILIES, prefix_end};
-use crate::metrics::{Metrics, gauge_value};
-use crate::node::{QueryError, Status, SubmitError, SubmitReply};
-use crate::trace::{TraceFormatter, TraceWriter};
+use dorado::metrics::{Metrics, gauge_value};
+use dorado::node::{QueryError, Status, SubmitError, SubmitReply};
+use dorado::trace::{TraceFormatter, TraceWriter};
 
 /// State the core shares with handles and background tasks.
 pub(crate) struct Shared {

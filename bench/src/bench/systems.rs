@@ -25,8 +25,8 @@ use super::http1;
 use super::machine::Proc;
 use super::report::{DoradoStats, RunResult};
 use super::{BenchConfig, BenchError, HttpClientKind, SystemKind, Target};
-use crate::api::{CLIENT_ID, SEQ};
-use crate::store::{EtcdStore, EtcdStoreOptions};
+use dorado::api::{CLIENT_ID, SEQ};
+use dorado::store::{EtcdStore, EtcdStoreOptions};
 
 /// Digits of a key number (`k00000042`).
 const KEY_DIGITS: usize = 8;

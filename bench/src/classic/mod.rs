@@ -8,7 +8,7 @@
 //! `hvescovi/learnGo`, `05-replicatedcalc`), on the same etcd, with the same
 //! wasm host, client API and replay trace. So this module replaces only the
 //! ordering: [`ClassicNode`] implements [`Replica`] exactly like the DORADO
-//! [`crate::node::Node`], applies through the same [`ReplicaState`] (same
+//! [`dorado::node::Node`], applies through the same [`ReplicaState`] (same
 //! exactly-once sessions, same hash chain, same trace lines) and differs
 //! only in how an index gets its command.
 //!
@@ -83,11 +83,11 @@ use tracing::Instrument;
 pub use protocol::{RequestId, View};
 pub use wire::ClassicMeta;
 
-use crate::metrics::Metrics;
-use crate::node::{Consistency, NodeConfig, QueryError, Status, SubmitError, SubmitReply};
-use crate::replica::Replica;
-use crate::store::EtcdStore;
-use crate::trace::TraceWriter;
+use dorado::metrics::Metrics;
+use dorado::node::{Consistency, NodeConfig, QueryError, Status, SubmitError, SubmitReply};
+use dorado::replica::Replica;
+use dorado::store::EtcdStore;
+use dorado::trace::TraceWriter;
 use node::{Core, Feed, Msg, Shared};
 use store::ClassicStore;
 
@@ -397,15 +397,6 @@ fn backoff(attempt: u32) -> Duration {
     node::backoff(attempt)
 }
 
-/// The store as an [`EtcdStore`], if it is one. `dorado run` is generic over
-/// its store (DORADO also runs on the in-memory store); the classic scheme
-/// runs on etcd only, and this is how the runner finds out.
-pub fn as_etcd<S: 'static>(store: &S) -> Option<EtcdStore> {
-    (store as &dyn std::any::Any)
-        .downcast_ref::<EtcdStore>()
-        .cloned()
-}
-
 /// Retry `op` while etcd is unreachable (a state to report, not a crash).
 async fn retrying<T, F, Fut>(what: &str, mut op: F) -> Result<T, StoreError>
 where
@@ -440,7 +431,7 @@ pub async fn start_classic<M: StateMachine + Send + 'static>(
             "the group size must be at least 1".into(),
         ));
     }
-    crate::store::validate_name("replica", &config.node.replica)?;
+    dorado::store::validate_name("replica", &config.node.replica)?;
     let group = config.node.group.clone();
     let store = ClassicStore::new(store, config.store_timeout);
     let meta = ClassicMeta {

@@ -55,7 +55,7 @@ pub(crate) fn load_average() -> Vec<f64> {
 
 /// `etcd --version`'s first line, if an etcd binary is found.
 pub(crate) fn etcd_version() -> Option<String> {
-    let bin = crate::etcd_process::find_etcd_binary().ok()?;
+    let bin = dorado_testkit::etcd_process::find_etcd_binary().ok()?;
     let out = Command::new(bin)
         .arg("--version")
         .stdin(Stdio::null())

@@ -1,44 +1,22 @@
-//! Test harness: real `dorado run` processes against a real etcd.
+//! Real `dorado run` processes against a real etcd (the runtime's tests run
+//! the `dorado` binary, the benchmarks' tests `dorado-bench run`).
 //!
 //! Each replica is a child process of the test with its own working
 //! directory, port and log files; dropping the harness kills every process
 //! (also when a test fails), and the temp dirs go with it.
-#![allow(dead_code)]
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_dorado");
+use crate::process::ChildGuard;
 
-/// Poll `cond` until it holds or `timeout` passes; panics naming `what`.
-pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if cond().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out after {timeout:?} waiting for {what}");
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
-}
+pub use crate::process::{free_port, tail, wait_until};
 
 pub fn http() -> reqwest::Client {
-    dorado::ensure_crypto_provider();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .build()
@@ -46,11 +24,12 @@ pub fn http() -> reqwest::Client {
 }
 
 /// One `dorado run` process.
+#[derive(Debug)]
 pub struct Replica {
     pub name: String,
     pub port: u16,
     pub dir: PathBuf,
-    pub child: Option<Child>,
+    pub child: ChildGuard,
     pub extra: Vec<String>,
 }
 
@@ -72,59 +51,37 @@ impl Replica {
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.pid()
     }
 
+    /// Whether the process was started and has not been reaped.
+    pub fn is_started(&self) -> bool {
+        self.child.is_started()
+    }
+
+    /// Send `sig` (`STOP`, `CONT`, `TERM`, ...); panics if it cannot be delivered.
     pub fn signal(&self, sig: &str) {
-        if let Some(pid) = self.pid() {
-            let ok = Command::new("kill")
-                .args([&format!("-{sig}"), &pid.to_string()])
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            assert!(ok, "kill -{sig} {pid} failed");
+        if let Err(e) = self.child.signal(sig) {
+            panic!("replica {}: {e}", self.name);
         }
     }
 
     /// `kill -9` and reap.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.child.kill();
     }
 
     /// Wait for the process to exit by itself; returns its exit code.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if let Some(c) = self.child.as_mut()
-                && let Ok(Some(status)) = c.try_wait()
-            {
-                self.child = None;
-                return status.code();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SIGCONT first: a SIGSTOPped process still dies of SIGKILL, but be tidy.
-            let _ = Command::new("kill")
-                .args(["-CONT", &c.id().to_string()])
-                .status();
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.child.wait_exit(timeout).await.and_then(|s| s.code())
     }
 }
 
 /// A group of replicas over one etcd.
+#[derive(Debug)]
 pub struct Cluster {
+    /// The binary whose `run` subcommand starts a replica.
+    pub bin: PathBuf,
     pub etcd_urls: Vec<String>,
     pub group: String,
     pub namespace: String,
@@ -136,11 +93,18 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(etcd_urls: Vec<String>, module_bytes: &[u8], n: usize, snapshot_every: u64) -> Self {
+    pub fn new(
+        bin: impl Into<PathBuf>,
+        etcd_urls: Vec<String>,
+        module_bytes: &[u8],
+        n: usize,
+        snapshot_every: u64,
+    ) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let module = tmp.path().join("module.wasm");
         std::fs::write(&module, module_bytes).expect("write module");
         let mut c = Cluster {
+            bin: bin.into(),
             etcd_urls,
             group: "g".into(),
             namespace: format!("t{}", std::process::id()),
@@ -157,7 +121,7 @@ impl Cluster {
                 name,
                 port: free_port(),
                 dir,
-                child: None,
+                child: ChildGuard::default(),
                 extra: Vec::new(),
             });
         }
@@ -180,8 +144,8 @@ impl Cluster {
         std::fs::create_dir_all(&r.dir).expect("replica dir");
         let out = std::fs::File::create(r.dir.join("stdout")).expect("stdout file");
         let err = std::fs::File::create(r.dir.join("stderr")).expect("stderr file");
-        let child = Command::new(BIN)
-            .arg("run")
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("run")
             .args(["--group", &self.group, "--namespace", &self.namespace])
             .args(["--replica", &r.name])
             .arg("--module")
@@ -195,10 +159,9 @@ impl Cluster {
             .current_dir(&r.dir)
             .stdin(Stdio::null())
             .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn dorado run");
-        r.child = Some(child);
+            .stderr(err);
+        r.child = ChildGuard::spawn(&mut cmd)
+            .unwrap_or_else(|e| panic!("spawn {} run: {e}", self.bin.display()));
     }
 
     pub fn start_all(&mut self) {
@@ -247,7 +210,7 @@ impl Cluster {
 
     pub async fn wait_all_ready(&self) {
         for i in 0..self.replicas.len() {
-            if self.replicas[i].child.is_some() {
+            if self.replicas[i].is_started() {
                 self.wait_ready(i).await;
             }
         }
@@ -256,7 +219,7 @@ impl Cluster {
     /// Index of the replica whose status says leader.
     pub async fn leader(&self) -> Option<usize> {
         for i in 0..self.replicas.len() {
-            if self.replicas[i].child.is_none() {
+            if !self.replicas[i].is_started() {
                 continue;
             }
             if let Some(s) = self.status(i).await
@@ -287,7 +250,7 @@ impl Cluster {
         while start.elapsed() < timeout {
             let mut seen = Vec::new();
             for i in 0..self.replicas.len() {
-                if self.replicas[i].child.is_none() {
+                if !self.replicas[i].is_started() {
                     continue;
                 }
                 match self.status(i).await {
@@ -308,11 +271,6 @@ impl Cluster {
         }
         panic!("replicas did not converge within {timeout:?}: (applied, commit, hash) = {last:?}");
     }
-}
-
-pub fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Result of one HTTP command.
@@ -352,6 +310,31 @@ pub async fn post(
         index,
         duplicate,
     })
+}
+
+/// Submit with retries across replicas (same client id and seq every time),
+/// as a careful client would. Returns the final response.
+pub async fn submit_retrying(
+    urls: &[String],
+    body: &str,
+    id: &str,
+    seq: u64,
+    deadline: Duration,
+) -> Option<Resp> {
+    let http = http();
+    let start = Instant::now();
+    let mut i = seq as usize;
+    while start.elapsed() < deadline {
+        let url = &urls[i % urls.len()];
+        i += 1;
+        if let Ok(r) = post(&http, url, "/v1/commands", body, Some((id, seq))).await
+            && (r.status == 200 || r.status == 422)
+        {
+            return Some(r);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }
 
 pub fn kv_put(key: &str, value: &str) -> String {

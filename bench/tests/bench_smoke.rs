@@ -1,4 +1,4 @@
-//! `dorado bench` as a process: a tiny configuration end to end (real etcd,
+//! `dorado-bench bench` as a process: a tiny configuration end to end (real etcd,
 //! real replicas), checking the shape of its outputs, never its numbers, and
 //! that no child process outlives it, also when it is interrupted.
 
@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-mod procs;
-use procs::{children_of, wait_gone};
+use dorado_testkit::procs::{children_of, wait_gone};
 
-const BIN: &str = env!("CARGO_BIN_EXE_dorado");
+const BIN: &str = env!("CARGO_BIN_EXE_dorado-bench");
 
 fn number(v: &Value, key: &str) -> f64 {
     v[key]
@@ -38,7 +37,7 @@ fn tiny_bench_writes_json_markdown_and_plots() {
         .output()
         .expect("run dorado bench");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "dorado bench failed:\n{stderr}");
+    assert!(out.status.success(), "dorado-bench bench failed:\n{stderr}");
 
     let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let params = &report["parameters"];
@@ -166,7 +165,7 @@ fn interrupted_bench_leaves_no_process_behind() {
         }
         if start.elapsed() > Duration::from_secs(20) {
             let _ = child.kill();
-            panic!("dorado bench did not stop after SIGINT");
+            panic!("dorado-bench bench did not stop after SIGINT");
         }
         std::thread::sleep(Duration::from_millis(50));
     };

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::http1;
-use crate::api::{CLIENT_ID, SEQ};
+use dorado::api::{CLIENT_ID, SEQ};
 
 /// One acknowledged write.
 #[derive(Debug, Clone, Copy)]

@@ -1,4 +1,4 @@
-//! `dorado bench failover` and `dorado bench recovery` as processes: tiny
+//! `dorado-bench bench failover` and `dorado-bench bench recovery` as processes: tiny
 //! configurations end to end (real etcd, real replicas, real signals),
 //! checking the shape of their outputs, never their values, and that no
 //! child process (etcd, replicas, recreated replicas) outlives the run.
@@ -10,10 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-mod procs;
-use procs::{children_of, wait_gone};
+use dorado_testkit::procs::{children_of, wait_gone};
 
-const BIN: &str = env!("CARGO_BIN_EXE_dorado");
+const BIN: &str = env!("CARGO_BIN_EXE_dorado-bench");
 
 /// Children every run has for most of its life: etcd and two groups of 3.
 /// Recreated replicas come on top, but the last one may live only for the
@@ -62,7 +61,7 @@ fn positive(v: &Value, key: &str) -> f64 {
 
 fn assert_common(report: &Value, mode: &str) {
     assert_eq!(report["mode"], mode);
-    assert_eq!(report["tool"], "dorado bench");
+    assert_eq!(report["tool"], "dorado-bench bench");
     assert!(report["machine"]["nproc"].as_u64().unwrap() >= 1);
     assert!(report["machine"]["load_average_at_start"].is_array());
     assert!(report["etcd"]["managed"].as_bool().unwrap());
@@ -77,7 +76,7 @@ fn assert_common(report: &Value, mode: &str) {
     assert!(report["goals"].is_array());
 }
 
-/// One finished `dorado bench <mode> <args>` that wrote JSON, Markdown and
+/// One finished `dorado-bench bench <mode> <args>` that wrote JSON, Markdown and
 /// plots into a temp dir, with the checks every mode shares already made.
 struct BenchRun {
     report: Value,
@@ -104,7 +103,7 @@ fn run_bench(mode: &str, mode_args: &[&str]) -> BenchRun {
         plots.to_str().unwrap(),
     ]);
     let (ok, stderr, kids) = run_collecting(&args, Duration::from_secs(90));
-    assert!(ok, "dorado bench {mode} failed:\n{stderr}");
+    assert!(ok, "dorado-bench bench {mode} failed:\n{stderr}");
     assert!(kids.len() >= LONG_LIVED_CHILDREN, "children seen: {kids:?}");
     let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_common(&report, mode);

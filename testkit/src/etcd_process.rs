@@ -1,4 +1,4 @@
-//! Real etcd processes for tests, `dorado demo` and benchmarks.
+//! Real etcd processes for tests, `dorado-bench demo` and benchmarks.
 //!
 //! Dorado's guarantees are only as good as its use of etcd, so tests run
 //! against the real server (Debian's `etcd-server`), never a fake: a single

@@ -1,4 +1,4 @@
-//! `dorado demo`: the whole story on one machine in well under a minute.
+//! `dorado-bench demo`: the whole story on one machine in well under a minute.
 //!
 //! Three replicas of the embedded `kv` example share one store; the demo
 //! submits commands, kills the leader with `SIGKILL`, measures how long writes
@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,13 +37,14 @@ use sha2::Digest;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, ApiState, DEFAULT_MAX_COMMAND_BYTES};
-use crate::client::{Client, ClientError};
-use crate::etcd_process::{EtcdProcess, EtcdProcessError, find_etcd_binary};
-use crate::host::{Host, HostConfig, HostError, LoadError};
-use crate::node::{self, NodeConfig};
-use crate::store::MemoryStore;
-use crate::trace::TraceWriter;
+use dorado::api::{self, ApiState, DEFAULT_MAX_COMMAND_BYTES};
+use dorado::client::{Client, ClientError};
+use dorado::host::{Host, HostConfig, HostError, LoadError};
+use dorado::node::{self, NodeConfig};
+use dorado::store::MemoryStore;
+use dorado::trace::TraceWriter;
+use dorado_testkit::etcd_process::{EtcdProcess, EtcdProcessError, find_etcd_binary};
+use dorado_testkit::process::ChildGuard;
 
 /// Replica names, as a StatefulSet would call its pods.
 const NAMES: [&str; 3] = ["kv-0", "kv-1", "kv-2"];
@@ -72,7 +73,7 @@ pub enum StoreChoice {
     Memory,
 }
 
-/// Options of `dorado demo`.
+/// Options of `dorado-bench demo`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
     /// Commands to submit before the leader is killed (a tenth as many more
@@ -199,10 +200,10 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> DemoError {
 /// including any check; Ctrl-C and SIGTERM stop everything and return
 /// [`DemoError::Interrupted`].
 pub async fn run<W: Write>(args: &DemoArgs, out: &mut W) -> Result<(), DemoError> {
-    crate::ensure_crypto_provider();
+    dorado::ensure_crypto_provider();
     tokio::select! {
         r = demo(args, out) => r,
-        () = crate::runner::shutdown_signal() => Err(DemoError::Interrupted),
+        () = dorado::runner::shutdown_signal() => Err(DemoError::Interrupted),
     }
 }
 
@@ -226,7 +227,7 @@ async fn demo<W: Write>(args: &DemoArgs, out: &mut W) -> Result<(), DemoError> {
         dir: Some(work),
         keep: args.keep,
     };
-    let sha = hex::encode(sha2::Sha256::digest(crate::examples::KV));
+    let sha = hex::encode(sha2::Sha256::digest(dorado_testkit::examples::KV));
     w.line(format_args!(
         "Dorado demo: 3 replicas of the embedded `kv` state machine (sha256 {}…)",
         &sha[..16]
@@ -253,7 +254,7 @@ async fn demo<W: Write>(args: &DemoArgs, out: &mut W) -> Result<(), DemoError> {
             ))?;
             w.work_dir(&work_path, args.keep)?;
             let module = work_path.join("kv.wasm");
-            std::fs::write(&module, crate::examples::KV)
+            std::fs::write(&module, dorado_testkit::examples::KV)
                 .map_err(io_err(format!("write {}", module.display())))?;
             let mut launcher = ProcessLauncher {
                 program,
@@ -295,7 +296,7 @@ async fn demo<W: Write>(args: &DemoArgs, out: &mut W) -> Result<(), DemoError> {
             ))?;
             w.work_dir(&work_path, args.keep)?;
             let host = Host::new(HostConfig::default())?;
-            let module = host.load(crate::examples::KV)?;
+            let module = host.load(dorado_testkit::examples::KV)?;
             let mut launcher = TaskLauncher {
                 module,
                 store: MemoryStore::new_group(NAMESPACE, GROUP)?,
@@ -680,7 +681,7 @@ fn short(hash: &str) -> &str {
 }
 
 fn http_client() -> reqwest::Client {
-    crate::ensure_crypto_provider();
+    dorado::ensure_crypto_provider();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .connect_timeout(Duration::from_secs(1))
@@ -1164,7 +1165,7 @@ struct ProcessReplica {
     name: String,
     port: u16,
     dir: PathBuf,
-    child: Option<Child>,
+    child: ChildGuard,
     incarnation: u32,
 }
 
@@ -1174,35 +1175,24 @@ impl ProcessReplica {
             name: name.into(),
             port: 0,
             dir: PathBuf::new(),
-            child: None,
+            child: ChildGuard::default(),
             incarnation: 0,
         }
     }
 
     fn kill(&mut self) -> Option<u32> {
-        let mut child = self.child.take()?;
-        let pid = child.id();
-        // Fails only if it already exited; wait reaps it either way.
-        let _ = child.kill();
-        let _ = child.wait();
+        let pid = self.child.pid()?;
+        self.child.kill();
         Some(pid)
     }
 
     fn stderr_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+        let tail = dorado_testkit::process::tail_file(&self.dir.join("stderr"), 10);
         if tail.is_empty() {
             "(stderr is empty)".into()
         } else {
             format!("end of {}:\n{tail}", self.dir.join("stderr").display())
         }
-    }
-}
-
-impl Drop for ProcessReplica {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -1258,24 +1248,17 @@ impl ProcessLauncher {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
-        let child = cmd
-            .spawn()
+        r.child = ChildGuard::spawn(&mut cmd)
             .map_err(io_err(format!("start {} run", self.program.display())))?;
-        r.child = Some(child);
         Ok(())
     }
 
     /// `Some(status)` if replica `i` has exited (reaping it).
     fn exited(&mut self, i: usize) -> Option<String> {
-        let r = &mut self.replicas[i];
-        let child = r.child.as_mut()?;
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                r.child = None;
-                Some(status.to_string())
-            }
-            _ => None,
-        }
+        self.replicas[i]
+            .child
+            .try_exit()
+            .map(|status| status.to_string())
     }
 }
 
@@ -1357,7 +1340,7 @@ impl Launcher for ProcessLauncher {
 // Replicas as tasks of this process, used with the in-memory store.
 
 struct TaskLauncher {
-    module: crate::host::Module,
+    module: dorado::host::Module,
     store: MemoryStore,
     dir: PathBuf,
     lease_ttl: u64,

@@ -31,7 +31,7 @@ use dorado_core::{Command, Entry, MemberRecord};
 use serde::{Deserialize, Serialize};
 
 use super::protocol::{Accept, Instance, PendingRequest, Record, RequestId, Value, View};
-use crate::store::{format_index, parse_index};
+use dorado::store::{format_index, parse_index};
 
 /// Group metadata of a classic group, written once by its first replica.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

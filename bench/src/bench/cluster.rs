@@ -13,14 +13,15 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use dorado_testkit::process::{ChildGuard, signal_pid};
 use tokio::time::Instant;
 
 use super::machine::Proc;
 use super::{BenchError, io_err};
-use crate::runner::Protocol;
+use crate::Protocol;
 
 /// Bound on replicas becoming ready and electing a leader.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -55,7 +56,7 @@ struct Replica {
     name: String,
     addr: SocketAddr,
     dir: PathBuf,
-    child: Option<Child>,
+    child: ChildGuard,
     /// How many times this replica id was started.
     generation: u32,
 }
@@ -72,14 +73,7 @@ impl Replica {
     }
 
     fn exited(&mut self) -> Option<String> {
-        let child = self.child.as_mut()?;
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                self.child = None;
-                Some(status.to_string())
-            }
-            Ok(None) | Err(_) => None,
-        }
+        self.child.try_exit().map(|status| status.to_string())
     }
 
     fn exited_error(&self, status: String) -> BenchError {
@@ -92,16 +86,7 @@ impl Replica {
     }
 
     fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        self.kill();
+        self.child.kill();
     }
 }
 
@@ -171,19 +156,18 @@ fn spawn(
             cmd.env_remove(key);
         }
     }
-    let child = cmd
-        .env("DORADO_LOG", "warn")
+    cmd.env("DORADO_LOG", "warn")
         .current_dir(&dir)
         .stdin(Stdio::null())
         .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
+        .stderr(stderr);
+    let child = ChildGuard::spawn(&mut cmd)
         .map_err(io_err(format!("start {} run", spec.binary.display())))?;
     Ok(Replica {
         name: name.to_owned(),
         addr,
         dir,
-        child: Some(child),
+        child,
         generation,
     })
 }
@@ -204,7 +188,7 @@ impl Replicas {
         std::fs::create_dir_all(&spec.dir)
             .map_err(io_err(format!("create {}", spec.dir.display())))?;
         let module = spec.dir.join("kv.wasm");
-        std::fs::write(&module, crate::examples::KV)
+        std::fs::write(&module, dorado_testkit::examples::KV)
             .map_err(io_err(format!("write {}", module.display())))?;
         let addrs = free_addrs(spec.count)?;
         let mut replicas = Vec::with_capacity(spec.count);
@@ -260,25 +244,16 @@ impl Replicas {
     /// somewhere in between).
     pub(crate) fn terminate(&mut self, i: usize) -> Result<(Instant, Instant), BenchError> {
         let r = &mut self.replicas[i];
-        let Some(child) = &r.child else {
+        let Some(pid) = r.child.pid() else {
             return Err(r.exited_error("not running".into()));
         };
-        let pid = child.id().to_string();
         let before = Instant::now();
-        let status = Command::new("kill")
-            .args(["-TERM", &pid])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map_err(io_err("run kill -TERM"))?;
+        let sent = signal_pid(pid, "TERM");
         let after = Instant::now();
-        if !status.success() {
-            return Err(BenchError::Io {
-                what: format!("kill -TERM {pid}"),
-                source: std::io::Error::other(status.to_string()),
-            });
-        }
+        sent.map_err(|e| BenchError::Io {
+            what: format!("kill -TERM {pid}"),
+            source: std::io::Error::other(e),
+        })?;
         Ok((before, after))
     }
 
@@ -286,7 +261,7 @@ impl Replicas {
     pub(crate) async fn reap(&mut self, i: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self.replicas[i].exited().is_some() || self.replicas[i].child.is_none() {
+            if self.replicas[i].exited().is_some() || !self.replicas[i].child.is_started() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -415,7 +390,7 @@ impl Replicas {
             if let Some(status) = r.exited() {
                 return Err(r.exited_error(status));
             }
-            if r.child.is_none() {
+            if !r.child.is_started() {
                 return Err(r.exited_error("not running".into()));
             }
         }
@@ -428,7 +403,7 @@ impl Replicas {
             .iter()
             .enumerate()
             .filter_map(|(i, r)| {
-                let pid = r.child.as_ref()?.id();
+                let pid = r.child.pid()?;
                 let role = if i == self.leader {
                     "leader"
                 } else {
@@ -498,21 +473,14 @@ impl Replicas {
     /// SIGTERM every replica, wait a little, then SIGKILL what remains.
     pub(crate) async fn shutdown(mut self) {
         for r in &self.replicas {
-            if let Some(child) = &r.child {
-                let _ = Command::new("kill")
-                    .args(["-TERM", &child.id().to_string()])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
+            let _ = r.child.signal("TERM");
         }
         let deadline = Instant::now() + STOP_TIMEOUT;
         while Instant::now() < deadline {
             for r in &mut self.replicas {
                 r.exited();
             }
-            if self.replicas.iter().all(|r| r.child.is_none()) {
+            if self.replicas.iter().all(|r| !r.child.is_started()) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

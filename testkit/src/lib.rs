@@ -1,0 +1,24 @@
+//! Test support shared by every Dorado test crate, the benchmarks and the
+//! demo. Nothing that ships in an image depends on it: it starts real etcd
+//! processes, embeds the example guests built from `wasm-examples/`, and keeps
+//! the process bookkeeping that proves a test left nothing behind.
+//!
+//! Layout:
+//! - [`cluster`]: a group of replica processes (`<bin> run ...`) with their
+//!   own ports and directories, killed on drop; HTTP helpers and bounded waits.
+//! - [`etcd_process`]: throwaway etcd members and clusters on free loopback
+//!   ports, killed on drop.
+//! - [`examples`]: the example guests (`kv`, `counter`, `bank`, `faulty`),
+//!   rebuilt by `build.rs` whenever their sources change.
+//! - [`netns`]: network namespaces with their own IPs behind one bridge, whose
+//!   route to etcd can be cut and healed (needs root and `ip`).
+//! - [`process`]: the guard every child process lives in (killed on drop),
+//!   free ports, bounded waits, log tails.
+//! - [`procs`]: find a process's children and check none outlives it.
+
+pub mod cluster;
+pub mod etcd_process;
+pub mod examples;
+pub mod netns;
+pub mod process;
+pub mod procs;
