@@ -10,7 +10,7 @@
 //!   replica recreated empty; the README's first command.
 //! - [`classic`]: the authors' 2016 scheme, a benchmark baseline, plugged into
 //!   the runtime's `dorado run` wiring through [`dorado::runner::Starter`].
-//! - [`RunArgs`]: `dorado-bench run`, a replica of either protocol (the
+//! - [`ReplicaArgs`]: `dorado-bench run`, a replica of either protocol (the
 //!   benchmarks and the demo start their replicas with it).
 
 pub mod bench;
@@ -49,7 +49,7 @@ impl Protocol {
 
 /// `dorado-bench run`: `dorado run`'s flags plus the protocol to run.
 #[derive(Debug, Clone, clap::Args)]
-pub struct RunArgs {
+pub struct ReplicaArgs {
     /// Everything `dorado run` takes.
     #[command(flatten)]
     pub run: dorado::cli::RunArgs,
@@ -64,7 +64,7 @@ pub struct RunArgs {
 }
 
 /// Run one replica of either protocol until SIGTERM or Ctrl-C.
-pub async fn run_replica(args: RunArgs) -> Result<(), dorado::cli::CliError> {
+pub async fn run_replica(args: ReplicaArgs) -> Result<(), dorado::cli::CliError> {
     match args.protocol {
         Protocol::Dorado => dorado::cli::run_replica(args.run, dorado::runner::Dorado).await,
         Protocol::Classic => {

@@ -27,7 +27,7 @@ enum Command {
     /// Run one replica of a group with either protocol (`dorado run`'s flags
     /// plus `--protocol` and `--replicas`); the benchmarks and the demo start
     /// their replicas with it.
-    Run(Box<dorado_bench::RunArgs>),
+    Run(Box<dorado_bench::ReplicaArgs>),
 }
 
 fn main() -> ExitCode {
@@ -58,4 +58,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => runtime.block_on(dorado_bench::run_replica(*args))?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        // Catches what clap only reports when parsing: duplicate flags or
+        // argument groups (e.g. from flattened argument structs).
+        super::Cli::command().debug_assert();
+    }
 }

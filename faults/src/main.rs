@@ -132,3 +132,13 @@ fn rustls_provider() -> bool {
     dorado::ensure_crypto_provider();
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+}

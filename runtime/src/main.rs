@@ -270,3 +270,15 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        // Catches what clap only reports when parsing: duplicate flags or
+        // argument groups (e.g. from flattened argument structs).
+        super::Cli::command().debug_assert();
+    }
+}

@@ -201,3 +201,60 @@ where
     }
     panic!("timed out after {timeout:?} waiting for {what}");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::procs::{alive, wait_gone};
+
+    fn sleeper() -> ChildGuard {
+        ChildGuard::spawn(Command::new("sleep").arg("30").stdin(Stdio::null()))
+            .expect("spawn sleep")
+    }
+
+    #[test]
+    fn a_dropped_guard_kills_and_reaps_its_process_even_when_paused() {
+        let mut guard = sleeper();
+        let pid = guard.pid().expect("running");
+        guard.pause().expect("SIGSTOP");
+        assert!(guard.is_paused());
+        drop(guard);
+        assert_eq!(
+            wait_gone(&[u64::from(pid)], Duration::from_secs(5)),
+            Vec::<u64>::new()
+        );
+        assert!(!alive(u64::from(pid)));
+    }
+
+    #[tokio::test]
+    async fn exit_status_is_seen_once_and_the_guard_empties() {
+        let mut guard =
+            ChildGuard::spawn(Command::new("sh").args(["-c", "exit 3"])).expect("spawn sh");
+        let status = guard
+            .wait_exit(Duration::from_secs(5))
+            .await
+            .expect("sh exits");
+        assert_eq!(status.code(), Some(3));
+        assert!(!guard.is_started());
+        assert!(!guard.is_running());
+        assert_eq!(guard.pid(), None);
+        // Signals to an empty guard are no-ops, not errors.
+        guard.signal("TERM").expect("no-op");
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines() {
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
+        assert_eq!(tail("", 3), "");
+    }
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let ports = free_ports(8);
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), 8, "{ports:?}");
+    }
+}
