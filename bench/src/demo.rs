@@ -25,7 +25,6 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,6 +44,7 @@ use dorado::store::MemoryStore;
 use dorado::trace::TraceWriter;
 use dorado_testkit::etcd_process::{EtcdProcess, EtcdProcessError, find_etcd_binary};
 use dorado_testkit::process::ChildGuard;
+use dorado_testkit::replica::ReplicaFlags;
 
 /// Replica names, as a StatefulSet would call its pods.
 const NAMES: [&str; 3] = ["kv-0", "kv-1", "kv-2"];
@@ -1223,31 +1223,22 @@ impl ProcessLauncher {
             .map_err(io_err(format!("create {}/stdout", r.dir.display())))?;
         let stderr = File::create(r.dir.join("stderr"))
             .map_err(io_err(format!("create {}/stderr", r.dir.display())))?;
-        let addr = format!("127.0.0.1:{port}");
-        let mut cmd = Command::new(&self.program);
-        cmd.arg("run")
-            .args(["--namespace", NAMESPACE, "--group", GROUP])
-            .args(["--replica", &r.name])
-            .arg("--module")
-            .arg(&self.module)
-            .args(["--etcd", &self.etcd.join(",")])
-            .args(["--listen", &addr, "--advertise", &addr])
-            .args(["--lease-ttl", &self.lease_ttl.to_string()])
-            .args(["--snapshot-every", &self.snapshot_every.to_string()]);
-        // These flags are the whole configuration: inherited DORADO_*
-        // variables (other than the log filter) must not change it.
-        for (name, _) in std::env::vars_os() {
-            let name_text = name.to_string_lossy();
-            if name_text.starts_with("DORADO_") && name_text != "DORADO_LOG" {
-                cmd.env_remove(&name);
-            }
-        }
-        cmd.env_remove("POD_NAME")
-            .env_remove("POD_IP")
-            .current_dir(&r.dir)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr);
+        let flags = ReplicaFlags {
+            group: GROUP.into(),
+            namespace: NAMESPACE.into(),
+            replica: r.name.clone(),
+            module: self.module.clone(),
+            etcd: self.etcd.clone(),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            lease_ttl: self.lease_ttl,
+            snapshot_every: self.snapshot_every,
+            extra: Vec::new(),
+        };
+        // These flags are the whole configuration: the builder clears
+        // inherited DORADO_* variables; the log filter is passed on.
+        let log = std::env::var("DORADO_LOG").unwrap_or_else(|_| "info".into());
+        let mut cmd = flags.command(&self.program, &[], "run", &r.dir, &log);
+        cmd.stdout(stdout).stderr(stderr);
         r.child = ChildGuard::spawn(&mut cmd)
             .map_err(io_err(format!("start {} run", self.program.display())))?;
         Ok(())

@@ -9,10 +9,10 @@
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use anyhow::Context;
 use dorado_testkit::process::ChildGuard;
+use dorado_testkit::replica::ReplicaFlags;
 
 /// How to start one replica.
 #[derive(Debug, Clone)]
@@ -87,32 +87,31 @@ impl ReplicaProc {
         let out = File::create(self.logdir.join(format!("{stem}.trace")))?;
         let err = File::create(self.logdir.join(format!("{stem}.log")))?;
         let s = &self.spec;
-        let mut cmd = match &s.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&s.bin);
-                c
-            }
-            None => Command::new(&s.bin),
+        let flags = ReplicaFlags {
+            group: s.group.clone(),
+            namespace: s.namespace.clone(),
+            replica: s.name.clone(),
+            module: s.module.clone(),
+            etcd: s.etcd.clone(),
+            listen: s.listen,
+            lease_ttl: s.lease_ttl,
+            snapshot_every: s.snapshot_every,
+            extra: [
+                "--log-format",
+                "json",
+                // Several appends in flight: more interleavings for the faults to hit.
+                "--max-inflight",
+                "4",
+            ]
+            .map(String::from)
+            .to_vec(),
         };
-        cmd.arg("replica")
-            .args(["--group", &s.group, "--namespace", &s.namespace])
-            .args(["--replica", &s.name])
-            .arg("--module")
-            .arg(&s.module)
-            .args(["--etcd", &s.etcd.join(",")])
-            .args(["--listen", &s.listen.to_string()])
-            .args(["--advertise", &s.listen.to_string()])
-            .args(["--lease-ttl", &s.lease_ttl.to_string()])
-            .args(["--snapshot-every", &s.snapshot_every.to_string()])
-            .args(["--log-format", "json"])
-            // Several appends in flight: more interleavings for the faults to hit.
-            .args(["--max-inflight", "4"])
-            .env("DORADO_LOG", "info")
-            .current_dir(&self.workdir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+        let prefix: Vec<&str> = match &s.netns {
+            Some(ns) => vec!["ip", "netns", "exec", ns],
+            None => Vec::new(),
+        };
+        let mut cmd = flags.command(&s.bin, &prefix, "replica", &self.workdir, "info");
+        cmd.stdout(out).stderr(err);
         self.child =
             ChildGuard::spawn(&mut cmd).with_context(|| format!("start replica {}", s.name))?;
         Ok(())

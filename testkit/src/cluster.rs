@@ -6,12 +6,13 @@
 //! (also when a test fails), and the temp dirs go with it.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::process::ChildGuard;
+use crate::replica::ReplicaFlags;
 
 pub use crate::process::{free_port, tail, wait_until};
 
@@ -144,22 +145,19 @@ impl Cluster {
         std::fs::create_dir_all(&r.dir).expect("replica dir");
         let out = std::fs::File::create(r.dir.join("stdout")).expect("stdout file");
         let err = std::fs::File::create(r.dir.join("stderr")).expect("stderr file");
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg("run")
-            .args(["--group", &self.group, "--namespace", &self.namespace])
-            .args(["--replica", &r.name])
-            .arg("--module")
-            .arg(module)
-            .args(["--etcd", &self.etcd_urls.join(",")])
-            .args(["--listen", &r.addr(), "--advertise", &r.addr()])
-            .args(["--lease-ttl", &self.lease_ttl.to_string()])
-            .args(["--snapshot-every", &self.snapshot_every.to_string()])
-            .args(&r.extra)
-            .env("DORADO_LOG", "info")
-            .current_dir(&r.dir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+        let flags = ReplicaFlags {
+            group: self.group.clone(),
+            namespace: self.namespace.clone(),
+            replica: r.name.clone(),
+            module: module.to_path_buf(),
+            etcd: self.etcd_urls.clone(),
+            listen: r.addr().parse().expect("a socket address"),
+            lease_ttl: self.lease_ttl,
+            snapshot_every: self.snapshot_every,
+            extra: r.extra.clone(),
+        };
+        let mut cmd = flags.command(&self.bin, &[], "run", &r.dir, "info");
+        cmd.stdout(out).stderr(err);
         r.child = ChildGuard::spawn(&mut cmd)
             .unwrap_or_else(|e| panic!("spawn {} run: {e}", self.bin.display()));
     }

@@ -15,6 +15,7 @@
 //! - [`process`]: the guard every child process lives in (killed on drop),
 //!   free ports, bounded waits, log tails.
 //! - [`procs`]: find a process's children and check none outlives it.
+//! - [`replica`]: the flags every harness starts a replica process with.
 
 pub mod cluster;
 pub mod etcd_process;
@@ -22,3 +23,4 @@ pub mod examples;
 pub mod netns;
 pub mod process;
 pub mod procs;
+pub mod replica;

@@ -13,10 +13,10 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use dorado_testkit::process::{ChildGuard, signal_pid};
+use dorado_testkit::replica::ReplicaFlags;
 use tokio::time::Instant;
 
 use super::machine::Proc;
@@ -131,36 +131,29 @@ fn spawn(
         std::fs::File::create(&path).map_err(io_err(format!("create {}", path.display())))
     };
     let (stdout, stderr) = (open("stdout")?, open("stderr")?);
-    let mut cmd = Command::new(&spec.binary);
-    cmd.arg("run")
-        .args(["--group", &spec.group, "--namespace", &spec.namespace])
-        .args(["--replica", name])
-        .arg("--module")
-        .arg(module)
-        .args(["--etcd", &spec.etcd.join(",")])
-        .args(["--listen", &addr.to_string()])
-        .args(["--advertise", &addr.to_string()])
-        .args(["--lease-ttl", &spec.lease_ttl.to_string()])
-        .args(["--snapshot-every", &spec.snapshot_every.to_string()]);
+    let mut extra = Vec::new();
     if let Some(m) = spec.max_inflight {
-        cmd.args(["--max-inflight", &m.to_string()]);
+        extra.extend(["--max-inflight".to_string(), m.to_string()]);
     }
     if spec.protocol == Protocol::Classic {
-        cmd.args(["--protocol", "classic"])
-            .args(["--replicas", &spec.count.to_string()]);
+        extra.extend(["--protocol", "classic", "--replicas"].map(String::from));
+        extra.push(spec.count.to_string());
     }
-    cmd.args(&spec.extra);
-    // Our flags are the whole configuration.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("DORADO_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env("DORADO_LOG", "warn")
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr);
+    extra.extend(spec.extra.iter().cloned());
+    let flags = ReplicaFlags {
+        group: spec.group.clone(),
+        namespace: spec.namespace.clone(),
+        replica: name.to_owned(),
+        module: module.to_path_buf(),
+        etcd: spec.etcd.clone(),
+        listen: addr,
+        lease_ttl: spec.lease_ttl,
+        snapshot_every: spec.snapshot_every,
+        extra,
+    };
+    // Our flags are the whole configuration (the builder clears DORADO_*).
+    let mut cmd = flags.command(&spec.binary, &[], "run", &dir, "warn");
+    cmd.stdout(stdout).stderr(stderr);
     let child = ChildGuard::spawn(&mut cmd)
         .map_err(io_err(format!("start {} run", spec.binary.display())))?;
     Ok(Replica {
