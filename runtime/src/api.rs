@@ -318,6 +318,7 @@ fn submit_error(e: SubmitError) -> ApiError {
         SubmitError::Unknown => (StatusCode::SERVICE_UNAVAILABLE, "unknown_outcome"),
         SubmitError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
         SubmitError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+        SubmitError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_command"),
     };
     let mut err = ApiError::new(status, code, e.to_string());
     if let SubmitError::Forward(addr) = e {

@@ -24,9 +24,16 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tokio::time::Instant;
+
+use dorado_core::decide::{
+    CampaignInputs, KeepAlive, LeaseDecision, LeaseTimer, Progress, ProgressAction, Readiness,
+    ReadyInputs, Replies, SnapshotPolicy, leader_base, may_campaign,
+};
 use dorado_core::engine::LeaderConfig;
+use dorado_core::entry::EncodeError;
 use dorado_core::{
     Abandoned, AppliedEntry, Command, Entry, Epoch, Index, LeaderAction, LeaderEngine,
     LeaderRecord, Leadership, Learner, LeaseId, MemberRecord, Meta, Outcome, ReplicaState, Route,
@@ -160,6 +167,10 @@ pub enum SubmitError {
     /// The command did not complete within the submit timeout.
     #[error("timed out after {0:?} waiting for the command to be applied")]
     Timeout(Duration),
+    /// The command cannot be encoded as a log entry (e.g. a client id longer
+    /// than 255 bytes); it was not appended, and retrying it unchanged fails alike.
+    #[error("command refused: {0}")]
+    Invalid(EncodeError),
 }
 
 /// Read consistency.
@@ -242,7 +253,11 @@ struct Shared {
     /// a leader that died mid-append, which only a new leader fills. Such a
     /// replica may campaign even though it is not caught up.
     stuck: AtomicBool,
+    /// Why this replica stopped applying (corrupt entry, unwritable trace, ...).
     fatal: Mutex<Option<String>>,
+    /// The core turned fatal: the lease task revokes the lease (leadership
+    /// passes to a healthy replica) and no longer renews one.
+    resign: Notify,
     status: Mutex<Status>,
     store_error: Mutex<Option<String>>,
     resubscribe: Notify,
@@ -262,11 +277,14 @@ impl Shared {
             .lock()
             .map(|e| e.is_none())
             .unwrap_or(false);
-        let ready = lease_held
-            && store_ok
-            && !fatal
-            && self.caught_up.load(Ordering::Acquire)
-            && !self.draining.load(Ordering::Acquire);
+        let ready = ReadyInputs {
+            lease_held,
+            store_ok,
+            fatal,
+            caught_up: self.caught_up.load(Ordering::Acquire),
+            draining: self.draining.load(Ordering::Acquire),
+        }
+        .ready();
         self.ready.store(ready, Ordering::Release);
         self.metrics.ready.set(i64::from(ready));
     }
@@ -334,6 +352,7 @@ impl Node {
     /// Order a command and wait for its outcome (leader only; followers get
     /// [`SubmitError::Forward`]).
     pub async fn submit(&self, command: Command) -> Result<SubmitReply, SubmitError> {
+        command.validate().map_err(SubmitError::Invalid)?;
         if self.shared.draining.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
         }
@@ -580,6 +599,7 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
         snapshotting: AtomicBool::new(false),
         stuck: AtomicBool::new(false),
         fatal: Mutex::new(None),
+        resign: Notify::new(),
         status: Mutex::new(status),
         store_error: Mutex::new(None),
         resubscribe: Notify::new(),
@@ -614,8 +634,7 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
         engine: None,
         waiters: HashMap::new(),
         next_token: 0,
-        index_waiters: HashMap::new(),
-        early: HashMap::new(),
+        replies: Replies::new(),
         queries: BTreeMap::new(),
         applied_waiters: BTreeMap::new(),
         leader_view: None,
@@ -626,7 +645,8 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
         store: store.clone(),
         tx: tx.clone(),
         snapshot_index,
-        stuck_since: None,
+        progress: Progress::default(),
+        cancel: cancel.clone(),
     };
     let core = tokio::spawn(core.run(rx, learned_rx, cancel.clone()));
     let tasks = vec![
@@ -722,11 +742,8 @@ struct Core<S: Store, M> {
     engine: Option<LeaderEngine<u64>>,
     waiters: HashMap<u64, oneshot::Sender<Result<SubmitReply, SubmitError>>>,
     next_token: u64,
-    /// Committed entries whose waiters are answered when they are applied.
-    index_waiters: HashMap<Index, Vec<(u32, u64)>>,
-    /// Outcomes of our own in-flight entries that the watch delivered (and we
-    /// applied) before the append's answer came back.
-    early: HashMap<Index, Vec<SubmitReply>>,
+    /// Which waiting client gets which applied outcome (see [`Replies`]).
+    replies: Replies<u64, SubmitReply>,
     queries: BTreeMap<Index, Vec<PendingQuery>>,
     applied_waiters: BTreeMap<Index, Vec<oneshot::Sender<()>>>,
     leader_view: Option<Leadership>,
@@ -737,7 +754,10 @@ struct Core<S: Store, M> {
     store: Arc<S>,
     tx: mpsc::UnboundedSender<Msg>,
     snapshot_index: Index,
-    stuck_since: Option<(Index, Instant)>,
+    progress: Progress,
+    /// Stops the append and snapshot tasks this loop spawns: after shutdown or
+    /// abort, a replica never writes to the store again.
+    cancel: CancellationToken,
 }
 
 impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
@@ -908,12 +928,17 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
                     let epoch = engine.epoch();
                     let store = self.store.clone();
                     let tx = self.tx.clone();
+                    let cancel = self.cancel.clone();
                     tokio::spawn(async move {
                         if retry {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                         let t0 = Instant::now();
-                        let result = store.append(epoch, index, &bytes).await;
+                        let result = tokio::select! {
+                            biased;
+                            _ = cancel.cancelled() => return,
+                            r = store.append(epoch, index, &bytes) => r,
+                        };
                         let _ = tx.send(Msg::AppendDone {
                             epoch,
                             index,
@@ -929,23 +954,17 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
                 } => {
                     self.shared.metrics.batch_size.observe(entry.len() as f64);
                     self.shared.commit.fetch_max(index, Ordering::AcqRel);
-                    if index <= self.state.applied {
-                        // The watch was faster than the append's answer.
-                        let replies = self.early.remove(&index).unwrap_or_default();
-                        for (pos, token) in waiters {
-                            let r = replies
-                                .get(pos as usize)
-                                .cloned()
-                                .ok_or(SubmitError::Unknown);
-                            if let Some(w) = self.waiters.remove(&token) {
-                                let _ = w.send(r);
-                            }
-                        }
-                    } else {
-                        if !waiters.is_empty() {
-                            self.index_waiters.insert(index, waiters);
-                        }
+                    let (answers, offer) =
+                        self.replies
+                            .on_committed(index, waiters, self.state.applied);
+                    self.send_answers(answers);
+                    if offer {
                         self.learner.offer(index, entry);
+                    }
+                }
+                LeaderAction::Refuse { token, error } => {
+                    if let Some(w) = self.waiters.remove(&token) {
+                        let _ = w.send(Err(SubmitError::Invalid(error)));
                     }
                 }
                 LeaderAction::Abandon { tokens, why } => {
@@ -962,7 +981,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
                 LeaderAction::StepDown => {
                     tracing::warn!("append fenced: another replica leads now; stepping down");
                     self.engine = None;
-                    self.early.clear();
+                    self.replies.on_step_down();
                     self.shared.leading.store(false, Ordering::Release);
                     self.shared.metrics.is_leader.set(0);
                     self.publish_status();
@@ -976,7 +995,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
             let actions = e.step_down();
             self.perform(actions);
         }
-        self.early.clear();
+        self.replies.on_step_down();
         self.shared.leading.store(false, Ordering::Release);
         self.shared.metrics.is_leader.set(0);
         self.publish_status();
@@ -1011,7 +1030,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
             }
         }
         present.sort_unstable();
-        let from = base.max(self.state.applied);
+        let from = leader_base(Some(base), self.state.applied);
         let (engine, actions) =
             LeaderEngine::start(epoch, self.shared.config.leader, from, last, &present);
         tracing::info!(epoch, last, gaps = actions.len(), "leading");
@@ -1059,6 +1078,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
                         self.fmt.restored(snap.index, &self.state.hash, &mut line);
                         self.trace.write(line);
                         self.after_apply();
+                        self.check_trace();
                     }
                     Err(e) => self.fatal(format!("restoring snapshot {}: {e}", snap.index)),
                 }
@@ -1066,27 +1086,45 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         }
     }
 
+    /// Stop applying for good: not ready, the message in the status, and no
+    /// longer a leader or a candidate (the lease task resigns the lease so
+    /// another replica takes over).
     fn fatal(&mut self, msg: String) {
         tracing::error!("{msg}; this replica stops applying until restarted");
         if let Ok(mut f) = self.shared.fatal.lock() {
             *f = Some(msg);
         }
         self.shared.ready.store(false, Ordering::Release);
+        self.shared.metrics.ready.set(0);
+        self.shared.resign.notify_one();
+        if self.engine.is_some() {
+            self.step_down();
+        }
+    }
+
+    /// A trace that can no longer be written is fatal (see `trace.rs`).
+    fn check_trace(&mut self) {
+        if let Some(e) = self.trace.error()
+            && !self.is_fatal()
+        {
+            self.fatal(e.to_string());
+        }
+    }
+
+    fn is_fatal(&self) -> bool {
+        self.shared.fatal.lock().map(|f| f.is_some()).unwrap_or(true)
     }
 
     fn apply_ready(&mut self) {
-        if self
-            .shared
-            .fatal
-            .lock()
-            .map(|f| f.is_some())
-            .unwrap_or(true)
-        {
+        if self.is_fatal() {
             return;
         }
         let mut text = String::new();
         let mut applied_any = false;
-        while let Some((index, entry)) = self.learner.pop_ready() {
+        // A stalled trace consumer pauses applying (the tick resumes it).
+        while self.trace.backlog() <= TraceWriter::HIGH_WATER
+            && let Some((index, entry)) = self.learner.pop_ready()
+        {
             let applied = match self.state.apply(index, &entry, &mut self.sm) {
                 Ok(a) => a,
                 Err(e) => {
@@ -1107,6 +1145,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         if applied_any {
             self.after_apply();
         }
+        self.check_trace();
     }
 
     fn record(&self, applied: &AppliedEntry) {
@@ -1136,20 +1175,17 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
                 })
                 .collect::<Vec<_>>()
         };
-        if let Some(waiters) = self.index_waiters.remove(&index) {
-            let replies = replies();
-            for (pos, token) in waiters {
-                if let Some(w) = self.waiters.remove(&token) {
-                    let _ = w.send(
-                        replies
-                            .get(pos as usize)
-                            .cloned()
-                            .ok_or(SubmitError::Unknown),
-                    );
-                }
+        let inflight = self.engine.as_ref().is_some_and(|e| e.is_inflight(index));
+        let answers = self.replies.on_applied(index, replies, inflight);
+        self.send_answers(answers);
+    }
+
+    /// Answer clients; `None` is an outcome that cannot be told.
+    fn send_answers(&mut self, answers: Vec<(u64, Option<SubmitReply>)>) {
+        for (token, reply) in answers {
+            if let Some(w) = self.waiters.remove(&token) {
+                let _ = w.send(reply.ok_or(SubmitError::Unknown));
             }
-        } else if self.engine.as_ref().is_some_and(|e| e.is_inflight(index)) {
-            self.early.insert(index, replies());
         }
     }
 
@@ -1184,14 +1220,14 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
     }
 
     fn maybe_snapshot(&mut self, index: Index) {
-        let every = self.shared.config.snapshot_every;
-        if every == 0
-            || !index.is_multiple_of(every)
-            || self.engine.is_none()
-            || self.shared.snapshotting.swap(true, Ordering::AcqRel)
-        {
+        let policy = SnapshotPolicy {
+            every: self.shared.config.snapshot_every,
+        };
+        let in_progress = self.shared.snapshotting.load(Ordering::Acquire);
+        if !policy.due(index, self.engine.is_some(), in_progress) {
             return;
         }
+        self.shared.snapshotting.store(true, Ordering::Release);
         let snap = match self
             .state
             .snapshot(&mut self.sm, &self.shared.config.module_sha256)
@@ -1208,13 +1244,18 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         self.snapshot_index = index;
         let store = self.store.clone();
         let shared = self.shared.clone();
+        let cancel = self.cancel.clone();
         tokio::spawn(async move {
-            let result = async {
+            let write = async {
                 store.put_snapshot(index, &snap).await?;
                 store.delete_log_below(index).await?;
                 store.delete_snapshots_below(index).await
-            }
-            .await;
+            };
+            let result = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                r = write => r,
+            };
             match result {
                 Ok(()) => {
                     shared.metrics.snapshots_written.inc();
@@ -1234,32 +1275,18 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
     }
 
     fn tick(&mut self) {
-        // Stuck detection: the next entry has not arrived although later ones
-        // exist (or the store is ahead): make the learner re-subscribe, which
-        // also restores a newer snapshot if the log was truncated under us.
+        self.apply_ready();
         let next = self.learner.next();
-        let behind =
-            self.learner.gap().is_some() || self.shared.commit.load(Ordering::Acquire) >= next;
-        if behind {
-            match self.stuck_since {
-                Some((n, since)) if n == next => {
-                    if since.elapsed() > Duration::from_secs(1) {
-                        tracing::info!(waiting_for = next, "no progress; re-reading the log");
-                        self.shared.resubscribe.notify_one();
-                        self.stuck_since = Some((next, Instant::now()));
-                        // Possibly a gap only a leader can fill: allow campaigning.
-                        self.shared.stuck.store(true, Ordering::Release);
-                    }
-                }
-                _ => {
-                    self.stuck_since = Some((next, Instant::now()));
-                    self.shared.stuck.store(false, Ordering::Release);
-                }
-            }
-        } else {
-            self.stuck_since = None;
-            self.shared.stuck.store(false, Ordering::Release);
+        let gap = self.learner.gap().is_some();
+        let commit = self.shared.commit.load(Ordering::Acquire);
+        let now = Instant::now().into_std();
+        if self.progress.tick(now, next, gap, commit) == ProgressAction::Resubscribe {
+            tracing::info!(waiting_for = next, "no progress; re-reading the log");
+            self.shared.resubscribe.notify_one();
         }
+        self.shared
+            .stuck
+            .store(self.progress.stuck(), Ordering::Release);
         self.check_drained();
     }
 
@@ -1267,7 +1294,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         if self.drain_waiters.is_empty() {
             return;
         }
-        if self.engine.as_ref().is_none_or(|e| e.is_idle()) && self.index_waiters.is_empty() {
+        if self.engine.as_ref().is_none_or(|e| e.is_idle()) && self.replies.is_idle() {
             for w in self.drain_waiters.drain(..) {
                 let _ = w.send(());
             }
@@ -1310,7 +1337,6 @@ async fn lease_task<S: Store>(
     cancel: CancellationToken,
 ) {
     let ttl = shared.config.lease_ttl;
-    let period = (ttl / 3).max(Duration::from_millis(100));
     let mut attempt = 0;
     while !cancel.is_cancelled() {
         let lease = tokio::select! {
@@ -1333,7 +1359,8 @@ async fn lease_task<S: Store>(
         };
         attempt = 0;
         let _ = lease_tx.send(Some(lease));
-        let mut last_ok = Instant::now();
+        let mut timer = LeaseTimer::new(ttl, Instant::now().into_std());
+        let period = timer.period();
         loop {
             let record = MemberRecord {
                 address: shared.config.advertise.clone(),
@@ -1344,37 +1371,48 @@ async fn lease_task<S: Store>(
                     .map(|s| s.hash.clone())
                     .unwrap_or_default(),
             };
-            // The keep-alive alone decides whether the lease lives, and it may
-            // take as long as the lease has left: a slow etcd must not cost the
-            // leader its lease. Publishing the member record is best effort.
-            let budget = ttl.saturating_sub(last_ok.elapsed()).max(period);
+            // How long the keep-alive may take and what its answer means is
+            // `LeaseTimer`'s decision; publishing the member record is best effort.
+            let budget = timer.budget(Instant::now().into_std());
             let result = tokio::select! {
                 _ = cancel.cancelled() => return,
                 r = tokio::time::timeout(budget, store.keep_alive(lease)) => r.unwrap_or_else(|_| Err(StoreError::Unavailable("keep-alive timed out".into()))),
             };
-            if result.is_ok() {
-                let publish = store.publish_member(lease, &shared.config.replica, &record);
-                if let Ok(Err(e)) = tokio::time::timeout(period, publish).await {
-                    tracing::debug!(error = %e, "could not publish the member record");
-                }
-            }
-            match result {
-                Ok(()) => last_ok = Instant::now(),
-                Err(StoreError::LeaseExpired(_)) => {
-                    tracing::warn!("lease expired; getting a new one");
-                    break;
-                }
+            let outcome = match &result {
+                Ok(()) => KeepAlive::Ok,
+                Err(StoreError::LeaseExpired(_)) => KeepAlive::Expired,
                 Err(e) => {
                     shared.metrics.store_errors.inc();
                     tracing::warn!(error = %e, "lease keep-alive failed");
-                    if last_ok.elapsed() >= ttl {
-                        break;
+                    KeepAlive::Failed
+                }
+            };
+            match timer.on_keep_alive(Instant::now().into_std(), outcome) {
+                LeaseDecision::Renewed => {
+                    let publish = store.publish_member(lease, &shared.config.replica, &record);
+                    if let Ok(Err(e)) = tokio::time::timeout(period, publish).await {
+                        tracing::debug!(error = %e, "could not publish the member record");
                     }
+                }
+                LeaseDecision::Retry => {}
+                LeaseDecision::Lost => {
+                    tracing::warn!("lease lost; getting a new one");
+                    break;
                 }
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(period) => {}
+                _ = shared.resign.notified() => {
+                    tracing::warn!("replica is fatal; revoking its lease so a healthy replica leads");
+                    let _ = lease_tx.send(None);
+                    let _ = tx.send(Msg::LeaseLost);
+                    if let Err(e) = store.revoke_lease(lease).await {
+                        tracing::warn!(error = %e, "could not revoke the lease; it will expire by itself");
+                    }
+                    // Never a member again until restarted.
+                    return cancel.cancelled().await;
+                }
             }
         }
         let _ = lease_tx.send(None);
@@ -1416,14 +1454,16 @@ async fn election_task<S: Store>(
                 _ = recheck.tick() => {}
                 _ = lease.changed() => {}
             }
-            // Campaign when there is no leader, we hold a lease and we are caught up.
-            let no_leader = matches!(view, Some(None));
             let lease_id = *lease.borrow();
-            if !no_leader
-                || shared.draining.load(Ordering::Acquire)
-                || !(shared.caught_up.load(Ordering::Acquire)
-                    || shared.stuck.load(Ordering::Acquire))
-            {
+            let inputs = CampaignInputs {
+                no_leader: matches!(view, Some(None)),
+                lease_held: lease_id.is_some(),
+                draining: shared.draining.load(Ordering::Acquire),
+                fatal: shared.fatal.lock().map(|f| f.is_some()).unwrap_or(true),
+                caught_up: shared.caught_up.load(Ordering::Acquire),
+                stuck: shared.stuck.load(Ordering::Acquire),
+            };
+            if !may_campaign(inputs) {
                 continue;
             }
             let Some(lease_id) = lease_id else { continue };
@@ -1470,8 +1510,8 @@ async fn prepare_leadership<S: Store>(
     store: &S,
     shared: &Shared,
 ) -> Result<(Index, Index, Vec<(Index, Vec<u8>)>), StoreError> {
-    let snap = store.newest_snapshot_index().await?.unwrap_or(0);
-    let base = snap.max(shared.applied.load(Ordering::Acquire));
+    let snap = store.newest_snapshot_index().await?;
+    let base = leader_base(snap, shared.applied.load(Ordering::Acquire));
     let last = store.last_index(base + 1).await?.unwrap_or(base);
     let mut entries = Vec::new();
     let mut from = base + 1;
@@ -1568,15 +1608,16 @@ async fn health_task<S: Store>(
     lease: watch::Receiver<Option<LeaseId>>,
     cancel: CancellationToken,
 ) {
-    let mut target: Option<Index> = None;
+    let mut readiness = Readiness::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
-        let catching_up = target.filter(|_| !shared.caught_up.load(Ordering::Acquire));
+        let goal = readiness.goal();
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
-            _ = applied_reaches(&shared, catching_up) => {
-                shared.caught_up.store(true, Ordering::Release);
+            _ = applied_reaches(&shared, goal) => {
+                readiness.on_applied(shared.applied.load(Ordering::Acquire));
+                shared.caught_up.store(readiness.caught_up(), Ordering::Release);
                 shared.update_ready(lease.borrow().is_some());
                 continue;
             }
@@ -1589,13 +1630,13 @@ async fn health_task<S: Store>(
                 .await;
         match result {
             Ok(Ok(last)) => {
-                let last = last.unwrap_or(applied_before);
                 shared.set_store_error(None);
-                shared.commit.fetch_max(last, Ordering::AcqRel);
+                shared
+                    .commit
+                    .fetch_max(last.unwrap_or(applied_before), Ordering::AcqRel);
                 let applied = shared.applied.load(Ordering::Acquire);
-                let caught_up = applied >= target.unwrap_or(last).min(last) || applied >= last;
-                shared.caught_up.store(caught_up, Ordering::Release);
-                target = Some(last);
+                readiness.on_check(applied, last);
+                shared.caught_up.store(readiness.caught_up(), Ordering::Release);
             }
             Ok(Err(e)) => {
                 if !matches!(shared.store_error.lock().ok().as_deref(), Some(Some(_))) {

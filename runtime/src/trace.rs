@@ -4,14 +4,25 @@
 //! Why a separate writer thread: the apply loop is the protocol's critical
 //! path and stdout can be a slow pipe (container runtimes, `kubectl logs -f`).
 //! The loop formats lines into a buffer per log entry and hands it over a
-//! bounded channel; the writer thread batches into a `BufWriter` and flushes
-//! only when it has nothing more to write. If the consumer of stdout stalls
-//! long enough to fill the channel, the apply loop waits rather than drop
-//! lines: a trace with holes would defeat its purpose.
+//! channel; the writer thread batches into a `BufWriter` and flushes only when
+//! it has nothing more to write.
+//!
+//! Handing text over never blocks: the apply loop runs on a tokio worker,
+//! and a blocking send there would stall every task on that worker. Instead
+//! the writer counts the bytes queued ([`TraceWriter::backlog`]); the apply
+//! loop stops applying while the backlog is above [`TraceWriter::HIGH_WATER`]
+//! and resumes when the writer catches up, so a stalled stdout slows the
+//! replica rather than dropping lines: a trace with holes would defeat its
+//! purpose.
+//!
+//! A write error is never swallowed: the writer records it and stops, and
+//! [`TraceWriter::error`] reports it; the replica then goes not-ready with that
+//! message (a replica never silently stops tracing).
 
 use std::fmt::Write as _;
 use std::io::Write;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
 use dorado_core::{AppliedEntry, ChainHash, Outcome};
@@ -167,14 +178,46 @@ pub fn parse_trace_line(line: &str) -> Option<TracedHash> {
     Some(TracedHash { index, hash })
 }
 
+/// Why the trace can no longer be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TraceError {
+    /// Writing or flushing the sink failed; lines from then on are lost.
+    #[error("cannot write the replay trace: {0}; this replica stops applying (a trace with holes cannot be replayed); fix the output and restart it")]
+    Write(String),
+    /// The writer thread could not be started or has ended.
+    #[error("the replay trace writer is not running: {0}; restart the replica")]
+    WriterGone(String),
+}
+
+#[derive(Debug, Default)]
+struct TraceState {
+    /// Bytes handed over but not yet written.
+    pending: AtomicUsize,
+    /// The first failure; set once, then the writer stops.
+    error: Mutex<Option<TraceError>>,
+}
+
+impl TraceState {
+    fn fail(&self, e: TraceError) {
+        let mut slot = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+    }
+}
+
 /// Sends formatted trace text to a dedicated writer thread.
 #[derive(Debug)]
 pub struct TraceWriter {
-    tx: Option<mpsc::SyncSender<String>>,
+    tx: Option<mpsc::Sender<String>>,
     thread: Option<JoinHandle<()>>,
+    state: Arc<TraceState>,
 }
 
 impl TraceWriter {
+    /// Above this many queued bytes the apply loop pauses (see the module docs).
+    pub const HIGH_WATER: usize = 16 * 1024 * 1024;
+
     /// Write to stdout.
     pub fn stdout() -> Self {
         Self::new(std::io::stdout())
@@ -182,48 +225,90 @@ impl TraceWriter {
 
     /// Write to any sink (tests use a file).
     pub fn new<W: Write + Send + 'static>(sink: W) -> Self {
-        let (tx, rx) = mpsc::sync_channel::<String>(4096);
-        let thread = std::thread::Builder::new()
+        let (tx, rx) = mpsc::channel::<String>();
+        let state = Arc::new(TraceState::default());
+        let st = state.clone();
+        let spawned = std::thread::Builder::new()
             .name("dorado-trace".into())
             .spawn(move || {
                 let mut w = std::io::BufWriter::with_capacity(256 * 1024, sink);
+                let fail = |e: std::io::Error| st.fail(TraceError::Write(e.to_string()));
                 while let Ok(chunk) = rx.recv() {
-                    if w.write_all(chunk.as_bytes()).is_err() {
-                        return;
+                    let mut done = chunk.len();
+                    if let Err(e) = w.write_all(chunk.as_bytes()) {
+                        return fail(e);
                     }
                     while let Ok(more) = rx.try_recv() {
-                        if w.write_all(more.as_bytes()).is_err() {
-                            return;
+                        done += more.len();
+                        if let Err(e) = w.write_all(more.as_bytes()) {
+                            return fail(e);
                         }
                     }
-                    if w.flush().is_err() {
-                        return;
+                    if let Err(e) = w.flush() {
+                        return fail(e);
                     }
+                    st.pending.fetch_sub(done, Ordering::AcqRel);
                 }
-                let _ = w.flush();
-            })
-            .ok();
+                if let Err(e) = w.flush() {
+                    fail(e);
+                }
+            });
+        let thread = match spawned {
+            Ok(t) => Some(t),
+            Err(e) => {
+                state.fail(TraceError::WriterGone(e.to_string()));
+                None
+            }
+        };
         TraceWriter {
             tx: Some(tx),
             thread,
+            state,
         }
     }
 
-    /// Queue text (whole lines) for writing.
+    /// Queue text (whole lines) for writing. Never blocks. After a failure
+    /// the text is dropped and [`TraceWriter::error`] says why.
     pub fn write(&self, text: String) {
-        if text.is_empty() {
+        if text.is_empty() || self.error().is_some() {
             return;
         }
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(text);
+        let Some(tx) = &self.tx else {
+            self.state
+                .fail(TraceError::WriterGone("written to after close".into()));
+            return;
+        };
+        let len = text.len();
+        self.state.pending.fetch_add(len, Ordering::AcqRel);
+        if tx.send(text).is_err() {
+            self.state.pending.fetch_sub(len, Ordering::AcqRel);
+            self.state
+                .fail(TraceError::WriterGone("the writer thread ended".into()));
         }
+    }
+
+    /// Bytes queued but not yet written.
+    pub fn backlog(&self) -> usize {
+        self.state.pending.load(Ordering::Acquire)
+    }
+
+    /// The failure that stopped the trace, if any.
+    pub fn error(&self) -> Option<TraceError> {
+        self.state
+            .error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Flush everything queued and stop the writer thread.
     pub fn close(&mut self) {
         self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            self.state
+                .fail(TraceError::WriterGone("the writer thread panicked".into()));
         }
     }
 }
@@ -316,5 +401,67 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let nums: Vec<usize> = text.lines().map(|l| l.parse().unwrap()).collect();
         assert_eq!(nums, (0..10_000).collect::<Vec<_>>());
+        assert_eq!(w.error(), None);
+        assert_eq!(w.backlog(), 0);
+    }
+
+    /// A sink that accepts `ok` bytes, then fails.
+    struct Failing {
+        ok: usize,
+    }
+
+    impl Write for Failing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.ok == 0 {
+                return Err(std::io::Error::other("disk full"));
+            }
+            let n = buf.len().min(self.ok);
+            self.ok -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_write_error_is_reported_not_swallowed() {
+        let mut w = TraceWriter::new(Failing { ok: 10 });
+        w.write("0123456789abcdef\n".into());
+        w.close();
+        let e = w.error().expect("the failure is reported");
+        assert!(e.to_string().contains("disk full"), "{e}");
+        assert!(e.to_string().contains("cannot write the replay trace"), "{e}");
+        // Writing after the failure neither blocks nor panics, and the first error stays.
+        w.write("more\n".into());
+        assert!(w.error().unwrap().to_string().contains("disk full"));
+    }
+
+    /// A sink that blocks until released: handing text over must not block.
+    #[test]
+    fn writing_never_blocks_while_the_sink_stalls() {
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        struct Stalled(mpsc::Receiver<()>);
+        impl Write for Stalled {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                let _ = self.0.recv();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut w = TraceWriter::new(Stalled(release_rx));
+        let line = "x".repeat(1023) + "\n";
+        // Far more than any bounded channel held before (4096 chunks).
+        for _ in 0..10_000 {
+            w.write(line.clone());
+        }
+        assert!(w.backlog() > 0, "the stalled sink wrote nothing yet");
+        drop(release_tx); // the sink now returns at once
+        w.close();
+        assert_eq!(w.error(), None);
+        assert_eq!(w.backlog(), 0);
     }
 }

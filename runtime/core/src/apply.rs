@@ -136,7 +136,10 @@ impl ReplicaState {
             return (run(sm, &cmd.payload), false);
         };
         match self.sessions.check(&client.id, client.seq) {
-            SessionCheck::Duplicate(outcome) => (outcome, true),
+            // Planted bug (feature `planted-no-session-cache`, for the simulation).
+            SessionCheck::Duplicate(outcome) if !cfg!(feature = "planted-no-session-cache") => {
+                (outcome, true)
+            }
             SessionCheck::Stale { current } => (
                 Outcome::Rejected(format!(
                     "stale sequence number {} for client {}: it is already at {current}",
@@ -144,7 +147,7 @@ impl ReplicaState {
                 )),
                 false,
             ),
-            SessionCheck::Fresh => {
+            SessionCheck::Fresh | SessionCheck::Duplicate(_) => {
                 let outcome = run(sm, &cmd.payload);
                 self.sessions.insert(
                     client.id.clone(),

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use crate::entry::{Command, Entry};
+use crate::entry::{Command, EncodeError, Entry};
 use crate::store::{AppendOutcome, Epoch, Index, LeaderRecord, StoreError};
 
 /// Orders learned entries.
@@ -140,6 +140,14 @@ pub enum LeaderAction<T> {
         /// Whether their commands might still be applied.
         why: Abandoned,
     },
+    /// This client's command cannot be encoded: refuse it with `error`. It
+    /// was never appended (retrying it unchanged fails the same way).
+    Refuse {
+        /// Whose command.
+        token: T,
+        /// What encoding requires that the command lacks.
+        error: EncodeError,
+    },
     /// Stop leading: the epoch is fenced off (or the store said so).
     StepDown,
 }
@@ -186,8 +194,10 @@ impl<T> LeaderEngine<T> {
         };
         let mut actions = Vec::new();
         for index in applied + 1..=last_index {
-            if present.binary_search(&index).is_err() {
-                actions.push(engine.launch(index, Entry::Noop, Vec::new()));
+            // Planted bug (feature `planted-skip-gap-fill`, for the simulation).
+            if present.binary_search(&index).is_err() && !cfg!(feature = "planted-skip-gap-fill") {
+                // A no-op is always encodable; the refusal path cannot be taken.
+                actions.extend(engine.launch(index, Entry::Noop, Vec::new()));
             }
         }
         (engine, actions)
@@ -223,8 +233,12 @@ impl<T> LeaderEngine<T> {
         self.queue.is_empty() && self.inflight.is_empty()
     }
 
-    /// A client command arrived.
+    /// A client command arrived. A command that cannot be encoded is refused
+    /// here ([`LeaderAction::Refuse`]) and never reaches a batch.
     pub fn submit(&mut self, token: T, command: Command) -> Vec<LeaderAction<T>> {
+        if let Err(error) = command.validate() {
+            return vec![LeaderAction::Refuse { token, error }];
+        }
         if self.stepped_down {
             return vec![LeaderAction::Abandon {
                 tokens: vec![token],
@@ -356,16 +370,37 @@ impl<T> LeaderEngine<T> {
                 commands.push(cmd);
             }
             let index = self.next_index;
-            self.next_index += 1;
-            actions.push(self.launch(index, Entry::Batch(commands), waiters));
+            let launched = self.launch(index, Entry::Batch(commands), waiters);
+            if matches!(launched[..], [LeaderAction::Append { .. }]) {
+                self.next_index += 1;
+            }
+            actions.extend(launched);
         }
         actions
     }
 
-    fn launch(&mut self, index: Index, entry: Entry, waiters: Vec<(u32, T)>) -> LeaderAction<T> {
-        // Commands were validated (id length, size) before they were submitted,
-        // so encoding cannot fail; a no-op is always encodable.
-        let bytes = Arc::new(entry.encode().unwrap_or_default());
+    /// Encode `entry` and append it at `index`. Commands were validated on
+    /// submit, so encoding fails only for a batch the format cannot hold; its
+    /// clients are then refused and nothing is appended (an empty or partial
+    /// entry would make followers fail while this leader applied its copy).
+    fn launch(
+        &mut self,
+        index: Index,
+        entry: Entry,
+        waiters: Vec<(u32, T)>,
+    ) -> Vec<LeaderAction<T>> {
+        let bytes = match entry.encode() {
+            Ok(b) => Arc::new(b),
+            Err(error) => {
+                return waiters
+                    .into_iter()
+                    .map(|(_, token)| LeaderAction::Refuse {
+                        token,
+                        error: error.clone(),
+                    })
+                    .collect();
+            }
+        };
         self.inflight.insert(
             index,
             Inflight {
@@ -375,11 +410,11 @@ impl<T> LeaderEngine<T> {
                 uncertain: false,
             },
         );
-        LeaderAction::Append {
+        vec![LeaderAction::Append {
             index,
             bytes,
             retry: false,
-        }
+        }]
     }
 }
 
@@ -620,6 +655,42 @@ mod tests {
             tokens: vec![2],
             why: Abandoned::NotOrdered
         }));
+    }
+
+    #[test]
+    fn a_command_that_cannot_be_encoded_is_refused_and_never_appended() {
+        let mut e = engine(1);
+        let bad = Command {
+            client: Some(ClientTag {
+                id: "x".repeat(300),
+                seq: 1,
+            }),
+            payload: vec![],
+        };
+        assert_eq!(
+            e.submit(1, bad),
+            vec![LeaderAction::Refuse {
+                token: 1,
+                error: EncodeError::ClientIdTooLong(300)
+            }]
+        );
+        let empty = Command {
+            client: Some(ClientTag {
+                id: String::new(),
+                seq: 1,
+            }),
+            payload: vec![],
+        };
+        assert_eq!(
+            e.submit(2, empty),
+            vec![LeaderAction::Refuse {
+                token: 2,
+                error: EncodeError::EmptyClientId
+            }]
+        );
+        assert!(e.is_idle(), "nothing queued or in flight");
+        // The next good command takes index 1: no index was consumed.
+        assert_eq!(appends(&e.submit(3, cmd(3))), vec![1]);
     }
 
     #[test]

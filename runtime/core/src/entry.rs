@@ -106,6 +106,9 @@ pub enum EncodeError {
     /// A payload larger than the format allows.
     #[error("payload of {0} bytes exceeds the 4 GiB field limit")]
     PayloadTooLarge(usize),
+    /// A client tag with an empty id (a tag needs an id; untagged commands carry none).
+    #[error("client id is empty; 1 to 255 bytes required")]
+    EmptyClientId,
 }
 
 /// Longest client id accepted anywhere (HTTP header, entry, snapshot).
@@ -182,6 +185,20 @@ impl Entry {
 }
 
 impl Command {
+    /// Check what encoding requires of one command (client id length, payload
+    /// size), so that a batch of validated commands always encodes.
+    pub fn validate(&self) -> Result<(), EncodeError> {
+        if let Some(c) = &self.client {
+            if c.id.is_empty() {
+                return Err(EncodeError::EmptyClientId);
+            }
+            if c.id.len() > MAX_CLIENT_ID {
+                return Err(EncodeError::ClientIdTooLong(c.id.len()));
+            }
+        }
+        len_u32(self.payload.len()).map(|_| ())
+    }
+
     /// Bytes this command takes inside an encoded batch.
     pub fn encoded_len(&self) -> usize {
         2 + self.client.as_ref().map_or(0, |c| c.id.len()) + 8 + 4 + self.payload.len()
@@ -329,7 +346,10 @@ fn put_client(out: &mut Vec<u8>, client: Option<&ClientTag>) -> Result<(), Encod
             put_u64(out, 0);
         }
         Some(c) => {
-            if c.id.is_empty() || c.id.len() > MAX_CLIENT_ID {
+            if c.id.is_empty() {
+                return Err(EncodeError::EmptyClientId);
+            }
+            if c.id.len() > MAX_CLIENT_ID {
                 return Err(EncodeError::ClientIdTooLong(c.id.len()));
             }
             put_bytes16(out, c.id.as_bytes())?;
@@ -556,6 +576,29 @@ mod tests {
             payload: vec![],
         }]);
         assert_eq!(e.encode(), Err(EncodeError::ClientIdTooLong(256)));
+        let Entry::Batch(cs) = &e else { unreachable!() };
+        assert_eq!(cs[0].validate(), Err(EncodeError::ClientIdTooLong(256)));
+        let empty = Command {
+            client: Some(ClientTag {
+                id: String::new(),
+                seq: 1,
+            }),
+            payload: vec![],
+        };
+        assert_eq!(empty.validate(), Err(EncodeError::EmptyClientId));
+        assert_eq!(
+            Entry::Batch(vec![empty]).encode(),
+            Err(EncodeError::EmptyClientId)
+        );
+        let fine = Command {
+            client: Some(ClientTag {
+                id: "x".repeat(255),
+                seq: 1,
+            }),
+            payload: vec![1; 10],
+        };
+        assert_eq!(fine.validate(), Ok(()));
+        assert!(Entry::Batch(vec![fine]).encode().is_ok());
     }
 
     #[test]

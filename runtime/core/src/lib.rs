@@ -10,11 +10,15 @@
 //! - [`hash`]: the hash chain that makes divergence visible.
 //! - [`apply`]: [`ReplicaState`], the only code that feeds commands to a state machine.
 //! - [`engine`]: the leader's batching/append pipeline and the learner's ordering buffer.
+//! - [`decide`]: the replica driver's other decisions (stuck detection and
+//!   campaigning, readiness, matching replies to clients, snapshot policy, a
+//!   new leader's recovery base, lease renewal timing).
 //!
 //! Nothing here depends on etcd, wasmtime or HTTP; adapters in the `dorado`
 //! crate implement these traits and perform the engine's actions.
 
 pub mod apply;
+pub mod decide;
 pub mod engine;
 pub mod entry;
 pub mod hash;

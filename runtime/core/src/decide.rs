@@ -1,0 +1,770 @@
+//! The replica driver's decisions, free of I/O: each is a small state machine
+//! (or a pure function) that takes events and the current time and answers
+//! what the driver must do. The driver (`dorado::node`) performs the answers
+//! and feeds the outcomes back; nothing here sleeps, reads a clock or talks to
+//! the store, so every rule below is unit-tested on its decisions.
+//!
+//! - [`Progress`]: stuck detection (no progress at the next index although the
+//!   store is ahead) and [`may_campaign`], the election rule that lets a stuck
+//!   replica campaign so a gap left by a dead leader gets filled.
+//! - [`Readiness`]: the catch-up rule behind `/readyz` and [`ReadyInputs::ready`].
+//! - [`Replies`]: matching the outcomes of applied entries to the clients that
+//!   wait for them, including outcomes that arrive through the watch before the
+//!   append's own answer.
+//! - [`SnapshotPolicy`]: when a snapshot is taken.
+//! - [`leader_base`]: the index above which a new leader reads the log and fills gaps.
+//! - [`LeaseTimer`]: how long a keep-alive may take and when the lease is lost.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::store::Index;
+
+/// How long the next index may stay missing (while the store is ahead) before
+/// the replica re-reads the log and may campaign.
+pub const STUCK_AFTER: Duration = Duration::from_secs(1);
+
+/// Stuck detection. Fed on every tick with where the learner stands.
+///
+/// A replica is *behind* when later entries are buffered (a gap) or the store
+/// holds an index at or above the one it waits for. Behind at the same index
+/// for longer than [`STUCK_AFTER`] means the watch may have missed something
+/// (re-subscribe) or the index is a gap a dead leader left, which only a new
+/// leader fills: the replica is then *stuck* and may campaign although it is
+/// not caught up.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    since: Option<(Index, Instant)>,
+    stuck: bool,
+}
+
+/// What a tick of [`Progress`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressAction {
+    /// Nothing to do.
+    None,
+    /// Re-subscribe the log watch (which also restores a newer snapshot if the
+    /// log was truncated under the replica).
+    Resubscribe,
+}
+
+impl Progress {
+    /// A tick: `next` is the index the replica waits for, `gap` whether later
+    /// entries are buffered, `commit` the highest index known to be in the store.
+    pub fn tick(&mut self, now: Instant, next: Index, gap: bool, commit: Index) -> ProgressAction {
+        let behind = gap || commit >= next;
+        if !behind {
+            self.since = None;
+            self.stuck = false;
+            return ProgressAction::None;
+        }
+        match self.since {
+            Some((n, since)) if n == next => {
+                if now.saturating_duration_since(since) > STUCK_AFTER {
+                    self.since = Some((next, now));
+                    self.stuck = true;
+                    return ProgressAction::Resubscribe;
+                }
+            }
+            _ => {
+                self.since = Some((next, now));
+                self.stuck = false;
+            }
+        }
+        ProgressAction::None
+    }
+
+    /// True when the replica has made no progress at its next index for a
+    /// while although the store is ahead.
+    pub fn stuck(&self) -> bool {
+        self.stuck
+    }
+}
+
+/// What the election rule looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CampaignInputs {
+    /// The leader watch says nobody leads.
+    pub no_leader: bool,
+    /// This replica holds a lease.
+    pub lease_held: bool,
+    /// Shutdown began.
+    pub draining: bool,
+    /// This replica stopped applying (it could not serve as leader).
+    pub fatal: bool,
+    /// Applied what the store held at the last check.
+    pub caught_up: bool,
+    /// See [`Progress::stuck`].
+    pub stuck: bool,
+}
+
+/// Campaign when nobody leads, we hold a lease, are neither shutting down nor
+/// fatal, and are caught up, or stuck: a replica stuck at a gap left by a dead leader must be
+/// allowed to lead, or the gap would never be filled when every replica is
+/// stuck at it.
+pub fn may_campaign(i: CampaignInputs) -> bool {
+    i.no_leader && i.lease_held && !i.draining && !i.fatal && (i.caught_up || i.stuck)
+}
+
+/// The catch-up half of readiness, owned by the health check.
+///
+/// Each store check reads the store's last index. A replica is caught up when
+/// it has applied what the store held at the *previous* check (entries written
+/// since are in flight, not a lag), or everything the store holds now. A
+/// replica that is not caught up turns caught up as soon as it applies the
+/// previous check's index ([`Readiness::on_applied`]), not at the next check:
+/// a recreated pod would otherwise report ready up to a check period late.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    target: Option<Index>,
+    caught_up: bool,
+}
+
+impl Readiness {
+    /// Not caught up, no check yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A store check returned the store's last index (`None`: nothing above
+    /// what the replica applied). `applied` is read after the check returned.
+    pub fn on_check(&mut self, applied: Index, last: Option<Index>) {
+        let last = last.unwrap_or(applied);
+        self.caught_up = applied >= self.target.unwrap_or(last).min(last) || applied >= last;
+        self.target = Some(last);
+    }
+
+    /// The replica applied up to `applied`. Returns true when this made it caught up.
+    pub fn on_applied(&mut self, applied: Index) -> bool {
+        match self.goal() {
+            Some(goal) if applied >= goal => {
+                self.caught_up = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The index whose application makes the replica caught up, while it is not.
+    pub fn goal(&self) -> Option<Index> {
+        self.target.filter(|_| !self.caught_up)
+    }
+
+    /// Applied what the store held at the last check.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up
+    }
+}
+
+/// Everything `/readyz` depends on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReadyInputs {
+    /// This replica holds a lease (it is a live member).
+    pub lease_held: bool,
+    /// The last store operation succeeded.
+    pub store_ok: bool,
+    /// A fatal error stopped applying (corrupt entry, broken trace, ...).
+    pub fatal: bool,
+    /// See [`Readiness::caught_up`].
+    pub caught_up: bool,
+    /// Shutdown began.
+    pub draining: bool,
+}
+
+impl ReadyInputs {
+    /// Ready: a live, healthy, caught-up member that is not shutting down.
+    pub fn ready(&self) -> bool {
+        self.lease_held && self.store_ok && !self.fatal && self.caught_up && !self.draining
+    }
+}
+
+/// A client that gets an answer: `Some(reply)` is its command's outcome,
+/// `None` means its outcome cannot be told (answer "unknown, retry with the
+/// same id and seq").
+pub type Answer<T, R> = (T, Option<R>);
+
+/// Matches the outcomes of applied entries to the clients waiting for them.
+///
+/// A leader's entry can be applied before the append's answer comes back: the
+/// watch delivers it first. Its outcomes are then kept ([`Replies::on_applied`]
+/// with `inflight` true) until the append commits ([`Replies::on_committed`]);
+/// in the usual order the waiters are registered at commit and answered when
+/// the entry is applied. `T` is the driver's token for a waiting client, `R`
+/// the reply it gets.
+#[derive(Debug)]
+pub struct Replies<T, R> {
+    waiting: HashMap<Index, Vec<(u32, T)>>,
+    early: HashMap<Index, Vec<R>>,
+}
+
+impl<T, R> Default for Replies<T, R> {
+    fn default() -> Self {
+        Replies {
+            waiting: HashMap::new(),
+            early: HashMap::new(),
+        }
+    }
+}
+
+impl<T, R: Clone> Replies<T, R> {
+    /// No waiters and no early outcomes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The leader's append at `index` committed with `waiters` at their batch
+    /// positions; the replica has applied up to `applied`. Returns the clients
+    /// answered now and whether the entry must still be given to the learner
+    /// (false when the watch already delivered and applied it).
+    pub fn on_committed(
+        &mut self,
+        index: Index,
+        waiters: Vec<(u32, T)>,
+        applied: Index,
+    ) -> (Vec<Answer<T, R>>, bool) {
+        if index <= applied {
+            let replies = self.early.remove(&index).unwrap_or_default();
+            let answers = waiters
+                .into_iter()
+                .map(|(pos, t)| (t, replies.get(pos as usize).cloned()))
+                .collect();
+            return (answers, false);
+        }
+        if !waiters.is_empty() {
+            self.waiting.insert(index, waiters);
+        }
+        (Vec::new(), true)
+    }
+
+    /// The entry at `index` was applied with these outcomes (one per command,
+    /// in batch order). `inflight` is true when this leader's append at
+    /// `index` has not been answered yet: the outcomes are kept for it.
+    pub fn on_applied(
+        &mut self,
+        index: Index,
+        replies: impl FnOnce() -> Vec<R>,
+        inflight: bool,
+    ) -> Vec<Answer<T, R>> {
+        if let Some(waiters) = self.waiting.remove(&index) {
+            let replies = replies();
+            return waiters
+                .into_iter()
+                .map(|(pos, t)| (t, replies.get(pos as usize).cloned()))
+                .collect();
+        }
+        if inflight {
+            self.early.insert(index, replies());
+        }
+        Vec::new()
+    }
+
+    /// Leadership ended: appends in flight will never be answered here, so
+    /// outcomes kept for them are dropped (their clients were abandoned).
+    pub fn on_step_down(&mut self) {
+        self.early.clear();
+    }
+
+    /// True when no client waits for an applied entry (a draining replica may stop).
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty()
+    }
+}
+
+/// When a snapshot is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotPolicy {
+    /// Every this many log indexes (0 = never).
+    pub every: u64,
+}
+
+impl SnapshotPolicy {
+    /// Whether to snapshot right after applying `index`. Only the leader
+    /// writes snapshots (one writer, no races between replicas truncating the
+    /// log), and never while an earlier snapshot is still being stored.
+    pub fn due(&self, index: Index, leading: bool, in_progress: bool) -> bool {
+        self.every != 0 && index.is_multiple_of(self.every) && leading && !in_progress
+    }
+}
+
+/// The index above which a new leader reads the log and fills gaps with
+/// no-ops: the higher of the newest snapshot and what it has applied. Entries
+/// at or below the newest snapshot are never gap-filled: they may have been
+/// truncated, and a no-op written there would be appended below the snapshot.
+pub fn leader_base(newest_snapshot: Option<Index>, applied: Index) -> Index {
+    newest_snapshot.unwrap_or(0).max(applied)
+}
+
+/// Lease renewal timing.
+///
+/// The keep-alive alone decides whether the lease lives, and it may take as
+/// long as the lease has left ([`LeaseTimer::budget`]): a slow etcd must not
+/// cost a healthy leader its lease. Publishing the member record is best
+/// effort and never delays the next keep-alive beyond one period.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTimer {
+    ttl: Duration,
+    last_ok: Instant,
+}
+
+/// What to do after a keep-alive answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseDecision {
+    /// Renewed: publish the member record, renew again after [`LeaseTimer::period`].
+    Renewed,
+    /// Failed but the lease may still live: retry after one period.
+    Retry,
+    /// The lease is gone (expired, or unrenewed for a whole TTL): get a new one.
+    Lost,
+}
+
+/// How a keep-alive ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepAlive {
+    /// The store renewed the lease.
+    Ok,
+    /// The store says the lease no longer exists.
+    Expired,
+    /// Failed or timed out: the lease may still exist.
+    Failed,
+}
+
+impl LeaseTimer {
+    /// A lease of `ttl` granted at `now`.
+    pub fn new(ttl: Duration, now: Instant) -> Self {
+        LeaseTimer { ttl, last_ok: now }
+    }
+
+    /// Time between renewals: a third of the TTL, at least 100 ms.
+    pub fn period(&self) -> Duration {
+        (self.ttl / 3).max(Duration::from_millis(100))
+    }
+
+    /// How long the keep-alive started at `now` may take: what is left of the
+    /// lease since the last renewal, at least one period.
+    pub fn budget(&self, now: Instant) -> Duration {
+        self.ttl
+            .saturating_sub(now.saturating_duration_since(self.last_ok))
+            .max(self.period())
+    }
+
+    /// The keep-alive answered at `now`.
+    pub fn on_keep_alive(&mut self, now: Instant, result: KeepAlive) -> LeaseDecision {
+        match result {
+            KeepAlive::Ok => {
+                self.last_ok = now;
+                LeaseDecision::Renewed
+            }
+            KeepAlive::Expired => LeaseDecision::Lost,
+            KeepAlive::Failed if now.saturating_duration_since(self.last_ok) >= self.ttl => {
+                LeaseDecision::Lost
+            }
+            KeepAlive::Failed => LeaseDecision::Retry,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{LeaderAction, LeaderConfig, LeaderEngine, Learner};
+    use crate::entry::{ClientTag, Command, Entry};
+    use crate::store::AppendOutcome;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn progress_resubscribes_and_turns_stuck_only_after_a_second_at_the_same_index() {
+        let t0 = Instant::now();
+        let mut p = Progress::default();
+        assert_eq!(p.tick(t0, 5, true, 4), ProgressAction::None);
+        assert!(!p.stuck());
+        assert_eq!(p.tick(t0 + ms(999), 5, true, 4), ProgressAction::None);
+        assert!(!p.stuck(), "not yet a second");
+        assert_eq!(p.tick(t0 + ms(1001), 5, true, 4), ProgressAction::Resubscribe);
+        assert!(p.stuck());
+        // The clock restarts after a re-subscribe, and the replica stays stuck.
+        assert_eq!(p.tick(t0 + ms(1500), 5, true, 4), ProgressAction::None);
+        assert!(p.stuck());
+        assert_eq!(p.tick(t0 + ms(2002), 5, true, 4), ProgressAction::Resubscribe);
+    }
+
+    #[test]
+    fn progress_at_a_new_index_or_nothing_ahead_is_not_stuck() {
+        let t0 = Instant::now();
+        let mut p = Progress::default();
+        p.tick(t0, 5, false, 9);
+        p.tick(t0 + ms(1100), 5, false, 9);
+        assert!(p.stuck(), "the store holds 9 but 5 never arrived");
+        // Applying moved on: no longer stuck, and the clock restarts.
+        assert_eq!(p.tick(t0 + ms(1200), 6, false, 9), ProgressAction::None);
+        assert!(!p.stuck());
+        assert_eq!(p.tick(t0 + ms(2100), 6, false, 9), ProgressAction::None);
+        // Caught up with the store: nothing to wait for.
+        assert_eq!(p.tick(t0 + ms(2300), 10, false, 9), ProgressAction::None);
+        assert!(!p.stuck());
+        assert_eq!(p.tick(t0 + ms(5000), 10, false, 9), ProgressAction::None);
+    }
+
+    #[test]
+    fn campaign_needs_no_leader_a_lease_and_catch_up_or_stuck() {
+        let base = CampaignInputs {
+            no_leader: true,
+            lease_held: true,
+            draining: false,
+            fatal: false,
+            caught_up: true,
+            stuck: false,
+        };
+        assert!(may_campaign(base));
+        assert!(!may_campaign(CampaignInputs {
+            fatal: true,
+            stuck: true,
+            ..base
+        }));
+        assert!(!may_campaign(CampaignInputs {
+            no_leader: false,
+            ..base
+        }));
+        assert!(!may_campaign(CampaignInputs {
+            lease_held: false,
+            ..base
+        }));
+        assert!(!may_campaign(CampaignInputs {
+            draining: true,
+            ..base
+        }));
+        assert!(!may_campaign(CampaignInputs {
+            caught_up: false,
+            ..base
+        }));
+        assert!(may_campaign(CampaignInputs {
+            caught_up: false,
+            stuck: true,
+            ..base
+        }));
+    }
+
+    /// The case of 967a118: a leader died after index 6 landed but before 5
+    /// did. Every replica waits at 5, none is caught up; the stuck rule lets
+    /// one campaign, its base is what it applied, and it fills 5 with a no-op.
+    #[test]
+    fn a_gap_left_by_a_dead_leader_is_filled_by_a_stuck_replica() {
+        let t0 = Instant::now();
+        let mut learner = Learner::new(4);
+        learner.offer(6, Entry::Noop);
+        let mut readiness = Readiness::new();
+        readiness.on_check(4, Some(6));
+        readiness.on_check(4, Some(6));
+        assert!(!readiness.caught_up(), "6 is in the store, 4 applied");
+        let mut progress = Progress::default();
+        let gap = learner.gap().is_some();
+        progress.tick(t0, learner.next(), gap, 6);
+        assert_eq!(
+            progress.tick(t0 + ms(1200), learner.next(), gap, 6),
+            ProgressAction::Resubscribe
+        );
+        let inputs = CampaignInputs {
+            no_leader: true,
+            lease_held: true,
+            draining: false,
+            fatal: false,
+            caught_up: readiness.caught_up(),
+            stuck: progress.stuck(),
+        };
+        assert!(may_campaign(inputs));
+        let base = leader_base(None, 4);
+        assert_eq!(base, 4);
+        let (engine, actions) =
+            LeaderEngine::<u32>::start(2, LeaderConfig::default(), base, 6, &[6]);
+        let filled: Vec<_> = actions
+            .iter()
+            .filter_map(|a| match a {
+                LeaderAction::Append { index, bytes, .. } => Some((*index, bytes.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(filled.len(), 1);
+        assert_eq!(filled[0].0, 5);
+        assert_eq!(Entry::decode(&filled[0].1).unwrap(), Entry::Noop);
+        assert_eq!(engine.next_index(), 7);
+    }
+
+    #[test]
+    fn readiness_compares_with_the_previous_check() {
+        let mut r = Readiness::new();
+        assert!(!r.caught_up());
+        r.on_check(0, Some(100));
+        assert!(!r.caught_up(), "first check: 100 in the store, 0 applied");
+        // The store moved to 120 while we applied 100: caught up with the
+        // previous check, the 20 new entries are in flight.
+        r.on_check(100, Some(120));
+        assert!(r.caught_up());
+        // Falling behind the previous check again is not caught up.
+        r.on_check(110, Some(130));
+        assert!(!r.caught_up());
+        // Nothing above what we applied.
+        r.on_check(130, None);
+        assert!(r.caught_up());
+    }
+
+    /// The case of c4414ab: ready as soon as catch-up completes, not at the next check.
+    #[test]
+    fn readiness_turns_caught_up_the_moment_the_goal_is_applied() {
+        let mut r = Readiness::new();
+        r.on_check(0, Some(1000));
+        assert_eq!(r.goal(), Some(1000));
+        assert!(!r.on_applied(999));
+        assert!(!r.caught_up());
+        assert!(r.on_applied(1000));
+        assert!(r.caught_up());
+        assert_eq!(r.goal(), None, "nothing more to wait for");
+        assert!(!r.on_applied(1001), "already caught up");
+    }
+
+    #[test]
+    fn ready_needs_every_condition() {
+        let ok = ReadyInputs {
+            lease_held: true,
+            store_ok: true,
+            fatal: false,
+            caught_up: true,
+            draining: false,
+        };
+        assert!(ok.ready());
+        for bad in [
+            ReadyInputs {
+                lease_held: false,
+                ..ok
+            },
+            ReadyInputs {
+                store_ok: false,
+                ..ok
+            },
+            ReadyInputs { fatal: true, ..ok },
+            ReadyInputs {
+                caught_up: false,
+                ..ok
+            },
+            ReadyInputs {
+                draining: true,
+                ..ok
+            },
+        ] {
+            assert!(!bad.ready(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn replies_in_the_usual_order_answer_at_apply() {
+        let mut r = Replies::<&str, u32>::new();
+        let (now, offer) = r.on_committed(3, vec![(0, "a"), (1, "b")], 2);
+        assert!(now.is_empty());
+        assert!(offer, "not applied yet: the learner needs it");
+        assert!(!r.is_idle());
+        let answers = r.on_applied(3, || vec![30, 31], false);
+        assert_eq!(answers, vec![("a", Some(30)), ("b", Some(31))]);
+        assert!(r.is_idle());
+    }
+
+    #[test]
+    fn replies_applied_before_the_append_answered_are_kept_for_the_commit() {
+        let mut r = Replies::<&str, u32>::new();
+        assert!(r.on_applied(3, || vec![30, 31], true).is_empty());
+        let (answers, offer) = r.on_committed(3, vec![(1, "b"), (0, "a")], 3);
+        assert!(!offer, "already applied");
+        assert_eq!(answers, vec![("b", Some(31)), ("a", Some(30))]);
+        // Entries not in flight here (a follower's, or another leader's) are not kept.
+        assert!(r.on_applied(4, || vec![40], false).is_empty());
+        let (answers, _) = r.on_committed(4, vec![(0, "c")], 4);
+        assert_eq!(answers, vec![("c", None)], "outcome unknown");
+    }
+
+    #[test]
+    fn replies_kept_for_a_deposed_leader_are_dropped() {
+        let mut r = Replies::<&str, u32>::new();
+        r.on_applied(3, || vec![30], true);
+        r.on_step_down();
+        let (answers, _) = r.on_committed(3, vec![(0, "a")], 3);
+        assert_eq!(answers, vec![("a", None)]);
+    }
+
+    #[test]
+    fn a_position_beyond_the_batch_is_unknown_not_a_panic() {
+        let mut r = Replies::<&str, u32>::new();
+        r.on_committed(3, vec![(5, "a")], 2);
+        assert_eq!(r.on_applied(3, || vec![30], false), vec![("a", None)]);
+    }
+
+    /// Appends that complete out of order with several in flight: every
+    /// client still gets its own command's outcome, applied in index order.
+    #[test]
+    fn appends_completing_out_of_order_with_several_in_flight() {
+        let cfg = LeaderConfig {
+            max_inflight: 3,
+            ..LeaderConfig::default()
+        };
+        let (mut engine, _) = LeaderEngine::<u32>::start(1, cfg, 0, 0, &[]);
+        let mut learner = Learner::new(0);
+        let mut replies = Replies::<u32, String>::new();
+        let cmd = |seq: u64| Command {
+            client: Some(ClientTag {
+                id: "c".into(),
+                seq,
+            }),
+            payload: format!("p{seq}").into_bytes(),
+        };
+        let mut appended = Vec::new();
+        for t in 1..=3u32 {
+            for a in engine.submit(t, cmd(u64::from(t))) {
+                if let LeaderAction::Append { index, .. } = a {
+                    appended.push(index);
+                }
+            }
+        }
+        assert_eq!(appended, vec![1, 2, 3]);
+        let mut applied = 0;
+        let mut answered = Vec::new();
+        let apply = |learner: &mut Learner,
+                         replies: &mut Replies<u32, String>,
+                         engine: &LeaderEngine<u32>,
+                         applied: &mut Index,
+                         answered: &mut Vec<(u32, Option<String>)>| {
+            while let Some((index, entry)) = learner.pop_ready() {
+                *applied = index;
+                let outs = match &entry {
+                    Entry::Batch(cs) => cs
+                        .iter()
+                        .map(|c| String::from_utf8(c.payload.clone()).unwrap())
+                        .collect(),
+                    Entry::Noop => Vec::new(),
+                };
+                answered.extend(replies.on_applied(index, || outs, engine.is_inflight(index)));
+            }
+        };
+        for (index, result) in [
+            (3, AppendOutcome::Appended),
+            (1, AppendOutcome::Appended),
+            (2, AppendOutcome::Appended),
+        ] {
+            for a in engine.on_append(index, Ok(result)) {
+                if let LeaderAction::Committed {
+                    index,
+                    entry,
+                    waiters,
+                } = a
+                {
+                    let (now, offer) = replies.on_committed(index, waiters, applied);
+                    answered.extend(now);
+                    if offer {
+                        learner.offer(index, entry);
+                    }
+                }
+            }
+            apply(
+                &mut learner,
+                &mut replies,
+                &engine,
+                &mut applied,
+                &mut answered,
+            );
+            if index == 3 {
+                assert_eq!(applied, 0, "3 waits for 1 and 2");
+                assert!(answered.is_empty());
+            }
+            if index == 1 {
+                assert_eq!(applied, 1, "1 applies, 3 still waits for 2");
+            }
+        }
+        assert_eq!(applied, 3);
+        answered.sort();
+        assert_eq!(
+            answered,
+            vec![
+                (1, Some("p1".into())),
+                (2, Some("p2".into())),
+                (3, Some("p3".into()))
+            ]
+        );
+        assert!(engine.is_idle());
+        assert!(replies.is_idle());
+    }
+
+    #[test]
+    fn snapshots_are_due_on_the_leader_at_multiples_and_one_at_a_time() {
+        let p = SnapshotPolicy { every: 100 };
+        assert!(p.due(200, true, false));
+        assert!(!p.due(201, true, false));
+        assert!(!p.due(200, false, false), "followers never snapshot");
+        assert!(!p.due(200, true, true), "one snapshot at a time");
+        assert!(!SnapshotPolicy { every: 0 }.due(0, true, false), "0 = never");
+    }
+
+    #[test]
+    fn a_new_leader_never_fills_below_the_newest_snapshot() {
+        assert_eq!(leader_base(Some(1000), 10), 1000);
+        assert_eq!(leader_base(Some(1000), 1200), 1200);
+        assert_eq!(leader_base(None, 7), 7);
+        // Gap-filling starts above the base: nothing at or below 1000 is written.
+        let (_, actions) = LeaderEngine::<u32>::start(3, LeaderConfig::default(), 1000, 1003, &[]);
+        let idx: Vec<_> = actions
+            .iter()
+            .filter_map(|a| match a {
+                LeaderAction::Append { index, .. } => Some(*index),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(idx, vec![1001, 1002, 1003]);
+    }
+
+    #[test]
+    fn lease_timer_renews_every_third_of_the_ttl() {
+        let t0 = Instant::now();
+        let mut l = LeaseTimer::new(Duration::from_secs(3), t0);
+        assert_eq!(l.period(), Duration::from_secs(1));
+        assert_eq!(l.budget(t0), Duration::from_secs(3));
+        assert_eq!(l.on_keep_alive(t0 + ms(50), KeepAlive::Ok), LeaseDecision::Renewed);
+        assert_eq!(LeaseTimer::new(ms(90), t0).period(), ms(100), "floor");
+    }
+
+    /// The case of d1917e4: a keep-alive that takes longer than a period (a
+    /// slow etcd) is waited for as long as the lease has left, and a failure
+    /// before the TTL ran out is retried, not taken as a lost lease.
+    #[test]
+    fn a_slow_etcd_does_not_depose_a_healthy_leader() {
+        let t0 = Instant::now();
+        let mut l = LeaseTimer::new(Duration::from_secs(2), t0);
+        // Renewed at t0, next keep-alive one period later: it may take the
+        // remaining 1.33 s, far more than a period.
+        let start = t0 + l.period();
+        assert!(l.budget(start) > ms(1300), "{:?}", l.budget(start));
+        // It took 1.2 s and succeeded: renewed.
+        assert_eq!(
+            l.on_keep_alive(start + ms(1200), KeepAlive::Ok),
+            LeaseDecision::Renewed
+        );
+        // A failure half-way through the TTL is retried.
+        assert_eq!(
+            l.on_keep_alive(start + ms(2200), KeepAlive::Failed),
+            LeaseDecision::Retry
+        );
+        // Late in the lease the budget shrinks but never below a period.
+        assert_eq!(l.budget(start + ms(3100)), l.period());
+        // Unrenewed for a whole TTL: lost.
+        assert_eq!(
+            l.on_keep_alive(start + ms(3200), KeepAlive::Failed),
+            LeaseDecision::Lost
+        );
+    }
+
+    #[test]
+    fn an_expired_lease_is_lost_at_once() {
+        let t0 = Instant::now();
+        let mut l = LeaseTimer::new(Duration::from_secs(2), t0);
+        assert_eq!(
+            l.on_keep_alive(t0 + ms(10), KeepAlive::Expired),
+            LeaseDecision::Lost
+        );
+    }
+}
