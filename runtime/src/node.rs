@@ -29,8 +29,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use dorado_core::decide::{
-    CampaignInputs, KeepAlive, LeaseDecision, LeaseTimer, Progress, ProgressAction, Readiness,
-    ReadyInputs, Replies, SnapshotPolicy, leader_base, may_campaign,
+    CampaignInputs, KeepAlive, LeaseDecision, LeaseTimer, Orphan, Progress, ProgressAction,
+    Readiness, ReadyInputs, Replies, SnapshotPolicy, leader_base, may_campaign, view_ends_term,
 };
 use dorado_core::engine::LeaderConfig;
 use dorado_core::entry::EncodeError;
@@ -255,9 +255,12 @@ struct Shared {
     stuck: AtomicBool,
     /// Why this replica stopped applying (corrupt entry, unwritable trace, ...).
     fatal: Mutex<Option<String>>,
-    /// The core turned fatal: the lease task revokes the lease (leadership
-    /// passes to a healthy replica) and no longer renews one.
+    /// The lease task revokes the lease (leadership passes to another
+    /// replica): the core turned fatal (then no lease is taken again), or the
+    /// store names this replica leader although it does not lead ([`Orphan`]).
     resign: Notify,
+    /// The election task won and is reading the log before leading.
+    preparing: AtomicBool,
     status: Mutex<Status>,
     store_error: Mutex<Option<String>>,
     resubscribe: Notify,
@@ -600,6 +603,7 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
         stuck: AtomicBool::new(false),
         fatal: Mutex::new(None),
         resign: Notify::new(),
+        preparing: AtomicBool::new(false),
         status: Mutex::new(status),
         store_error: Mutex::new(None),
         resubscribe: Notify::new(),
@@ -646,6 +650,7 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
         tx: tx.clone(),
         snapshot_index,
         progress: Progress::default(),
+        orphan: Orphan::new((config.lease_ttl * 2).max(Duration::from_secs(1))),
         cancel: cancel.clone(),
     };
     let core = tokio::spawn(core.run(rx, learned_rx, cancel.clone()));
@@ -755,6 +760,7 @@ struct Core<S: Store, M> {
     tx: mpsc::UnboundedSender<Msg>,
     snapshot_index: Index,
     progress: Progress,
+    orphan: Orphan,
     /// Stops the append and snapshot tasks this loop spawns: after shutdown or
     /// abort, a replica never writes to the store again.
     cancel: CancellationToken,
@@ -851,11 +857,11 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
             }
             Msg::LeaderView(view) => {
                 if let Some(engine) = &self.engine {
-                    let still_ours = view.as_ref().is_some_and(|l| l.epoch == engine.epoch());
-                    if !still_ours {
-                        tracing::info!(epoch = engine.epoch(), "leadership lost");
-                        self.step_down();
+                    if !view_ends_term(engine.epoch(), view.as_ref()) {
+                        return; // a late event of a lagging watch
                     }
+                    tracing::info!(epoch = engine.epoch(), "a newer leader took over");
+                    self.step_down();
                 }
                 self.leader_view = view;
                 self.publish_status();
@@ -1009,13 +1015,19 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         last: Index,
         entries: Vec<(Index, Vec<u8>)>,
     ) {
-        let current = self
-            .leader_view
-            .as_ref()
-            .is_some_and(|l| l.epoch == epoch && l.leader.replica == self.shared.config.replica);
-        if !current || self.engine.is_some() || self.shared.draining.load(Ordering::Acquire) {
+        // The election task won `epoch`; only a newer leader (not a late
+        // watch event) supersedes that. The fence makes leading safe anyway.
+        let superseded = view_ends_term(epoch, self.leader_view.as_ref());
+        if superseded || self.engine.is_some() || self.shared.draining.load(Ordering::Acquire) {
             return;
         }
+        self.leader_view = Some(Leadership {
+            leader: LeaderRecord {
+                replica: self.shared.config.replica.clone(),
+                address: self.shared.config.advertise.clone(),
+            },
+            epoch,
+        });
         let mut present = Vec::with_capacity(entries.len());
         for (index, bytes) in entries {
             match Entry::decode(&bytes) {
@@ -1287,6 +1299,16 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         self.shared
             .stuck
             .store(self.progress.stuck(), Ordering::Release);
+        let me = &self.shared.config.replica;
+        let named = self
+            .leader_view
+            .as_ref()
+            .is_some_and(|l| &l.leader.replica == me);
+        let leading = self.engine.is_some() || self.shared.preparing.load(Ordering::Acquire);
+        if self.orphan.tick(now, named, leading) {
+            tracing::warn!("the store names this replica leader but it does not lead; resigning");
+            self.shared.resign.notify_one();
+        }
         self.check_drained();
     }
 
@@ -1338,7 +1360,7 @@ async fn lease_task<S: Store>(
 ) {
     let ttl = shared.config.lease_ttl;
     let mut attempt = 0;
-    while !cancel.is_cancelled() {
+    'lease: while !cancel.is_cancelled() {
         let lease = tokio::select! {
             _ = cancel.cancelled() => return,
             r = store.grant_lease(ttl) => r,
@@ -1404,14 +1426,17 @@ async fn lease_task<S: Store>(
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(period) => {}
                 _ = shared.resign.notified() => {
-                    tracing::warn!("replica is fatal; revoking its lease so a healthy replica leads");
+                    tracing::warn!("resigning: revoking the lease so another replica leads");
                     let _ = lease_tx.send(None);
                     let _ = tx.send(Msg::LeaseLost);
                     if let Err(e) = store.revoke_lease(lease).await {
                         tracing::warn!(error = %e, "could not revoke the lease; it will expire by itself");
                     }
-                    // Never a member again until restarted.
-                    return cancel.cancelled().await;
+                    if shared.fatal.lock().map(|f| f.is_some()).unwrap_or(true) {
+                        // Never a member again until restarted.
+                        return cancel.cancelled().await;
+                    }
+                    continue 'lease;
                 }
             }
         }
@@ -1476,7 +1501,10 @@ async fn election_task<S: Store>(
                     };
                     view = Some(Some(leadership.clone()));
                     let _ = tx.send(Msg::LeaderView(Some(leadership)));
-                    match prepare_leadership(&*store, &shared).await {
+                    shared.preparing.store(true, Ordering::Release);
+                    let prepared = prepare_leadership(&*store, &shared).await;
+                    shared.preparing.store(false, Ordering::Release);
+                    match prepared {
                         Ok((base, last, entries)) => {
                             let _ = tx.send(Msg::LeaderReady {
                                 epoch,

@@ -189,6 +189,30 @@ impl World {
             .find(|&i| self.node(i).is_some_and(|n| n.is_leader()))
     }
 
+    /// One line per replica: role, leader view, indexes, errors.
+    fn describe(&self) -> String {
+        (0..self.slots.len())
+            .map(|i| match self.node(i) {
+                None => format!("{} down", self.slots[i].name),
+                Some(n) => {
+                    let s = n.status();
+                    format!(
+                        "{} {} leader={:?} epoch={:?} applied={} commit={} ready={} error={:?}",
+                        s.replica,
+                        s.role,
+                        s.leader,
+                        s.epoch,
+                        s.applied_index,
+                        s.commit_index,
+                        s.ready,
+                        s.store_error
+                    )
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     fn by_address(&self, addr: &str) -> Option<usize> {
         self.slots.iter().position(|s| s.name == addr)
     }
@@ -286,9 +310,8 @@ impl World {
         loop {
             if Instant::now() > deadline {
                 return Err(format!(
-                    "no liveness: a write did not complete within 20 s after the faults stopped (up: {:?}, leader: {:?})",
-                    self.up(),
-                    self.leader()
+                    "no liveness: a write did not complete within 20 s after the faults stopped; replicas: {}",
+                    self.describe()
                 ));
             }
             let i = target.unwrap_or_else(|| {
@@ -304,7 +327,10 @@ impl World {
             };
             match node.submit(probe.clone()).await {
                 Ok(_) => break,
-                Err(SubmitError::Forward(addr)) => target = self.by_address(&addr),
+                Err(SubmitError::Forward(addr)) => {
+                    target = self.by_address(&addr);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
                 Err(_) => {
                     target = None;
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -401,7 +427,7 @@ async fn client(world: Arc<World>, c: u64, ops: usize) -> Vec<Operation> {
         if n >= ops && world.calm.load(Ordering::Acquire) {
             break;
         }
-        let pause = draw(&world.dice, 0..=60);
+        let pause = draw(&world.dice, 1..=60);
         tokio::time::sleep(Duration::from_millis(pause)).await;
         let key = KEYS[draw(&world.dice, 0..=2) as usize];
         let invoked = world.log.now_ns();
@@ -462,8 +488,11 @@ async fn put(world: &World, command: &Command, target: &mut Option<usize>) -> Co
                 up[draw(&world.dice, 0..=(up.len() as u64 - 1)) as usize]
             }
         };
+        // Every retry takes virtual time: a loop that never sleeps would
+        // stop the clock (and so the lease expiry it may be waiting for).
         let Some(node) = world.node(i) else {
             *target = None;
+            tokio::time::sleep(Duration::from_millis(5)).await;
             continue;
         };
         match node.submit(command.clone()).await {
@@ -475,6 +504,7 @@ async fn put(world: &World, command: &Command, target: &mut Option<usize>) -> Co
             }
             Err(SubmitError::Forward(addr)) => {
                 *target = world.by_address(&addr);
+                tokio::time::sleep(Duration::from_millis(2)).await;
                 continue;
             }
             // Definitely not ordered by this attempt.

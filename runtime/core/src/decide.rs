@@ -14,11 +14,14 @@
 //! - [`SnapshotPolicy`]: when a snapshot is taken.
 //! - [`leader_base`]: the index above which a new leader reads the log and fills gaps.
 //! - [`LeaseTimer`]: how long a keep-alive may take and when the lease is lost.
+//! - [`view_ends_term`] and [`Orphan`]: what a leader-watch view means for the
+//!   term, and when a replica the store names leader but that does not lead
+//!   must resign.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::store::Index;
+use crate::store::{Epoch, Index, Leadership};
 
 /// How long the next index may stay missing (while the store is ahead) before
 /// the replica re-reads the log and may campaign.
@@ -360,6 +363,51 @@ impl LeaseTimer {
             }
             KeepAlive::Failed => LeaseDecision::Retry,
         }
+    }
+}
+
+/// Whether a view from the leader watch ends this replica's term at `epoch`.
+///
+/// Only a *newer* leader does (epochs are store revisions, so they only
+/// grow). A view of an older epoch is a late event of a watch that lags
+/// behind the campaign this replica won; no leader at all is either such a
+/// late event or the lease's expiry, which the lease task reports itself
+/// (and appends are fenced meanwhile). Stepping down on either would leave
+/// the store naming a leader that does not lead, and nobody would ever
+/// campaign again (found by the simulation, seed 16).
+pub fn view_ends_term(epoch: Epoch, view: Option<&Leadership>) -> bool {
+    view.is_some_and(|l| l.epoch > epoch)
+}
+
+/// Detects an orphaned leadership: the store names this replica leader, but
+/// it does not lead (its term ended on its side, or it never started), and it
+/// is not about to start one. Then nobody leads and nobody campaigns; after
+/// `grace` the replica must resign (revoke its lease) so an election happens.
+#[derive(Debug, Clone)]
+pub struct Orphan {
+    grace: Duration,
+    since: Option<Instant>,
+}
+
+impl Orphan {
+    /// Resign after `grace` of orphaned leadership.
+    pub fn new(grace: Duration) -> Self {
+        Orphan { grace, since: None }
+    }
+
+    /// A tick: `named` when the store names this replica leader, `leading`
+    /// when it leads or is preparing to. Returns true when it must resign.
+    pub fn tick(&mut self, now: Instant, named: bool, leading: bool) -> bool {
+        if !named || leading {
+            self.since = None;
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= self.grace {
+            self.since = None;
+            return true;
+        }
+        false
     }
 }
 
@@ -716,6 +764,40 @@ mod tests {
             })
             .collect();
         assert_eq!(idx, vec![1001, 1002, 1003]);
+    }
+
+    fn view(epoch: Epoch) -> Leadership {
+        Leadership {
+            leader: crate::store::LeaderRecord {
+                replica: "r".into(),
+                address: "r:1".into(),
+            },
+            epoch,
+        }
+    }
+
+    #[test]
+    fn only_a_newer_leader_ends_a_term() {
+        assert!(view_ends_term(10, Some(&view(11))));
+        assert!(!view_ends_term(10, Some(&view(10))));
+        assert!(!view_ends_term(10, Some(&view(9))), "a late event");
+        assert!(!view_ends_term(10, None), "late, or the lease task's business");
+    }
+
+    #[test]
+    fn an_orphaned_leadership_is_resigned_after_the_grace() {
+        let t0 = Instant::now();
+        let mut o = Orphan::new(ms(1000));
+        assert!(!o.tick(t0, true, true), "leading: fine");
+        assert!(!o.tick(t0, true, false));
+        assert!(!o.tick(t0 + ms(999), true, false));
+        assert!(o.tick(t0 + ms(1000), true, false), "resign");
+        // The clock restarts after a resignation and whenever it is not orphaned.
+        assert!(!o.tick(t0 + ms(1100), true, false));
+        assert!(!o.tick(t0 + ms(1500), false, false));
+        assert!(!o.tick(t0 + ms(2200), true, false));
+        assert!(!o.tick(t0 + ms(3100), true, false));
+        assert!(o.tick(t0 + ms(3200), true, false));
     }
 
     #[test]
