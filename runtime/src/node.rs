@@ -1124,7 +1124,11 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
     }
 
     fn is_fatal(&self) -> bool {
-        self.shared.fatal.lock().map(|f| f.is_some()).unwrap_or(true)
+        self.shared
+            .fatal
+            .lock()
+            .map(|f| f.is_some())
+            .unwrap_or(true)
     }
 
     fn apply_ready(&mut self) {
@@ -1664,7 +1668,9 @@ async fn health_task<S: Store>(
                     .fetch_max(last.unwrap_or(applied_before), Ordering::AcqRel);
                 let applied = shared.applied.load(Ordering::Acquire);
                 readiness.on_check(applied, last);
-                shared.caught_up.store(readiness.caught_up(), Ordering::Release);
+                shared
+                    .caught_up
+                    .store(readiness.caught_up(), Ordering::Release);
             }
             Ok(Err(e)) => {
                 if !matches!(shared.store_error.lock().ok().as_deref(), Some(Some(_))) {

@@ -182,7 +182,9 @@ pub fn parse_trace_line(line: &str) -> Option<TracedHash> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TraceError {
     /// Writing or flushing the sink failed; lines from then on are lost.
-    #[error("cannot write the replay trace: {0}; this replica stops applying (a trace with holes cannot be replayed); fix the output and restart it")]
+    #[error(
+        "cannot write the replay trace: {0}; this replica stops applying (a trace with holes cannot be replayed); fix the output and restart it"
+    )]
     Write(String),
     /// The writer thread could not be started or has ended.
     #[error("the replay trace writer is not running: {0}; restart the replica")]
@@ -432,7 +434,10 @@ mod tests {
         w.close();
         let e = w.error().expect("the failure is reported");
         assert!(e.to_string().contains("disk full"), "{e}");
-        assert!(e.to_string().contains("cannot write the replay trace"), "{e}");
+        assert!(
+            e.to_string().contains("cannot write the replay trace"),
+            "{e}"
+        );
         // Writing after the failure neither blocks nor panics, and the first error stays.
         w.write("more\n".into());
         assert!(w.error().unwrap().to_string().contains("disk full"));

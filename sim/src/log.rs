@@ -43,9 +43,6 @@ impl Log {
 
     /// Everything recorded so far.
     pub fn lines(&self) -> Vec<String> {
-        self.lines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

@@ -56,7 +56,10 @@ fn main() -> anyhow::Result<()> {
         }
         let done = seed - args.from + 1;
         if done % 1000 == 0 {
-            eprintln!("{done} seeds, {:.1} seeds/s", done as f64 / t0.elapsed().as_secs_f64());
+            eprintln!(
+                "{done} seeds, {:.1} seeds/s",
+                done as f64 / t0.elapsed().as_secs_f64()
+            );
         }
     }
     let secs = t0.elapsed().as_secs_f64();

@@ -32,7 +32,9 @@ pub type Dice = Arc<Mutex<ChaCha8Rng>>;
 
 /// Roll: true with probability `p`.
 pub fn chance(dice: &Dice, p: f64) -> bool {
-    dice.lock().unwrap_or_else(|e| e.into_inner()).random_bool(p)
+    dice.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .random_bool(p)
 }
 
 /// A uniform draw from `range`.
@@ -252,7 +254,12 @@ impl Store for FaultStore {
         self.leave(r).await
     }
 
-    async fn read_log(&self, from: Index, to: Index, limit: usize) -> StoreResult<Vec<(Index, Vec<u8>)>> {
+    async fn read_log(
+        &self,
+        from: Index,
+        to: Index,
+        limit: usize,
+    ) -> StoreResult<Vec<(Index, Vec<u8>)>> {
         self.call(self.inner.read_log(from, to, limit)).await
     }
 
@@ -287,8 +294,14 @@ impl Store for FaultStore {
         self.call(self.inner.delete_snapshots_below(below)).await
     }
 
-    async fn publish_member(&self, lease: LeaseId, replica: &str, record: &MemberRecord) -> StoreResult<()> {
-        self.call(self.inner.publish_member(lease, replica, record)).await
+    async fn publish_member(
+        &self,
+        lease: LeaseId,
+        replica: &str,
+        record: &MemberRecord,
+    ) -> StoreResult<()> {
+        self.call(self.inner.publish_member(lease, replica, record))
+            .await
     }
 
     async fn members(&self) -> StoreResult<Vec<(String, MemberRecord)>> {

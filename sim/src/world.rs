@@ -157,7 +157,10 @@ async fn run_world(seed: u64, echo: bool) -> Result<Report, Failure> {
     log.ev("faults stop; everything healed");
     let mut history = Vec::new();
     for c in clients {
-        history.extend(c.await.map_err(|e| fail(format!("client panicked: {e}"), &log))?);
+        history.extend(
+            c.await
+                .map_err(|e| fail(format!("client panicked: {e}"), &log))?,
+        );
     }
     let result = world.check(&history).await;
     let virtual_secs = log.now_ns() / 1_000_000_000;
@@ -242,7 +245,13 @@ impl World {
         config.catch_up_timeout = Duration::from_secs(2);
         let world = self.clone();
         tokio::spawn(async move {
-            let started = node::start(store, Kv::default(), config, TraceWriter::new(std::io::sink())).await;
+            let started = node::start(
+                store,
+                Kv::default(),
+                config,
+                TraceWriter::new(std::io::sink()),
+            )
+            .await;
             let slot = &world.slots[i];
             match started {
                 Ok(running) => {
@@ -571,7 +580,9 @@ async fn nemesis(world: Arc<World>) -> usize {
                 heals.push((for_ms(100, 3000), Heal::Restart(v)));
             }
             2 => {
-                world.log.ev(format!("{name} (leader) paused past its lease"));
+                world
+                    .log
+                    .ev(format!("{name} (leader) paused past its lease"));
                 world.slots[v].link.set_paused(true);
                 heals.push((
                     now + TTL + Duration::from_millis(draw(&world.dice, 200..=1500)),

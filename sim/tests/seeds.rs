@@ -28,5 +28,8 @@ fn a_thousand_seeds_pass_every_check() {
         "{count} seeds in {secs:.1} s ({:.1} seeds/s), {ops} operations, {faults} faults",
         count as f64 / secs
     );
-    assert!(faults as u64 >= count, "the nemesis injected too few faults: {faults}");
+    assert!(
+        faults as u64 >= count,
+        "the nemesis injected too few faults: {faults}"
+    );
 }

@@ -430,12 +430,18 @@ mod tests {
         assert!(!p.stuck());
         assert_eq!(p.tick(t0 + ms(999), 5, true, 4), ProgressAction::None);
         assert!(!p.stuck(), "not yet a second");
-        assert_eq!(p.tick(t0 + ms(1001), 5, true, 4), ProgressAction::Resubscribe);
+        assert_eq!(
+            p.tick(t0 + ms(1001), 5, true, 4),
+            ProgressAction::Resubscribe
+        );
         assert!(p.stuck());
         // The clock restarts after a re-subscribe, and the replica stays stuck.
         assert_eq!(p.tick(t0 + ms(1500), 5, true, 4), ProgressAction::None);
         assert!(p.stuck());
-        assert_eq!(p.tick(t0 + ms(2002), 5, true, 4), ProgressAction::Resubscribe);
+        assert_eq!(
+            p.tick(t0 + ms(2002), 5, true, 4),
+            ProgressAction::Resubscribe
+        );
     }
 
     #[test]
@@ -675,10 +681,10 @@ mod tests {
         let mut applied = 0;
         let mut answered = Vec::new();
         let apply = |learner: &mut Learner,
-                         replies: &mut Replies<u32, String>,
-                         engine: &LeaderEngine<u32>,
-                         applied: &mut Index,
-                         answered: &mut Vec<(u32, Option<String>)>| {
+                     replies: &mut Replies<u32, String>,
+                     engine: &LeaderEngine<u32>,
+                     applied: &mut Index,
+                     answered: &mut Vec<(u32, Option<String>)>| {
             while let Some((index, entry)) = learner.pop_ready() {
                 *applied = index;
                 let outs = match &entry {
@@ -746,7 +752,10 @@ mod tests {
         assert!(!p.due(201, true, false));
         assert!(!p.due(200, false, false), "followers never snapshot");
         assert!(!p.due(200, true, true), "one snapshot at a time");
-        assert!(!SnapshotPolicy { every: 0 }.due(0, true, false), "0 = never");
+        assert!(
+            !SnapshotPolicy { every: 0 }.due(0, true, false),
+            "0 = never"
+        );
     }
 
     #[test]
@@ -781,7 +790,10 @@ mod tests {
         assert!(view_ends_term(10, Some(&view(11))));
         assert!(!view_ends_term(10, Some(&view(10))));
         assert!(!view_ends_term(10, Some(&view(9))), "a late event");
-        assert!(!view_ends_term(10, None), "late, or the lease task's business");
+        assert!(
+            !view_ends_term(10, None),
+            "late, or the lease task's business"
+        );
     }
 
     #[test]
@@ -806,7 +818,10 @@ mod tests {
         let mut l = LeaseTimer::new(Duration::from_secs(3), t0);
         assert_eq!(l.period(), Duration::from_secs(1));
         assert_eq!(l.budget(t0), Duration::from_secs(3));
-        assert_eq!(l.on_keep_alive(t0 + ms(50), KeepAlive::Ok), LeaseDecision::Renewed);
+        assert_eq!(
+            l.on_keep_alive(t0 + ms(50), KeepAlive::Ok),
+            LeaseDecision::Renewed
+        );
         assert_eq!(LeaseTimer::new(ms(90), t0).period(), ms(100), "floor");
     }
 
