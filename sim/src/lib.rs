@@ -19,7 +19,8 @@
 //! and resumed; compaction (snapshots every 8 or 32 entries, log truncated)
 //! under slow followers; clients retrying with the same id and seq.
 //!
-//! Checks per run: liveness once faults stop, equal hash chains on every
+//! Checks per run: the fence (every append that lands was made under the
+//! epoch leading at that moment, checked by the fault layer), liveness once faults stop, equal hash chains on every
 //! replica, exactly once (nothing applied twice, no acknowledged write lost),
 //! and linearizability of the client history (the fault suite's checker,
 //! `dorado_faults::checker`).

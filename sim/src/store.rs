@@ -84,10 +84,14 @@ impl Link {
     }
 }
 
+/// Broken invariants of the store contract seen by the fault layer.
+pub type Violations = Arc<Mutex<Vec<String>>>;
+
 /// One replica's store.
 #[derive(Clone, Debug)]
 pub struct FaultStore {
     inner: MemoryStore,
+    violations: Violations,
     link: Arc<Link>,
     weather: Arc<Weather>,
     dice: Dice,
@@ -99,6 +103,7 @@ impl FaultStore {
     /// `name`'s view of `inner`.
     pub fn new(
         inner: MemoryStore,
+        violations: Violations,
         link: Arc<Link>,
         weather: Arc<Weather>,
         dice: Dice,
@@ -107,6 +112,7 @@ impl FaultStore {
     ) -> Self {
         FaultStore {
             inner,
+            violations,
             link,
             weather,
             dice,
@@ -242,6 +248,24 @@ impl Store for FaultStore {
                 .await;
         }
         let r = self.inner.append(epoch, index, entry).await;
+        // The fence (the store contract's first rule): an append succeeds only
+        // under the epoch that leads now. Nothing else runs between the two
+        // calls (one thread, and the in-memory store never yields inside an
+        // operation), so the leader read is the one the append saw.
+        if matches!(r, Ok(AppendOutcome::Appended)) {
+            let leading = self.inner.leader().await.ok().flatten().map(|l| l.epoch);
+            if leading != Some(epoch) {
+                let v = format!(
+                    "fence broken: {} appended index {index} with epoch {epoch} while {leading:?} leads",
+                    self.name
+                );
+                self.log.ev(v.clone());
+                self.violations
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(v);
+            }
+        }
         if self.stormy() && chance(&self.dice, 0.05) {
             self.log.ev(format!(
                 "{}: append {index} epoch {epoch} = {r:?}, answer lost",

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::kv::{self, Kv};
 use crate::log::Log;
-use crate::store::{Dice, FaultStore, Link, Weather, chance, draw};
+use crate::store::{Dice, FaultStore, Link, Violations, Weather, chance, draw};
 
 /// What one run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +88,8 @@ struct World {
     slots: Vec<Slot>,
     /// Set when the nemesis is done: clients then finish their quota.
     calm: AtomicBool,
+    /// Store-contract violations the fault layer saw.
+    violations: Violations,
 }
 
 /// Run one seed to completion and check it.
@@ -142,6 +144,7 @@ async fn run_world(seed: u64, echo: bool) -> Result<Report, Failure> {
             })
             .collect(),
         calm: AtomicBool::new(false),
+        violations: Violations::default(),
     });
     for i in 0..params.replicas {
         world.start(i).await;
@@ -230,6 +233,7 @@ impl World {
         };
         let store = FaultStore::new(
             self.mem.clone(),
+            self.violations.clone(),
             slot.link.clone(),
             self.weather.clone(),
             self.dice.clone(),
@@ -304,8 +308,11 @@ impl World {
         }
     }
 
-    /// Liveness, convergence, exactly-once and linearizability.
+    /// The fence, liveness, convergence, exactly-once and linearizability.
     async fn check(self: &Arc<Self>, history: &[Operation]) -> Result<(), String> {
+        if let Some(v) = lock(&self.violations).first() {
+            return Err(v.clone());
+        }
         // Liveness: once faults stop, a new write completes.
         let probe = Command {
             client: Some(ClientTag {
