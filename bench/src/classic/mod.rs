@@ -204,6 +204,9 @@ impl ClassicNode {
     /// Order a command through the classic scheme and wait until this
     /// replica applied it. Any replica accepts commands.
     pub async fn submit(&self, command: Command) -> Result<SubmitReply, SubmitError> {
+        // What encoding requires (client id length, payload size), checked
+        // before the command is proposed, as DORADO's `Node::submit` does.
+        command.validate().map_err(SubmitError::Invalid)?;
         if self.shared.draining.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
         }

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use dorado_core::decide::{KeepAlive, LeaseDecision, LeaseTimer};
 use dorado_core::{
     Command, Index, LeaseId, MemberRecord, Outcome, ReplicaState, StateMachine, StoreError,
 };
@@ -851,7 +852,6 @@ pub(crate) async fn lease_task(
     cancel: CancellationToken,
 ) {
     let ttl = shared.config.node.lease_ttl;
-    let period = (ttl / 3).max(Duration::from_millis(100));
     let mut attempt = 0;
     while !cancel.is_cancelled() {
         let lease = tokio::select! {
@@ -874,7 +874,11 @@ pub(crate) async fn lease_task(
         };
         attempt = 0;
         let _ = lease_tx.send(Some(lease));
-        let mut last_ok = Instant::now();
+        // The same renewal timing as DORADO's lease task (`LeaseTimer`): the
+        // keep-alive may take what is left of the lease, and the member
+        // record is written only after it succeeded, within one period.
+        let mut timer = LeaseTimer::new(ttl, tokio::time::Instant::now().into_std());
+        let period = timer.period();
         loop {
             let record = MemberRecord {
                 address: shared.config.node.advertise.clone(),
@@ -885,31 +889,38 @@ pub(crate) async fn lease_task(
                     .map(|s| s.hash.clone())
                     .unwrap_or_default(),
             };
-            let result = async {
-                store.keep_alive(lease).await?;
-                store
-                    .put_member(lease, &shared.config.node.replica, &record)
-                    .await
-            };
+            let budget = timer.budget(tokio::time::Instant::now().into_std());
             let result = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = tokio::time::timeout(period, result) => r.unwrap_or_else(|_| Err(StoreError::Unavailable("keep-alive timed out".into()))),
+                r = tokio::time::timeout(budget, store.keep_alive(lease)) => r.unwrap_or_else(|_| Err(StoreError::Unavailable("keep-alive timed out".into()))),
             };
-            match result {
-                Ok(()) => {
-                    last_ok = Instant::now();
-                    shared.lease_held.store(true, Ordering::Release);
-                }
-                Err(StoreError::LeaseExpired(_)) => {
-                    tracing::warn!("lease expired; getting a new one");
-                    break;
-                }
+            let outcome = match &result {
+                Ok(()) => KeepAlive::Ok,
+                Err(StoreError::LeaseExpired(_)) => KeepAlive::Expired,
                 Err(e) => {
                     shared.metrics.store_errors.inc();
                     tracing::warn!(error = %e, "lease keep-alive failed");
-                    if last_ok.elapsed() >= ttl {
-                        break;
+                    KeepAlive::Failed
+                }
+            };
+            match timer.on_keep_alive(tokio::time::Instant::now().into_std(), outcome) {
+                LeaseDecision::Renewed => {
+                    shared.lease_held.store(true, Ordering::Release);
+                    let put = store.put_member(lease, &shared.config.node.replica, &record);
+                    match tokio::time::timeout(period, put).await {
+                        Ok(Ok(())) => {}
+                        // The member key is how the others see this replica:
+                        // a failure is worth a warning, not the lease.
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "could not write the member record")
+                        }
+                        Err(_) => tracing::warn!("writing the member record timed out"),
                     }
+                }
+                LeaseDecision::Retry => {}
+                LeaseDecision::Lost => {
+                    tracing::warn!("lease lost; getting a new one");
+                    break;
                 }
             }
             tokio::select! {
