@@ -127,6 +127,30 @@ fn flags(tls: &EtcdTls) -> Vec<String> {
     out
 }
 
+/// Poll replica 0's `/readyz` until it answers 503 with a body containing
+/// `needle`; returns the body.
+async fn readyz_until(c: &Cluster, needle: &str) -> String {
+    let url = format!("{}/readyz", c.replicas[0].url());
+    let http = http();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = http.get(&url).send().await
+            && r.status() == 503
+        {
+            let body = r.text().await.unwrap_or_default();
+            if body.contains(needle) {
+                return body;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for /readyz to say {needle:?}; stderr:\n{}",
+            support::tail(&c.replicas[0].stderr(), 20)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_good_certificate_works_end_to_end() {
     let pki = Pki::new();
@@ -192,25 +216,7 @@ async fn the_wrong_ca_names_the_endpoint_and_the_unknown_ca() {
     let mut c = Cluster::new(BIN, etcd.client_urls(), examples::KV, 1, 0);
     c.replicas[0].extra = flags(&tls);
     c.start(0);
-    let url = format!("{}/readyz", c.replicas[0].url());
-    let http = http();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let body = loop {
-        if let Ok(r) = http.get(&url).send().await
-            && r.status() == 503
-        {
-            let body = r.text().await.unwrap_or_default();
-            if body.contains("unknown CA") {
-                break body;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for /readyz to name the unknown CA; stderr:\n{}",
-            support::tail(&c.replicas[0].stderr(), 20)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let body = readyz_until(&c, "unknown CA").await;
     assert!(body.contains(&etcd.client_url()), "{body}");
     pki.server_ca.write_cert(&tls.ca);
     c.wait_ready(0).await;
@@ -276,8 +282,9 @@ async fn a_missing_or_malformed_file_is_named() {
     let etcd = pki.etcd().await;
     let mut tls = pki.client_files("c");
     let missing = pki.path("no-such.key");
-    tls.identity.as_mut().unwrap().key = missing.clone();
-    let e = tls_error(connect(&etcd, tls.clone()).await);
+    let mut no_key = tls.clone();
+    no_key.identity.as_mut().unwrap().key = missing.clone();
+    let e = tls_error(connect(&etcd, no_key).await);
     assert!(
         matches!(&e, EtcdTlsError::ReadFile { path, .. } if *path == missing),
         "{e:?}"
@@ -287,11 +294,22 @@ async fn a_missing_or_malformed_file_is_named() {
     let garbage = pki.path("garbage.crt");
     std::fs::write(&garbage, "not a certificate\n").unwrap();
     tls.ca = garbage.clone();
-    let e = tls_error(connect(&etcd, tls).await);
+    let e = tls_error(connect(&etcd, tls.clone()).await);
     assert!(
         matches!(&e, EtcdTlsError::BadPem { path, .. } if *path == garbage),
         "{e:?}"
     );
+
+    // `dorado run` with a missing file says which one in /readyz and keeps retrying.
+    let mut missing_ca = pki.client_files("r");
+    missing_ca.ca = pki.path("no-such-ca.crt");
+    let mut c = Cluster::new(BIN, etcd.client_urls(), examples::KV, 1, 0);
+    c.replicas[0].extra = flags(&missing_ca);
+    c.start(0);
+    let body = readyz_until(&c, "no-such-ca.crt").await;
+    assert!(body.contains("cannot read the etcd CA bundle"), "{body}");
+    pki.server_ca.write_cert(&missing_ca.ca);
+    c.wait_ready(0).await;
 }
 
 /// Rotation under load: writers submit distinct keys the whole time; the
@@ -393,6 +411,10 @@ async fn rotation_during_a_write_load_loses_no_acknowledged_write() {
     }
     let acked = acked.lock().await.clone();
     assert!(acked.len() > before_restart + 30, "{} writes", acked.len());
+    eprintln!(
+        "rotation: {} writes acknowledged, {before_restart} before etcd dropped the old CA",
+        acked.len()
+    );
 
     // Every acknowledged write is there.
     c.wait_converged(Duration::from_secs(30)).await;

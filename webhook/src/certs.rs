@@ -304,7 +304,7 @@ pub fn write_files(dir: &Path, generated: &Generated, force: bool) -> Result<(),
 /// Writes `(name, content, mode)` files into `dir`; none if any exists and not `force`.
 fn write_set(dir: &Path, files: &[(&str, &str, u32)], force: bool) -> Result<(), CertsError> {
     if !force {
-        for (name, _, _) in &files {
+        for (name, _, _) in files {
             let path = dir.join(name);
             if path.exists() {
                 return Err(CertsError::Exists(path));
