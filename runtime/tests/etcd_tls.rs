@@ -12,11 +12,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dorado_testkit::etcd_process::{EtcdProcess, EtcdProcessOptions, EtcdServerTls};
 use dorado::store::{
     ClientIdentityFiles, EtcdConnectError, EtcdStore, EtcdStoreOptions, EtcdTls, EtcdTlsError,
 };
 use dorado_testkit::cluster::{self as support, Cluster, http, kv_get, kv_put, post, wait_until};
+use dorado_testkit::etcd_process::{EtcdProcess, EtcdProcessOptions, EtcdServerTls};
 use dorado_testkit::examples;
 use dorado_testkit::pki::{self as test_pki, TestCa, Usage};
 use tokio::sync::Mutex;
@@ -189,9 +189,15 @@ async fn a_good_certificate_works_end_to_end() {
         assert_eq!(r.status, 200, "{}", r.body);
         assert!(r.index.is_some(), "committed commands carry their index");
     }
-    let r = post(&http, &c.replicas[leader].url(), "/v1/query", &kv_get("k9"), None)
-        .await
-        .expect("query");
+    let r = post(
+        &http,
+        &c.replicas[leader].url(),
+        "/v1/query",
+        &kv_get("k9"),
+        None,
+    )
+    .await
+    .expect("query");
     assert!(r.body.contains("\"v9\""), "{}", r.body);
 }
 
@@ -209,7 +215,10 @@ async fn the_wrong_ca_names_the_endpoint_and_the_unknown_ca() {
         "{e:?}"
     );
     let message = e.to_string();
-    assert!(message.contains(&etcd.client_url()) && message.contains("unknown CA"), "{message}");
+    assert!(
+        message.contains(&etcd.client_url()) && message.contains("unknown CA"),
+        "{message}"
+    );
 
     // `dorado run` says the same in /readyz (and keeps retrying: a fixed
     // file is picked up without a restart).
@@ -232,7 +241,9 @@ async fn an_expired_client_certificate_fails_clearly() {
     let etcd = pki.etcd().await;
     let tls = pki.client_files("c");
     let id = tls.identity.clone().unwrap();
-    let expired = pki.client_ca.issue(&["c"], Usage::Client, test_pki::expired());
+    let expired = pki
+        .client_ca
+        .issue(&["c"], Usage::Client, test_pki::expired());
     expired.write_to(pki.dir.path(), "c");
     let e = tls_error(connect(&etcd, tls).await);
     assert!(
@@ -273,7 +284,10 @@ async fn a_wrong_host_name_fails_clearly() {
             if *endpoint == etcd.client_url() && host == "127.0.0.1"),
         "{e:?}"
     );
-    assert!(e.to_string().contains("etcd.example"), "names what the certificate is for: {e}");
+    assert!(
+        e.to_string().contains("etcd.example"),
+        "names what the certificate is for: {e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,7 +303,10 @@ async fn a_missing_or_malformed_file_is_named() {
         matches!(&e, EtcdTlsError::ReadFile { path, .. } if *path == missing),
         "{e:?}"
     );
-    assert!(e.to_string().contains(&missing.display().to_string()), "{e}");
+    assert!(
+        e.to_string().contains(&missing.display().to_string()),
+        "{e}"
+    );
 
     let garbage = pki.path("garbage.crt");
     std::fs::write(&garbage, "not a certificate\n").unwrap();
@@ -350,11 +367,21 @@ async fn rotation_during_a_write_load_loses_no_acknowledged_write() {
                 loop {
                     let url = &urls[i % urls.len()];
                     i += 1;
-                    let r = post(&http, url, "/v1/commands", &kv_put(&key, &value), Some((&format!("writer-{w}"), seq))).await;
+                    let r = post(
+                        &http,
+                        url,
+                        "/v1/commands",
+                        &kv_put(&key, &value),
+                        Some((&format!("writer-{w}"), seq)),
+                    )
+                    .await;
                     if let Ok(r) = r
                         && r.status == 200
                     {
-                        acked.lock().await.insert(key.clone(), (value.clone(), Instant::now()));
+                        acked
+                            .lock()
+                            .await
+                            .insert(key.clone(), (value.clone(), Instant::now()));
                         break;
                     }
                     if stop.is_cancelled() {
@@ -369,9 +396,11 @@ async fn rotation_during_a_write_load_loses_no_acknowledged_write() {
         let acked = acked.clone();
         async move { acked.lock().await.len() }
     };
-    wait_until(Duration::from_secs(20), "writes before the rotation", || async {
-        acked_count().await >= 50
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "writes before the rotation",
+        || async { acked_count().await >= 50 },
+    )
     .await;
 
     // Rotate: a pair from the new CA over the same files.
@@ -379,31 +408,46 @@ async fn rotation_during_a_write_load_loses_no_acknowledged_write() {
     let rotated = new_client_ca.client("replica");
     test_pki::write_atomic(&id.key, rotated.key_pem.as_bytes());
     test_pki::write_atomic(&id.cert, rotated.cert_pem.as_bytes());
-    wait_until(Duration::from_secs(30), "every replica to switch to the new certificate", || {
-        let replicas = &c.replicas;
-        async move {
-            replicas
-                .iter()
-                .all(|r| r.stderr().contains("etcd tls files changed"))
-        }
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "every replica to switch to the new certificate",
+        || {
+            let replicas = &c.replicas;
+            async move {
+                replicas
+                    .iter()
+                    .all(|r| r.stderr().contains("etcd tls files changed"))
+            }
+        },
+    )
     .await;
 
     // Revoke the old pair: etcd now trusts only the new client CA.
-    let (probe_cert, probe_key) = new_client_ca.client("probe").write_to(pki.dir.path(), "probe2");
+    let (probe_cert, probe_key) = new_client_ca
+        .client("probe")
+        .write_to(pki.dir.path(), "probe2");
     let trusted = pki.path("trusted-clients.crt");
     new_client_ca.write_cert(&trusted);
     etcd.options_mut().tls.as_mut().unwrap().probe_identity = Some((probe_cert, probe_key));
     let before_restart = acked_count().await;
-    etcd.restart().await.expect("restart etcd trusting only the new CA");
+    etcd.restart()
+        .await
+        .expect("restart etcd trusting only the new CA");
     let restarted = Instant::now();
     // The old pair is refused now (so what follows uses the new one).
     let e = tls_error(connect(&etcd, pki.client_files("old")).await);
-    assert!(matches!(e, EtcdTlsError::ClientCertRejected { .. }), "{e:?}");
-    wait_until(Duration::from_secs(30), "writes acknowledged after the restart", || async {
-        let acked = acked.lock().await;
-        acked.values().filter(|(_, at)| *at > restarted).count() >= 30
-    })
+    assert!(
+        matches!(e, EtcdTlsError::ClientCertRejected { .. }),
+        "{e:?}"
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "writes acknowledged after the restart",
+        || async {
+            let acked = acked.lock().await;
+            acked.values().filter(|(_, at)| *at > restarted).count() >= 30
+        },
+    )
     .await;
     stop.cancel();
     for w in writers {
@@ -421,9 +465,15 @@ async fn rotation_during_a_write_load_loses_no_acknowledged_write() {
     let http = http();
     let leader = c.wait_leader().await;
     for (key, (value, _)) in &acked {
-        let r = post(&http, &c.replicas[leader].url(), "/v1/query", &kv_get(key), None)
-            .await
-            .expect("query");
+        let r = post(
+            &http,
+            &c.replicas[leader].url(),
+            "/v1/query",
+            &kv_get(key),
+            None,
+        )
+        .await
+        .expect("query");
         assert!(
             r.body.contains(&format!("\"{value}\"")),
             "acknowledged {key}={value} missing: {}",

@@ -358,12 +358,11 @@ async fn probe(url: &str, tls: Option<&EtcdServerTls>) -> std::result::Result<()
         .with_require_leader(true);
     if let Some(tls) = tls {
         let read = |p: &Path| std::fs::read(p).map_err(|e| format!("read {}: {e}", p.display()));
-        let mut client_tls =
-            etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(
-                read(&tls.probe_ca)?,
-            ));
+        let mut client_tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.probe_ca)?));
         if let Some((cert, key)) = &tls.probe_identity {
-            client_tls = client_tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+            client_tls =
+                client_tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
         }
         if let Some(domain) = &tls.probe_domain {
             client_tls = client_tls.domain_name(domain.clone());
@@ -435,7 +434,11 @@ impl EtcdCluster {
         let members = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
-                scheme: if options.tls.is_some() { "https" } else { "http" },
+                scheme: if options.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
                 client_port: ports[2 * i],
                 peer_port: ports[2 * i + 1],
                 data_dir: dir.path().join(format!("m{i}.etcd")),

@@ -913,9 +913,9 @@ fn runtime_env(s: &Settings) -> Vec<Value> {
         json!({ "name": "DORADO_LOG_FORMAT", "value": s.log_format.as_str() }),
     ];
     if s.etcd_client_secret.is_some() {
-        env.extend(ETCD_TLS_FILES.iter().map(|(key, var)| {
-            json!({ "name": var, "value": format!("{ETCD_TLS_MOUNT_PATH}/{key}") })
-        }));
+        env.extend(ETCD_TLS_FILES.iter().map(
+            |(key, var)| json!({ "name": var, "value": format!("{ETCD_TLS_MOUNT_PATH}/{key}") }),
+        ));
     }
     env
 }

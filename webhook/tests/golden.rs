@@ -377,7 +377,9 @@ fn https_endpoints_mount_the_etcd_client_secret() {
         // A whole-volume, read-only mount (no subPath: subPath mounts never see a rotation).
         assert_eq!(
             mount,
-            Some(json!({"name": "dorado-etcd-client", "mountPath": "/etc/dorado/etcd-tls", "readOnly": true})),
+            Some(
+                json!({"name": "dorado-etcd-client", "mountPath": "/etc/dorado/etcd-tls", "readOnly": true})
+            ),
             "{case}"
         );
         let value = |n: &str| {
@@ -393,7 +395,10 @@ fn https_endpoints_mount_the_etcd_client_secret() {
     // http:// endpoints (the golden configuration's default): nothing TLS is added.
     for case in ["opt-in-statefulset", "etcd-client-secret-ignored-on-http"] {
         let (volume, mount, env) = etcd_tls_parts(&run(case).mutated.unwrap());
-        assert!(volume.is_none() && mount.is_none() && env.is_empty(), "{case}");
+        assert!(
+            volume.is_none() && mount.is_none() && env.is_empty(),
+            "{case}"
+        );
     }
     let deny = |case: &str| {
         run(case).response["response"]["status"]["message"]

@@ -178,15 +178,9 @@ fn prepared_manifests() -> (
         dorado_webhook::certs::generate("dorado-webhook", "dorado-system", 10, 1).unwrap();
     dorado_webhook::certs::write_files(&root.join("overlays/self-signed/tls"), &generated, true)
         .unwrap();
-    let etcd = dorado_webhook::certs::generate_etcd(
-        "etcd",
-        "etcd-client",
-        "dorado-system",
-        3,
-        10,
-        1,
-    )
-    .unwrap();
+    let etcd =
+        dorado_webhook::certs::generate_etcd("etcd", "etcd-client", "dorado-system", 3, 10, 1)
+            .unwrap();
     dorado_webhook::certs::write_etcd_files(
         &root.join("overlays/self-signed/tls/etcd"),
         &etcd,

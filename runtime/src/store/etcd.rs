@@ -309,7 +309,9 @@ async fn open(
         }
         Ok(Err(e)) => {
             return Err(match ctx.map_err("connect", None, e) {
-                StoreError::Unavailable(m) => StoreError::Unavailable(format!("cannot connect: {m}")),
+                StoreError::Unavailable(m) => {
+                    StoreError::Unavailable(format!("cannot connect: {m}"))
+                }
                 other => other,
             }
             .into());
@@ -362,7 +364,9 @@ async fn reload_tls(
             let read = files.clone();
             let contents = tokio::task::spawn_blocking(move || read.read_files())
                 .await
-                .map_err(|e| EtcdTlsError::Config(format!("reading the tls files panicked: {e}")))??;
+                .map_err(|e| {
+                    EtcdTlsError::Config(format!("reading the tls files panicked: {e}"))
+                })??;
             if current.is_from(&contents) {
                 return Ok(None);
             }
@@ -568,7 +572,8 @@ impl EtcdStore {
     ) -> StoreResult<GetResponse> {
         self.ctx
             .call(what, None, || {
-                let (mut kv, key, options) = (self.conn.load().kv.clone(), key.clone(), options.clone());
+                let (mut kv, key, options) =
+                    (self.conn.load().kv.clone(), key.clone(), options.clone());
                 async move { kv.get(key, options).await }
             })
             .await
@@ -584,7 +589,8 @@ impl EtcdStore {
     ) -> StoreResult<()> {
         self.ctx
             .call(what, lease, || {
-                let (mut kv, key, value) = (self.conn.load().kv.clone(), key.clone(), value.clone());
+                let (mut kv, key, value) =
+                    (self.conn.load().kv.clone(), key.clone(), value.clone());
                 let options = options.clone();
                 async move { kv.put(key, value, options).await }
             })
@@ -595,7 +601,8 @@ impl EtcdStore {
     async fn kv_delete(&self, what: &str, key: String, options: DeleteOptions) -> StoreResult<()> {
         self.ctx
             .call(what, None, || {
-                let (mut kv, key, options) = (self.conn.load().kv.clone(), key.clone(), options.clone());
+                let (mut kv, key, options) =
+                    (self.conn.load().kv.clone(), key.clone(), options.clone());
                 async move { kv.delete(key, Some(options)).await }
             })
             .await
@@ -662,7 +669,8 @@ impl EtcdStore {
         }
         self.ctx
             .call(what, None, || {
-                let (mut watch, key, options) = (self.conn.load().watch.clone(), key.clone(), options.clone());
+                let (mut watch, key, options) =
+                    (self.conn.load().watch.clone(), key.clone(), options.clone());
                 async move { watch.watch(key, Some(options)).await }
             })
             .await

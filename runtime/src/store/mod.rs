@@ -49,8 +49,8 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 
 pub use etcd::{EtcdConnectError, EtcdStore, EtcdStoreOptions};
-pub use tls::{ClientIdentityFiles, EtcdTls, EtcdTlsArgs, EtcdTlsError, TlsMaterial};
 pub use memory::MemoryStore;
+pub use tls::{ClientIdentityFiles, EtcdTls, EtcdTlsArgs, EtcdTlsError, TlsMaterial};
 
 /// Root of every Dorado key, versioned so a future layout can live next to it.
 pub const KEY_ROOT: &str = "/dorado/v1/";

@@ -198,7 +198,9 @@ pub enum EtcdTlsError {
         detail: String,
     },
     /// etcd's serving certificate is not valid for the endpoint's host name.
-    #[error("etcd at {endpoint} presented a certificate for the wrong host name: it is not valid for {host:?} ({detail}); connect by a name in its subject alternative names")]
+    #[error(
+        "etcd at {endpoint} presented a certificate for the wrong host name: it is not valid for {host:?} ({detail}); connect by a name in its subject alternative names"
+    )]
     WrongHostName {
         /// The endpoint.
         endpoint: String,
@@ -216,7 +218,9 @@ pub enum EtcdTlsError {
         detail: String,
     },
     /// etcd refused the client certificate (or its absence).
-    #[error("etcd at {endpoint} refused the client certificate {client} (tls alert {alert}): etcd's --trusted-ca-file must hold the CA that signed it, and it must be valid now")]
+    #[error(
+        "etcd at {endpoint} refused the client certificate {client} (tls alert {alert}): etcd's --trusted-ca-file must hold the CA that signed it, and it must be valid now"
+    )]
     ClientCertRejected {
         /// The endpoint.
         endpoint: String,
@@ -226,7 +230,9 @@ pub enum EtcdTlsError {
         alert: String,
     },
     /// The endpoint does not speak TLS (e.g. etcd serves plain http there).
-    #[error("etcd at {endpoint} does not speak TLS ({detail}); use an http:// endpoint or enable TLS on etcd")]
+    #[error(
+        "etcd at {endpoint} does not speak TLS ({detail}); use an http:// endpoint or enable TLS on etcd"
+    )]
     NotTls {
         /// The endpoint.
         endpoint: String,
@@ -350,13 +356,12 @@ impl TlsMaterial {
             (Some(id), Some((cert_pem, key_pem))) => {
                 let chain = certificates("client certificate", &id.cert, cert_pem)?;
                 check_validity(&id.cert, &chain[0], now)?;
-                let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
-                    EtcdTlsError::BadPem {
+                let key =
+                    PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| EtcdTlsError::BadPem {
                         what: "client key",
                         path: id.key.clone(),
                         reason: format!("no usable PRIVATE KEY block: {e}"),
-                    }
-                })?;
+                    })?;
                 builder
                     .with_client_auth_cert(chain, key)
                     .map_err(|source| EtcdTlsError::KeyPair {
@@ -421,7 +426,10 @@ impl TlsMaterial {
                 "etcd endpoint {endpoint:?} has no host"
             )));
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let port = uri.port_u16().unwrap_or(443);
         let server_name = ServerName::try_from(host.clone()).map_err(|e| {
             EtcdTlsError::Config(format!(
@@ -461,7 +469,10 @@ impl TlsMaterial {
     }
 
     fn diagnose_io(&self, endpoint: &str, host: &str, e: std::io::Error) -> EtcdTlsError {
-        match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
             Some(tls) => self.diagnose(endpoint, host, tls.clone()),
             None => EtcdTlsError::Handshake {
                 endpoint: endpoint.to_owned(),
