@@ -112,6 +112,17 @@ fn tls_error(result: Result<EtcdStore, EtcdConnectError>) -> EtcdTlsError {
     }
 }
 
+/// Three `dorado run` replicas of kv with `tls`, all ready.
+async fn ready_replicas(etcd: &EtcdProcess, tls: &EtcdTls) -> Cluster {
+    let mut c = Cluster::new(BIN, etcd.client_urls(), examples::KV, 3, 0);
+    for r in &mut c.replicas {
+        r.extra = flags(tls);
+    }
+    c.start_all();
+    c.wait_all_ready().await;
+    c
+}
+
 /// `dorado run` flags for `tls`.
 fn flags(tls: &EtcdTls) -> Vec<String> {
     let mut out = vec!["--etcd-ca".to_string(), tls.ca.display().to_string()];
@@ -168,12 +179,7 @@ async fn a_good_certificate_works_end_to_end() {
     );
 
     let tls = pki.client_files("replica");
-    let mut c = Cluster::new(BIN, etcd.client_urls(), examples::KV, 3, 0);
-    for r in &mut c.replicas {
-        r.extra = flags(&tls);
-    }
-    c.start_all();
-    c.wait_all_ready().await;
+    let c = ready_replicas(&etcd, &tls).await;
     let leader = c.wait_leader().await;
     let http = http();
     for i in 0..10 {
@@ -341,12 +347,7 @@ async fn rotation_during_a_write_load_loses_no_acknowledged_write() {
     let server = pki.server_ca.loopback_server();
     let mut etcd = start_etcd(pki.server_tls(&server, &[&pki.client_ca, &new_client_ca])).await;
     let tls = pki.client_files("replica");
-    let mut c = Cluster::new(BIN, etcd.client_urls(), examples::KV, 3, 0);
-    for r in &mut c.replicas {
-        r.extra = flags(&tls);
-    }
-    c.start_all();
-    c.wait_all_ready().await;
+    let c = ready_replicas(&etcd, &tls).await;
     c.wait_leader().await;
 
     let urls = Arc::new(c.urls());

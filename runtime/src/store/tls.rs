@@ -649,6 +649,9 @@ fn validity(cert: &CertificateDer<'_>) -> Result<(i64, i64), &'static str> {
 fn der_time(tag: u8, bytes: &[u8]) -> Result<i64, &'static str> {
     let text = std::str::from_utf8(bytes).map_err(|_| "time is not ASCII")?;
     let digits = text.strip_suffix('Z').ok_or("time is not UTC")?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("time is not digits");
+    }
     let num = |s: &str| s.parse::<i64>().map_err(|_| "time is not digits");
     let (year, rest) = match (tag, digits.len()) {
         (0x17, 12) => {
@@ -660,21 +663,23 @@ fn der_time(tag: u8, bytes: &[u8]) -> Result<i64, &'static str> {
     };
     let (month, day) = (num(&rest[..2])?, num(&rest[2..4])?);
     let (h, m, s) = (num(&rest[4..6])?, num(&rest[6..8])?, num(&rest[8..10])?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
-        return Err("time out of range");
-    }
-    Ok(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + s)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let month = u8::try_from(month)
+        .ok()
+        .and_then(|m| time::Month::try_from(m).ok())
+        .ok_or("month out of range")?;
+    let small = |v: i64| u8::try_from(v).map_err(|_| "time out of range");
+    let date = time::Date::from_calendar_date(
+        i32::try_from(year).map_err(|_| "year out of range")?,
+        month,
+        small(day)?,
+    )
+    .map_err(|_| "date out of range")?;
+    // A leap second (60) counts as the last second of its minute.
+    let clock = time::Time::from_hms(small(h)?, small(m)?, small(s.min(59))?)
+        .map_err(|_| "time out of range")?;
+    Ok(time::PrimitiveDateTime::new(date, clock)
+        .assume_utc()
+        .unix_timestamp())
 }
 
 fn rfc3339(secs: u64) -> String {
@@ -683,23 +688,18 @@ fn rfc3339(secs: u64) -> String {
 
 /// `YYYY-MM-DDTHH:MM:SSZ` of Unix seconds.
 fn rfc3339_signed(secs: i64) -> String {
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Inverse of days_from_civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    match time::OffsetDateTime::from_unix_timestamp(secs) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) => format!("{secs} s after 1970-01-01"),
+    }
 }
 
 #[cfg(test)]
@@ -739,7 +739,6 @@ mod tests {
 
     #[test]
     fn times_round_trip() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(rfc3339_signed(0), "1970-01-01T00:00:00Z");
         let t = der_time(0x17, b"261204175818Z").unwrap();
         assert_eq!(rfc3339_signed(t), "2026-12-04T17:58:18Z");
@@ -750,6 +749,11 @@ mod tests {
         });
         assert!(der_time(0x17, b"2612041758Z").is_err());
         assert!(der_time(0x17, b"261304175818Z").is_err());
+        assert!(der_time(0x17, "2612041758\u{e9}Z".as_bytes()).is_err());
+        assert!(
+            der_time(0x18, b"20260230000000Z").is_err(),
+            "no February 30"
+        );
     }
 
     #[test]
