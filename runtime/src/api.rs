@@ -46,6 +46,8 @@ pub const DEFAULT_MAX_COMMAND_BYTES: usize = 512 * 1024;
 /// clients see a clear "starting" state while etcd is unreachable.
 pub struct ApiState {
     started: OnceLock<Arc<dyn Replica>>,
+    /// Why the last attempt to connect to the store failed, while starting.
+    connect_error: std::sync::Mutex<Option<String>>,
     /// Client used to forward writes to the leader.
     pub http: reqwest::Client,
     /// Largest accepted command or query, in bytes.
@@ -80,6 +82,7 @@ impl ApiState {
             .build()?;
         Ok(ApiState {
             started: OnceLock::new(),
+            connect_error: std::sync::Mutex::new(None),
             http,
             max_command_bytes,
         })
@@ -95,13 +98,27 @@ impl ApiState {
         let _ = self.started.set(replica);
     }
 
+    /// Record why connecting to the store failed (`None` once it answered),
+    /// so that `/readyz` and every other route say it while starting.
+    pub fn set_connect_error(&self, error: Option<String>) {
+        *self
+            .connect_error
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = error;
+    }
+
     fn started(&self) -> Result<&Arc<dyn Replica>, ApiError> {
         self.started.get().ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "starting",
-                "replica is starting: connecting to the store and recovering state",
-            )
+            let error = self
+                .connect_error
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone();
+            let message = match error {
+                Some(e) => format!("replica is starting: cannot connect to the store: {e}"),
+                None => "replica is starting: connecting to the store and recovering state".into(),
+            };
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "starting", message)
         })
     }
 }

@@ -11,7 +11,7 @@ use clap::Args;
 use crate::host::{DEFAULT_FUEL_PER_COMMAND, DEFAULT_MEMORY_LIMIT, HostConfig};
 use crate::node::NodeConfig;
 use crate::runner::{self, RunError, RunOptions, Starter};
-use crate::store::{EtcdStore, EtcdStoreOptions};
+use crate::store::{EtcdStore, EtcdStoreOptions, EtcdTlsArgs, EtcdTlsError};
 use crate::trace::LogFormat;
 
 /// Why `dorado run` could not start or stopped with an error.
@@ -31,6 +31,9 @@ pub enum CliError {
         /// Why binding failed.
         source: io::Error,
     },
+    /// The etcd TLS flags do not fit together or do not fit the endpoints.
+    #[error(transparent)]
+    EtcdTls(#[from] EtcdTlsError),
     /// The replica stopped with an error.
     #[error(transparent)]
     Run(#[from] RunError),
@@ -60,6 +63,9 @@ pub struct RunArgs {
         required = true
     )]
     pub etcd: Vec<String>,
+    /// TLS towards `https://` etcd endpoints.
+    #[command(flatten)]
+    pub etcd_tls: EtcdTlsArgs,
     /// Address of the client API.
     #[arg(long, env = "DORADO_LISTEN", default_value = "0.0.0.0:7070")]
     pub listen: std::net::SocketAddr,
@@ -177,10 +183,15 @@ pub async fn run_replica(args: RunArgs, starter: impl Starter<EtcdStore>) -> Res
             address: args.listen,
             source,
         })?;
+    let store_options = EtcdStoreOptions {
+        tls: args.etcd_tls.resolve(&args.etcd)?,
+        ..EtcdStoreOptions::default()
+    };
     let (etcd, namespace, group) = (args.etcd, args.namespace, args.group);
     let connect = move || {
         let (etcd, namespace, group) = (etcd.clone(), namespace.clone(), group.clone());
-        async move { EtcdStore::connect(&etcd, &namespace, &group, EtcdStoreOptions::default()).await }
+        let options = store_options.clone();
+        async move { EtcdStore::connect(&etcd, &namespace, &group, options).await }
     };
     runner::run(
         options,

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use dorado::client::{Client, generated_client_id};
 use dorado::host::{DEFAULT_FUEL_PER_COMMAND, DEFAULT_MEMORY_LIMIT, Host, HostConfig};
-use dorado::store::{EtcdStore, EtcdStoreOptions};
+use dorado::store::{EtcdStore, EtcdStoreOptions, EtcdTlsArgs};
 use dorado::tools;
 use dorado::trace::LogFormat;
 use std::io::{self, Write};
@@ -91,6 +91,8 @@ struct ReplayArgs {
         required = true
     )]
     etcd: Vec<String>,
+    #[command(flatten)]
+    etcd_tls: EtcdTlsArgs,
     /// Group name.
     #[arg(long, env = "DORADO_GROUP")]
     group: String,
@@ -255,14 +257,13 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             .filter_map(dorado::trace::parse_trace_line)
             .collect(),
     };
-    let store = EtcdStore::connect(
-        &args.etcd,
-        &args.namespace,
-        &args.group,
-        EtcdStoreOptions::default(),
-    )
-    .await
-    .context("cannot connect to etcd")?;
+    let options = EtcdStoreOptions {
+        tls: args.etcd_tls.resolve(&args.etcd)?,
+        ..EtcdStoreOptions::default()
+    };
+    let store = EtcdStore::try_connect(&args.etcd, &args.namespace, &args.group, options)
+        .await
+        .context("cannot connect to etcd")?;
     let report = dorado::replay::replay(&store, &mut instance, &traced).await?;
     print_bytes(report.to_string().as_bytes())?;
     if report.divergence.is_some() {

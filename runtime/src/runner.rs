@@ -181,13 +181,17 @@ where
         tokio::select! {
             _ = &mut shutdown => return Ok(()),
             r = connect() => match r {
-                Ok(s) => break s,
+                Ok(s) => {
+                    state.set_connect_error(None);
+                    break s;
+                }
                 Err(StoreError::InvalidArgument(m)) => {
                     return Err(RunError::Store(StoreError::InvalidArgument(m)));
                 }
                 Err(e) => {
                     let wait = Duration::from_millis((100u64 << attempt.min(5)).min(3000));
                     tracing::warn!(error = %e, retry_in = ?wait, "cannot reach the store; /readyz stays false until it answers");
+                    state.set_connect_error(Some(e.to_string()));
                     tokio::select! {
                         _ = &mut shutdown => return Ok(()),
                         _ = tokio::time::sleep(wait) => {}

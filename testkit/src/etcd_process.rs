@@ -14,6 +14,11 @@
 //! Readiness is a real linearizable read through `etcd-client`, polled with
 //! a bounded timeout; failures name the member's log file and quote its end.
 //!
+//! With [`EtcdProcessOptions::tls`] members serve clients over TLS
+//! (`https://` URLs), optionally with `--client-cert-auth`; the files can
+//! come from [`crate::pki`]. The options may be changed between
+//! restarts ([`EtcdCluster::options_mut`]), e.g. to trust another client CA.
+//!
 //! Ports are picked below the kernel's ephemeral range when possible: the
 //! clients of parallel tests take their source ports from that range, and a
 //! member restarted on "its" port must not find it taken by someone's
@@ -63,8 +68,32 @@ pub struct EtcdProcessOptions {
     /// Where the temporary directory is created (default: the system temp
     /// dir). `/dev/shm` makes fsync free, for tests that do not measure disk.
     pub base_dir: Option<PathBuf>,
+    /// Serve clients over TLS (`https://` client URLs).
+    pub tls: Option<EtcdServerTls>,
     /// More etcd flags, appended as given.
     pub extra_args: Vec<String>,
+}
+
+/// Client-side TLS of an etcd member (`--cert-file`, `--key-file`,
+/// `--trusted-ca-file`, `--client-cert-auth`) and what the readiness probe
+/// presents to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdServerTls {
+    /// Serving certificate (PEM); its SANs must cover 127.0.0.1.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+    /// The CAs client certificates must chain to.
+    pub trusted_ca: PathBuf,
+    /// `--client-cert-auth`: refuse clients without a certificate from `trusted_ca`.
+    pub client_cert_auth: bool,
+    /// The CA bundle the probe verifies the serving certificate with.
+    pub probe_ca: PathBuf,
+    /// The client certificate and key the probe presents, if any.
+    pub probe_identity: Option<(PathBuf, PathBuf)>,
+    /// The host name the probe checks the serving certificate for, when it
+    /// does not cover 127.0.0.1 (e.g. a test of a wrong host name).
+    pub probe_domain: Option<String>,
 }
 
 impl Default for EtcdProcessOptions {
@@ -76,6 +105,7 @@ impl Default for EtcdProcessOptions {
             election_timeout: Duration::from_millis(1000),
             startup_timeout: Duration::from_secs(30),
             base_dir: None,
+            tls: None,
             extra_args: Vec::new(),
         }
     }
@@ -167,6 +197,8 @@ pub fn find_etcd_binary() -> Result<PathBuf> {
 #[derive(Debug)]
 struct Member {
     name: String,
+    /// `http` or `https` (client URLs).
+    scheme: &'static str,
     client_port: u16,
     peer_port: u16,
     data_dir: PathBuf,
@@ -176,7 +208,7 @@ struct Member {
 
 impl Member {
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.client_port)
     }
 
     fn peer_url(&self) -> String {
@@ -319,11 +351,24 @@ fn ephemeral_range() -> (u16, u16) {
 }
 
 /// Ask one member for a linearizable read (which needs a cluster leader).
-async fn probe(url: &str) -> std::result::Result<(), String> {
-    let options = ConnectOptions::new()
+async fn probe(url: &str, tls: Option<&EtcdServerTls>) -> std::result::Result<(), String> {
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(1))
         .with_timeout(Duration::from_secs(2))
         .with_require_leader(true);
+    if let Some(tls) = tls {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| format!("read {}: {e}", p.display()));
+        let mut client_tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&tls.probe_ca)?));
+        if let Some((cert, key)) = &tls.probe_identity {
+            client_tls =
+                client_tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        if let Some(domain) = &tls.probe_domain {
+            client_tls = client_tls.domain_name(domain.clone());
+        }
+        options = options.with_tls(client_tls);
+    }
     let attempt = async {
         let mut client = Client::connect([url], Some(options))
             .await
@@ -389,6 +434,11 @@ impl EtcdCluster {
         let members = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
+                scheme: if options.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
                 client_port: ports[2 * i],
                 peer_port: ports[2 * i + 1],
                 data_dir: dir.path().join(format!("m{i}.etcd")),
@@ -465,6 +515,17 @@ impl EtcdCluster {
         if let Some(quota) = options.quota_backend_bytes {
             cmd.arg("--quota-backend-bytes").arg(quota.to_string());
         }
+        if let Some(tls) = &options.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.trusted_ca);
+            if tls.client_cert_auth {
+                cmd.arg("--client-cert-auth");
+            }
+        }
         cmd.args(&options.extra_args);
         // Our flags are the whole configuration: inherited ETCD_* variables
         // would conflict with them.
@@ -516,7 +577,8 @@ impl EtcdCluster {
                         tail: member.log_tail(),
                     });
                 }
-                if let Err(reason) = probe(&member.client_url()).await {
+                let url = member.client_url();
+                if let Err(reason) = probe(&url, self.options.tls.as_ref()).await {
                     last_reason = reason;
                     still.push(i);
                 }
@@ -539,6 +601,12 @@ impl EtcdCluster {
         }
     }
 
+    /// The options members are (re)started with; changes apply from the
+    /// next [`Self::restart_member`].
+    pub fn options_mut(&mut self) -> &mut EtcdProcessOptions {
+        &mut self.options
+    }
+
     /// Number of members.
     pub fn len(&self) -> usize {
         self.members.len()
@@ -549,7 +617,7 @@ impl EtcdCluster {
         self.members.is_empty()
     }
 
-    /// Client URLs of all members (`http://127.0.0.1:<port>`).
+    /// Client URLs of all members (`http(s)://127.0.0.1:<port>`).
     pub fn client_urls(&self) -> Vec<String> {
         self.members.iter().map(Member::client_url).collect()
     }
@@ -671,7 +739,7 @@ impl EtcdProcess {
         })
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>` (`https://` with TLS).
     pub fn client_url(&self) -> String {
         self.cluster.members[0].client_url()
     }
@@ -726,6 +794,12 @@ impl EtcdProcess {
     /// `SIGCONT` after [`Self::pause`].
     pub fn resume(&mut self) -> Result<()> {
         self.cluster.members[0].signal("CONT")
+    }
+
+    /// The options it is (re)started with; changes apply from the next
+    /// [`Self::restart`].
+    pub fn options_mut(&mut self) -> &mut EtcdProcessOptions {
+        self.cluster.options_mut()
     }
 
     /// Start again on the same port and data (killing it first if it runs)

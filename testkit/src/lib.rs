@@ -10,6 +10,8 @@
 //!   ports, killed on drop.
 //! - [`examples`]: the example guests (`kv`, `counter`, `bank`, `faulty`),
 //!   rebuilt by `build.rs` whenever their sources change.
+//! - [`pki`]: test certificates (rcgen): CAs, server and client pairs with
+//!   chosen validity (expired ones too), written atomically for rotations.
 //! - [`netns`]: network namespaces with their own IPs behind one bridge, whose
 //!   route to etcd can be cut and healed (needs root and `ip`).
 //! - [`process`]: the guard every child process lives in (killed on drop),
@@ -21,6 +23,7 @@ pub mod cluster;
 pub mod etcd_process;
 pub mod examples;
 pub mod netns;
+pub mod pki;
 pub mod process;
 pub mod procs;
 pub mod replica;

@@ -20,6 +20,9 @@ pub const LEASE_TTL: &str = "dorado.io/lease-ttl";
 pub const SNAPSHOT_EVERY: &str = "dorado.io/snapshot-every";
 /// Comma-separated etcd client URLs, replacing the webhook's default.
 pub const ETCD_ENDPOINTS: &str = "dorado.io/etcd-endpoints";
+/// Name of the Secret (`ca.crt`, `tls.crt`, `tls.key`) holding the runtime's etcd client
+/// certificate; mounted when the pod's etcd endpoints are `https://`.
+pub const ETCD_CLIENT_SECRET: &str = "dorado.io/etcd-client-secret";
 /// Runtime log format, `human` or `json`.
 pub const LOG_FORMAT: &str = "dorado.io/log-format";
 /// CPU request of the runtime container.
@@ -50,6 +53,7 @@ pub const KNOWN: &[&str] = &[
     LEASE_TTL,
     SNAPSHOT_EVERY,
     ETCD_ENDPOINTS,
+    ETCD_CLIENT_SECRET,
     LOG_FORMAT,
     CPU_REQUEST,
     CPU_LIMIT,

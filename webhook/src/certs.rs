@@ -2,8 +2,11 @@
 //!
 //! `dorado-webhook certs --service S --namespace NS --out DIR` uses [`generate`] and
 //! [`write_files`] to produce `ca.crt`, `tls.crt` and `tls.key`; the caBundle of the
-//! MutatingWebhookConfiguration is the base64 of `ca.crt`. Production clusters can use
-//! cert-manager instead (see `certs/README.md`).
+//! MutatingWebhookConfiguration is the base64 of `ca.crt`. With `--etcd-out DIR` it also
+//! writes etcd's certificates ([`generate_etcd`], [`write_etcd_files`]): a separate etcd
+//! CA, the server and peer pairs for the etcd StatefulSet's headless Service, and a client
+//! pair for the Dorado runtime. Production clusters can use cert-manager instead (see
+//! `certs/README.md`).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -116,6 +119,17 @@ impl CertificateAuthority {
     /// Issues a serving certificate for `names` (DNS names or IP addresses), valid for
     /// `days`. Every call uses a fresh key, hence a fresh serial number.
     pub fn issue(&self, names: &[String], days: u32) -> Result<ServingPair, CertsError> {
+        self.issue_for(names, days, &[ExtendedKeyUsagePurpose::ServerAuth])
+    }
+
+    /// Issues a certificate for `names` (the first is also the common name) with the
+    /// extended key usages `usages`, valid for `days`.
+    pub fn issue_for(
+        &self,
+        names: &[String],
+        days: u32,
+        usages: &[ExtendedKeyUsagePurpose],
+    ) -> Result<ServingPair, CertsError> {
         let mut params = CertificateParams::new(names.to_vec())?;
         if let Some(first) = names.first() {
             params
@@ -123,8 +137,11 @@ impl CertificateAuthority {
                 .push(DnType::CommonName, first.as_str());
         }
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = usages.to_vec();
         params.use_authority_key_identifier_extension = true;
         (params.not_before, params.not_after) = validity(days);
         let key = KeyPair::generate()?;
@@ -168,15 +185,126 @@ pub fn generate(
     })
 }
 
+/// Common name of the runtime's etcd client certificate.
+pub const ETCD_CLIENT_NAME: &str = "dorado-runtime";
+
+/// etcd's certificates, as written by [`write_etcd_files`].
+#[derive(Debug, Clone)]
+pub struct EtcdGenerated {
+    /// The etcd CA (`ca.crt`): trusted by etcd for clients and peers, and by clients for etcd.
+    pub ca_pem: String,
+    /// Client-facing serving pair (`server.crt`, `server.key`).
+    pub server: ServingPair,
+    /// Peer pair (`peer.crt`, `peer.key`), server and client auth.
+    pub peer: ServingPair,
+    /// The runtime's client pair (`client.crt`, `client.key`), client auth only.
+    pub client: ServingPair,
+}
+
+/// The names etcd members are reached by: every member `S-i` of StatefulSet `S` behind
+/// headless Service `S` in `namespace` (short, `.svc` and `.svc.cluster.local` forms, and
+/// wildcards for members added later), the client Service `client_service`, and loopback
+/// (for `etcdctl` inside a member's pod).
+pub fn etcd_dns_names(
+    service: &str,
+    client_service: &str,
+    namespace: &str,
+    replicas: u32,
+) -> Vec<String> {
+    let mut names = Vec::new();
+    for suffix in ["", ".svc", ".svc.cluster.local"] {
+        for i in 0..replicas {
+            names.push(format!("{service}-{i}.{service}.{namespace}{suffix}"));
+        }
+        names.push(format!("*.{service}.{namespace}{suffix}"));
+    }
+    for s in [service, client_service] {
+        names.extend(service_dns_names(s, namespace));
+    }
+    names.push("localhost".into());
+    names.push("127.0.0.1".into());
+    names
+}
+
+/// A new etcd CA and the server, peer and client pairs for StatefulSet `service` (with
+/// `replicas` members) and client Service `client_service` in `namespace`.
+pub fn generate_etcd(
+    service: &str,
+    client_service: &str,
+    namespace: &str,
+    replicas: u32,
+    ca_days: u32,
+    days: u32,
+) -> Result<EtcdGenerated, CertsError> {
+    for (what, value) in [
+        ("etcd service", service),
+        ("etcd client service", client_service),
+        ("namespace", namespace),
+    ] {
+        crate::validate::dns1123_label(value).map_err(|reason| CertsError::Name {
+            what,
+            value: value.to_owned(),
+            reason,
+        })?;
+    }
+    let ca = CertificateAuthority::new(&format!("dorado etcd CA ({namespace})"), ca_days)?;
+    let names = etcd_dns_names(service, client_service, namespace, replicas);
+    let both = [
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    Ok(EtcdGenerated {
+        ca_pem: ca.cert_pem().to_owned(),
+        // etcd also dials itself (gRPC gateway) with the server pair: both usages.
+        server: ca.issue_for(&names, days, &both)?,
+        peer: ca.issue_for(&names, days, &both)?,
+        client: ca.issue_for(
+            &[ETCD_CLIENT_NAME.to_owned()],
+            days,
+            &[ExtendedKeyUsagePurpose::ClientAuth],
+        )?,
+    })
+}
+
+/// Writes `ca.crt`, `server.crt`, `server.key`, `peer.crt`, `peer.key`, `client.crt` and
+/// `client.key` (keys mode 0600) into `dir`, creating it.
+pub fn write_etcd_files(
+    dir: &Path,
+    generated: &EtcdGenerated,
+    force: bool,
+) -> Result<(), CertsError> {
+    write_set(
+        dir,
+        &[
+            ("ca.crt", generated.ca_pem.as_str(), 0o644),
+            ("server.crt", generated.server.cert_pem.as_str(), 0o644),
+            ("server.key", generated.server.key_pem.as_str(), 0o600),
+            ("peer.crt", generated.peer.cert_pem.as_str(), 0o644),
+            ("peer.key", generated.peer.key_pem.as_str(), 0o600),
+            ("client.crt", generated.client.cert_pem.as_str(), 0o644),
+            ("client.key", generated.client.key_pem.as_str(), 0o600),
+        ],
+        force,
+    )
+}
+
 /// Writes `ca.crt`, `tls.crt` and `tls.key` (mode 0600) into `dir`, creating it.
 pub fn write_files(dir: &Path, generated: &Generated, force: bool) -> Result<(), CertsError> {
-    let files = [
-        ("ca.crt", generated.ca_pem.as_str(), 0o644),
-        ("tls.crt", generated.serving.cert_pem.as_str(), 0o644),
-        ("tls.key", generated.serving.key_pem.as_str(), 0o600),
-    ];
+    write_set(
+        dir,
+        &[
+            ("ca.crt", generated.ca_pem.as_str(), 0o644),
+            ("tls.crt", generated.serving.cert_pem.as_str(), 0o644),
+            ("tls.key", generated.serving.key_pem.as_str(), 0o600),
+        ],
+        force,
+    )
+}
+
+/// Writes `(name, content, mode)` files into `dir`; none if any exists and not `force`.
+fn write_set(dir: &Path, files: &[(&str, &str, u32)], force: bool) -> Result<(), CertsError> {
     if !force {
-        for (name, _, _) in &files {
+        for (name, _, _) in files {
             let path = dir.join(name);
             if path.exists() {
                 return Err(CertsError::Exists(path));
@@ -187,7 +315,7 @@ pub fn write_files(dir: &Path, generated: &Generated, force: bool) -> Result<(),
         path: dir.to_owned(),
         source,
     })?;
-    for (name, content, mode) in files {
+    for &(name, content, mode) in files {
         let path = dir.join(name);
         write_file(&path, content.as_bytes(), mode)
             .map_err(|source| CertsError::Write { path, source })?;
@@ -236,6 +364,42 @@ mod tests {
             .decode(g.ca_bundle())
             .unwrap();
         assert_eq!(decoded, g.ca_pem.as_bytes());
+    }
+
+    #[test]
+    fn etcd_pairs_chain_to_their_ca_and_name_the_members() {
+        let g = generate_etcd("etcd", "etcd-client", "dorado-system", 3, 30, 10).unwrap();
+        for pair in [&g.server, &g.peer, &g.client] {
+            crate::tls::parse_pair(
+                pair.cert_pem.as_bytes(),
+                pair.key_pem.as_bytes(),
+                &crate::config::TlsFiles {
+                    cert: "c".into(),
+                    key: "k".into(),
+                },
+            )
+            .unwrap();
+        }
+        let names = etcd_dns_names("etcd", "etcd-client", "dorado-system", 3);
+        for n in [
+            "etcd-0.etcd.dorado-system.svc",
+            "etcd-2.etcd.dorado-system.svc.cluster.local",
+            "*.etcd.dorado-system.svc",
+            "etcd-client.dorado-system.svc",
+            "127.0.0.1",
+        ] {
+            assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        write_etcd_files(dir.path(), &g, false).unwrap();
+        assert!(matches!(
+            write_etcd_files(dir.path(), &g, false),
+            Err(CertsError::Exists(_))
+        ));
+        assert!(matches!(
+            generate_etcd("etcd", "etcd-client", "Bad", 3, 1, 1),
+            Err(CertsError::Name { .. })
+        ));
     }
 
     #[test]

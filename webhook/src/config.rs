@@ -69,6 +69,10 @@ pub struct MutationConfig {
     pub image_pull_policy: Option<String>,
     /// Default etcd client URLs (`DORADO_ETCD_ENDPOINTS`), overridable per pod.
     pub etcd_endpoints: Vec<String>,
+    /// Default name of the etcd client-certificate Secret in the pod's namespace, mounted
+    /// when the pod's etcd endpoints are `https://` (annotation
+    /// `dorado.io/etcd-client-secret` overrides it).
+    pub etcd_client_secret: String,
     /// Default client port (`DORADO_LISTEN`, port name `dorado`).
     pub port: u16,
     /// Default leader lease TTL in seconds (`DORADO_LEASE_TTL`).
@@ -91,6 +95,7 @@ impl MutationConfig {
             runtime_image: runtime_image.into(),
             image_pull_policy: None,
             etcd_endpoints,
+            etcd_client_secret: DEFAULT_ETCD_CLIENT_SECRET.to_owned(),
             port: DEFAULT_PORT,
             lease_ttl_secs: DEFAULT_LEASE_TTL_SECS,
             snapshot_every: DEFAULT_SNAPSHOT_EVERY,
@@ -115,6 +120,20 @@ impl MutationConfig {
                 reason,
             })?;
         }
+        let https = self
+            .etcd_endpoints
+            .iter()
+            .filter(|e| validate::is_https(e))
+            .count();
+        if https != 0 && https != self.etcd_endpoints.len() {
+            return Err(ConfigError::MixedEtcdSchemes(self.etcd_endpoints.join(",")));
+        }
+        validate::dns1123_subdomain(&self.etcd_client_secret).map_err(|reason| {
+            ConfigError::EtcdClientSecret {
+                name: self.etcd_client_secret.clone(),
+                reason,
+            }
+        })?;
         if self.port == 0 {
             return Err(ConfigError::Port);
         }
@@ -148,6 +167,8 @@ impl MutationConfig {
     }
 }
 
+/// Default name of the etcd client-certificate Secret (in each pod's namespace).
+pub const DEFAULT_ETCD_CLIENT_SECRET: &str = "dorado-etcd-client";
 /// Default client port of the runtime.
 pub const DEFAULT_PORT: u16 = 7070;
 /// Default leader lease TTL. Longer than the runtime's own default (2 s) so that an etcd
@@ -178,6 +199,17 @@ pub enum ConfigError {
     EtcdEndpoint {
         /// The offending endpoint.
         endpoint: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Some etcd endpoints are `https://` and some are not.
+    #[error("etcd endpoints {0} mix https:// and http://; use one scheme")]
+    MixedEtcdSchemes(String),
+    /// The default etcd client Secret name is not a DNS-1123 subdomain.
+    #[error("etcd client secret name {name:?} {reason}")]
+    EtcdClientSecret {
+        /// The name.
+        name: String,
         /// What is wrong with it.
         reason: String,
     },

@@ -72,6 +72,10 @@ struct ServeArgs {
     /// Default etcd client URLs, comma-separated (annotation dorado.io/etcd-endpoints overrides).
     #[arg(long, env = "DORADO_WEBHOOK_ETCD_ENDPOINTS")]
     etcd_endpoints: String,
+    /// Default Secret (in the pod's namespace) with the runtime's etcd client certificate,
+    /// mounted when the etcd endpoints are https:// (dorado.io/etcd-client-secret overrides).
+    #[arg(long, env = "DORADO_WEBHOOK_ETCD_CLIENT_SECRET", default_value = dorado_webhook::config::DEFAULT_ETCD_CLIENT_SECRET)]
+    etcd_client_secret: String,
     /// Default client port of the runtime (dorado.io/port).
     #[arg(long, env = "DORADO_WEBHOOK_DEFAULT_PORT", default_value_t = dorado_webhook::config::DEFAULT_PORT)]
     default_port: u16,
@@ -149,6 +153,21 @@ struct CertsArgs {
     /// Overwrite existing files.
     #[arg(long)]
     force: bool,
+    /// Also write etcd's certificates into this directory: ca.crt, server.*, peer.*, client.*.
+    #[arg(long, value_name = "DIR")]
+    etcd_out: Option<PathBuf>,
+    /// Name of the etcd StatefulSet and its headless Service.
+    #[arg(long, default_value = "etcd")]
+    etcd_service: String,
+    /// Name of etcd's client Service.
+    #[arg(long, default_value = "etcd-client")]
+    etcd_client_service: String,
+    /// Namespace of etcd.
+    #[arg(long, default_value = "dorado-system")]
+    etcd_namespace: String,
+    /// etcd members (etcd-0 .. etcd-N-1 are named in the certificates).
+    #[arg(long, default_value_t = 3)]
+    etcd_replicas: u32,
 }
 
 fn optional_quantity(s: &str) -> anyhow::Result<Option<Quantity>> {
@@ -199,6 +218,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<()> {
         dorado_webhook::validate::split_endpoints(&args.etcd_endpoints),
     );
     mutation.image_pull_policy = args.image_pull_policy;
+    mutation.etcd_client_secret = args.etcd_client_secret;
     mutation.port = args.default_port;
     mutation.lease_ttl_secs = args.default_lease_ttl;
     mutation.snapshot_every = args.default_snapshot_every;
@@ -242,6 +262,23 @@ fn run_certs(args: CertsArgs) -> anyhow::Result<()> {
         args.out.display(),
         dorado_webhook::certs::service_dns_names(&args.service, &args.namespace).join(", ")
     );
+    if let Some(dir) = &args.etcd_out {
+        let etcd = dorado_webhook::certs::generate_etcd(
+            &args.etcd_service,
+            &args.etcd_client_service,
+            &args.etcd_namespace,
+            args.etcd_replicas,
+            args.ca_days,
+            args.days,
+        )?;
+        dorado_webhook::certs::write_etcd_files(dir, &etcd, args.force)?;
+        eprintln!(
+            "wrote {0}/ca.crt and the server, peer and client pairs ({0}/{{server,peer,client}}.{{crt,key}}) for etcd {1} in {2}",
+            dir.display(),
+            args.etcd_service,
+            args.etcd_namespace
+        );
+    }
     println!("{}", generated.ca_bundle());
     Ok(())
 }

@@ -15,6 +15,11 @@
 //!   is unmounted from the runtime container (and dropped if no other container mounts it);
 //! - volumes `dorado-module` (the module ConfigMap, only the module key, read-only mode
 //!   0444) and `dorado-tmp` (an `emptyDir` for `/tmp`, the root filesystem being read-only);
+//! - when the pod's etcd endpoints (annotation or the webhook's default) are `https://`:
+//!   volume `dorado-etcd-client`, the Secret named by `dorado.io/etcd-client-secret`
+//!   (default `dorado-etcd-client`, see [`MutationConfig::etcd_client_secret`]) mounted
+//!   read-only at `/etc/dorado/etcd-tls`, and `DORADO_ETCD_CA/CERT/KEY` pointing at its
+//!   `ca.crt`, `tls.crt` and `tls.key`. With `http://` endpoints nothing TLS is added;
 //! - the target container becomes the runtime: image, `command: ["dorado"]`,
 //!   `args: ["run"]`, the `DORADO_*` environment, port `dorado`, the module mounted at
 //!   `/etc/dorado/module`, startup/readiness/liveness probes, a *restricted*
@@ -49,6 +54,23 @@ pub const RUNTIME_COMMAND: &str = "dorado";
 pub const RUNTIME_ARGS: &[&str] = &["run"];
 /// File mode of the projected module file (0444).
 pub const MODULE_FILE_MODE: u32 = 0o444;
+/// Name of the pod volume holding the etcd client-certificate Secret.
+pub const ETCD_TLS_VOLUME: &str = "dorado-etcd-client";
+/// Where the etcd client-certificate Secret is mounted (read-only). A whole-volume mount,
+/// never `subPath`: only then does the kubelet update the files when the Secret rotates.
+pub const ETCD_TLS_MOUNT_PATH: &str = "/etc/dorado/etcd-tls";
+/// The Secret's keys (those of a `kubernetes.io/tls` Secret from cert-manager or
+/// `dorado-webhook certs`) and the runtime variables pointing at them.
+pub const ETCD_TLS_FILES: &[(&str, &str)] = &[
+    ("ca.crt", "DORADO_ETCD_CA"),
+    ("tls.crt", "DORADO_ETCD_CERT"),
+    ("tls.key", "DORADO_ETCD_KEY"),
+];
+/// File mode of the mounted certificate files (0444). Secret files are owned by root
+/// and the runtime runs as a non-root user without a pod `fsGroup` (setting one would
+/// change every container's volumes), so they must be world-readable; the volume is a
+/// tmpfs only this pod sees, and only the runtime container mounts it.
+pub const ETCD_TLS_FILE_MODE: u32 = 0o444;
 
 /// Why a pod was left alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +125,8 @@ struct Settings {
     lease_ttl: u32,
     snapshot_every: u64,
     etcd_endpoints: Vec<String>,
+    /// The etcd client-certificate Secret to mount, when the endpoints are `https://`.
+    etcd_client_secret: Option<String>,
     log_format: LogFormat,
     cpu_request: Quantity,
     cpu_limit: Option<Quantity>,
@@ -225,6 +249,7 @@ fn resolve(
     let lease_ttl = text(ann::LEASE_TTL);
     let snapshot_every = text(ann::SNAPSHOT_EVERY);
     let etcd = text(ann::ETCD_ENDPOINTS);
+    let etcd_client_secret = text(ann::ETCD_CLIENT_SECRET);
     let log_format = text(ann::LOG_FORMAT);
     let cpu_request = text(ann::CPU_REQUEST);
     let cpu_limit = text(ann::CPU_LIMIT);
@@ -376,6 +401,43 @@ fn resolve(
         }
     };
 
+    // The Secret is mounted exactly when the runtime talks TLS to etcd, i.e. when the
+    // endpoints are https:// (the runtime refuses certificate flags for http://), so plain
+    // http development setups need no Secret.
+    let etcd_client_secret = match (&etcd, etcd_client_secret) {
+        (_, Some(name)) if validate::dns1123_subdomain(name).is_err() => {
+            let e = validate::dns1123_subdomain(name).err().unwrap_or_default();
+            errors.push(format!(
+                "annotation {}: {name:?} {e}; expected the name of a Secret in the pod's                  namespace (a DNS-1123 subdomain, e.g. {}) holding ca.crt, tls.crt and tls.key",
+                ann::ETCD_CLIENT_SECRET,
+                crate::config::DEFAULT_ETCD_CLIENT_SECRET
+            ));
+            None
+        }
+        (Some(list), name) => {
+            let https = list.iter().filter(|e| validate::is_https(e)).count();
+            if https == 0 {
+                if name.is_some() {
+                    warnings.push(format!(
+                        "{} ignored: the etcd endpoints are http://, so no client certificate                          is mounted",
+                        ann::ETCD_CLIENT_SECRET
+                    ));
+                }
+                Some(None)
+            } else if https < list.len() {
+                errors.push(format!(
+                    "annotation {}: {} mixes https:// and http://; expected one scheme for                      every endpoint",
+                    ann::ETCD_ENDPOINTS,
+                    list.join(",")
+                ));
+                None
+            } else {
+                Some(Some(name.unwrap_or(&cfg.etcd_client_secret).to_owned()))
+            }
+        }
+        (None, _) => None,
+    };
+
     let log_format = match log_format {
         None => Some(cfg.log_format),
         Some(v) => match LogFormat::parse(v) {
@@ -443,6 +505,7 @@ fn resolve(
         lease_ttl,
         snapshot_every,
         etcd,
+        etcd_client_secret,
         log_format,
         cpu_request,
         cpu_limit,
@@ -457,6 +520,7 @@ fn resolve(
             Some(lease_ttl),
             Some(snapshot_every),
             Some(etcd_endpoints),
+            Some(etcd_client_secret),
             Some(log_format),
             Some(Some(cpu_request)),
             Some(cpu_limit),
@@ -471,6 +535,7 @@ fn resolve(
             lease_ttl,
             snapshot_every,
             etcd_endpoints,
+            etcd_client_secret,
             log_format,
             cpu_request,
             cpu_limit,
@@ -728,7 +793,7 @@ fn build_patch(
         ));
     }
 
-    let volumes = [
+    let mut volumes = vec![
         json!({
             "name": MODULE_VOLUME,
             "configMap": {
@@ -739,6 +804,16 @@ fn build_patch(
         }),
         json!({ "name": TMP_VOLUME, "emptyDir": { "sizeLimit": TMP_SIZE_LIMIT } }),
     ];
+    if let Some(secret) = &s.etcd_client_secret {
+        let items: Vec<Value> = ETCD_TLS_FILES
+            .iter()
+            .map(|(key, _)| json!({ "key": key, "path": key }))
+            .collect();
+        volumes.push(json!({
+            "name": ETCD_TLS_VOLUME,
+            "secret": { "secretName": secret, "items": items, "defaultMode": ETCD_TLS_FILE_MODE },
+        }));
+    }
     // Service-account token volumes the ServiceAccount admission plugin injected because
     // the pod did not set automountServiceAccountToken: the runtime needs no API access, so
     // its mounts go, and so does the volume unless another container still mounts it.
@@ -822,7 +897,7 @@ fn field_ref(path: &str) -> Value {
 /// The runtime's environment, in dependency order (`$(POD_NAME)` and `$(POD_IP)` are
 /// expanded by the kubelet, so they come first).
 fn runtime_env(s: &Settings) -> Vec<Value> {
-    vec![
+    let mut env = vec![
         json!({ "name": "POD_NAME", "valueFrom": field_ref("metadata.name") }),
         json!({ "name": "POD_NAMESPACE", "valueFrom": field_ref("metadata.namespace") }),
         json!({ "name": "POD_IP", "valueFrom": field_ref("status.podIP") }),
@@ -836,7 +911,13 @@ fn runtime_env(s: &Settings) -> Vec<Value> {
         json!({ "name": "DORADO_LEASE_TTL", "value": s.lease_ttl.to_string() }),
         json!({ "name": "DORADO_SNAPSHOT_EVERY", "value": s.snapshot_every.to_string() }),
         json!({ "name": "DORADO_LOG_FORMAT", "value": s.log_format.as_str() }),
-    ]
+    ];
+    if s.etcd_client_secret.is_some() {
+        env.extend(ETCD_TLS_FILES.iter().map(
+            |(key, var)| json!({ "name": var, "value": format!("{ETCD_TLS_MOUNT_PATH}/{key}") }),
+        ));
+    }
+    env
 }
 
 fn http_probe(path: &str, period: u32, failures: u32) -> Value {
@@ -921,6 +1002,11 @@ fn rewrite_container(
         json!({ "name": MODULE_VOLUME, "mountPath": MODULE_MOUNT_PATH, "readOnly": true }),
         json!({ "name": TMP_VOLUME, "mountPath": TMP_MOUNT_PATH }),
     ];
+    if s.etcd_client_secret.is_some() {
+        mounts.push(
+            json!({ "name": ETCD_TLS_VOLUME, "mountPath": ETCD_TLS_MOUNT_PATH, "readOnly": true }),
+        );
+    }
     if let Some(existing) = c.get("volumeMounts").and_then(Value::as_array) {
         mounts.extend(
             existing
@@ -928,8 +1014,11 @@ fn rewrite_container(
                 .filter(|m| {
                     let path = m.get("mountPath").and_then(Value::as_str);
                     let name = name_of(m).unwrap_or("");
-                    !matches!(name, MODULE_VOLUME | TMP_VOLUME)
-                        && !matches!(path, Some(MODULE_MOUNT_PATH | TMP_MOUNT_PATH))
+                    !matches!(name, MODULE_VOLUME | TMP_VOLUME | ETCD_TLS_VOLUME)
+                        && !matches!(
+                            path,
+                            Some(MODULE_MOUNT_PATH | TMP_MOUNT_PATH | ETCD_TLS_MOUNT_PATH)
+                        )
                         && !token_volumes.iter().any(|t| t == name)
                 })
                 .cloned(),

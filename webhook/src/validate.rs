@@ -113,6 +113,11 @@ pub fn etcd_endpoint(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether an endpoint accepted by [`etcd_endpoint`] uses TLS.
+pub fn is_https(endpoint: &str) -> bool {
+    endpoint.starts_with("https://")
+}
+
 /// Splits a comma-separated endpoint list, trimming blanks and dropping empty items.
 pub fn split_endpoints(s: &str) -> Vec<String> {
     s.split(',')

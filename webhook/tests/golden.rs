@@ -334,6 +334,87 @@ fn runtime_container_follows_the_contract() {
     assert_eq!(c["resources"]["limits"]["memory"], "512Mi");
 }
 
+fn etcd_tls_parts(pod: &Value) -> (Option<Value>, Option<Value>, Vec<(String, Value)>) {
+    let volume = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "dorado-etcd-client")
+        .cloned();
+    let c = &pod["spec"]["containers"][0];
+    let mount = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "dorado-etcd-client")
+        .cloned();
+    let env = env_of(c)
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("DORADO_ETCD_") && n != "DORADO_ETCD_ENDPOINTS")
+        .collect();
+    (volume, mount, env)
+}
+
+#[test]
+fn https_endpoints_mount_the_etcd_client_secret() {
+    for (case, secret) in [
+        ("etcd-tls-default-secret", "dorado-etcd-client"),
+        ("etcd-tls-named-secret", "kv-etcd-client"),
+    ] {
+        let pod = run(case).mutated.unwrap();
+        let (volume, mount, env) = etcd_tls_parts(&pod);
+        let volume = volume.unwrap_or_else(|| panic!("{case}: no secret volume"));
+        assert_eq!(volume["secret"]["secretName"], secret, "{case}");
+        assert_eq!(
+            volume["secret"]["items"],
+            json!([
+                {"key": "ca.crt", "path": "ca.crt"},
+                {"key": "tls.crt", "path": "tls.crt"},
+                {"key": "tls.key", "path": "tls.key"}
+            ]),
+            "{case}"
+        );
+        // A whole-volume, read-only mount (no subPath: subPath mounts never see a rotation).
+        assert_eq!(
+            mount,
+            Some(
+                json!({"name": "dorado-etcd-client", "mountPath": "/etc/dorado/etcd-tls", "readOnly": true})
+            ),
+            "{case}"
+        );
+        let value = |n: &str| {
+            env.iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, e)| e["value"].clone())
+                .unwrap_or_else(|| panic!("{case}: no {n}"))
+        };
+        assert_eq!(value("DORADO_ETCD_CA"), "/etc/dorado/etcd-tls/ca.crt");
+        assert_eq!(value("DORADO_ETCD_CERT"), "/etc/dorado/etcd-tls/tls.crt");
+        assert_eq!(value("DORADO_ETCD_KEY"), "/etc/dorado/etcd-tls/tls.key");
+    }
+    // http:// endpoints (the golden configuration's default): nothing TLS is added.
+    for case in ["opt-in-statefulset", "etcd-client-secret-ignored-on-http"] {
+        let (volume, mount, env) = etcd_tls_parts(&run(case).mutated.unwrap());
+        assert!(
+            volume.is_none() && mount.is_none() && env.is_empty(),
+            "{case}"
+        );
+    }
+    let deny = |case: &str| {
+        run(case).response["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let msg = deny("deny-etcd-client-secret-invalid");
+    assert!(
+        msg.contains("dorado.io/etcd-client-secret") && msg.contains("DNS-1123 subdomain"),
+        "{msg}"
+    );
+    let msg = deny("deny-etcd-endpoints-mixed-schemes");
+    assert!(msg.contains("mixes https:// and http://"), "{msg}");
+}
+
 #[test]
 fn group_comes_from_the_owner() {
     for (case, group) in [
@@ -448,6 +529,10 @@ fn every_warning_case_warns() {
         ("merge-into-existing-container", "resources.requests.cpu"),
         ("merge-into-existing-container", "workingDir removed"),
         ("not-a-pod", "only mutates v1 Pods"),
+        (
+            "etcd-client-secret-ignored-on-http",
+            "dorado.io/etcd-client-secret ignored",
+        ),
     ] {
         let out = run(case);
         let warnings = out.response["response"]["warnings"]
@@ -541,6 +626,8 @@ fn fuzzed_annotations_never_panic() {
         "kv/",
         "/kv",
         "http://",
+        "https://e:2379",
+        "https://e:2379,http://f:2379",
         "ü",
         "\u{0}",
         " true",
@@ -555,6 +642,7 @@ fn fuzzed_annotations_never_panic() {
         "dorado.io/lease-ttl",
         "dorado.io/snapshot-every",
         "dorado.io/etcd-endpoints",
+        "dorado.io/etcd-client-secret",
         "dorado.io/log-format",
         "dorado.io/protocol",
         "dorado.io/cpu-request",

@@ -133,11 +133,34 @@ fn kustomize(dir: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-#[test]
-fn rendered_manifests_pass_kubernetes_validate() {
-    if !tools_available(&["kubernetes-validate", "kubectl"]) {
-        return;
+/// etcd serves clients and peers over TLS with client-certificate authentication, and
+/// the webhook's default endpoints are https:// (so runtimes mount the client Secret).
+fn check_etcd_tls(name: &str, yaml: &str) {
+    for flag in [
+        "--listen-client-urls=https://0.0.0.0:2379",
+        "--listen-peer-urls=https://0.0.0.0:2380",
+        "--client-cert-auth",
+        "--peer-client-cert-auth",
+        "--trusted-ca-file=/etc/etcd/tls/server/ca.crt",
+        "--peer-trusted-ca-file=/etc/etcd/tls/peer/ca.crt",
+        "secretName: etcd-server-tls",
+        "secretName: etcd-peer-tls",
+        "value: https://etcd-0.etcd.dorado-system.svc:2379,https://etcd-1",
+    ] {
+        assert!(yaml.contains(flag), "{name}: {flag} missing");
     }
+    assert!(
+        !yaml.contains("=http://etcd-"),
+        "{name}: a plain-http etcd URL is left"
+    );
+}
+
+/// A temporary copy of `manifests/` with what the overlays need generated into it.
+fn prepared_manifests() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    dorado_webhook::certs::Generated,
+) {
     // Work on a copy: the build products the overlays need (kv.wasm, TLS files) are
     // generated there, never in the source tree.
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
@@ -155,7 +178,36 @@ fn rendered_manifests_pass_kubernetes_validate() {
         dorado_webhook::certs::generate("dorado-webhook", "dorado-system", 10, 1).unwrap();
     dorado_webhook::certs::write_files(&root.join("overlays/self-signed/tls"), &generated, true)
         .unwrap();
+    let etcd =
+        dorado_webhook::certs::generate_etcd("etcd", "etcd-client", "dorado-system", 3, 10, 1)
+            .unwrap();
+    dorado_webhook::certs::write_etcd_files(
+        &root.join("overlays/self-signed/tls/etcd"),
+        &etcd,
+        true,
+    )
+    .unwrap();
 
+    (tmp, root, generated)
+}
+
+#[test]
+fn rendered_manifests_serve_etcd_over_tls() {
+    if !tools_available(&["kubectl"]) {
+        return;
+    }
+    let (_tmp, root, _) = prepared_manifests();
+    for name in ["base", "overlays/self-signed", "overlays/cert-manager"] {
+        check_etcd_tls(name, &kustomize(&root.join(name)));
+    }
+}
+
+#[test]
+fn rendered_manifests_pass_kubernetes_validate() {
+    if !tools_available(&["kubernetes-validate", "kubectl"]) {
+        return;
+    }
+    let (tmp, root, generated) = prepared_manifests();
     let out_dir = tmp.path().join("rendered");
     std::fs::create_dir_all(&out_dir).unwrap();
     for (name, allowed_warning) in [
@@ -169,6 +221,9 @@ fn rendered_manifests_pass_kubernetes_validate() {
         ("examples/bank", None),
     ] {
         let yaml = kustomize(&root.join(name));
+        if !name.starts_with("examples/") {
+            check_etcd_tls(name, &yaml);
+        }
         match name {
             "overlays/self-signed" => {
                 let bundle = generated.ca_bundle();
@@ -182,6 +237,12 @@ fn rendered_manifests_pass_kubernetes_validate() {
                 assert!(
                     yaml.contains("cert-manager.io/inject-ca-from: dorado-system/dorado-webhook")
                 );
+                for secret in ["secretName: etcd-server-tls", "secretName: etcd-peer-tls"] {
+                    assert!(
+                        yaml.matches(secret).count() >= 2,
+                        "{secret}: a Certificate writes what the StatefulSet mounts"
+                    );
+                }
             }
             "examples/kv" | "examples/bank" => {
                 let example = name.trim_start_matches("examples/");

@@ -25,8 +25,10 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
 
 use dorado_core::{
     AppendOutcome, Epoch, Index, LeaderRecord, Leadership, LeaseId, MemberRecord, Meta, Store,
@@ -39,6 +41,7 @@ use etcd_client::{
 };
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
+use super::tls::{EtcdTls, EtcdTlsError, TlsMaterial};
 use super::{
     KeySpace, SNAPSHOT_CHUNK_SIZE, SnapshotManifest, decode_json, encode_json, end_after_error,
     new_snapshot_writer,
@@ -66,6 +69,9 @@ const GRPC_UNAVAILABLE: i32 = 14;
 /// How an [`EtcdStore`] talks to etcd.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EtcdStoreOptions {
+    /// TLS towards `https://` endpoints (CA bundle, client certificate,
+    /// rotation interval); `None` for plain `http://`.
+    pub tls: Option<EtcdTls>,
     /// Bound on establishing a connection (and on the probe in `connect`).
     pub connect_timeout: Duration,
     /// Bound on every request; a request that takes longer is `Unavailable`.
@@ -81,6 +87,7 @@ pub struct EtcdStoreOptions {
 impl Default for EtcdStoreOptions {
     fn default() -> Self {
         Self {
+            tls: None,
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(5),
             keep_alive: Some((Duration::from_secs(10), Duration::from_secs(5))),
@@ -91,14 +98,41 @@ impl Default for EtcdStoreOptions {
 
 /// A [`Store`] backed by etcd, scoped to one group. Cheap to clone; clones
 /// share the connection.
+///
+/// The connection sits behind an [`ArcSwap`]: with TLS, a task re-reads the
+/// certificate files every [`EtcdTls::reload_interval`] and, when they
+/// changed and the new pair works (probed like a first connection), swaps a
+/// new connection in. Each request attempt loads the connection current at
+/// that moment; requests and watches already running keep the old one, which
+/// closes when the last of them is done, so rotation loses none of them.
 #[derive(Clone)]
 pub struct EtcdStore {
+    conn: Arc<ArcSwap<Conn>>,
+    keys: KeySpace,
+    ctx: Arc<Ctx>,
+}
+
+/// One connection to etcd and the service clients made from it.
+struct Conn {
     client: Client,
     kv: KvClient,
     watch: WatchClient,
     lease: LeaseClient,
-    keys: KeySpace,
-    ctx: Arc<Ctx>,
+}
+
+impl Conn {
+    fn new(client: Client) -> Self {
+        Conn {
+            kv: client
+                .kv_client()
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+            watch: client
+                .watch_client()
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
+            lease: client.lease_client(),
+            client,
+        }
+    }
 }
 
 impl fmt::Debug for EtcdStore {
@@ -108,6 +142,30 @@ impl fmt::Debug for EtcdStore {
             .field("prefix", &self.keys.prefix())
             .field("options", &self.ctx.options)
             .finish_non_exhaustive()
+    }
+}
+
+/// Why [`EtcdStore::try_connect`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdConnectError {
+    /// The TLS files or a TLS handshake failed (names the file or endpoint).
+    #[error(transparent)]
+    Tls(#[from] EtcdTlsError),
+    /// etcd could not be reached or refused the request.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<EtcdConnectError> for StoreError {
+    /// Inconsistent TLS flags are `InvalidArgument` (only a restart with
+    /// other flags helps); bad files and refused handshakes are
+    /// `Unavailable`, retried, since a rotation can fix them.
+    fn from(e: EtcdConnectError) -> Self {
+        match e {
+            EtcdConnectError::Tls(e) if e.is_config() => StoreError::InvalidArgument(e.to_string()),
+            EtcdConnectError::Tls(e) => StoreError::Unavailable(e.to_string()),
+            EtcdConnectError::Store(e) => e,
+        }
     }
 }
 
@@ -170,7 +228,10 @@ impl Ctx {
             other => (other.to_string(), false),
         };
         classify(&message, lease, invalid_argument).unwrap_or_else(|| {
-            StoreError::Unavailable(format!("{what} at etcd {}: {e}", self.endpoints))
+            let tls = tls_cause(&e)
+                .map(|t| format!(" (tls: {t})"))
+                .unwrap_or_default();
+            StoreError::Unavailable(format!("{what} at etcd {}: {e}{tls}", self.endpoints))
         })
     }
 }
@@ -206,6 +267,160 @@ fn classify(message: &str, lease: Option<i64>, invalid_argument: bool) -> Option
     }
 }
 
+/// Open a connection to `endpoints` with `tls` and prove it: a TLS probe of
+/// each endpoint (an unreachable one is left to the read below, which moves
+/// on to live members), then a linearizable count-only read of `probe_key`.
+async fn open(
+    ctx: &Ctx,
+    endpoints: &[String],
+    tls: Option<&TlsMaterial>,
+    probe_key: &str,
+) -> Result<Conn, EtcdConnectError> {
+    let options = &ctx.options;
+    if let Some(tls) = tls {
+        for endpoint in endpoints {
+            if let Err(reason) = tls.probe(endpoint, options.connect_timeout).await? {
+                tracing::debug!(%endpoint, %reason, "etcd endpoint unreachable during the tls probe");
+            }
+        }
+    }
+    let mut connect = ConnectOptions::new()
+        .with_connect_timeout(options.connect_timeout)
+        .with_timeout(options.request_timeout)
+        .with_require_leader(true);
+    if let Some((interval, timeout)) = options.keep_alive {
+        connect = connect.with_keep_alive(interval, timeout);
+    }
+    if let Some(tls) = tls {
+        connect = connect.with_tls(tls.client_options());
+    }
+    let client = match tokio::time::timeout(
+        options.connect_timeout,
+        Client::connect(endpoints, Some(connect)),
+    )
+    .await
+    {
+        Err(_) => {
+            return Err(StoreError::Unavailable(format!(
+                "cannot connect to etcd at {} within {:?}",
+                ctx.endpoints, options.connect_timeout
+            ))
+            .into());
+        }
+        Ok(Err(e)) => {
+            return Err(match ctx.map_err("connect", None, e) {
+                StoreError::Unavailable(m) => {
+                    StoreError::Unavailable(format!("cannot connect: {m}"))
+                }
+                other => other,
+            }
+            .into());
+        }
+        Ok(Ok(client)) => client,
+    };
+    let conn = Conn::new(client);
+    // The client connects lazily; prove etcd answers (with a quorum).
+    // Like every request, the probe moves on from members that refuse
+    // connections, so one dead member of a cluster does not fail it.
+    let probe = ctx.call("connect", None, || {
+        let (mut kv, key) = (conn.kv.clone(), probe_key.to_owned());
+        async move { kv.get(key, Some(GetOptions::new().with_count_only())).await }
+    });
+    match tokio::time::timeout(options.connect_timeout, probe).await {
+        Ok(Ok(_)) => Ok(conn),
+        Ok(Err(StoreError::Unavailable(m))) => {
+            Err(StoreError::Unavailable(format!("etcd is not serving: {m}")).into())
+        }
+        Ok(Err(other)) => Err(other.into()),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "etcd at {} did not answer within {:?}",
+            ctx.endpoints, options.connect_timeout
+        ))
+        .into()),
+    }
+}
+
+/// Pick up rotated TLS files until the store is dropped: every
+/// `reload_interval`, read the files; if their bytes differ from the material
+/// in use, check them, open and prove a new connection, and swap it in. A
+/// change that fails (unreadable, bad PEM, expired, refused by etcd) is
+/// logged (once per distinct error) and retried at the next check; the
+/// connection in use stays.
+async fn reload_tls(
+    conn: Weak<ArcSwap<Conn>>,
+    ctx: Arc<Ctx>,
+    endpoints: Vec<String>,
+    mut current: TlsMaterial,
+    probe_key: String,
+) {
+    let mut last_error: Option<String> = None;
+    loop {
+        tokio::time::sleep(current.files().reload_interval).await;
+        if conn.strong_count() == 0 {
+            return;
+        }
+        let files = current.files().clone();
+        let attempt = async {
+            let read = files.clone();
+            let contents = tokio::task::spawn_blocking(move || read.read_files())
+                .await
+                .map_err(|e| {
+                    EtcdTlsError::Config(format!("reading the tls files panicked: {e}"))
+                })??;
+            if current.is_from(&contents) {
+                return Ok(None);
+            }
+            let material = TlsMaterial::from_contents(&files, contents, SystemTime::now())?;
+            let new = open(&ctx, &endpoints, Some(&material), &probe_key).await?;
+            Ok::<_, EtcdConnectError>(Some((material, new)))
+        };
+        match attempt.await {
+            Ok(None) => {}
+            Ok(Some((material, new))) => {
+                let Some(conn) = conn.upgrade() else { return };
+                conn.store(Arc::new(new));
+                current = material;
+                last_error = None;
+                tracing::info!(
+                    endpoints = %ctx.endpoints,
+                    ca = %files.ca.display(),
+                    cert = ?files.identity.as_ref().map(|id| id.cert.display().to_string()),
+                    "etcd tls files changed: requests now use a new connection with them"
+                );
+            }
+            Err(e) => {
+                let message = e.to_string();
+                if last_error.as_deref() != Some(message.as_str()) {
+                    tracing::error!(
+                        error = %message,
+                        "the etcd tls files changed but cannot be used; the connection in use keeps the previous ones"
+                    );
+                    last_error = Some(message);
+                }
+            }
+        }
+    }
+}
+
+/// The TLS failure under a transport error, if any, for error messages.
+fn tls_cause(e: &etcd_client::Error) -> Option<String> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls.to_string());
+        }
+        if let Some(tls) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls.to_string());
+        }
+        next = err.source();
+    }
+    None
+}
+
 /// One page of a range read.
 struct Page {
     kvs: Vec<KeyValue>,
@@ -217,83 +432,64 @@ impl EtcdStore {
     /// Connect to etcd at `endpoints` for `group` in `namespace`, and check
     /// that the cluster answers a linearizable read within
     /// `options.connect_timeout`. Unreachable etcd is `Unavailable`, naming
-    /// the endpoints; bad names are `InvalidArgument`.
+    /// the endpoints; bad names are `InvalidArgument`; TLS failures are
+    /// mapped as [`EtcdConnectError`] says.
     pub async fn connect(
         endpoints: &[String],
         namespace: &str,
         group: &str,
         options: EtcdStoreOptions,
     ) -> StoreResult<Self> {
+        Self::try_connect(endpoints, namespace, group, options)
+            .await
+            .map_err(StoreError::from)
+    }
+
+    /// [`EtcdStore::connect`] with TLS failures kept typed.
+    ///
+    /// With `options.tls`, the files are loaded and checked first, then every
+    /// endpoint gets a TLS probe ([`TlsMaterial::probe`]) so that an unknown
+    /// CA, an expired certificate or a wrong host name is reported as such
+    /// rather than as a timeout; then a task starts that picks up rotated
+    /// files (it ends when the last clone of this store is dropped).
+    pub async fn try_connect(
+        endpoints: &[String],
+        namespace: &str,
+        group: &str,
+        options: EtcdStoreOptions,
+    ) -> Result<Self, EtcdConnectError> {
         let keys = KeySpace::new(namespace, group)?;
         if endpoints.is_empty() || endpoints.iter().any(|e| e.trim().is_empty()) {
             return Err(StoreError::InvalidArgument(format!(
                 "etcd endpoints must be a non-empty list of URLs, got {endpoints:?}"
-            )));
+            ))
+            .into());
         }
         let ctx = Arc::new(Ctx {
             endpoints: endpoints.join(","),
             options: options.clone(),
         });
-        let mut connect = ConnectOptions::new()
-            .with_connect_timeout(options.connect_timeout)
-            .with_timeout(options.request_timeout)
-            .with_require_leader(true);
-        if let Some((interval, timeout)) = options.keep_alive {
-            connect = connect.with_keep_alive(interval, timeout);
-        }
-        let client = match tokio::time::timeout(
-            options.connect_timeout,
-            Client::connect(endpoints, Some(connect)),
-        )
-        .await
-        {
-            Err(_) => {
-                return Err(StoreError::Unavailable(format!(
-                    "cannot connect to etcd at {} within {:?}",
-                    ctx.endpoints, options.connect_timeout
-                )));
-            }
-            Ok(Err(e)) => {
-                return Err(match ctx.map_err("connect", None, e) {
-                    StoreError::Unavailable(m) => {
-                        StoreError::Unavailable(format!("cannot connect: {m}"))
-                    }
-                    other => other,
-                });
-            }
-            Ok(Ok(client)) => client,
+        let material = match &options.tls {
+            Some(tls) => Some(tls.load()?),
+            None => None,
         };
+        let probe_key = keys.meta();
+        let conn = open(&ctx, endpoints, material.as_ref(), &probe_key).await?;
         let store = Self {
-            kv: client
-                .kv_client()
-                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
-            watch: client
-                .watch_client()
-                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE),
-            lease: client.lease_client(),
-            client,
+            conn: Arc::new(ArcSwap::from_pointee(conn)),
             keys,
             ctx,
         };
-        // The client connects lazily; prove etcd answers (with a quorum).
-        // Like every request, the probe moves on from members that refuse
-        // connections, so one dead member of a cluster does not fail it.
-        let probe = store.kv_get(
-            "connect",
-            store.keys.meta().into_bytes(),
-            Some(GetOptions::new().with_count_only()),
-        );
-        match tokio::time::timeout(options.connect_timeout, probe).await {
-            Ok(Ok(_)) => Ok(store),
-            Ok(Err(StoreError::Unavailable(m))) => {
-                Err(StoreError::Unavailable(format!("etcd is not serving: {m}")))
-            }
-            Ok(Err(other)) => Err(other),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "etcd at {} did not answer within {:?}",
-                store.ctx.endpoints, options.connect_timeout
-            ))),
+        if let Some(material) = material {
+            tokio::spawn(reload_tls(
+                Arc::downgrade(&store.conn),
+                store.ctx.clone(),
+                endpoints.to_vec(),
+                material,
+                probe_key,
+            ));
         }
+        Ok(store)
     }
 
     /// The same connection, scoped to another group.
@@ -315,9 +511,10 @@ impl EtcdStore {
     }
 
     /// The underlying etcd client, for tools that need raw access (the
-    /// benchmark's raw put rate, `dorado replay`, tests).
-    pub fn client(&self) -> &Client {
-        &self.client
+    /// benchmark's raw put rate, `dorado replay`, tests). It is the
+    /// connection current now; a later certificate rotation does not move it.
+    pub fn client(&self) -> Client {
+        self.conn.load().client.clone()
     }
 
     /// Write `value` at `relative_key` (under this group's prefix) with no
@@ -375,7 +572,8 @@ impl EtcdStore {
     ) -> StoreResult<GetResponse> {
         self.ctx
             .call(what, None, || {
-                let (mut kv, key, options) = (self.kv.clone(), key.clone(), options.clone());
+                let (mut kv, key, options) =
+                    (self.conn.load().kv.clone(), key.clone(), options.clone());
                 async move { kv.get(key, options).await }
             })
             .await
@@ -391,7 +589,8 @@ impl EtcdStore {
     ) -> StoreResult<()> {
         self.ctx
             .call(what, lease, || {
-                let (mut kv, key, value) = (self.kv.clone(), key.clone(), value.clone());
+                let (mut kv, key, value) =
+                    (self.conn.load().kv.clone(), key.clone(), value.clone());
                 let options = options.clone();
                 async move { kv.put(key, value, options).await }
             })
@@ -402,7 +601,8 @@ impl EtcdStore {
     async fn kv_delete(&self, what: &str, key: String, options: DeleteOptions) -> StoreResult<()> {
         self.ctx
             .call(what, None, || {
-                let (mut kv, key, options) = (self.kv.clone(), key.clone(), options.clone());
+                let (mut kv, key, options) =
+                    (self.conn.load().kv.clone(), key.clone(), options.clone());
                 async move { kv.delete(key, Some(options)).await }
             })
             .await
@@ -412,7 +612,7 @@ impl EtcdStore {
     async fn txn(&self, what: &str, lease: Option<i64>, txn: Txn) -> StoreResult<TxnResponse> {
         self.ctx
             .call(what, lease, || {
-                let (mut kv, txn) = (self.kv.clone(), txn.clone());
+                let (mut kv, txn) = (self.conn.load().kv.clone(), txn.clone());
                 async move { kv.txn(txn).await }
             })
             .await
@@ -469,7 +669,8 @@ impl EtcdStore {
         }
         self.ctx
             .call(what, None, || {
-                let (mut watch, key, options) = (self.watch.clone(), key.clone(), options.clone());
+                let (mut watch, key, options) =
+                    (self.conn.load().watch.clone(), key.clone(), options.clone());
                 async move { watch.watch(key, Some(options)).await }
             })
             .await
@@ -677,7 +878,7 @@ impl Store for EtcdStore {
         let resp = self
             .ctx
             .call("grant lease", None, || {
-                let mut client = self.lease.clone();
+                let mut client = self.conn.load().lease.clone();
                 async move { client.grant(secs, None).await }
             })
             .await?;
@@ -690,7 +891,7 @@ impl Store for EtcdStore {
         let (_keeper, _responses) = self
             .ctx
             .call("keep lease alive", Some(lease.0), || {
-                let mut client = self.lease.clone();
+                let mut client = self.conn.load().lease.clone();
                 async move { client.keep_alive(lease.0).await }
             })
             .await?;
@@ -701,7 +902,7 @@ impl Store for EtcdStore {
         match self
             .ctx
             .call("revoke lease", Some(lease.0), || {
-                let mut client = self.lease.clone();
+                let mut client = self.conn.load().lease.clone();
                 async move { client.revoke(lease.0).await }
             })
             .await

@@ -41,14 +41,16 @@
 
 pub mod etcd;
 pub mod memory;
+pub mod tls;
 
 use dorado_core::{Index, StoreError, StoreResult};
 use futures::stream::{self, BoxStream, Stream, StreamExt};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 
-pub use etcd::{EtcdStore, EtcdStoreOptions};
+pub use etcd::{EtcdConnectError, EtcdStore, EtcdStoreOptions};
 pub use memory::MemoryStore;
+pub use tls::{ClientIdentityFiles, EtcdTls, EtcdTlsArgs, EtcdTlsError, TlsMaterial};
 
 /// Root of every Dorado key, versioned so a future layout can live next to it.
 pub const KEY_ROOT: &str = "/dorado/v1/";
