@@ -1,87 +1,62 @@
-//! The kubelet's and the container runtime's part: a pod spec in, processes
-//! out, following the spec and nothing else.
+//! The kubelet's and the container runtime's part: a pod spec in, podman
+//! containers out, following the spec and nothing else.
 //!
-//! For each pod: its own network namespace (the pod IP, `status.podIP`),
-//! volumes in a pod directory (ConfigMap keys as files with their modes,
-//! `emptyDir` writable by anyone), and for each container a process started as
+//! For each pod: an address on the test's podman network (the pod IP,
+//! `status.podIP`), volumes in a pod directory (ConfigMap and Secret keys as
+//! files with their modes, `emptyDir` writable by anyone), and for each
+//! container one `podman run` of the container's image:
 //!
-//! ```text
-//! ip netns exec <pod netns> unshare --mount --uts --propagation private -- sh -c SETUP …
-//!   └─ root filesystem: the image's files, host libraries (read-only), /proc,
-//!      the device nodes a runtime provides, each volume at its mountPath;
-//!      read-only when readOnlyRootFilesystem; hostname = the pod's
-//!   └─ chroot --userspec=<runAsUser>:<runAsGroup> <root> <command> <args>
-//! ```
+//! - `command`/`args` against the image's `ENTRYPOINT`/`CMD` by Kubernetes'
+//!   rules (read from `podman image inspect`), passed as the full entrypoint;
+//! - the container's `env`, with downward-API `fieldRef`s filled in and
+//!   `$(VAR)` references expanded as the kubelet does (the image's `ENV` is
+//!   merged under it by podman);
+//! - each volume bind-mounted at its `mountPath` (`readOnly` honoured);
+//! - `runAsUser`/`runAsGroup` (container over pod over the image's `USER`),
+//!   `runAsNonRoot` enforced against the resulting uid, `fsGroup` and
+//!   `supplementalGroups` as extra groups (and the group of the volumes),
+//!   `readOnlyRootFilesystem` (`--read-only` without podman's extra tmpfs
+//!   mounts), `capabilities` drop/add, `allowPrivilegeEscalation: false`
+//!   (`no-new-privileges`), the default seccomp profile for `RuntimeDefault`;
+//! - stdout and stderr in a CRI log file in the pod directory
+//!   (`containers/<name>/<restart>.log`, the format of `/var/log/pods`): the
+//!   pod's log, kept after the container is gone;
+//! - a restart after the container ends, per `restartPolicy` (`Always`,
+//!   `OnFailure`, `Never`), as a new container with the next log file and a
+//!   restart count, after a back-off (1 s doubling to 10 s; the kubelet's is
+//!   10 s to 5 min).
 //!
-//! with the image's environment plus the container's `env` (downward-API
-//! `fieldRef`s filled in, `$(VAR)` references expanded as the kubelet does),
-//! the command resolved from `command`/`args` and the image's entrypoint as
-//! Kubernetes defines it, and `runAsNonRoot` enforced. Readiness follows the
-//! container's `readinessProbe` (HTTP GET on the pod IP, from the node).
-//! Anything in a spec this harness does not implement (another volume type,
-//! `envFrom`, `subPath`, init containers, …) is an error, never ignored.
-//!
-//! "Images" are a small registry of directories: the runtime image maps
-//! `/usr/local/bin/dorado` to the built binary, like `runtime/Dockerfile`.
-//! The host's shared libraries are mounted read-only because the test build
-//! links glibc dynamically, where the real image is a static musl binary.
+//! Readiness follows the container's `readinessProbe` (HTTP GET on the pod IP,
+//! from the node). Anything in a spec this harness does not implement (other
+//! volume types, `envFrom`, `subPath`, init containers, privileged
+//! containers, host namespaces, …) is an error, never ignored. Accepted but
+//! not acted on: `resources` (no cgroup limits in this sandbox), liveness and
+//! startup probes (nothing here depends on a restart by probe),
+//! scheduling fields (one node).
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
-use dorado_testkit::netns::NetEnv;
+use serde::Deserialize;
 use serde_json::Value;
 
-use crate::Binaries;
+use crate::podman::{self, Container, Network};
 
-/// The image the webhook is told to put into pods (`--runtime-image`).
-pub const RUNTIME_IMAGE: &str = concat!("dorado/dorado:", env!("CARGO_PKG_VERSION"));
-
-/// One container image: files, entrypoint, default command, env, user.
-#[derive(Debug, Clone)]
-pub struct Image {
-    /// (path in the image, file on this machine).
-    pub files: Vec<(PathBuf, PathBuf)>,
-    /// `ENTRYPOINT`.
-    pub entrypoint: Vec<String>,
-    /// `CMD`.
-    pub cmd: Vec<String>,
-    /// `ENV` (at least `PATH`).
-    pub env: Vec<(String, String)>,
-    /// `USER` uid:gid.
-    pub user: (u32, u32),
-}
-
-/// The images the harness can "pull": the runtime image of `runtime/Dockerfile`.
-pub fn images(bins: &Binaries) -> BTreeMap<String, Image> {
-    let runtime = Image {
-        files: vec![("/usr/local/bin/dorado".into(), bins.dorado.clone())],
-        entrypoint: vec!["/usr/local/bin/dorado".into()],
-        cmd: vec!["run".into()],
-        env: vec![(
-            "PATH".into(),
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        )],
-        user: (65532, 65532),
-    };
-    BTreeMap::from([(RUNTIME_IMAGE.to_string(), runtime)])
-}
-
-/// Node-side state: the pod network, the images, the ConfigMaps the API
+/// Node-side state: the pod network, the ConfigMaps and Secrets the API
 /// server holds, and the pods' directories.
 #[derive(Debug)]
 pub struct Kubelet {
-    net: NetEnv,
+    net: Network,
     root: PathBuf,
-    images: BTreeMap<String, Image>,
     config_maps: Vec<Value>,
+    secrets: Vec<Value>,
     started: u32,
 }
 
@@ -94,18 +69,58 @@ pub struct RunningPod {
     pub ip: Ipv4Addr,
     /// The pod spec it was started from.
     pub spec: Value,
-    /// The pod's directory (volumes, root filesystems); removed when deleted.
+    /// The pod's directory (volumes, logs); removed when deleted.
     pub dir: PathBuf,
     containers: Vec<ContainerProcess>,
+}
+
+/// How a container ended the last time (`lastState.terminated`), with the
+/// restarts so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Terminated {
+    /// Exit code of the last run that ended (137 after SIGKILL).
+    pub exit_code: i32,
+    /// `restartCount`.
+    pub restart_count: u32,
 }
 
 #[derive(Debug)]
 struct ContainerProcess {
     name: String,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
+    supervisor: Arc<Supervisor>,
+    thread: Option<JoinHandle<()>>,
     readiness: Option<Probe>,
+}
+
+/// One container's lifecycle: the current podman container, its restarts,
+/// the stop flag the pod's deletion sets.
+#[derive(Debug)]
+struct Supervisor {
+    state: Mutex<Lifecycle>,
+    wake: Condvar,
+}
+
+#[derive(Debug)]
+struct Lifecycle {
+    current: Option<Container>,
+    restart_count: u32,
+    last_exit: Option<i32>,
+    stopping: bool,
+    /// `podman run` options and image arguments, without `--name` and the
+    /// log path (which change per restart).
+    run_args: Vec<String>,
+    base_name: String,
+    log_dir: PathBuf,
+    policy: RestartPolicy,
+    /// Why the supervisor stopped restarting (a failed `podman run`).
+    error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
 }
 
 /// An HTTP GET readiness probe, resolved to a port.
@@ -116,21 +131,38 @@ struct Probe {
     timeout: Duration,
 }
 
+/// Which object a key-files volume projects.
+#[derive(Debug, Clone, Copy)]
+enum KeyFiles {
+    ConfigMap,
+    Secret,
+}
+
+/// The part of `podman image inspect` the kubelet's rules need.
+#[derive(Debug, Deserialize)]
+struct ImageConfig {
+    #[serde(rename = "User", default)]
+    user: String,
+    #[serde(rename = "Entrypoint", default)]
+    entrypoint: Option<Vec<String>>,
+    #[serde(rename = "Cmd", default)]
+    cmd: Option<Vec<String>>,
+}
+
+/// Back-off before restart `n` (0-based): 1 s doubling, at most 10 s.
+fn backoff(n: u32) -> Duration {
+    Duration::from_secs(1u64 << n.min(3)).min(Duration::from_secs(10))
+}
+
 impl Kubelet {
     /// A kubelet whose pods live under `root` on `net`.
-    pub fn new(
-        net: NetEnv,
-        root: PathBuf,
-        images: BTreeMap<String, Image>,
-    ) -> anyhow::Result<Self> {
+    pub fn new(net: Network, root: PathBuf) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&root)?;
-        // Container users (not root) must traverse into their root filesystems.
-        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755))?;
         Ok(Kubelet {
             net,
             root,
-            images,
             config_maps: Vec::new(),
+            secrets: Vec::new(),
             started: 0,
         })
     }
@@ -140,13 +172,24 @@ impl Kubelet {
         self.config_maps.extend(maps.into_iter().cloned());
     }
 
-    /// IP of the pod network slot `slot`.
-    pub fn slot_ip(&self, slot: usize) -> Ipv4Addr {
-        self.net.slot_ip(slot)
+    /// Make Secrets known, as `kubectl apply` would store them.
+    pub fn add_secrets<'a>(&mut self, secrets: impl IntoIterator<Item = &'a Value>) {
+        self.secrets.extend(secrets.into_iter().cloned());
     }
 
-    /// Start `pod` in network slot `slot` (its IP); returns once every
-    /// container is started (not necessarily ready: see [`RunningPod::wait_ready`]).
+    /// The pod network.
+    pub fn network(&self) -> &Network {
+        &self.net
+    }
+
+    /// IP of pod slot `slot` (addresses .10 and up of the network).
+    pub fn slot_ip(&self, slot: usize) -> Ipv4Addr {
+        self.net
+            .address(10 + u8::try_from(slot).unwrap_or(200).min(200))
+    }
+
+    /// Start `pod` in slot `slot` (its IP); returns once every container is
+    /// started (not necessarily ready: see [`RunningPod::wait_ready`]).
     pub fn run(&mut self, pod: &Value, slot: usize) -> anyhow::Result<RunningPod> {
         let name = str_at(pod, "/metadata/name")?.to_string();
         let namespace = pod["metadata"]["namespace"]
@@ -154,18 +197,46 @@ impl Kubelet {
             .unwrap_or("default")
             .to_string();
         let spec = &pod["spec"];
-        for unsupported in ["initContainers", "ephemeralContainers"] {
+        for unsupported in [
+            "initContainers",
+            "ephemeralContainers",
+            "hostAliases",
+            "overhead",
+            "resourceClaims",
+            "os",
+        ] {
             if spec.get(unsupported).is_some_and(|v| !v.is_null()) {
                 bail!("pod {name}: spec.{unsupported} is not supported by this harness");
             }
         }
+        for host in ["hostNetwork", "hostPID", "hostIPC", "hostUsers"] {
+            let expected = host == "hostUsers";
+            if spec[host].as_bool().is_some_and(|v| v != expected) {
+                bail!(
+                    "pod {name}: spec.{host}: {} is not supported by this harness",
+                    !expected
+                );
+            }
+        }
+        if spec["shareProcessNamespace"].as_bool() == Some(true) {
+            bail!("pod {name}: spec.shareProcessNamespace is not supported by this harness");
+        }
+        let policy = match spec["restartPolicy"].as_str() {
+            None | Some("Always") => RestartPolicy::Always,
+            Some("OnFailure") => RestartPolicy::OnFailure,
+            Some("Never") => RestartPolicy::Never,
+            Some(other) => bail!("pod {name}: restartPolicy {other:?} is not a restart policy"),
+        };
         self.started += 1;
         let dir = self.root.join(format!("{name}.{}", self.started));
         std::fs::create_dir_all(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-        let ip = self.net.slot_ip(slot);
+        let ip = self.slot_ip(slot);
+        let fs_group = spec["securityContext"]["fsGroup"]
+            .as_u64()
+            .map(|g| u32::try_from(g).context("fsGroup"))
+            .transpose()?;
         let volumes = self
-            .volumes(&name, &namespace, spec, &dir.join("volumes"))
+            .volumes(&name, &namespace, spec, &dir.join("volumes"), fs_group)
             .with_context(|| format!("pod {name}: volumes"))?;
         let mut running = RunningPod {
             name: name.clone(),
@@ -180,7 +251,7 @@ impl Kubelet {
             .with_context(|| format!("pod {name}: spec.containers is empty"))?;
         for c in containers {
             let process = self
-                .start_container(pod, c, ip, &volumes, &dir, slot)
+                .start_container(pod, c, ip, &volumes, &dir, policy)
                 .with_context(|| {
                     format!(
                         "pod {name}: container {}",
@@ -199,48 +270,93 @@ impl Kubelet {
         namespace: &str,
         spec: &Value,
         dir: &Path,
+        fs_group: Option<u32>,
     ) -> anyhow::Result<BTreeMap<String, PathBuf>> {
         let mut out = BTreeMap::new();
         for v in spec["volumes"].as_array().into_iter().flatten() {
             let name = str_at(v, "/name")?;
             let path = dir.join(name);
             std::fs::create_dir_all(&path)?;
-            if let Some(cm) = v.get("configMap") {
-                self.config_map_volume(namespace, cm, &path)
-                    .with_context(|| format!("volume {name}"))?;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
-            } else if v.get("emptyDir").is_some() {
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))?;
-            } else {
-                bail!(
-                    "pod {pod}: volume {name}: only configMap and emptyDir volumes are supported by this harness: {v}"
-                );
+            let kinds: Vec<&String> = v
+                .as_object()
+                .into_iter()
+                .flat_map(|o| o.keys())
+                .filter(|k| *k != "name")
+                .collect();
+            match kinds.as_slice() {
+                [k] if *k == "configMap" => {
+                    self.key_files_volume(KeyFiles::ConfigMap, namespace, &v["configMap"], &path)
+                        .with_context(|| format!("volume {name}"))?;
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+                }
+                [k] if *k == "secret" => {
+                    self.key_files_volume(KeyFiles::Secret, namespace, &v["secret"], &path)
+                        .with_context(|| format!("volume {name}"))?;
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+                }
+                [k] if *k == "emptyDir" => {
+                    if v["emptyDir"]["medium"]
+                        .as_str()
+                        .is_some_and(|m| !m.is_empty())
+                    {
+                        bail!(
+                            "pod {pod}: volume {name}: emptyDir.medium is not supported by this harness"
+                        );
+                    }
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))?;
+                }
+                _ => bail!(
+                    "pod {pod}: volume {name}: only configMap, secret and emptyDir volumes are supported by this harness: {v}"
+                ),
+            }
+            // The kubelet makes volumes group-owned by fsGroup.
+            if let Some(gid) = fs_group {
+                chown_tree(&path, gid)?;
             }
             out.insert(name.to_string(), path);
         }
         Ok(out)
     }
 
-    fn config_map_volume(&self, namespace: &str, cm: &Value, dir: &Path) -> anyhow::Result<()> {
-        let name = str_at(cm, "/name")?;
-        let optional = cm["optional"].as_bool().unwrap_or(false);
-        let Some(map) = self.config_maps.iter().find(|m| {
+    /// A `configMap` or `secret` volume: the object's keys as files (all of
+    /// them, or the `items`), with `defaultMode`/`mode`.
+    fn key_files_volume(
+        &self,
+        kind: KeyFiles,
+        namespace: &str,
+        src: &Value,
+        dir: &Path,
+    ) -> anyhow::Result<()> {
+        let (objects, name_field, text_field, base64_field, what) = match kind {
+            KeyFiles::ConfigMap => (
+                &self.config_maps,
+                "/name",
+                "data",
+                "binaryData",
+                "configmap",
+            ),
+            KeyFiles::Secret => (&self.secrets, "/secretName", "stringData", "data", "secret"),
+        };
+        let name = str_at(src, name_field)?;
+        let optional = src["optional"].as_bool().unwrap_or(false);
+        let Some(map) = objects.iter().find(|m| {
             m["metadata"]["name"] == name
                 && m["metadata"]["namespace"].as_str().unwrap_or("default") == namespace
         }) else {
             if optional {
                 return Ok(());
             }
-            bail!("configmap \"{name}\" not found in namespace {namespace}");
+            bail!("{what} \"{name}\" not found in namespace {namespace}");
         };
+        let cm = src;
         let mut keys: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        for (k, v) in map["data"].as_object().into_iter().flatten() {
+        for (k, v) in map[text_field].as_object().into_iter().flatten() {
             keys.insert(
                 k.clone(),
                 v.as_str().unwrap_or_default().as_bytes().to_vec(),
             );
         }
-        for (k, v) in map["binaryData"].as_object().into_iter().flatten() {
+        for (k, v) in map[base64_field].as_object().into_iter().flatten() {
             // As the API server decodes []byte (Go's encoding/base64 skips
             // line breaks, which kustomize's YAML output contains).
             let text: String = v
@@ -251,7 +367,7 @@ impl Kubelet {
                 .collect();
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(text)
-                .with_context(|| format!("binaryData {k} is not base64"))?;
+                .with_context(|| format!("{what} {name}: {base64_field}.{k} is not base64"))?;
             keys.insert(k.clone(), bytes);
         }
         let default_mode = cm["defaultMode"].as_u64().unwrap_or(0o644) as u32;
@@ -274,7 +390,7 @@ impl Kubelet {
         for (key, path, mode) in items {
             let bytes = keys
                 .get(&key)
-                .with_context(|| format!("configmap {name} has no key {key:?}"))?;
+                .with_context(|| format!("{what} {name} has no key {key:?}"))?;
             if path.starts_with('/') || path.split('/').any(|p| p == "..") {
                 bail!("item path {path:?} must be relative without ..");
             }
@@ -295,21 +411,33 @@ impl Kubelet {
         ip: Ipv4Addr,
         volumes: &BTreeMap<String, PathBuf>,
         pod_dir: &Path,
-        slot: usize,
+        policy: RestartPolicy,
     ) -> anyhow::Result<ContainerProcess> {
         let name = str_at(c, "/name")?;
-        for unsupported in ["envFrom", "lifecycle", "volumeDevices"] {
-            if c.get(unsupported).is_some_and(|v| !v.is_null()) {
+        for unsupported in [
+            "envFrom",
+            "lifecycle",
+            "volumeDevices",
+            "resizePolicy",
+            "restartPolicy",
+            "stdin",
+            "tty",
+            "workingDir",
+        ] {
+            if c.get(unsupported)
+                .is_some_and(|v| !v.is_null() && *v != false)
+            {
                 bail!("{unsupported} is not supported by this harness");
             }
         }
         let image_ref = str_at(c, "/image")?;
-        let image = self.images.get(image_ref).with_context(|| {
-            format!("ErrImagePull: image {image_ref:?} is not in the harness's registry")
-        })?;
+        if c["imagePullPolicy"] == "Always" {
+            bail!("imagePullPolicy: Always needs a registry; this node has none");
+        }
+        let image = inspect_image(image_ref)?;
 
-        // Environment: the image's, then the container's in order.
-        let mut env: Vec<(String, String)> = image.env.clone();
+        // Environment: the container's, in order (podman merges the image's under it).
+        let mut env: Vec<(String, String)> = Vec::new();
         let mut defined: BTreeMap<String, String> = BTreeMap::new();
         for e in c["env"].as_array().into_iter().flatten() {
             let key = str_at(e, "/name")?.to_string();
@@ -333,15 +461,14 @@ impl Kubelet {
                     .collect()
             })
         };
+        let entrypoint = image.entrypoint.clone().unwrap_or_default();
         let argv: Vec<String> = match (strings(&c["command"]), strings(&c["args"])) {
             (Some(cmd), Some(args)) => cmd.into_iter().chain(args).collect(),
             (Some(cmd), None) => cmd,
-            (None, Some(args)) => image.entrypoint.iter().cloned().chain(args).collect(),
-            (None, None) => image
-                .entrypoint
-                .iter()
-                .chain(image.cmd.iter())
-                .cloned()
+            (None, Some(args)) => entrypoint.into_iter().chain(args).collect(),
+            (None, None) => entrypoint
+                .into_iter()
+                .chain(image.cmd.clone().unwrap_or_default())
                 .collect(),
         };
         if argv.is_empty() {
@@ -351,129 +478,342 @@ impl Kubelet {
         // Security context: container over pod over image.
         let csc = &c["securityContext"];
         let psc = &pod["spec"]["securityContext"];
+        for unsupported in [
+            "seLinuxOptions",
+            "windowsOptions",
+            "procMount",
+            "appArmorProfile",
+        ] {
+            if csc.get(unsupported).is_some_and(|v| !v.is_null())
+                || psc.get(unsupported).is_some_and(|v| !v.is_null())
+            {
+                bail!("securityContext.{unsupported} is not supported by this harness");
+            }
+        }
+        if psc.get("sysctls").is_some_and(|v| !v.is_null()) {
+            bail!("securityContext.sysctls is not supported by this harness");
+        }
+        if csc["privileged"].as_bool() == Some(true) {
+            bail!("privileged containers are not supported by this harness");
+        }
         let pick = |key: &str| csc[key].as_u64().or_else(|| psc[key].as_u64());
-        let uid = pick("runAsUser").map_or(image.user.0, |u| u as u32);
-        let gid = pick("runAsGroup").map_or(image.user.1, |g| g as u32);
+        let (image_uid, image_gid) = image_user(&image.user)?;
         let non_root = csc["runAsNonRoot"]
             .as_bool()
             .or_else(|| psc["runAsNonRoot"].as_bool())
             .unwrap_or(false);
+        let uid = match (pick("runAsUser"), image_uid) {
+            (Some(u), _) => u32::try_from(u).context("runAsUser")?,
+            (None, Some(u)) => u,
+            (None, None) if non_root => bail!(
+                "CreateContainerConfigError: container has runAsNonRoot and image has non-numeric user ({}), cannot verify user is non-root",
+                image.user
+            ),
+            (None, None) => bail!(
+                "image USER {:?} is a name; this harness needs a numeric USER or runAsUser",
+                image.user
+            ),
+        };
         if non_root && uid == 0 {
             bail!(
                 "CreateContainerConfigError: container has runAsNonRoot and image will run as root"
             );
         }
+        let user = match (pick("runAsGroup"), image_gid) {
+            (Some(g), _) => format!("{uid}:{}", u32::try_from(g).context("runAsGroup")?),
+            (None, Some(g)) => format!("{uid}:{g}"),
+            // The user's primary group in the image, as the runtime resolves it.
+            (None, None) => uid.to_string(),
+        };
         let read_only_root = csc["readOnlyRootFilesystem"].as_bool().unwrap_or(false);
 
-        // Mounts: image files, then volumes at their mount paths.
-        let mut mounts: Vec<(PathBuf, String, bool)> = image
-            .files
-            .iter()
-            .map(|(inside, host)| (host.clone(), inside.display().to_string(), true))
-            .collect();
+        let mut args: Vec<String> = vec![
+            "--pull".into(),
+            "never".into(),
+            "--network".into(),
+            self.net.name().to_string(),
+            "--ip".into(),
+            ip.to_string(),
+            "--hostname".into(),
+            pod["spec"]["hostname"]
+                .as_str()
+                .or_else(|| pod["metadata"]["name"].as_str())
+                .unwrap_or("pod")
+                .to_string(),
+            "--user".into(),
+            user,
+            "--log-driver".into(),
+            "k8s-file".into(),
+        ];
+        let groups = psc["supplementalGroups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_u64)
+            .chain(psc["fsGroup"].as_u64());
+        for g in groups {
+            args.extend(["--group-add".into(), g.to_string()]);
+        }
+        if read_only_root {
+            // Kubernetes mounts nothing writable the spec does not name.
+            args.extend(["--read-only".into(), "--read-only-tmpfs=false".into()]);
+        }
+        for cap in csc["capabilities"]["drop"].as_array().into_iter().flatten() {
+            args.extend(["--cap-drop".into(), str_of(cap, "capabilities.drop")?]);
+        }
+        for cap in csc["capabilities"]["add"].as_array().into_iter().flatten() {
+            args.extend(["--cap-add".into(), str_of(cap, "capabilities.add")?]);
+        }
+        if csc["allowPrivilegeEscalation"].as_bool() == Some(false) {
+            args.extend(["--security-opt".into(), "no-new-privileges".into()]);
+        }
+        let seccomp = &csc["seccompProfile"]["type"];
+        let seccomp = if seccomp.is_null() {
+            &psc["seccompProfile"]["type"]
+        } else {
+            seccomp
+        };
+        match seccomp.as_str() {
+            None | Some("RuntimeDefault") => {}
+            Some("Unconfined") => {
+                args.extend(["--security-opt".into(), "seccomp=unconfined".into()])
+            }
+            Some(other) => bail!("seccompProfile {other} is not supported by this harness"),
+        }
+        for (k, v) in &env {
+            args.extend(["--env".into(), format!("{k}={v}")]);
+        }
+
+        // Volumes at their mount paths.
         for m in c["volumeMounts"].as_array().into_iter().flatten() {
-            if m.get("subPath").is_some() || m.get("subPathExpr").is_some() {
-                bail!("volumeMounts with subPath are not supported by this harness");
+            for unsupported in [
+                "subPath",
+                "subPathExpr",
+                "mountPropagation",
+                "recursiveReadOnly",
+            ] {
+                if m.get(unsupported).is_some_and(|v| !v.is_null()) {
+                    bail!("volumeMounts with {unsupported} are not supported by this harness");
+                }
             }
             let vname = str_at(m, "/name")?;
             let path = str_at(m, "/mountPath")?;
-            if !path.starts_with('/') || path.split('/').any(|p| p == "..") {
-                bail!("mountPath {path:?} must be absolute without ..");
+            if !path.starts_with('/') || path.split('/').any(|p| p == "..") || path.contains(',') {
+                bail!("mountPath {path:?} must be absolute without .. (and without commas here)");
             }
             let src = volumes
                 .get(vname)
                 .with_context(|| format!("volumeMount {vname}: no such volume in the pod"))?;
-            mounts.push((
-                src.clone(),
-                path.to_string(),
-                m["readOnly"].as_bool().unwrap_or(false),
-            ));
+            let ro = if m["readOnly"].as_bool().unwrap_or(false) {
+                ",ro=true"
+            } else {
+                ""
+            };
+            args.extend([
+                "--mount".into(),
+                format!("type=bind,source={},destination={path}{ro}", src.display()),
+            ]);
         }
 
-        let cdir = pod_dir.join("containers").join(name);
-        let rootfs = cdir.join("rootfs");
-        std::fs::create_dir_all(&rootfs)?;
-        std::fs::set_permissions(&cdir, std::fs::Permissions::from_mode(0o755))?;
-        std::fs::set_permissions(&rootfs, std::fs::Permissions::from_mode(0o755))?;
-        let stdout = cdir.join("stdout.log");
-        let stderr = cdir.join("stderr.log");
+        // The full command as the entrypoint: podman then adds nothing of the image's.
+        args.extend([
+            "--entrypoint".into(),
+            serde_json::to_string(&argv)?,
+            image_ref.to_string(),
+        ]);
 
-        let hostname = pod["spec"]["hostname"]
-            .as_str()
-            .or_else(|| pod["metadata"]["name"].as_str())
-            .unwrap_or("pod");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", self.net.namespace(slot)])
-            .args([
-                "unshare",
-                "--mount",
-                "--uts",
-                "--propagation",
-                "private",
-                "--",
-            ])
-            .args(["/bin/sh", "-c", SETUP, "setup"])
-            .arg(&rootfs)
-            .arg(hostname)
-            .arg(format!("{uid}:{gid}"))
-            .arg(if read_only_root { "ro" } else { "rw" });
-        for (src, dst, ro) in &mounts {
-            cmd.arg(src).arg(dst).arg(if *ro { "ro" } else { "rw" });
-        }
-        cmd.arg("--").args(&argv);
-        cmd.env_clear()
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(File::create(&stdout)?)
-            .stderr(File::create(&stderr)?);
-        let child = cmd.spawn().context("start the container process")?;
-
+        let log_dir = pod_dir.join("containers").join(name);
+        std::fs::create_dir_all(&log_dir)?;
+        let base_name = format!(
+            "{}-{}-{name}",
+            self.net.name(),
+            pod_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("pod")
+                .replace('.', "-")
+        );
         let readiness = match c.get("readinessProbe") {
             None | Some(Value::Null) => None,
             Some(p) => Some(http_probe(c, p).context("readinessProbe")?),
         };
+        let supervisor = Arc::new(Supervisor {
+            state: Mutex::new(Lifecycle {
+                current: None,
+                restart_count: 0,
+                last_exit: None,
+                stopping: false,
+                run_args: args,
+                base_name,
+                log_dir,
+                policy,
+                error: None,
+            }),
+            wake: Condvar::new(),
+        });
+        {
+            let mut st = supervisor.state.lock().expect("lifecycle lock");
+            let first = st.start()?;
+            st.current = Some(first);
+        }
+        let thread = {
+            let s = supervisor.clone();
+            std::thread::Builder::new()
+                .name(format!("kubelet-{name}"))
+                .spawn(move || s.supervise())
+                .context("spawn the container's supervisor")?
+        };
         Ok(ContainerProcess {
             name: name.to_string(),
-            child,
-            stdout,
-            stderr,
+            supervisor,
+            thread: Some(thread),
             readiness,
         })
     }
 }
 
-/// Runs inside the pod's network namespace and the container's new mount and
-/// UTS namespaces: builds the root filesystem, then becomes the container.
-/// Arguments: ROOT HOSTNAME UID:GID ro|rw, then (SRC DST ro|rw)*, `--`, argv.
-const SETUP: &str = r#"
-set -eu
-root=$1 host=$2 user=$3 rootmode=$4
-shift 4
-m() { /usr/bin/mount "$@"; }
-m --bind "$root" "$root"
-mkdir -p "$root/usr/lib" "$root/usr/lib64" "$root/proc" "$root/dev" "$root/etc"
-ln -sfn usr/lib "$root/lib"
-ln -sfn usr/lib64 "$root/lib64"
-m --bind -o ro /usr/lib "$root/usr/lib"
-m --bind -o ro /usr/lib64 "$root/usr/lib64"
-m -t proc proc "$root/proc"
-m -t tmpfs -o mode=755,nosuid tmpfs "$root/dev"
-for d in null zero random urandom full tty; do
-  touch "$root/dev/$d"
-  m --bind "/dev/$d" "$root/dev/$d"
-done
-while [ "$1" != "--" ]; do
-  src=$1 dst=$root$2 mode=$3
-  shift 3
-  if [ -d "$src" ]; then mkdir -p "$dst"; else mkdir -p "$(dirname "$dst")"; touch "$dst"; fi
-  m --bind "$src" "$dst"
-  if [ "$mode" = ro ]; then m -o remount,bind,ro "$dst"; fi
-done
-shift
-if [ "$rootmode" = ro ]; then m -o remount,bind,ro "$root"; fi
-printf %s "$host" > /proc/sys/kernel/hostname
-exec /usr/sbin/chroot --userspec="$user" --groups="${user#*:}" "$root" "$@"
-"#;
+/// `podman image inspect`: the image must be on the node (no registry).
+fn inspect_image(image: &str) -> anyhow::Result<ImageConfig> {
+    let out = podman::podman(["image", "inspect", "--format", "{{json .Config}}", image])
+        .with_context(|| {
+            format!("ErrImageNeverPull: image {image:?} is not on this node (build it with scripts/images.sh)")
+        })?;
+    serde_json::from_str(out.trim()).with_context(|| format!("image {image}: config {out:?}"))
+}
+
+/// The image's `USER` as numbers (`uid[:gid]`); `None` when unset or a name.
+fn image_user(user: &str) -> anyhow::Result<(Option<u32>, Option<u32>)> {
+    if user.is_empty() {
+        return Ok((Some(0), Some(0)));
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let uid = u.parse().ok();
+    let gid = match g {
+        Some(g) => Some(
+            g.parse()
+                .with_context(|| format!("image USER group {g:?}"))?,
+        ),
+        None => None,
+    };
+    Ok((uid, gid))
+}
+
+fn str_of(v: &Value, what: &str) -> anyhow::Result<String> {
+    v.as_str()
+        .map(str::to_owned)
+        .with_context(|| format!("{what}: {v} is not a string"))
+}
+
+/// Give `path` and everything below it group `gid`, group-readable (and
+/// group-writable for directories), as the kubelet does for `fsGroup`.
+fn chown_tree(path: &Path, gid: u32) -> anyhow::Result<()> {
+    std::os::unix::fs::lchown(path, None, Some(gid))
+        .with_context(|| format!("chown {}", path.display()))?;
+    let meta = std::fs::symlink_metadata(path)?;
+    let mode = meta.permissions().mode();
+    if meta.is_dir() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode | 0o2070))?;
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), gid)?;
+        }
+    } else if meta.is_file() {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode | 0o040))?;
+    }
+    Ok(())
+}
+
+impl Lifecycle {
+    /// `podman run` of the next instance (name and log file per restart).
+    fn start(&self) -> anyhow::Result<Container> {
+        let n = self.restart_count;
+        let name = format!("{}-{n}", self.base_name);
+        let mut args = vec![
+            "--log-opt".to_string(),
+            format!("path={}", self.log_dir.join(format!("{n}.log")).display()),
+        ];
+        args.extend(self.run_args.iter().cloned());
+        Container::run(&name, &args)
+    }
+}
+
+impl Supervisor {
+    /// Wait for the current container to end, record how, and start the next
+    /// one per the restart policy, until the pod is deleted.
+    fn supervise(&self) {
+        loop {
+            let name = {
+                let st = self.state.lock().expect("lifecycle lock");
+                match (&st.current, st.stopping) {
+                    (Some(c), false) => c.name().to_string(),
+                    _ => return,
+                }
+            };
+            // Blocks until the container exits (or is removed by a deletion).
+            let waited = podman::podman(["wait", &name]);
+            let mut st = self.state.lock().expect("lifecycle lock");
+            if st.stopping {
+                return;
+            }
+            let code = match waited.map(|o| o.trim().parse::<i32>()) {
+                Ok(Ok(code)) => code,
+                Ok(Err(e)) => {
+                    st.error = Some(format!("podman wait {name}: {e}"));
+                    return;
+                }
+                Err(e) => {
+                    st.error = Some(format!("{e:#}"));
+                    return;
+                }
+            };
+            st.last_exit = Some(code);
+            // The address is the pod's: free it for the next instance.
+            if let Some(old) = st.current.take() {
+                let _ = old.remove();
+            }
+            let restart = match st.policy {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => code != 0,
+                RestartPolicy::Never => false,
+            };
+            if !restart {
+                return;
+            }
+            let delay = backoff(st.restart_count);
+            let (guard, _) = self
+                .wake
+                .wait_timeout_while(st, delay, |s| !s.stopping)
+                .expect("lifecycle lock");
+            st = guard;
+            if st.stopping {
+                return;
+            }
+            st.restart_count += 1;
+            match st.start() {
+                Ok(c) => st.current = Some(c),
+                Err(e) => {
+                    st.error = Some(format!("restart: {e:#}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stop for good: no more restarts, the current container SIGKILLed and removed.
+    fn stop(&self) {
+        let current = {
+            let mut st = self.state.lock().expect("lifecycle lock");
+            st.stopping = true;
+            st.current.take()
+        };
+        self.wake.notify_all();
+        if let Some(c) = current {
+            let _ = c.remove();
+        }
+    }
+}
 
 impl RunningPod {
     /// `http://<pod IP>:<port>`.
@@ -489,31 +829,59 @@ impl RunningPod {
             .context("the first container declares no containerPort")
     }
 
-    /// Whether any container has exited (and how).
-    pub fn exited(&mut self) -> Option<(String, ExitStatus)> {
-        self.containers.iter_mut().find_map(|c| {
-            c.child
-                .try_wait()
-                .ok()
-                .flatten()
-                .map(|s| (c.name.clone(), s))
+    /// The first container that has ended at least once, and how it ended
+    /// last (the kubelet's `lastState.terminated` and `restartCount`).
+    pub fn exited(&self) -> Option<(String, Terminated)> {
+        self.containers.iter().find_map(|c| {
+            let st = c.supervisor.state.lock().expect("lifecycle lock");
+            st.last_exit.map(|exit_code| {
+                (
+                    c.name.clone(),
+                    Terminated {
+                        exit_code,
+                        restart_count: st.restart_count,
+                    },
+                )
+            })
+        })
+    }
+
+    /// Restarts of container `name` so far.
+    pub fn restart_count(&self, name: &str) -> Option<u32> {
+        self.containers.iter().find(|c| c.name == name).map(|c| {
+            c.supervisor
+                .state
+                .lock()
+                .expect("lifecycle lock")
+                .restart_count
         })
     }
 
     /// Wait until every container's readiness probe passes (a container
     /// without one is ready once started). Fails at once when a container
-    /// exits, with the tail of its stderr: the kubelet would report the pod
-    /// as crash-looping.
+    /// ends, with its log: the kubelet would report the pod as crash-looping.
     pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let http = reqwest::Client::new();
         let start = std::time::Instant::now();
         loop {
-            if let Some((name, status)) = self.exited() {
+            if let Some((name, how)) = self.exited() {
                 bail!(
-                    "pod {}: container {name} exited ({status}) instead of becoming ready; its stderr:\n{}",
+                    "pod {}: container {name} ended (exit code {}, {} restarts) instead of becoming ready; its log:\n{}",
                     self.name,
-                    self.logs_of(&name, true)
+                    how.exit_code,
+                    how.restart_count,
+                    self.all_logs_of(&name)
                 );
+            }
+            if let Some(err) = self.containers.iter().find_map(|c| {
+                c.supervisor
+                    .state
+                    .lock()
+                    .expect("lifecycle lock")
+                    .error
+                    .clone()
+            }) {
+                bail!("pod {}: {err}", self.name);
             }
             let mut why = None;
             for c in &self.containers {
@@ -539,26 +907,51 @@ impl RunningPod {
         }
     }
 
-    /// `kubectl logs` (stdout and stderr of the first container, as the
-    /// container runtime interleaves them into one log; here stdout only or
-    /// stderr only).
+    /// `kubectl logs` of the first container's current instance: its stdout
+    /// (`stderr == false`) or stderr lines from the CRI log file.
     pub fn logs(&self, stderr: bool) -> String {
-        self.containers
-            .first()
-            .map(|c| self.logs_of(&c.name, stderr))
-            .unwrap_or_default()
+        let Some(c) = self.containers.first() else {
+            return String::new();
+        };
+        let n = c
+            .supervisor
+            .state
+            .lock()
+            .expect("lifecycle lock")
+            .restart_count;
+        let file = c.supervisor.log_dir().join(format!("{n}.log"));
+        cri_log_stream(
+            &std::fs::read_to_string(file).unwrap_or_default(),
+            if stderr { "stderr" } else { "stdout" },
+        )
     }
 
-    fn logs_of(&self, container: &str, stderr: bool) -> String {
-        self.containers
-            .iter()
-            .find(|c| c.name == container)
-            .and_then(|c| std::fs::read_to_string(if stderr { &c.stderr } else { &c.stdout }).ok())
-            .unwrap_or_default()
+    /// Both streams of every instance of container `name` (for error messages).
+    fn all_logs_of(&self, name: &str) -> String {
+        let Some(c) = self.containers.iter().find(|c| c.name == name) else {
+            return String::new();
+        };
+        let n = c
+            .supervisor
+            .state
+            .lock()
+            .expect("lifecycle lock")
+            .restart_count;
+        (0..=n)
+            .map(|i| {
+                let text = std::fs::read_to_string(c.supervisor.log_dir().join(format!("{i}.log")))
+                    .unwrap_or_default();
+                format!(
+                    "--- run {i} stdout:\n{}--- run {i} stderr:\n{}",
+                    cri_log_stream(&text, "stdout"),
+                    cri_log_stream(&text, "stderr")
+                )
+            })
+            .collect()
     }
 
     /// Force-delete the pod: SIGKILL every container, then remove everything
-    /// it had on the node (volumes, root filesystems, logs).
+    /// it had on the node (volumes, logs).
     pub fn delete_now(mut self) -> anyhow::Result<()> {
         self.kill();
         std::fs::remove_dir_all(&self.dir).with_context(|| format!("remove {}", self.dir.display()))
@@ -566,9 +959,17 @@ impl RunningPod {
 
     fn kill(&mut self) {
         for c in &mut self.containers {
-            let _ = c.child.kill();
-            let _ = c.child.wait();
+            c.supervisor.stop();
+            if let Some(t) = c.thread.take() {
+                let _ = t.join();
+            }
         }
+    }
+}
+
+impl Supervisor {
+    fn log_dir(&self) -> PathBuf {
+        self.state.lock().expect("lifecycle lock").log_dir.clone()
     }
 }
 
@@ -576,6 +977,26 @@ impl Drop for RunningPod {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// One stream of a CRI log file (`<time> <stream> <P|F> <text>` per line;
+/// `P` marks a partial line continued by the next record).
+pub fn cri_log_stream(text: &str, stream: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut f = line.splitn(4, ' ');
+        let (Some(_time), Some(s), Some(tag)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if s != stream {
+            continue;
+        }
+        out.push_str(f.next().unwrap_or_default());
+        if tag != "P" {
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// The downward API subset a pod can name in `env[].valueFrom.fieldRef`.

@@ -3,8 +3,8 @@
 //! the mutated pods started as the kubelet would start them against a real
 //! etcd, a client workload, a pod lost and recreated from the same spec.
 //!
-//! Needs root, `ip netns`, `kubectl` (for kustomize) and `etcd` on PATH; see
-//! the crate's README.
+//! Needs root, podman (with runc), `kubectl` (for kustomize) and the images of
+//! `scripts/images.sh` (built on first use); see the crate's README.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -329,19 +329,30 @@ async fn pods_without_a_correct_patch_fail_to_start() -> anyhow::Result<()> {
     // configuration. Without a readiness probe the kubelet calls it ready at
     // start, so what matters is that it crashes (CrashLoopBackOff).
     let pod = statefulset_pod(sts, 0)?;
-    let mut unpatched = env.kubelet.run(&pod, 0)?;
+    let unpatched = env.kubelet.run(&pod, 0)?;
     let (container, exit) = wait_for("the unpatched pod's container to exit", READY, || {
         let exited = unpatched.exited();
         async move { exited.ok_or_else(|| "still running".to_string()) }
     })
     .await?;
     assert_eq!(container, "kv");
-    assert!(!exit.success(), "{exit}");
+    assert_ne!(exit.exit_code, 0, "{exit:?}");
     let stderr = unpatched.logs(true);
     assert!(
         stderr.contains("--group"),
         "the runtime names what is missing: {stderr}"
     );
+    // restartPolicy Always: the kubelet starts it again (and it crashes again).
+    wait_for("the unpatched container's restart", READY, || {
+        let restarts = unpatched.restart_count("kv");
+        async move {
+            match restarts {
+                Some(n) if n >= 1 => Ok(()),
+                other => Err(format!("restart count {other:?}")),
+            }
+        }
+    })
+    .await?;
     drop(unpatched);
 
     // 2. A patch that forgets the module volume mount: the runtime cannot load it.
