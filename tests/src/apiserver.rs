@@ -1,31 +1,38 @@
 //! The API server's side of admission, against a real `dorado-webhook serve`
-//! process: certificates from `dorado-webhook certs`, an `AdmissionReview`
-//! POSTed over TLS to the Service's DNS name (verified against the CA, as the
-//! API server verifies it against the `caBundle`), and the returned JSONPatch
-//! applied to the pod.
+//! running as a container from the webhook image on the test's network, as
+//! `manifests/base/webhook` runs it (non-root, read-only root, no
+//! capabilities, the TLS Secret mounted read-only): certificates from the
+//! image's `dorado-webhook certs`, an `AdmissionReview` POSTed over TLS to the
+//! Service's DNS name (verified against the CA, as the API server verifies it
+//! against the `caBundle`), and the returned JSONPatch applied to the pod.
 
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use crate::Binaries;
+use crate::podman::{self, Container, Network};
 
 /// The Service the certificates are issued for (the base manifests' names).
 const SERVICE: &str = "dorado-webhook";
 const SERVICE_NAMESPACE: &str = "dorado-system";
 /// Path of the MutatingWebhookConfiguration in `manifests/base/webhook`.
 const MUTATE_PATH: &str = "/mutate";
+/// Host part of the webhook's address on the network (etcd is .2, pods .10 and up).
+const WEBHOOK_HOST: u8 = 3;
+/// Ports of the Deployment in `manifests/base/webhook`.
+const HTTPS_PORT: u16 = 8443;
+const ADMIN_PORT: u16 = 8080;
+/// Where the Deployment mounts the TLS Secret.
+const TLS_DIR: &str = "/etc/dorado-webhook/tls";
 
-/// A running `dorado-webhook serve`; killed on drop.
+/// A running `dorado-webhook serve` container; removed on drop.
 #[derive(Debug)]
 pub struct Webhook {
-    child: Child,
+    container: Container,
     https: SocketAddr,
     log: PathBuf,
     client: reqwest::Client,
@@ -47,80 +54,110 @@ pub struct Admission {
 }
 
 impl Webhook {
-    /// Generate certificates into `dir`, start the webhook on free loopback
-    /// ports and wait until it is ready.
+    /// Generate certificates into `dir` with the image's `dorado-webhook
+    /// certs`, start `serve` from `image` on `net` and wait until it is ready.
     pub async fn start(
-        bins: &Binaries,
+        image: &str,
+        net: &Network,
         dir: &Path,
         etcd_urls: &[String],
         runtime_image: &str,
     ) -> anyhow::Result<Webhook> {
         let tls = dir.join("webhook-tls");
-        let out = Command::new(&bins.webhook)
-            .args([
-                "certs",
-                "--service",
-                SERVICE,
-                "--namespace",
-                SERVICE_NAMESPACE,
-            ])
-            .arg("--out")
-            .arg(&tls)
-            .output()
-            .context("run dorado-webhook certs")?;
-        if !out.status.success() {
-            bail!(
-                "dorado-webhook certs failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        std::fs::create_dir_all(&tls)?;
+        std::os::unix::fs::chown(&tls, Some(65532), Some(65532)).context("chown webhook-tls")?;
+        let out_mount = format!("type=bind,source={},destination=/out", tls.display());
+        podman::run_to_completion(&[
+            "--pull=never",
+            "--network=none",
+            "--read-only",
+            "--cap-drop=ALL",
+            "--mount",
+            &out_mount,
+            image,
+            "certs",
+            "--service",
+            SERVICE,
+            "--namespace",
+            SERVICE_NAMESPACE,
+            "--out",
+            "/out",
+        ])
+        .context("dorado-webhook certs (in the webhook image)")?;
         let ca = std::fs::read(tls.join("ca.crt")).context("read ca.crt")?;
         let log = dir.join("webhook.log");
-        let child = Command::new(&bins.webhook)
-            .args(["--log-format", "json", "serve"])
-            .arg("--tls-cert")
-            .arg(tls.join("tls.crt"))
-            .arg("--tls-key")
-            .arg(tls.join("tls.key"))
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--runtime-image", runtime_image])
-            .arg("--etcd-endpoints")
-            .arg(etcd_urls.join(","))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log)?)
-            .spawn()
-            .context("start dorado-webhook serve")?;
-        let mut webhook = Webhook {
-            child,
-            https: SocketAddr::from(([127, 0, 0, 1], 0)),
+        let ip = net.address(WEBHOOK_HOST);
+        let tls_mount = format!(
+            "type=bind,source={},destination={TLS_DIR},ro=true",
+            tls.display()
+        );
+        let log_opt = format!("path={}", log.display());
+        let args: Vec<String> = [
+            "--pull=never",
+            "--network",
+            net.name(),
+            "--ip",
+            &ip.to_string(),
+            "--user",
+            "65532:65532",
+            "--read-only",
+            "--read-only-tmpfs=false",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "--mount",
+            &tls_mount,
+            "--log-driver",
+            "k8s-file",
+            "--log-opt",
+            &log_opt,
+            image,
+            "--log-format",
+            "json",
+            "serve",
+            "--tls-cert",
+            &format!("{TLS_DIR}/tls.crt"),
+            "--tls-key",
+            &format!("{TLS_DIR}/tls.key"),
+            "--listen",
+            &format!("0.0.0.0:{HTTPS_PORT}"),
+            "--admin-listen",
+            &format!("0.0.0.0:{ADMIN_PORT}"),
+            "--runtime-image",
+            runtime_image,
+            "--etcd-endpoints",
+            &etcd_urls.join(","),
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        let container = Container::run(&format!("{}-webhook", net.name()), &args)?;
+        let https = SocketAddr::from((ip, HTTPS_PORT));
+        let webhook = Webhook {
+            container,
+            https,
             log,
-            client: reqwest::Client::new(),
+            client: reqwest::Client::builder()
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+                .resolve(&service_host(), https)
+                .https_only(true)
+                .timeout(Duration::from_secs(10))
+                .build()?,
         };
-        let (https, admin) = crate::wait_for("the webhook's listen addresses", WAIT, || {
-            let found = webhook.addresses();
-            let exited = webhook.child.try_wait().ok().flatten();
-            async move {
-                if let Some(status) = exited {
-                    return Err(format!("dorado-webhook exited ({status})"));
-                }
-                found.ok_or_else(|| "not logged yet".to_string())
-            }
-        })
-        .await
-        .with_context(|| format!("webhook log:\n{}", webhook.log_text()))?;
-        webhook.https = https;
-        webhook.client = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
-            .resolve(&service_host(), https)
-            .https_only(true)
-            .timeout(Duration::from_secs(10))
-            .build()?;
-        let readyz = format!("http://{admin}/readyz");
+        let readyz = format!("http://{ip}:{ADMIN_PORT}/readyz");
         let plain = reqwest::Client::new();
         crate::wait_for("the webhook's /readyz", WAIT, || {
-            let r = plain.get(&readyz).send();
+            let r = plain.get(&readyz).timeout(Duration::from_secs(2)).send();
+            let status = webhook.container.status();
             async move {
+                match status {
+                    Ok(s) if s.state != "running" => {
+                        return Err(format!("the webhook container is {}", s.state));
+                    }
+                    Err(e) => return Err(format!("{e:#}")),
+                    Ok(_) => {}
+                }
                 match r.await {
                     Ok(resp) if resp.status().is_success() => Ok(()),
                     Ok(resp) => Err(format!("{}", resp.status())),
@@ -128,31 +165,14 @@ impl Webhook {
                 }
             }
         })
-        .await?;
+        .await
+        .with_context(|| format!("webhook log:\n{}", webhook.log_text()))?;
         Ok(webhook)
     }
 
-    /// The webhook's log so far.
+    /// The webhook's log so far (CRI format).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn addresses(&self) -> Option<(SocketAddr, SocketAddr)> {
-        let text = self.log_text();
-        let mut https = None;
-        let mut admin = None;
-        for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<Value>(line) else {
-                continue;
-            };
-            let addr = v["fields"]["addr"].as_str().and_then(|a| a.parse().ok());
-            match v["fields"]["message"].as_str() {
-                Some("webhook listening (https)") => https = addr,
-                Some("admin endpoints listening") => admin = addr,
-                _ => {}
-            }
-        }
-        Some((https?, admin?))
     }
 
     /// Send `pod` for admission as a CREATE by the StatefulSet controller and
@@ -248,13 +268,6 @@ impl Webhook {
             message,
             warnings,
         })
-    }
-}
-
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -35,15 +35,28 @@ pub fn build() -> anyhow::Result<&'static Names> {
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// Where `scripts/images.sh` leaves static binary `name` (`dorado`,
+/// `dorado-webhook`): `<target>/<arch>-unknown-linux-musl/image/<name>`.
+pub fn static_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    Ok(target_dir()?
+        .join(format!("{}-unknown-linux-musl", std::env::consts::ARCH))
+        .join("image")
+        .join(name))
+}
+
+fn target_dir() -> anyhow::Result<std::path::PathBuf> {
+    Ok(crate::profile_dir()?
+        .parent()
+        .context("profile directory has no parent")?
+        .to_path_buf())
+}
+
 fn script() -> std::path::PathBuf {
     crate::repo_root().join("scripts/images.sh")
 }
 
 fn build_images() -> anyhow::Result<Names> {
-    let target_dir = crate::profile_dir()?
-        .parent()
-        .context("profile directory has no parent")?
-        .to_path_buf();
+    let target_dir = target_dir()?;
     let status = Command::new("bash")
         .arg(script())
         .arg("--no-archives")

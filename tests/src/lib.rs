@@ -13,9 +13,10 @@
 //! - [`manifests`]: `kubectl kustomize` of `manifests/examples/<name>` (in a
 //!   temporary copy that holds the built module), and the StatefulSet
 //!   controller's pod for an ordinal;
-//! - [`apiserver`]: the `dorado-webhook serve` process, and the API server's
-//!   side of admission: an `AdmissionReview` over TLS verified against the CA
-//!   that `dorado-webhook certs` wrote, then the returned JSONPatch applied;
+//! - [`apiserver`]: `dorado-webhook serve` as a container from the webhook
+//!   image, and the API server's side of admission: an `AdmissionReview` over
+//!   TLS verified against the CA that `dorado-webhook certs` wrote, then the
+//!   returned JSONPatch applied;
 //! - [`kubelet`]: start a pod spec as podman containers the way a kubelet
 //!   does (pod IP, volumes, downward API, `$(VAR)`, security context,
 //!   readiness probes, restarts, logs), and nothing Dorado-specific;
@@ -30,8 +31,6 @@ pub mod podman;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -60,24 +59,6 @@ where
     }
 }
 
-/// Paths of the host binaries the harness runs itself.
-#[derive(Debug, Clone)]
-pub struct Binaries {
-    /// `dorado-webhook` (the API server's peer, and `certs`).
-    pub webhook: PathBuf,
-}
-
-/// Build (or find up to date) `dorado-webhook` in the target directory and
-/// profile this test was built with. `cargo test --workspace` has built it
-/// already, so this is a no-op there; `cargo test -p dorado-e2e` alone would
-/// otherwise run against a stale or missing binary.
-pub fn binaries() -> anyhow::Result<&'static Binaries> {
-    static BINS: OnceLock<Result<Binaries, String>> = OnceLock::new();
-    BINS.get_or_init(|| build_binaries().map_err(|e| format!("{e:#}")))
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("{e}"))
-}
-
 /// `<target>/<profile>` of this test executable (`<target>/<profile>/deps/<test>`).
 pub(crate) fn profile_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("path of the test executable")?;
@@ -85,45 +66,6 @@ pub(crate) fn profile_dir() -> anyhow::Result<PathBuf> {
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .context("test executable is not in <target>/<profile>/deps")
-}
-
-fn build_binaries() -> anyhow::Result<Binaries> {
-    let profile_dir = profile_dir()?;
-    let profile_dir = profile_dir.as_path();
-    let target_dir = profile_dir
-        .parent()
-        .context("profile directory has no parent")?;
-    let profile = profile_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("profile directory name")?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args([
-        "build",
-        "--quiet",
-        "-p",
-        "dorado-webhook",
-        "--bin",
-        "dorado-webhook",
-    ])
-    .arg("--target-dir")
-    .arg(target_dir)
-    .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if profile == "release" {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().context("cannot run cargo build")?;
-    if !status.success() {
-        bail!("cargo build of dorado-webhook failed ({status})");
-    }
-    let bins = Binaries {
-        webhook: profile_dir.join("dorado-webhook"),
-    };
-    if !bins.webhook.is_file() {
-        bail!("{} is missing after cargo build", bins.webhook.display());
-    }
-    Ok(bins)
 }
 
 /// Root of the repository (for `manifests/`).
@@ -134,12 +76,12 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// One test's cluster: a podman network, etcd in a container on it, the
-/// webhook, a kubelet. Dropping it removes every container (pods first) and
+/// One test's cluster: a podman network, etcd and the webhook in containers
+/// on it, a kubelet. Dropping it removes every container (pods first) and
 /// the network, and the temporary directories, also when the test fails.
 #[derive(Debug)]
 pub struct Env {
-    /// The webhook process.
+    /// The webhook container.
     pub webhook: Webhook,
     /// The etcd container.
     pub etcd: images::Etcd,
@@ -163,7 +105,6 @@ impl Env {
         // A killed earlier run's containers and networks.
         podman::remove_leftovers()?;
         let names = images::build()?;
-        let bins = binaries()?;
         let dir = tempfile::Builder::new()
             .prefix("dorado-e2e-")
             .tempdir()
@@ -172,9 +113,15 @@ impl Env {
         let etcd = images::Etcd::start(&names.etcd, &net, dir.path())
             .await
             .context("start etcd")?;
-        let webhook = Webhook::start(bins, dir.path(), &[etcd.client_url()], &names.runtime)
-            .await
-            .context("start the webhook")?;
+        let webhook = Webhook::start(
+            &names.webhook,
+            &net,
+            dir.path(),
+            &[etcd.client_url()],
+            &names.runtime,
+        )
+        .await
+        .context("start the webhook")?;
         let kubelet = Kubelet::new(net, dir.path().join("node"))?;
         Ok(Env {
             webhook,

@@ -112,6 +112,20 @@ pub fn remove_leftovers() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `podman run --rm` (runc, the rlimits, the label) to completion: its stdout.
+pub fn run_to_completion(args: &[&str]) -> anyhow::Result<String> {
+    let mut all: Vec<String> = ["--runtime", RUNTIME, "run", "--rm", "--label"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    all.push(label_value());
+    for u in ULIMITS {
+        all.extend(["--ulimit".to_string(), u.to_string()]);
+    }
+    all.extend(args.iter().map(|a| a.to_string()));
+    podman(&all)
+}
+
 /// A podman bridge network of one test; removed (with anything still
 /// attached) on drop.
 #[derive(Debug)]
