@@ -32,7 +32,7 @@ const TLS_DIR: &str = "/etc/dorado-webhook/tls";
 /// A running `dorado-webhook serve` container; removed on drop.
 #[derive(Debug)]
 pub struct Webhook {
-    container: Container,
+    _container: Container,
     https: SocketAddr,
     log: PathBuf,
     client: reqwest::Client,
@@ -87,55 +87,45 @@ impl Webhook {
         let ca = std::fs::read(tls.join("ca.crt")).context("read ca.crt")?;
         let log = dir.join("webhook.log");
         let ip = net.address(WEBHOOK_HOST);
-        let tls_mount = format!(
-            "type=bind,source={},destination={TLS_DIR},ro=true",
-            tls.display()
-        );
-        let log_opt = format!("path={}", log.display());
-        let args: Vec<String> = [
-            "--pull=never",
-            "--network",
-            net.name(),
-            "--ip",
-            &ip.to_string(),
-            "--user",
-            "65532:65532",
-            "--read-only",
-            "--read-only-tmpfs=false",
-            "--cap-drop",
-            "ALL",
-            "--security-opt",
-            "no-new-privileges",
-            "--mount",
-            &tls_mount,
-            "--log-driver",
-            "k8s-file",
-            "--log-opt",
-            &log_opt,
-            image,
-            "--log-format",
-            "json",
-            "serve",
-            "--tls-cert",
-            &format!("{TLS_DIR}/tls.crt"),
-            "--tls-key",
-            &format!("{TLS_DIR}/tls.key"),
-            "--listen",
-            &format!("0.0.0.0:{HTTPS_PORT}"),
-            "--admin-listen",
-            &format!("0.0.0.0:{ADMIN_PORT}"),
-            "--runtime-image",
-            runtime_image,
-            "--etcd-endpoints",
-            &etcd_urls.join(","),
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect();
-        let container = Container::run(&format!("{}-webhook", net.name()), &args)?;
         let https = SocketAddr::from((ip, HTTPS_PORT));
-        let webhook = Webhook {
-            container,
+        let (cert, key) = (format!("{TLS_DIR}/tls.crt"), format!("{TLS_DIR}/tls.key"));
+        let (listen, admin) = (
+            format!("0.0.0.0:{HTTPS_PORT}"),
+            format!("0.0.0.0:{ADMIN_PORT}"),
+        );
+        let etcd = etcd_urls.join(",");
+        let container = podman::run_system_container(
+            &format!("{}-webhook", net.name()),
+            net,
+            ip,
+            &[format!(
+                "type=bind,source={},destination={TLS_DIR},ro=true",
+                tls.display()
+            )],
+            &log,
+            &[
+                image,
+                "--log-format",
+                "json",
+                "serve",
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+                "--listen",
+                &listen,
+                "--admin-listen",
+                &admin,
+                "--runtime-image",
+                runtime_image,
+                "--etcd-endpoints",
+                &etcd,
+            ],
+            (&format!("http://{ip}:{ADMIN_PORT}/readyz"), ""),
+        )
+        .await?;
+        Ok(Webhook {
+            _container: container,
             https,
             log,
             client: reqwest::Client::builder()
@@ -144,30 +134,7 @@ impl Webhook {
                 .https_only(true)
                 .timeout(Duration::from_secs(10))
                 .build()?,
-        };
-        let readyz = format!("http://{ip}:{ADMIN_PORT}/readyz");
-        let plain = reqwest::Client::new();
-        crate::wait_for("the webhook's /readyz", WAIT, || {
-            let r = plain.get(&readyz).timeout(Duration::from_secs(2)).send();
-            let status = webhook.container.status();
-            async move {
-                match status {
-                    Ok(s) if s.state != "running" => {
-                        return Err(format!("the webhook container is {}", s.state));
-                    }
-                    Err(e) => return Err(format!("{e:#}")),
-                    Ok(_) => {}
-                }
-                match r.await {
-                    Ok(resp) if resp.status().is_success() => Ok(()),
-                    Ok(resp) => Err(format!("{}", resp.status())),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
         })
-        .await
-        .with_context(|| format!("webhook log:\n{}", webhook.log_text()))?;
-        Ok(webhook)
     }
 
     /// The webhook's log so far (CRI format).
@@ -271,7 +238,6 @@ impl Webhook {
     }
 }
 
-const WAIT: Duration = Duration::from_secs(30);
 
 fn service_host() -> String {
     format!("{SERVICE}.{SERVICE_NAMESPACE}.svc")

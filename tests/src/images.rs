@@ -9,11 +9,10 @@
 use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::podman::{Container, Network};
+use crate::podman::{self, Container, Network};
 
 /// The image references `scripts/images.sh names` prints.
 #[derive(Debug, Clone)]
@@ -101,14 +100,12 @@ pub fn names() -> anyhow::Result<Names> {
 /// capabilities, its data directory a volume.
 #[derive(Debug)]
 pub struct Etcd {
-    container: Container,
+    _container: Container,
     url: String,
-    log: std::path::PathBuf,
 }
 
 /// Host part of etcd's address on the network (pods use .10 and up).
 const ETCD_HOST: u8 = 2;
-const ETCD_READY: Duration = Duration::from_secs(60);
 
 impl Etcd {
     /// Start it with its data and log under `dir`; returns once `/health` says so.
@@ -116,90 +113,41 @@ impl Etcd {
         let data = dir.join("etcd-data");
         std::fs::create_dir_all(&data)?;
         std::os::unix::fs::chown(&data, Some(65532), Some(65532)).context("chown etcd-data")?;
-        let log = dir.join("etcd.log");
         let ip = net.address(ETCD_HOST);
         let url = format!("http://{ip}:2379");
-        let args: Vec<String> = [
-            "--pull=never",
-            "--network",
-            net.name(),
-            "--ip",
-            &ip.to_string(),
-            "--user",
-            "65532:65532",
-            "--read-only",
-            "--read-only-tmpfs=false",
-            "--cap-drop",
-            "ALL",
-            "--security-opt",
-            "no-new-privileges",
-            "--mount",
-            &format!(
+        let advertise = format!("--advertise-client-urls={url}");
+        let container = podman::run_system_container(
+            &format!("{}-etcd", net.name()),
+            net,
+            ip,
+            &[format!(
                 "type=bind,source={},destination=/var/lib/etcd",
                 data.display()
-            ),
-            "--log-driver",
-            "k8s-file",
-            "--log-opt",
-            &format!("path={}", log.display()),
-            image,
-            "--name=e2e",
-            "--data-dir=/var/lib/etcd/data",
-            "--listen-client-urls=http://0.0.0.0:2379",
-            &format!("--advertise-client-urls={url}"),
-            "--listen-peer-urls=http://127.0.0.1:2380",
-            "--initial-advertise-peer-urls=http://127.0.0.1:2380",
-            "--initial-cluster=e2e=http://127.0.0.1:2380",
-            "--heartbeat-interval=50",
-            "--election-timeout=500",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect();
-        let container = Container::run(&format!("{}-etcd", net.name()), &args)?;
-        let etcd = Etcd {
-            container,
+            )],
+            &dir.join("etcd.log"),
+            &[
+                image,
+                "--name=e2e",
+                "--data-dir=/var/lib/etcd/data",
+                "--listen-client-urls=http://0.0.0.0:2379",
+                &advertise,
+                "--listen-peer-urls=http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+                "--initial-cluster=e2e=http://127.0.0.1:2380",
+                "--heartbeat-interval=50",
+                "--election-timeout=500",
+            ],
+            (&format!("{url}/health"), "\"health\":\"true\""),
+        )
+        .await?;
+        Ok(Etcd {
+            _container: container,
             url,
-            log,
-        };
-        let http = reqwest::Client::new();
-        let health = format!("{}/health", etcd.url);
-        crate::wait_for("etcd's /health", ETCD_READY, || {
-            let r = http.get(&health).timeout(Duration::from_secs(2)).send();
-            let status = etcd.container.status();
-            async move {
-                match status {
-                    Ok(s) if s.state != "running" => {
-                        return Err(format!("the etcd container is {}", s.state));
-                    }
-                    Err(e) => return Err(format!("{e:#}")),
-                    Ok(_) => {}
-                }
-                match r.await {
-                    Ok(resp) => {
-                        let text = resp.text().await.unwrap_or_default();
-                        if text.contains("\"health\":\"true\"") {
-                            Ok(())
-                        } else {
-                            Err(text)
-                        }
-                    }
-                    Err(e) => Err(e.to_string()),
-                }
-            }
         })
-        .await
-        .with_context(|| format!("etcd log:\n{}", etcd.log_text()))?;
-        Ok(etcd)
     }
 
     /// `http://<ip>:2379`, reachable from the pods and from the host.
     pub fn client_url(&self) -> String {
         self.url.clone()
-    }
-
-    /// etcd's log (CRI format).
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }

@@ -17,6 +17,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
@@ -125,6 +126,83 @@ pub fn run_to_completion(args: &[&str]) -> anyhow::Result<String> {
     all.extend(args.iter().map(|a| a.to_string()));
     podman(&all)
 }
+
+/// A control-plane container of the harness (etcd, the webhook) as
+/// `manifests/base` runs it: non-root 65532, read-only root without extra
+/// tmpfs mounts, no capabilities, `no-new-privileges`, at `ip` on `net`,
+/// `mounts` (`type=bind,...` specs), its log in the CRI file `log`; then
+/// `image` and its arguments. Returns once `ready_url` answers 2xx with a body
+/// containing `ready_body`, failing early if the container stops.
+pub async fn run_system_container(
+    name: &str,
+    net: &Network,
+    ip: Ipv4Addr,
+    mounts: &[String],
+    log: &Path,
+    image_and_args: &[&str],
+    (ready_url, ready_body): (&str, &str),
+) -> anyhow::Result<Container> {
+    let mut args: Vec<String> = [
+        "--pull=never",
+        "--network",
+        net.name(),
+        "--ip",
+        &ip.to_string(),
+        "--user",
+        "65532:65532",
+        "--read-only",
+        "--read-only-tmpfs=false",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--log-driver",
+        "k8s-file",
+        "--log-opt",
+        &format!("path={}", log.display()),
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    for m in mounts {
+        args.extend(["--mount".to_string(), m.clone()]);
+    }
+    args.extend(image_and_args.iter().map(|a| a.to_string()));
+    let container = Container::run(name, &args)?;
+    let http = reqwest::Client::new();
+    crate::wait_for(&format!("{ready_url} of {name}"), SYSTEM_READY, || {
+        let r = http.get(ready_url).timeout(Duration::from_secs(2)).send();
+        let status = container.status();
+        async move {
+            match status {
+                Ok(s) if s.state != "running" => {
+                    return Err(format!("the container is {}", s.state));
+                }
+                Err(e) => return Err(format!("{e:#}")),
+                Ok(_) => {}
+            }
+            let resp = r.await.map_err(|e| e.to_string())?;
+            let code = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            if code.is_success() && text.contains(ready_body) {
+                Ok(())
+            } else {
+                Err(format!("{code} {text}"))
+            }
+        }
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "{name}'s log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        )
+    })?;
+    Ok(container)
+}
+
+/// Startup of etcd or the webhook on a loaded machine.
+const SYSTEM_READY: Duration = Duration::from_secs(60);
 
 /// A podman bridge network of one test; removed (with anything still
 /// attached) on drop.
