@@ -238,7 +238,6 @@ impl Webhook {
     }
 }
 
-
 fn service_host() -> String {
     format!("{SERVICE}.{SERVICE_NAMESPACE}.svc")
 }

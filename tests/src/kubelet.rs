@@ -23,7 +23,7 @@
 //!   pod's log, kept after the container is gone;
 //! - a restart after the container ends, per `restartPolicy` (`Always`,
 //!   `OnFailure`, `Never`), as a new container with the next log file and a
-//!   restart count, after a back-off (1 s doubling to 10 s; the kubelet's is
+//!   restart count, after a back-off (1, 2, 4, then 8 s; the kubelet's is
 //!   10 s to 5 min).
 //!
 //! Readiness follows the container's `readinessProbe` (HTTP GET on the pod IP,
@@ -149,9 +149,9 @@ struct ImageConfig {
     cmd: Option<Vec<String>>,
 }
 
-/// Back-off before restart `n` (0-based): 1 s doubling, at most 10 s.
+/// Back-off before restart `n` (0-based): 1 s doubling, at most 8 s.
 fn backoff(n: u32) -> Duration {
-    Duration::from_secs(1u64 << n.min(3)).min(Duration::from_secs(10))
+    Duration::from_secs(1u64 << n.min(3))
 }
 
 impl Kubelet {
@@ -422,13 +422,19 @@ impl Kubelet {
             "restartPolicy",
             "stdin",
             "tty",
-            "workingDir",
         ] {
             if c.get(unsupported)
                 .is_some_and(|v| !v.is_null() && *v != false)
             {
                 bail!("{unsupported} is not supported by this harness");
             }
+        }
+        if let Some(p) =
+            c["ports"].as_array().into_iter().flatten().find(|p| {
+                p.get("hostPort").is_some_and(|h| !h.is_null()) || p.get("hostIP").is_some()
+            })
+        {
+            bail!("ports with hostPort/hostIP are not supported by this harness: {p}");
         }
         let image_ref = str_at(c, "/image")?;
         if c["imagePullPolicy"] == "Always" {
@@ -444,7 +450,8 @@ impl Kubelet {
             let value = if let Some(v) = e.get("value") {
                 expand(v.as_str().unwrap_or_default(), &defined)
             } else if let Some(from) = e.get("valueFrom") {
-                field_ref(pod, ip, from).with_context(|| format!("env {key}"))?
+                field_ref(pod, ip, self.net.gateway(), from)
+                    .with_context(|| format!("env {key}"))?
             } else {
                 String::new()
             };
@@ -582,6 +589,9 @@ impl Kubelet {
         }
         for (k, v) in &env {
             args.extend(["--env".into(), format!("{k}={v}")]);
+        }
+        if let Some(dir) = c["workingDir"].as_str() {
+            args.extend(["--workdir".into(), dir.to_string()]);
         }
 
         // Volumes at their mount paths.
@@ -1000,7 +1010,8 @@ pub fn cri_log_stream(text: &str, stream: &str) -> String {
 }
 
 /// The downward API subset a pod can name in `env[].valueFrom.fieldRef`.
-fn field_ref(pod: &Value, ip: Ipv4Addr, from: &Value) -> anyhow::Result<String> {
+/// `host` is the node's address (the network's gateway).
+fn field_ref(pod: &Value, ip: Ipv4Addr, host: Ipv4Addr, from: &Value) -> anyhow::Result<String> {
     let Some(path) = from["fieldRef"]["fieldPath"].as_str() else {
         bail!("only valueFrom.fieldRef is supported by this harness: {from}");
     };
@@ -1014,7 +1025,7 @@ fn field_ref(pod: &Value, ip: Ipv4Addr, from: &Value) -> anyhow::Result<String> 
         "metadata.namespace" => meta["namespace"].as_str().unwrap_or("default").to_string(),
         "metadata.uid" => meta["uid"].as_str().unwrap_or_default().to_string(),
         "status.podIP" | "status.podIPs" => ip.to_string(),
-        "status.hostIP" | "status.hostIPs" => "10.0.0.1".to_string(),
+        "status.hostIP" | "status.hostIPs" => host.to_string(),
         "spec.nodeName" => "e2e-node".to_string(),
         "spec.serviceAccountName" => pod["spec"]["serviceAccountName"]
             .as_str()
@@ -1124,6 +1135,7 @@ mod tests {
             field_ref(
                 &pod,
                 ip,
+                Ipv4Addr::new(10, 9, 8, 1),
                 &serde_json::json!({"fieldRef": {"fieldPath": path}}),
             )
         };
@@ -1132,5 +1144,29 @@ mod tests {
         assert_eq!(get("status.podIP").unwrap(), "10.9.8.7");
         assert_eq!(get("metadata.labels['app']").unwrap(), "kv");
         assert!(get("spec.bogus").is_err());
+    }
+
+    #[test]
+    fn cri_log_streams_are_separated_and_partial_lines_joined() {
+        let log = "2026-12-04T18:00:00.1+00:00 stdout P idx=1 \n\
+                   2026-12-04T18:00:00.2+00:00 stderr F oops\n\
+                   2026-12-04T18:00:00.3+00:00 stdout F hash=ab\n\
+                   2026-12-04T18:00:00.4+00:00 stdout F \n";
+        assert_eq!(cri_log_stream(log, "stdout"), "idx=1 hash=ab\n\n");
+        assert_eq!(cri_log_stream(log, "stderr"), "oops\n");
+    }
+
+    #[test]
+    fn image_users_and_backoff() {
+        assert_eq!(image_user("").unwrap(), (Some(0), Some(0)));
+        assert_eq!(
+            image_user("65532:65532").unwrap(),
+            (Some(65532), Some(65532))
+        );
+        assert_eq!(image_user("65532").unwrap(), (Some(65532), None));
+        assert_eq!(image_user("nonroot").unwrap(), (None, None));
+        assert!(image_user("1:group").is_err());
+        let delays: Vec<u64> = (0..6).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 8, 8]);
     }
 }
