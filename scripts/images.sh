@@ -235,8 +235,9 @@ FROM scratch
 COPY rootfs/ /
 COPY --chown=$USER_ID:$USER_ID data/ /var/lib/etcd/
 $(labels etcd "$version" "etcd $version, Debian's build (package etcd-server) with its libraries, run as non-root")
-ENV PATH=/usr/local/bin:/usr/bin:/bin \\
-    ETCD_DATA_DIR=/var/lib/etcd/data
+# No ETCD_* defaults here: etcd refuses an environment variable shadowed by its flag,
+# and the manifests pass --data-dir=/var/lib/etcd/data.
+ENV PATH=/usr/local/bin:/usr/bin:/bin
 USER $USER_ID:$USER_ID
 VOLUME /var/lib/etcd
 EXPOSE 2379 2380 2381

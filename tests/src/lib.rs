@@ -87,6 +87,8 @@ pub struct Env {
     pub etcd: images::Etcd,
     /// The kubelet (and the network: dropped after the containers on it).
     pub kubelet: Kubelet,
+    /// The images the pods run.
+    pub images: &'static images::Names,
     _dir: tempfile::TempDir,
 }
 
@@ -127,6 +129,7 @@ impl Env {
             webhook,
             etcd,
             kubelet,
+            images: names,
             _dir: dir,
         })
     }

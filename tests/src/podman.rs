@@ -17,7 +17,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
@@ -170,34 +170,40 @@ pub async fn run_system_container(
     args.extend(image_and_args.iter().map(|a| a.to_string()));
     let container = Container::run(name, &args)?;
     let http = reqwest::Client::new();
-    crate::wait_for(&format!("{ready_url} of {name}"), SYSTEM_READY, || {
-        let r = http.get(ready_url).timeout(Duration::from_secs(2)).send();
-        let status = container.status();
-        async move {
-            match status {
-                Ok(s) if s.state != "running" => {
-                    return Err(format!("the container is {}", s.state));
-                }
-                Err(e) => return Err(format!("{e:#}")),
-                Ok(_) => {}
-            }
-            let resp = r.await.map_err(|e| e.to_string())?;
-            let code = resp.status();
-            let text = resp.text().await.unwrap_or_default();
-            if code.is_success() && text.contains(ready_body) {
-                Ok(())
-            } else {
-                Err(format!("{code} {text}"))
-            }
+    let log_text = || std::fs::read_to_string(log).unwrap_or_default();
+    let start = Instant::now();
+    loop {
+        let state = container.status()?.state;
+        if state != "running" {
+            bail!(
+                "{name} is {state} instead of becoming ready; its log:\n{}",
+                log_text()
+            );
         }
-    })
-    .await
-    .with_context(|| {
-        format!(
-            "{name}'s log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        )
-    })?;
+        let last = match http
+            .get(ready_url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        {
+            Ok(resp) => {
+                let code = resp.status();
+                let text = resp.text().await.unwrap_or_default();
+                if code.is_success() && text.contains(ready_body) {
+                    break;
+                }
+                format!("{code} {text}")
+            }
+            Err(e) => e.to_string(),
+        };
+        if start.elapsed() > SYSTEM_READY {
+            bail!(
+                "{name}: {ready_url} not ready after {SYSTEM_READY:?} (last: {last}); its log:\n{}",
+                log_text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Ok(container)
 }
 

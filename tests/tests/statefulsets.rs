@@ -328,7 +328,16 @@ async fn pods_without_a_correct_patch_fail_to_start() -> anyhow::Result<()> {
     // 1. The template as written: the image's `dorado run` without
     // configuration. Without a readiness probe the kubelet calls it ready at
     // start, so what matters is that it crashes (CrashLoopBackOff).
-    let pod = statefulset_pod(sts, 0)?;
+    let mut pod = statefulset_pod(sts, 0)?;
+    // The template's image (dorado/dorado) is a registry name: not on this node.
+    let err = env
+        .kubelet
+        .run(&pod, 0)
+        .expect_err("the template's registry image is not on the node");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("ErrImageNeverPull"), "{msg}");
+    // With the image the node has (what a kustomize `images:` override gives).
+    pod["spec"]["containers"][0]["image"] = json!(env.images.runtime);
     let unpatched = env.kubelet.run(&pod, 0)?;
     let (container, exit) = wait_for("the unpatched pod's container to exit", READY, || {
         let exited = unpatched.exited();
