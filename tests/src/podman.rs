@@ -95,16 +95,20 @@ pub fn remove_leftovers() -> anyhow::Result<()> {
             let _ = podman(["rm", "-f", "-t", "0", id]);
         }
     }
+    // Network names carry the pid (`dorado-e2e-<pid>-<n>-net`; `network ls`
+    // cannot print a label's value in every podman version).
     let networks = podman([
         "network",
         "ls",
         "--filter",
         &format!("label={LABEL}"),
         "--format",
-        &format!("{{{{.Name}}}} {{{{index .Labels \"{LABEL}\"}}}}"),
+        "{{.Name}}",
     ])?;
-    for line in networks.lines() {
-        if let Some((name, pid)) = line.split_once(' ')
+    for name in networks.lines() {
+        if let Some(pid) = name
+            .strip_prefix("dorado-e2e-")
+            .and_then(|rest| rest.split('-').next())
             && dead(pid)
         {
             let _ = podman(["network", "rm", "-f", name]);
