@@ -82,12 +82,28 @@ impl TestCa {
         usage: Usage,
         validity: (OffsetDateTime, OffsetDateTime),
     ) -> Pair {
+        self.issue_in(names, None, usage, validity)
+    }
+
+    /// Like [`Self::issue`], with `organization` as the subject's `O`
+    /// (Kubernetes reads the common name as the user and the organisation
+    /// as a group).
+    pub fn issue_in(
+        &self,
+        names: &[&str],
+        organization: Option<&str>,
+        usage: Usage,
+        validity: (OffsetDateTime, OffsetDateTime),
+    ) -> Pair {
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut params = CertificateParams::new(names.clone()).expect("valid names");
         if let Some(first) = names.first() {
             params
                 .distinguished_name
                 .push(DnType::CommonName, first.as_str());
+        }
+        if let Some(o) = organization {
+            params.distinguished_name.push(DnType::OrganizationName, o);
         }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![

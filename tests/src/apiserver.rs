@@ -146,9 +146,10 @@ impl Webhook {
     /// apply the answer. Fails if the response is malformed (wrong uid,
     /// unknown patch type, a patch that does not apply).
     pub async fn admit(&self, pod: &Value) -> anyhow::Result<Admission> {
+        let meta = crate::typed_pod(pod)?.metadata;
         let uid = format!(
             "e2e-{}-{}",
-            pod["metadata"]["name"].as_str().unwrap_or("pod"),
+            meta.name.as_deref().unwrap_or("pod"),
             rand_suffix()
         );
         let review = json!({
@@ -160,8 +161,8 @@ impl Webhook {
                 "resource": {"group": "", "version": "v1", "resource": "pods"},
                 "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
                 "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-                "name": pod["metadata"]["name"],
-                "namespace": pod["metadata"]["namespace"],
+                "name": meta.name,
+                "namespace": meta.namespace,
                 "operation": "CREATE",
                 "userInfo": {
                     "username": "system:serviceaccount:kube-system:statefulset-controller",
@@ -194,31 +195,30 @@ impl Webhook {
                 String::from_utf8_lossy(&body)
             );
         }
-        let answer: Value = serde_json::from_slice(&body).context("response is not JSON")?;
-        if answer["kind"] != "AdmissionReview" || answer["apiVersion"] != "admission.k8s.io/v1" {
-            bail!("response is not an admission.k8s.io/v1 AdmissionReview: {answer}");
+        let answer: ReviewAnswer = serde_json::from_slice(&body).with_context(|| {
+            format!(
+                "response is not an AdmissionReview: {}",
+                String::from_utf8_lossy(&body)
+            )
+        })?;
+        if answer.kind != "AdmissionReview" || answer.api_version != "admission.k8s.io/v1" {
+            bail!(
+                "response is a {} {}, not an admission.k8s.io/v1 AdmissionReview",
+                answer.api_version,
+                answer.kind
+            );
         }
-        let response = &answer["response"];
-        if response["uid"] != uid.as_str() {
-            bail!("response uid {} does not echo {uid}", response["uid"]);
+        let response = answer.response.context("the AdmissionReview has no response")?;
+        if response.uid != uid {
+            bail!("response uid {} does not echo {uid}", response.uid);
         }
-        let allowed = response["allowed"]
-            .as_bool()
-            .context("response.allowed missing")?;
-        let warnings = response["warnings"]
-            .as_array()
-            .map(|w| {
-                w.iter()
-                    .filter_map(|s| s.as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let message = response["status"]["message"].as_str().map(str::to_owned);
+        let (allowed, warnings) = (response.allowed, response.warnings);
+        let message = response.status.and_then(|s| s.message);
         let mut pod = pod.clone();
         let mut patched = false;
-        if let Some(patch) = response["patch"].as_str() {
-            if response["patchType"] != "JSONPatch" {
-                bail!("patch with patchType {}", response["patchType"]);
+        if let Some(patch) = response.patch {
+            if response.patch_type.as_deref() != Some("JSONPatch") {
+                bail!("patch with patchType {:?}", response.patch_type);
             }
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(patch)
@@ -236,6 +236,32 @@ impl Webhook {
             warnings,
         })
     }
+}
+
+/// What the tests read of an `AdmissionReview` answer.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewAnswer {
+    api_version: String,
+    kind: String,
+    response: Option<ReviewResponse>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewResponse {
+    uid: String,
+    allowed: bool,
+    #[serde(default)]
+    warnings: Vec<String>,
+    status: Option<ReviewStatus>,
+    patch: Option<String>,
+    patch_type: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ReviewStatus {
+    message: Option<String>,
 }
 
 fn service_host() -> String {

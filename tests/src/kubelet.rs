@@ -45,7 +45,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use base64::Engine as _;
 use serde::Deserialize;
-use serde_json::Value;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, EnvVarSource, KeyToPath, Pod, PodSecurityContext, PodSpec, Probe as K8sProbe,
+    Secret, Volume,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::podman::{self, Container, Network};
 
@@ -55,9 +60,36 @@ use crate::podman::{self, Container, Network};
 pub struct Kubelet {
     net: Network,
     root: PathBuf,
-    config_maps: Vec<Value>,
-    secrets: Vec<Value>,
+    config_maps: Vec<ConfigMap>,
+    secrets: Vec<Secret>,
     started: u32,
+}
+
+/// Where and with what node-side extras a pod starts.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The pod IP (an address on the kubelet's network).
+    pub ip: Ipv4Addr,
+    /// A hosts file the kubelet keeps current, mounted read-only at
+    /// `/etc/hosts` instead of podman's (what cluster DNS would answer).
+    pub hosts_file: Option<PathBuf>,
+    /// `persistentVolumeClaim` volumes: claim name → the bound volume's
+    /// directory on the node.
+    pub claims: BTreeMap<String, PathBuf>,
+    /// `spec.nodeName` for the downward API.
+    pub node_name: String,
+}
+
+impl RunOptions {
+    /// At `ip`, without extras, on the node `e2e-node`.
+    pub fn at(ip: Ipv4Addr) -> Self {
+        RunOptions {
+            ip,
+            hosts_file: None,
+            claims: BTreeMap::new(),
+            node_name: "e2e-node".to_string(),
+        }
+    }
 }
 
 /// A pod whose containers are running.
@@ -67,11 +99,53 @@ pub struct RunningPod {
     pub name: String,
     /// `status.podIP`.
     pub ip: Ipv4Addr,
-    /// The pod spec it was started from.
-    pub spec: Value,
+    /// The pod it was started from.
+    pub spec: Pod,
     /// The pod's directory (volumes, logs); removed when deleted.
     pub dir: PathBuf,
     containers: Vec<ContainerProcess>,
+}
+
+/// A container as the kubelet reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerState {
+    /// Its name in the spec.
+    pub name: String,
+    /// A container instance exists now (not between restarts).
+    pub running: bool,
+    /// Restarts so far.
+    pub restart_count: u32,
+    /// Exit code of the last instance that ended.
+    pub last_exit: Option<i32>,
+    /// Why the kubelet gave up restarting it.
+    pub error: Option<String>,
+}
+
+/// The log files of a pod's containers (shared with its supervisors).
+#[derive(Debug, Clone)]
+pub struct LogSource {
+    containers: Vec<(String, Arc<Supervisor>)>,
+}
+
+impl LogSource {
+    /// The CRI log file of container `name`'s current instance, or of the
+    /// previous one (`previous`, as `kubectl logs -p`).
+    pub fn file(&self, name: &str, previous: bool) -> anyhow::Result<PathBuf> {
+        let (_, sup) = self
+            .containers
+            .iter()
+            .find(|(n, _)| n == name)
+            .with_context(|| format!("container {name:?} is not in the pod"))?;
+        let st = sup.state.lock().expect("lifecycle lock");
+        let n = if previous {
+            st.restart_count
+                .checked_sub(1)
+                .with_context(|| format!("previous terminated container {name:?} not found"))?
+        } else {
+            st.restart_count
+        };
+        Ok(st.log_dir.join(format!("{n}.log")))
+    }
 }
 
 /// How a container ended the last time (`lastState.terminated`), with the
@@ -131,11 +205,15 @@ struct Probe {
     timeout: Duration,
 }
 
-/// Which object a key-files volume projects.
-#[derive(Debug, Clone, Copy)]
-enum KeyFiles {
-    ConfigMap,
-    Secret,
+/// A `configMap` or `secret` volume: which object's keys become files.
+#[derive(Debug, Clone)]
+struct KeyFiles {
+    /// `configmap` or `secret` (for messages).
+    what: &'static str,
+    name: String,
+    optional: bool,
+    items: Option<Vec<KeyToPath>>,
+    default_mode: Option<i32>,
 }
 
 /// The part of `podman image inspect` the kubelet's rules need.
@@ -167,14 +245,16 @@ impl Kubelet {
         })
     }
 
-    /// Make ConfigMaps known, as `kubectl apply` would store them.
-    pub fn add_config_maps<'a>(&mut self, maps: impl IntoIterator<Item = &'a Value>) {
-        self.config_maps.extend(maps.into_iter().cloned());
+    /// Make ConfigMaps known, as the API server holds them (the newest copy
+    /// of a name wins).
+    pub fn add_config_maps(&mut self, maps: impl IntoIterator<Item = ConfigMap>) {
+        self.config_maps.extend(maps);
     }
 
-    /// Make Secrets known, as `kubectl apply` would store them.
-    pub fn add_secrets<'a>(&mut self, secrets: impl IntoIterator<Item = &'a Value>) {
-        self.secrets.extend(secrets.into_iter().cloned());
+    /// Make Secrets known, as the API server holds them (the newest copy of
+    /// a name wins).
+    pub fn add_secrets(&mut self, secrets: impl IntoIterator<Item = Secret>) {
+        self.secrets.extend(secrets);
     }
 
     /// The pod network.
@@ -190,38 +270,47 @@ impl Kubelet {
 
     /// Start `pod` in slot `slot` (its IP); returns once every container is
     /// started (not necessarily ready: see [`RunningPod::wait_ready`]).
-    pub fn run(&mut self, pod: &Value, slot: usize) -> anyhow::Result<RunningPod> {
-        let name = str_at(pod, "/metadata/name")?.to_string();
-        let namespace = pod["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or("default")
-            .to_string();
-        let spec = &pod["spec"];
-        for unsupported in [
-            "initContainers",
-            "ephemeralContainers",
-            "hostAliases",
-            "overhead",
-            "resourceClaims",
-            "os",
-        ] {
-            if spec.get(unsupported).is_some_and(|v| !v.is_null()) {
-                bail!("pod {name}: spec.{unsupported} is not supported by this harness");
-            }
+    pub fn run(&mut self, pod: &Pod, slot: usize) -> anyhow::Result<RunningPod> {
+        let options = RunOptions::at(self.slot_ip(slot));
+        self.run_with(pod, &options)
+    }
+
+    /// Start `pod` as `options` say; returns once every container is started.
+    pub fn run_with(&mut self, pod: &Pod, options: &RunOptions) -> anyhow::Result<RunningPod> {
+        let name = pod
+            .metadata
+            .name
+            .clone()
+            .context("the pod has no metadata.name")?;
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_string());
+        let spec = pod
+            .spec
+            .as_ref()
+            .with_context(|| format!("pod {name} has no spec"))?;
+        let unsupported = [
+            ("initContainers", spec.init_containers.is_some()),
+            ("ephemeralContainers", spec.ephemeral_containers.is_some()),
+            ("hostAliases", spec.host_aliases.is_some()),
+            ("overhead", spec.overhead.is_some()),
+            ("resourceClaims", spec.resource_claims.is_some()),
+            ("os", spec.os.is_some()),
+            ("hostNetwork: true", spec.host_network == Some(true)),
+            ("hostPID: true", spec.host_pid == Some(true)),
+            ("hostIPC: true", spec.host_ipc == Some(true)),
+            ("hostUsers: false", spec.host_users == Some(false)),
+            (
+                "shareProcessNamespace: true",
+                spec.share_process_namespace == Some(true),
+            ),
+        ];
+        if let Some((what, _)) = unsupported.iter().find(|(_, set)| *set) {
+            bail!("pod {name}: spec.{what} is not supported by this harness");
         }
-        for host in ["hostNetwork", "hostPID", "hostIPC", "hostUsers"] {
-            let expected = host == "hostUsers";
-            if spec[host].as_bool().is_some_and(|v| v != expected) {
-                bail!(
-                    "pod {name}: spec.{host}: {} is not supported by this harness",
-                    !expected
-                );
-            }
-        }
-        if spec["shareProcessNamespace"].as_bool() == Some(true) {
-            bail!("pod {name}: spec.shareProcessNamespace is not supported by this harness");
-        }
-        let policy = match spec["restartPolicy"].as_str() {
+        let policy = match spec.restart_policy.as_deref() {
             None | Some("Always") => RestartPolicy::Always,
             Some("OnFailure") => RestartPolicy::OnFailure,
             Some("Never") => RestartPolicy::Never,
@@ -230,13 +319,14 @@ impl Kubelet {
         self.started += 1;
         let dir = self.root.join(format!("{name}.{}", self.started));
         std::fs::create_dir_all(&dir)?;
-        let ip = self.slot_ip(slot);
-        let fs_group = spec["securityContext"]["fsGroup"]
-            .as_u64()
+        let ip = options.ip;
+        let psc = spec.security_context.clone().unwrap_or_default();
+        let fs_group = psc
+            .fs_group
             .map(|g| u32::try_from(g).context("fsGroup"))
             .transpose()?;
         let volumes = self
-            .volumes(&name, &namespace, spec, &dir.join("volumes"), fs_group)
+            .volumes(&name, &namespace, spec, &dir.join("volumes"), fs_group, options)
             .with_context(|| format!("pod {name}: volumes"))?;
         let mut running = RunningPod {
             name: name.clone(),
@@ -245,19 +335,13 @@ impl Kubelet {
             dir: dir.clone(),
             containers: Vec::new(),
         };
-        let containers = spec["containers"]
-            .as_array()
-            .filter(|c| !c.is_empty())
-            .with_context(|| format!("pod {name}: spec.containers is empty"))?;
-        for c in containers {
+        if spec.containers.is_empty() {
+            bail!("pod {name}: spec.containers is empty");
+        }
+        for c in &spec.containers {
             let process = self
-                .start_container(pod, c, ip, &volumes, &dir, policy)
-                .with_context(|| {
-                    format!(
-                        "pod {name}: container {}",
-                        c["name"].as_str().unwrap_or("?")
-                    )
-                })?;
+                .start_container(pod, &psc, c, options, &volumes, &dir, policy)
+                .with_context(|| format!("pod {name}: container {}", c.name))?;
             running.containers.push(process);
         }
         Ok(running)
@@ -268,46 +352,76 @@ impl Kubelet {
         &self,
         pod: &str,
         namespace: &str,
-        spec: &Value,
+        spec: &PodSpec,
         dir: &Path,
         fs_group: Option<u32>,
+        options: &RunOptions,
     ) -> anyhow::Result<BTreeMap<String, PathBuf>> {
         let mut out = BTreeMap::new();
-        for v in spec["volumes"].as_array().into_iter().flatten() {
-            let name = str_at(v, "/name")?;
+        for v in spec.volumes.iter().flatten() {
+            let name = v.name.as_str();
+            // The volume sources this node implements; any other one set
+            // makes the volume differ from this copy.
+            let supported = Volume {
+                name: v.name.clone(),
+                config_map: v.config_map.clone(),
+                secret: v.secret.clone(),
+                empty_dir: v.empty_dir.clone(),
+                persistent_volume_claim: v.persistent_volume_claim.clone(),
+                ..Volume::default()
+            };
+            if supported != *v {
+                bail!(
+                    "pod {pod}: volume {name}: only configMap, secret, emptyDir and persistentVolumeClaim volumes are supported by this harness: {}",
+                    serde_json::to_string(v).unwrap_or_default()
+                );
+            }
+            if let Some(pvc) = &v.persistent_volume_claim {
+                // The bound volume's directory, as it is: the kubelet applies
+                // no fsGroup to hostPath-backed volumes.
+                let claim = &pvc.claim_name;
+                let path = options.claims.get(claim).with_context(|| {
+                    format!("pod {pod}: volume {name}: claim {claim:?} is not bound to a volume on this node")
+                })?;
+                out.insert(name.to_string(), path.clone());
+                continue;
+            }
             let path = dir.join(name);
             std::fs::create_dir_all(&path)?;
-            let kinds: Vec<&String> = v
-                .as_object()
-                .into_iter()
-                .flat_map(|o| o.keys())
-                .filter(|k| *k != "name")
-                .collect();
-            match kinds.as_slice() {
-                [k] if *k == "configMap" => {
-                    self.key_files_volume(KeyFiles::ConfigMap, namespace, &v["configMap"], &path)
-                        .with_context(|| format!("volume {name}"))?;
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+            if let Some(cm) = &v.config_map {
+                let files = KeyFiles {
+                    what: "configmap",
+                    name: cm.name.clone(),
+                    optional: cm.optional.unwrap_or(false),
+                    items: cm.items.clone(),
+                    default_mode: cm.default_mode,
+                };
+                self.key_files_volume(&files, namespace, &path)
+                    .with_context(|| format!("volume {name}"))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+            } else if let Some(secret) = &v.secret {
+                let files = KeyFiles {
+                    what: "secret",
+                    name: secret
+                        .secret_name
+                        .clone()
+                        .with_context(|| format!("volume {name}: secret.secretName is missing"))?,
+                    optional: secret.optional.unwrap_or(false),
+                    items: secret.items.clone(),
+                    default_mode: secret.default_mode,
+                };
+                self.key_files_volume(&files, namespace, &path)
+                    .with_context(|| format!("volume {name}"))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+            } else if let Some(empty) = &v.empty_dir {
+                if empty.medium.as_deref().is_some_and(|m| !m.is_empty()) {
+                    bail!(
+                        "pod {pod}: volume {name}: emptyDir.medium is not supported by this harness"
+                    );
                 }
-                [k] if *k == "secret" => {
-                    self.key_files_volume(KeyFiles::Secret, namespace, &v["secret"], &path)
-                        .with_context(|| format!("volume {name}"))?;
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
-                }
-                [k] if *k == "emptyDir" => {
-                    if v["emptyDir"]["medium"]
-                        .as_str()
-                        .is_some_and(|m| !m.is_empty())
-                    {
-                        bail!(
-                            "pod {pod}: volume {name}: emptyDir.medium is not supported by this harness"
-                        );
-                    }
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))?;
-                }
-                _ => bail!(
-                    "pod {pod}: volume {name}: only configMap, secret and emptyDir volumes are supported by this harness: {v}"
-                ),
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))?;
+            } else {
+                bail!("pod {pod}: volume {name} has no volume source");
             }
             // The kubelet makes volumes group-owned by fsGroup.
             if let Some(gid) = fs_group {
@@ -322,70 +436,66 @@ impl Kubelet {
     /// them, or the `items`), with `defaultMode`/`mode`.
     fn key_files_volume(
         &self,
-        kind: KeyFiles,
+        src: &KeyFiles,
         namespace: &str,
-        src: &Value,
         dir: &Path,
     ) -> anyhow::Result<()> {
-        let (objects, name_field, text_field, base64_field, what) = match kind {
-            KeyFiles::ConfigMap => (
-                &self.config_maps,
-                "/name",
-                "data",
-                "binaryData",
-                "configmap",
-            ),
-            KeyFiles::Secret => (&self.secrets, "/secretName", "stringData", "data", "secret"),
+        let in_ns = |meta: &ObjectMeta| {
+            meta.name.as_deref() == Some(src.name.as_str())
+                && meta.namespace.as_deref().unwrap_or("default") == namespace
         };
-        let name = str_at(src, name_field)?;
-        let optional = src["optional"].as_bool().unwrap_or(false);
-        let Some(map) = objects.iter().find(|m| {
-            m["metadata"]["name"] == name
-                && m["metadata"]["namespace"].as_str().unwrap_or("default") == namespace
-        }) else {
-            if optional {
+        // The newest copy wins (a kubelet reads the object as it is now).
+        let keys: Option<BTreeMap<String, Vec<u8>>> = if src.what == "secret" {
+            self.secrets.iter().rev().find(|s| in_ns(&s.metadata)).map(|s| {
+                let mut keys: BTreeMap<String, Vec<u8>> = s
+                    .string_data
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+                    .collect();
+                keys.extend(s.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())));
+                keys
+            })
+        } else {
+            self.config_maps
+                .iter()
+                .rev()
+                .find(|m| in_ns(&m.metadata))
+                .map(|m| {
+                    let mut keys: BTreeMap<String, Vec<u8>> = m
+                        .data
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+                        .collect();
+                    keys.extend(
+                        m.binary_data
+                            .iter()
+                            .flatten()
+                            .map(|(k, v)| (k.clone(), v.0.clone())),
+                    );
+                    keys
+                })
+        };
+        let (what, name) = (src.what, &src.name);
+        let Some(keys) = keys else {
+            if src.optional {
                 return Ok(());
             }
             bail!("{what} \"{name}\" not found in namespace {namespace}");
         };
-        let cm = src;
-        let mut keys: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        for (k, v) in map[text_field].as_object().into_iter().flatten() {
-            keys.insert(
-                k.clone(),
-                v.as_str().unwrap_or_default().as_bytes().to_vec(),
-            );
-        }
-        for (k, v) in map[base64_field].as_object().into_iter().flatten() {
-            // As the API server decodes []byte (Go's encoding/base64 skips
-            // line breaks, which kustomize's YAML output contains).
-            let text: String = v
-                .as_str()
-                .unwrap_or_default()
-                .chars()
-                .filter(|c| *c != '\n' && *c != '\r')
-                .collect();
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(text)
-                .with_context(|| format!("{what} {name}: {base64_field}.{k} is not base64"))?;
-            keys.insert(k.clone(), bytes);
-        }
-        let default_mode = cm["defaultMode"].as_u64().unwrap_or(0o644) as u32;
-        let items: Vec<(String, String, u32)> = match cm["items"].as_array() {
+        let mode_of = |m: Option<i32>| -> anyhow::Result<u32> {
+            u32::try_from(m.or(src.default_mode).unwrap_or(0o644)).context("file mode")
+        };
+        let items: Vec<(String, String, u32)> = match &src.items {
             Some(items) => items
                 .iter()
-                .map(|i| {
-                    Ok((
-                        str_at(i, "/key")?.to_string(),
-                        str_at(i, "/path")?.to_string(),
-                        i["mode"].as_u64().map_or(default_mode, |m| m as u32),
-                    ))
-                })
+                .map(|i| Ok((i.key.clone(), i.path.clone(), mode_of(i.mode)?)))
                 .collect::<anyhow::Result<_>>()?,
             None => keys
                 .keys()
-                .map(|k| (k.clone(), k.clone(), default_mode))
-                .collect(),
+                .map(|k| Ok((k.clone(), k.clone(), mode_of(None)?)))
+                .collect::<anyhow::Result<_>>()?,
         };
         for (key, path, mode) in items {
             let bytes = keys
@@ -404,40 +514,44 @@ impl Kubelet {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_container(
         &self,
-        pod: &Value,
-        c: &Value,
-        ip: Ipv4Addr,
+        pod: &Pod,
+        psc: &PodSecurityContext,
+        c: &Container,
+        options: &RunOptions,
         volumes: &BTreeMap<String, PathBuf>,
         pod_dir: &Path,
         policy: RestartPolicy,
     ) -> anyhow::Result<ContainerProcess> {
-        let name = str_at(c, "/name")?;
-        for unsupported in [
-            "envFrom",
-            "lifecycle",
-            "volumeDevices",
-            "resizePolicy",
-            "restartPolicy",
-            "stdin",
-            "tty",
-        ] {
-            if c.get(unsupported)
-                .is_some_and(|v| !v.is_null() && *v != false)
-            {
-                bail!("{unsupported} is not supported by this harness");
-            }
+        let ip = options.ip;
+        let name = c.name.as_str();
+        let unsupported = [
+            ("envFrom", c.env_from.is_some()),
+            ("lifecycle", c.lifecycle.is_some()),
+            ("volumeDevices", c.volume_devices.is_some()),
+            ("resizePolicy", c.resize_policy.is_some()),
+            ("restartPolicy", c.restart_policy.is_some()),
+            ("stdin", c.stdin == Some(true)),
+            ("tty", c.tty == Some(true)),
+        ];
+        if let Some((what, _)) = unsupported.iter().find(|(_, set)| *set) {
+            bail!("{what} is not supported by this harness");
         }
-        if let Some(p) =
-            c["ports"].as_array().into_iter().flatten().find(|p| {
-                p.get("hostPort").is_some_and(|h| !h.is_null()) || p.get("hostIP").is_some()
-            })
+        if let Some(p) = c
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.host_port.is_some() || p.host_ip.is_some())
         {
-            bail!("ports with hostPort/hostIP are not supported by this harness: {p}");
+            bail!(
+                "ports with hostPort/hostIP are not supported by this harness: port {}",
+                p.container_port
+            );
         }
-        let image_ref = str_at(c, "/image")?;
-        if c["imagePullPolicy"] == "Always" {
+        let image_ref = c.image.as_deref().context("the container has no image")?;
+        if c.image_pull_policy.as_deref() == Some("Always") {
             bail!("imagePullPolicy: Always needs a registry; this node has none");
         }
         let image = inspect_image(image_ref)?;
@@ -445,12 +559,12 @@ impl Kubelet {
         // Environment: the container's, in order (podman merges the image's under it).
         let mut env: Vec<(String, String)> = Vec::new();
         let mut defined: BTreeMap<String, String> = BTreeMap::new();
-        for e in c["env"].as_array().into_iter().flatten() {
-            let key = str_at(e, "/name")?.to_string();
-            let value = if let Some(v) = e.get("value") {
-                expand(v.as_str().unwrap_or_default(), &defined)
-            } else if let Some(from) = e.get("valueFrom") {
-                field_ref(pod, ip, self.net.gateway(), from)
+        for e in c.env.iter().flatten() {
+            let key = e.name.clone();
+            let value = if let Some(v) = &e.value {
+                expand(v, &defined)
+            } else if let Some(from) = &e.value_from {
+                field_ref(pod, ip, self.net.gateway(), &options.node_name, from)
                     .with_context(|| format!("env {key}"))?
             } else {
                 String::new()
@@ -461,15 +575,12 @@ impl Kubelet {
         }
 
         // Command: Kubernetes' rules for command/args vs ENTRYPOINT/CMD.
-        let strings = |v: &Value| -> Option<Vec<String>> {
-            v.as_array().map(|a| {
-                a.iter()
-                    .map(|s| expand(s.as_str().unwrap_or_default(), &defined))
-                    .collect()
-            })
+        let strings = |v: &Option<Vec<String>>| -> Option<Vec<String>> {
+            v.as_ref()
+                .map(|a| a.iter().map(|s| expand(s, &defined)).collect())
         };
         let entrypoint = image.entrypoint.clone().unwrap_or_default();
-        let argv: Vec<String> = match (strings(&c["command"]), strings(&c["args"])) {
+        let argv: Vec<String> = match (strings(&c.command), strings(&c.args)) {
             (Some(cmd), Some(args)) => cmd.into_iter().chain(args).collect(),
             (Some(cmd), None) => cmd,
             (None, Some(args)) => entrypoint.into_iter().chain(args).collect(),
@@ -483,33 +594,26 @@ impl Kubelet {
         }
 
         // Security context: container over pod over image.
-        let csc = &c["securityContext"];
-        let psc = &pod["spec"]["securityContext"];
-        for unsupported in [
-            "seLinuxOptions",
-            "windowsOptions",
-            "procMount",
-            "appArmorProfile",
-        ] {
-            if csc.get(unsupported).is_some_and(|v| !v.is_null())
-                || psc.get(unsupported).is_some_and(|v| !v.is_null())
-            {
-                bail!("securityContext.{unsupported} is not supported by this harness");
-            }
+        let csc = c.security_context.clone().unwrap_or_default();
+        let unsupported = [
+            ("seLinuxOptions", csc.se_linux_options.is_some() || psc.se_linux_options.is_some()),
+            ("windowsOptions", csc.windows_options.is_some() || psc.windows_options.is_some()),
+            ("procMount", csc.proc_mount.is_some()),
+            ("appArmorProfile", csc.app_armor_profile.is_some() || psc.app_armor_profile.is_some()),
+            ("sysctls", psc.sysctls.is_some()),
+        ];
+        if let Some((what, _)) = unsupported.iter().find(|(_, set)| *set) {
+            bail!("securityContext.{what} is not supported by this harness");
         }
-        if psc.get("sysctls").is_some_and(|v| !v.is_null()) {
-            bail!("securityContext.sysctls is not supported by this harness");
-        }
-        if csc["privileged"].as_bool() == Some(true) {
+        if csc.privileged == Some(true) {
             bail!("privileged containers are not supported by this harness");
         }
-        let pick = |key: &str| csc[key].as_u64().or_else(|| psc[key].as_u64());
         let (image_uid, image_gid) = image_user(&image.user)?;
-        let non_root = csc["runAsNonRoot"]
-            .as_bool()
-            .or_else(|| psc["runAsNonRoot"].as_bool())
+        let non_root = csc
+            .run_as_non_root
+            .or(psc.run_as_non_root)
             .unwrap_or(false);
-        let uid = match (pick("runAsUser"), image_uid) {
+        let uid = match (csc.run_as_user.or(psc.run_as_user), image_uid) {
             (Some(u), _) => u32::try_from(u).context("runAsUser")?,
             (None, Some(u)) => u,
             (None, None) if non_root => bail!(
@@ -526,13 +630,13 @@ impl Kubelet {
                 "CreateContainerConfigError: container has runAsNonRoot and image will run as root"
             );
         }
-        let user = match (pick("runAsGroup"), image_gid) {
+        let user = match (csc.run_as_group.or(psc.run_as_group), image_gid) {
             (Some(g), _) => format!("{uid}:{}", u32::try_from(g).context("runAsGroup")?),
             (None, Some(g)) => format!("{uid}:{g}"),
             // The user's primary group in the image, as the runtime resolves it.
             (None, None) => uid.to_string(),
         };
-        let read_only_root = csc["readOnlyRootFilesystem"].as_bool().unwrap_or(false);
+        let read_only_root = csc.read_only_root_filesystem.unwrap_or(false);
 
         let mut args: Vec<String> = vec![
             "--pull".into(),
@@ -542,22 +646,22 @@ impl Kubelet {
             "--ip".into(),
             ip.to_string(),
             "--hostname".into(),
-            pod["spec"]["hostname"]
-                .as_str()
-                .or_else(|| pod["metadata"]["name"].as_str())
-                .unwrap_or("pod")
-                .to_string(),
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.hostname.clone())
+                .or_else(|| pod.metadata.name.clone())
+                .unwrap_or_else(|| "pod".to_string()),
             "--user".into(),
             user,
             "--log-driver".into(),
             "k8s-file".into(),
         ];
-        let groups = psc["supplementalGroups"]
-            .as_array()
-            .into_iter()
+        let groups = psc
+            .supplemental_groups
+            .iter()
             .flatten()
-            .filter_map(Value::as_u64)
-            .chain(psc["fsGroup"].as_u64());
+            .copied()
+            .chain(psc.fs_group);
         for g in groups {
             args.extend(["--group-add".into(), g.to_string()]);
         }
@@ -565,22 +669,22 @@ impl Kubelet {
             // Kubernetes mounts nothing writable the spec does not name.
             args.extend(["--read-only".into(), "--read-only-tmpfs=false".into()]);
         }
-        for cap in csc["capabilities"]["drop"].as_array().into_iter().flatten() {
-            args.extend(["--cap-drop".into(), str_of(cap, "capabilities.drop")?]);
+        let caps = csc.capabilities.clone().unwrap_or_default();
+        for cap in caps.drop.iter().flatten() {
+            args.extend(["--cap-drop".into(), cap.clone()]);
         }
-        for cap in csc["capabilities"]["add"].as_array().into_iter().flatten() {
-            args.extend(["--cap-add".into(), str_of(cap, "capabilities.add")?]);
+        for cap in caps.add.iter().flatten() {
+            args.extend(["--cap-add".into(), cap.clone()]);
         }
-        if csc["allowPrivilegeEscalation"].as_bool() == Some(false) {
+        if csc.allow_privilege_escalation == Some(false) {
             args.extend(["--security-opt".into(), "no-new-privileges".into()]);
         }
-        let seccomp = &csc["seccompProfile"]["type"];
-        let seccomp = if seccomp.is_null() {
-            &psc["seccompProfile"]["type"]
-        } else {
-            seccomp
-        };
-        match seccomp.as_str() {
+        let seccomp = csc
+            .seccomp_profile
+            .as_ref()
+            .or(psc.seccomp_profile.as_ref())
+            .map(|p| p.type_.as_str());
+        match seccomp {
             None | Some("RuntimeDefault") => {}
             Some("Unconfined") => {
                 args.extend(["--security-opt".into(), "seccomp=unconfined".into()])
@@ -590,31 +694,39 @@ impl Kubelet {
         for (k, v) in &env {
             args.extend(["--env".into(), format!("{k}={v}")]);
         }
-        if let Some(dir) = c["workingDir"].as_str() {
-            args.extend(["--workdir".into(), dir.to_string()]);
+        if let Some(dir) = &c.working_dir {
+            args.extend(["--workdir".into(), dir.clone()]);
+        }
+        if let Some(hosts) = &options.hosts_file {
+            args.extend([
+                "--no-hosts".into(),
+                "--mount".into(),
+                format!(
+                    "type=bind,source={},destination=/etc/hosts,ro=true",
+                    hosts.display()
+                ),
+            ]);
         }
 
         // Volumes at their mount paths.
-        for m in c["volumeMounts"].as_array().into_iter().flatten() {
-            for unsupported in [
-                "subPath",
-                "subPathExpr",
-                "mountPropagation",
-                "recursiveReadOnly",
-            ] {
-                if m.get(unsupported).is_some_and(|v| !v.is_null()) {
-                    bail!("volumeMounts with {unsupported} are not supported by this harness");
-                }
+        for m in c.volume_mounts.iter().flatten() {
+            let unsupported = [
+                ("subPath", m.sub_path.is_some()),
+                ("subPathExpr", m.sub_path_expr.is_some()),
+                ("mountPropagation", m.mount_propagation.is_some()),
+                ("recursiveReadOnly", m.recursive_read_only.is_some()),
+            ];
+            if let Some((what, _)) = unsupported.iter().find(|(_, set)| *set) {
+                bail!("volumeMounts with {what} are not supported by this harness");
             }
-            let vname = str_at(m, "/name")?;
-            let path = str_at(m, "/mountPath")?;
+            let (vname, path) = (&m.name, &m.mount_path);
             if !path.starts_with('/') || path.split('/').any(|p| p == "..") || path.contains(',') {
                 bail!("mountPath {path:?} must be absolute without .. (and without commas here)");
             }
             let src = volumes
                 .get(vname)
                 .with_context(|| format!("volumeMount {vname}: no such volume in the pod"))?;
-            let ro = if m["readOnly"].as_bool().unwrap_or(false) {
+            let ro = if m.read_only.unwrap_or(false) {
                 ",ro=true"
             } else {
                 ""
@@ -643,10 +755,11 @@ impl Kubelet {
                 .unwrap_or("pod")
                 .replace('.', "-")
         );
-        let readiness = match c.get("readinessProbe") {
-            None | Some(Value::Null) => None,
-            Some(p) => Some(http_probe(c, p).context("readinessProbe")?),
-        };
+        let readiness = c
+            .readiness_probe
+            .as_ref()
+            .map(|p| http_probe(c, p).context("readinessProbe"))
+            .transpose()?;
         let supervisor = Arc::new(Supervisor {
             state: Mutex::new(Lifecycle {
                 current: None,
@@ -709,12 +822,6 @@ fn image_user(user: &str) -> anyhow::Result<(Option<u32>, Option<u32>)> {
         None => None,
     };
     Ok((uid, gid))
-}
-
-fn str_of(v: &Value, what: &str) -> anyhow::Result<String> {
-    v.as_str()
-        .map(str::to_owned)
-        .with_context(|| format!("{what}: {v} is not a string"))
 }
 
 /// Give `path` and everything below it group `gid`, group-readable (and
@@ -813,6 +920,12 @@ impl Supervisor {
 
     /// Stop for good: no more restarts, the current container SIGKILLed and removed.
     fn stop(&self) {
+        self.stop_within(Duration::ZERO);
+    }
+
+    /// Stop for good: no more restarts, the current container sent SIGTERM
+    /// and SIGKILLed after `grace` (`podman stop -t`), then removed.
+    fn stop_within(&self, grace: Duration) {
         let current = {
             let mut st = self.state.lock().expect("lifecycle lock");
             st.stopping = true;
@@ -820,6 +933,15 @@ impl Supervisor {
         };
         self.wake.notify_all();
         if let Some(c) = current {
+            if !grace.is_zero() {
+                let _ = podman::podman([
+                    "stop",
+                    "--ignore",
+                    "-t",
+                    &grace.as_secs().max(1).to_string(),
+                    c.name(),
+                ]);
+            }
             let _ = c.remove();
         }
     }
@@ -833,9 +955,12 @@ impl RunningPod {
 
     /// The port of the first container's first `containerPort`.
     pub fn port(&self) -> anyhow::Result<u16> {
-        self.spec["spec"]["containers"][0]["ports"][0]["containerPort"]
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
+        self.spec
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.ports.as_ref()?.first())
+            .and_then(|p| u16::try_from(p.container_port).ok())
             .context("the first container declares no containerPort")
     }
 
@@ -960,6 +1085,72 @@ impl RunningPod {
             .collect()
     }
 
+    /// What the kubelet reports per container (`status.containerStatuses`).
+    pub fn container_states(&self) -> Vec<ContainerState> {
+        self.containers
+            .iter()
+            .map(|c| {
+                let st = c.supervisor.state.lock().expect("lifecycle lock");
+                ContainerState {
+                    name: c.name.clone(),
+                    running: st.current.is_some(),
+                    restart_count: st.restart_count,
+                    last_exit: st.last_exit,
+                    error: st.error.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// One round of readiness probes: container name → whether it is ready
+    /// (running, and its probe answered 2xx/3xx; no probe: ready once running).
+    pub async fn probe_readiness(&self, http: &reqwest::Client) -> BTreeMap<String, bool> {
+        let mut out = BTreeMap::new();
+        for c in &self.containers {
+            let running = c
+                .supervisor
+                .state
+                .lock()
+                .expect("lifecycle lock")
+                .current
+                .is_some();
+            let ready = match (&c.readiness, running) {
+                (_, false) => false,
+                (None, true) => true,
+                (Some(p), true) => {
+                    let url = format!("http://{}:{}{}", self.ip, p.port, p.path);
+                    matches!(http.get(&url).timeout(p.timeout).send().await,
+                        Ok(r) if (200..400).contains(&r.status().as_u16()))
+                }
+            };
+            out.insert(c.name.clone(), ready);
+        }
+        out
+    }
+
+    /// Where the pod's logs are, for a log server that outlives this borrow.
+    pub fn log_source(&self) -> LogSource {
+        LogSource {
+            containers: self
+                .containers
+                .iter()
+                .map(|c| (c.name.clone(), c.supervisor.clone()))
+                .collect(),
+        }
+    }
+
+    /// Delete the pod the way the kubelet does: SIGTERM to every container,
+    /// SIGKILL after `grace`, then remove everything it had on the node.
+    pub fn delete_within(mut self, grace: Duration) -> anyhow::Result<()> {
+        for c in &mut self.containers {
+            c.supervisor.stop_within(grace);
+            if let Some(t) = c.thread.take() {
+                let _ = t.join();
+            }
+        }
+        std::fs::remove_dir_all(&self.dir).with_context(|| format!("remove {}", self.dir.display()))
+    }
+
     /// Force-delete the pod: SIGKILL every container, then remove everything
     /// it had on the node (volumes, logs).
     pub fn delete_now(mut self) -> anyhow::Result<()> {
@@ -992,17 +1183,30 @@ impl Drop for RunningPod {
 /// One stream of a CRI log file (`<time> <stream> <P|F> <text>` per line;
 /// `P` marks a partial line continued by the next record).
 pub fn cri_log_stream(text: &str, stream: &str) -> String {
+    cri_log_text(text, Some(stream), false)
+}
+
+/// What `kubectl logs` prints from a CRI log file: the records of `stream`
+/// (both when `None`) in file order, partial records joined, each line
+/// prefixed with its time when `timestamps` (`kubectl logs --timestamps`).
+pub fn cri_log_text(text: &str, stream: Option<&str>, timestamps: bool) -> String {
     let mut out = String::new();
+    let mut at_line_start = true;
     for line in text.lines() {
         let mut f = line.splitn(4, ' ');
-        let (Some(_time), Some(s), Some(tag)) = (f.next(), f.next(), f.next()) else {
+        let (Some(time), Some(s), Some(tag)) = (f.next(), f.next(), f.next()) else {
             continue;
         };
-        if s != stream {
+        if stream.is_some_and(|want| want != s) {
             continue;
         }
+        if timestamps && at_line_start {
+            out.push_str(time);
+            out.push(' ');
+        }
         out.push_str(f.next().unwrap_or_default());
-        if tag != "P" {
+        at_line_start = tag != "P";
+        if at_line_start {
             out.push('\n');
         }
     }
@@ -1011,28 +1215,43 @@ pub fn cri_log_stream(text: &str, stream: &str) -> String {
 
 /// The downward API subset a pod can name in `env[].valueFrom.fieldRef`.
 /// `host` is the node's address (the network's gateway).
-fn field_ref(pod: &Value, ip: Ipv4Addr, host: Ipv4Addr, from: &Value) -> anyhow::Result<String> {
-    let Some(path) = from["fieldRef"]["fieldPath"].as_str() else {
-        bail!("only valueFrom.fieldRef is supported by this harness: {from}");
+fn field_ref(
+    pod: &Pod,
+    ip: Ipv4Addr,
+    host: Ipv4Addr,
+    node: &str,
+    from: &EnvVarSource,
+) -> anyhow::Result<String> {
+    let Some(path) = from.field_ref.as_ref().map(|f| f.field_path.as_str()) else {
+        bail!(
+            "only valueFrom.fieldRef is supported by this harness: {}",
+            serde_json::to_string(from).unwrap_or_default()
+        );
     };
-    let meta = &pod["metadata"];
-    let label = |prefix: &str, map: &Value| -> Option<String> {
+    let meta = &pod.metadata;
+    let label = |prefix: &str, map: &Option<BTreeMap<String, String>>| -> Option<String> {
         let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
-        Some(map[key].as_str().unwrap_or_default().to_string())
+        Some(
+            map.as_ref()
+                .and_then(|m| m.get(key))
+                .cloned()
+                .unwrap_or_default(),
+        )
     };
     Ok(match path {
-        "metadata.name" => meta["name"].as_str().unwrap_or_default().to_string(),
-        "metadata.namespace" => meta["namespace"].as_str().unwrap_or("default").to_string(),
-        "metadata.uid" => meta["uid"].as_str().unwrap_or_default().to_string(),
+        "metadata.name" => meta.name.clone().unwrap_or_default(),
+        "metadata.namespace" => meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
         "status.podIP" | "status.podIPs" => ip.to_string(),
         "status.hostIP" | "status.hostIPs" => host.to_string(),
-        "spec.nodeName" => "e2e-node".to_string(),
-        "spec.serviceAccountName" => pod["spec"]["serviceAccountName"]
-            .as_str()
-            .unwrap_or("default")
-            .to_string(),
-        _ => match label("metadata.labels['", &meta["labels"])
-            .or_else(|| label("metadata.annotations['", &meta["annotations"]))
+        "spec.nodeName" => node.to_string(),
+        "spec.serviceAccountName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into()),
+        _ => match label("metadata.labels['", &meta.labels)
+            .or_else(|| label("metadata.annotations['", &meta.annotations))
         {
             Some(v) => v,
             None => bail!("fieldPath {path:?} is not a downward-API field"),
@@ -1075,36 +1294,33 @@ pub fn expand(s: &str, defined: &BTreeMap<String, String>) -> String {
     out
 }
 
-fn http_probe(c: &Value, p: &Value) -> anyhow::Result<Probe> {
+fn http_probe(c: &Container, p: &K8sProbe) -> anyhow::Result<Probe> {
     let get = p
-        .get("httpGet")
-        .with_context(|| format!("only httpGet probes are supported by this harness: {p}"))?;
-    if get["scheme"].as_str().is_some_and(|s| s != "HTTP") {
+        .http_get
+        .as_ref()
+        .context("only httpGet probes are supported by this harness")?;
+    if get.scheme.as_deref().is_some_and(|s| s != "HTTP") {
         bail!("only HTTP probes are supported by this harness");
     }
-    let port = match &get["port"] {
-        Value::Number(n) => n.as_u64().and_then(|p| u16::try_from(p).ok()),
-        Value::String(name) => c["ports"]
-            .as_array()
-            .into_iter()
+    let port = match &get.port {
+        IntOrString::Int(n) => u16::try_from(*n).ok(),
+        IntOrString::String(name) => c
+            .ports
+            .iter()
             .flatten()
-            .find(|port| port["name"] == name.as_str())
-            .and_then(|port| port["containerPort"].as_u64())
-            .and_then(|p| u16::try_from(p).ok()),
-        _ => None,
+            .find(|port| port.name.as_deref() == Some(name.as_str()))
+            .and_then(|port| u16::try_from(port.container_port).ok()),
     }
-    .with_context(|| format!("probe port {} names no container port", get["port"]))?;
+    .with_context(|| format!("probe port {:?} names no container port", get.port))?;
     Ok(Probe {
-        path: get["path"].as_str().unwrap_or("/").to_string(),
+        path: get.path.clone().unwrap_or_else(|| "/".to_string()),
         port,
-        timeout: Duration::from_secs(p["timeoutSeconds"].as_u64().unwrap_or(1)),
+        timeout: Duration::from_secs(
+            p.timeout_seconds
+                .and_then(|t| u64::try_from(t).ok())
+                .unwrap_or(1),
+        ),
     })
-}
-
-fn str_at<'a>(v: &'a Value, pointer: &str) -> anyhow::Result<&'a str> {
-    v.pointer(pointer)
-        .and_then(Value::as_str)
-        .with_context(|| format!("{pointer} is missing or not a string"))
 }
 
 #[cfg(test)]
@@ -1126,17 +1342,20 @@ mod tests {
 
     #[test]
     fn downward_api_fields() {
-        let pod = serde_json::json!({
+        let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "kv-1", "namespace": "ns", "labels": {"app": "kv"}},
-            "spec": {},
-        });
+            "spec": {"containers": []},
+        }))
+        .unwrap();
         let ip = Ipv4Addr::new(10, 9, 8, 7);
         let get = |path: &str| {
             field_ref(
                 &pod,
                 ip,
                 Ipv4Addr::new(10, 9, 8, 1),
-                &serde_json::json!({"fieldRef": {"fieldPath": path}}),
+                "e2e-node",
+                &serde_json::from_value(serde_json::json!({"fieldRef": {"fieldPath": path}}))
+                    .unwrap(),
             )
         };
         assert_eq!(get("metadata.name").unwrap(), "kv-1");
@@ -1154,6 +1373,11 @@ mod tests {
                    2026-12-04T18:00:00.4+00:00 stdout F \n";
         assert_eq!(cri_log_stream(log, "stdout"), "idx=1 hash=ab\n\n");
         assert_eq!(cri_log_stream(log, "stderr"), "oops\n");
+        assert_eq!(cri_log_text(log, None, false), "idx=1 oops\nhash=ab\n\n");
+        assert_eq!(
+            cri_log_text(log, Some("stderr"), true),
+            "2026-12-04T18:00:00.2+00:00 oops\n"
+        );
     }
 
     #[test]

@@ -24,9 +24,12 @@
 //!   webhook and a kubelet for one test.
 
 pub mod apiserver;
+pub mod cluster;
+pub mod controlplane;
 pub mod images;
 pub mod kubelet;
 pub mod manifests;
+pub mod node;
 pub mod podman;
 
 use std::future::Future;
@@ -57,6 +60,11 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A pod as JSON (a rendered or patched object) as the API's type.
+pub fn typed_pod(pod: &serde_json::Value) -> anyhow::Result<k8s_openapi::api::core::v1::Pod> {
+    serde_json::from_value(pod.clone()).context("the pod does not parse as a Kubernetes Pod")
 }
 
 /// `<target>/<profile>` of this test executable (`<target>/<profile>/deps/<test>`).

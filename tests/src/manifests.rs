@@ -1,15 +1,16 @@
 //! The manifests a user applies, rendered the way `kubectl apply -k` renders
 //! them, and the pods the StatefulSet controller makes from them.
 //!
-//! `manifests/examples/<name>` expects the built module next to its
-//! kustomization (it is a build product, git-ignored), so the render runs on
-//! a temporary copy holding the module the runtime embeds — the same bytes
-//! `wasm-examples/` builds.
+//! `manifests/examples/<name>` expects the module in a ConfigMap the user
+//! creates (`kubectl create configmap`); the render adds that ConfigMap with
+//! the module the runtime's tests embed — the same bytes `wasm-examples/`
+//! builds.
 
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, bail};
+use base64::Engine as _;
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 
@@ -21,21 +22,27 @@ pub struct Rendered {
 }
 
 impl Rendered {
-    /// Render `manifests/examples/<example>` with `module` as its
-    /// `<example>.wasm`.
+    /// Render `manifests/examples/<example>`, plus the ConfigMap `<example>`
+    /// holding `module` as `<example>.wasm` that the user creates.
     pub fn example(example: &str, module: &[u8]) -> anyhow::Result<Rendered> {
         let src = crate::repo_root().join("manifests/examples").join(example);
-        let tmp = tempfile::Builder::new()
-            .prefix("dorado-e2e-kustomize-")
-            .tempdir()?;
-        for entry in std::fs::read_dir(&src).with_context(|| format!("read {}", src.display()))? {
-            let entry = entry?;
-            if entry.file_type()?.is_file() {
-                std::fs::copy(entry.path(), tmp.path().join(entry.file_name()))?;
-            }
-        }
-        std::fs::write(tmp.path().join(format!("{example}.wasm")), module)?;
-        Rendered::kustomize(tmp.path())
+        let mut rendered = Rendered::kustomize(&src)?;
+        // The user uploads the module (README: `kubectl create configmap
+        // <example> --from-file=<example>.wasm=…`) into the example's namespace.
+        let namespace = rendered
+            .all("Namespace")
+            .find_map(|n| n["metadata"]["name"].as_str())
+            .unwrap_or("default")
+            .to_string();
+        rendered.objects.push(json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": example, "namespace": namespace},
+            "binaryData": {
+                format!("{example}.wasm"): base64::engine::general_purpose::STANDARD.encode(module),
+            },
+        }));
+        Ok(rendered)
     }
 
     /// `kubectl kustomize DIR`, parsed.
@@ -61,6 +68,16 @@ impl Rendered {
             }
         }
         Ok(Rendered { objects })
+    }
+
+    /// Every object of `kind`, as its Kubernetes type.
+    pub fn typed<K: serde::de::DeserializeOwned>(&self, kind: &str) -> anyhow::Result<Vec<K>> {
+        self.all(kind)
+            .map(|o| {
+                serde_json::from_value(o.clone())
+                    .with_context(|| format!("a rendered {kind} does not parse"))
+            })
+            .collect()
     }
 
     /// The object of `kind` named `name`.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use dorado::client::Client;
 use dorado_e2e::manifests::statefulset_pod;
-use dorado_e2e::{Env, Rendered, RunningPod, wait_for};
+use dorado_e2e::{Env, Rendered, RunningPod, typed_pod, wait_for};
 use serde_json::{Value, json};
 
 /// Startup of a debug-built replica on a loaded 2-core machine.
@@ -26,7 +26,7 @@ async fn deploy(
     module: &[u8],
 ) -> anyhow::Result<(Value, Vec<RunningPod>)> {
     let rendered = Rendered::example(example, module)?;
-    env.kubelet.add_config_maps(rendered.all("ConfigMap"));
+    env.kubelet.add_config_maps(rendered.typed("ConfigMap")?);
     let sts = rendered.get("StatefulSet", example)?.clone();
     let replicas = sts["spec"]["replicas"].as_u64().context("spec.replicas")?;
     assert_eq!(replicas, 3, "the example runs three replicas");
@@ -58,7 +58,7 @@ async fn create_pod(env: &mut Env, sts: &Value, ordinal: u32) -> anyhow::Result<
         "the example's pods need no defaulting warnings: {:?}",
         admitted.warnings
     );
-    env.kubelet.run(&admitted.pod, ordinal as usize)
+    env.kubelet.run(&typed_pod(&admitted.pod)?, ordinal as usize)
 }
 
 fn endpoints(pods: &[RunningPod]) -> anyhow::Result<Vec<String>> {
@@ -322,7 +322,7 @@ async fn bank_statefulset_conserves_money_across_a_recreated_pod() -> anyhow::Re
 async fn pods_without_a_correct_patch_fail_to_start() -> anyhow::Result<()> {
     let mut env = Env::start().await?;
     let rendered = Rendered::example("kv", dorado_testkit::examples::KV)?;
-    env.kubelet.add_config_maps(rendered.all("ConfigMap"));
+    env.kubelet.add_config_maps(rendered.typed("ConfigMap")?);
     let sts = rendered.get("StatefulSet", "kv")?;
 
     // 1. The template as written: the image's `dorado run` without
@@ -338,7 +338,7 @@ async fn pods_without_a_correct_patch_fail_to_start() -> anyhow::Result<()> {
     assert!(msg.contains("ErrImageNeverPull"), "{msg}");
     // With the image the node has (what a kustomize `images:` override gives).
     pod["spec"]["containers"][0]["image"] = json!(env.images.runtime);
-    let unpatched = env.kubelet.run(&pod, 0)?;
+    let unpatched = env.kubelet.run(&typed_pod(&pod)?, 0)?;
     let (container, exit) = wait_for("the unpatched pod's container to exit", READY, || {
         let exited = unpatched.exited();
         async move { exited.ok_or_else(|| "still running".to_string()) }
@@ -376,7 +376,7 @@ async fn pods_without_a_correct_patch_fail_to_start() -> anyhow::Result<()> {
         before,
         "the module is mounted at /etc/dorado/module"
     );
-    let mut broken = env.kubelet.run(&admitted, 1)?;
+    let mut broken = env.kubelet.run(&typed_pod(&admitted)?, 1)?;
     let err = broken
         .wait_ready(READY)
         .await

@@ -1,0 +1,668 @@
+//! README.md's walk-through, literally, against a real Kubernetes control
+//! plane: `kube-apiserver`, `kube-controller-manager` and `kube-scheduler`
+//! built from the `k8s.io/kubernetes` module, one node whose kubelet runs
+//! pods as podman containers from the images `scripts/images.sh` builds.
+//!
+//! The API server calls the webhook through its Service with the overlay's
+//! `caBundle`, evaluates `matchConditions` and selectors, validates the
+//! mutated pods; the StatefulSet, ReplicaSet and Deployment controllers
+//! create and recreate them; `kubectl logs` reaches the node's log endpoint.
+//!
+//! One cluster serves the whole journey (a cluster start costs a minute of
+//! the two cores); each step says which README command it is. Needs root,
+//! podman with runc, Go (the control plane is built on first use into
+//! `/var/cache/dorado/controlplane`), Debian's etcd and kubectl.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use dorado::client::{Client, ClientError};
+use dorado_e2e::cluster::{Cluster, KUBECTL_WAIT};
+use dorado_e2e::images::static_binary;
+use dorado_e2e::wait_for;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use serde_json::{Value, json};
+
+const NS: &str = "dorado-demo";
+const CONVERGE: Duration = Duration::from_secs(90);
+
+fn timeout_flag() -> String {
+    format!("--timeout={}s", KUBECTL_WAIT.as_secs())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readme_walkthrough_on_a_real_control_plane() -> anyhow::Result<()> {
+    // Three volumes for the etcd StatefulSet's claims.
+    let cluster = Cluster::start(3).await?;
+    let result = journey(&cluster).await;
+    if result.is_err() {
+        eprintln!("{}", cluster.diagnostics());
+    }
+    result
+}
+
+async fn journey(c: &Cluster) -> anyhow::Result<()> {
+    install(c).await?;
+    let kv = kv_example(c).await?;
+    admission_as_a_user_sees_it(c, &kv).await?;
+    bank_deployment(c).await?;
+    webhook_outage(c).await?;
+    Ok(())
+}
+
+/// README "Install": certificates, `kubectl apply -k` of the overlay, the
+/// control plane's rollout.
+async fn install(c: &Cluster) -> anyhow::Result<()> {
+    let webhook = static_binary("dorado-webhook")?;
+    let out = std::process::Command::new(&webhook)
+        .args([
+            "certs",
+            "--service",
+            "dorado-webhook",
+            "--namespace",
+            "dorado-system",
+            "--out",
+            "manifests/overlays/self-signed/tls",
+            "--etcd-out",
+            "manifests/overlays/self-signed/tls/etcd",
+        ])
+        .current_dir(&c.workdir)
+        .output()
+        .context("run dorado-webhook certs")?;
+    ensure!(
+        out.status.success(),
+        "dorado-webhook certs failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.kubectl_ok(["apply", "-k", "manifests/overlays/local-images"])?;
+    c.kubectl_ok([
+        "-n",
+        "dorado-system",
+        "rollout",
+        "status",
+        "deploy/dorado-webhook",
+        &timeout_flag(),
+    ])?;
+    c.kubectl_ok([
+        "-n",
+        "dorado-system",
+        "rollout",
+        "status",
+        "statefulset/etcd",
+        &timeout_flag(),
+    ])?;
+    // The caBundle reached the configuration.
+    let bundle = c.kubectl_ok([
+        "get",
+        "mutatingwebhookconfiguration",
+        "dorado-webhook",
+        "-o",
+        "jsonpath={.webhooks[0].clientConfig.caBundle}",
+    ])?;
+    ensure!(!bundle.trim().is_empty(), "the caBundle was not set");
+    Ok(())
+}
+
+/// The kv group's pods, by name, with their IPs.
+struct Group {
+    name: String,
+    pods: BTreeMap<String, String>,
+}
+
+impl Group {
+    fn endpoints(&self) -> Vec<String> {
+        self.pods.values().map(|ip| format!("{ip}:7070")).collect()
+    }
+}
+
+/// Pods of group `group` (label `dorado.io/group`), Ready, with their IPs.
+async fn ready_group(c: &Cluster, group: &str, want: usize) -> anyhow::Result<Group> {
+    let api: Api<Pod> = Api::namespaced(c.client.clone(), NS);
+    let pods = wait_for(
+        &format!("{want} ready pods of group {group}"),
+        Duration::from_secs(240),
+        || {
+            let api = api.clone();
+            async move {
+                let list = api
+                    .list(&ListParams::default().labels(&format!("dorado.io/group={group}")))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut ready = BTreeMap::new();
+                let mut seen = Vec::new();
+                for p in &list.items {
+                    let name = p.metadata.name.clone().unwrap_or_default();
+                    let status = p.status.as_ref();
+                    let is_ready = p.metadata.deletion_timestamp.is_none()
+                        && status
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|cs| {
+                                cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                            });
+                    seen.push(format!(
+                        "{name}: {}",
+                        status
+                            .and_then(|s| s.phase.clone())
+                            .unwrap_or_else(|| "-".into())
+                    ));
+                    if let (true, Some(ip)) = (is_ready, status.and_then(|s| s.pod_ip.clone())) {
+                        ready.insert(name, ip);
+                    }
+                }
+                if ready.len() == want && list.items.len() == want {
+                    Ok(ready)
+                } else {
+                    Err(format!("{seen:?}"))
+                }
+            }
+        },
+    )
+    .await?;
+    Ok(Group {
+        name: group.to_string(),
+        pods,
+    })
+}
+
+/// `(role, applied index, commit index, hash)` of the replica at `endpoint`.
+async fn replica_status(endpoint: &str) -> Result<(String, u64, u64, String), String> {
+    let s = Client::new(&[endpoint.to_string()])
+        .map_err(|e| e.to_string())?
+        .with_deadline(Duration::from_secs(2))
+        .status()
+        .await
+        .map_err(|e| format!("{endpoint}: {e}"))?;
+    Ok((
+        s["role"].as_str().unwrap_or_default().to_string(),
+        s["applied_index"].as_u64().unwrap_or(0),
+        s["commit_index"].as_u64().unwrap_or(0),
+        s["hash"].as_str().unwrap_or_default().to_string(),
+    ))
+}
+
+/// Wait until every replica applied the commit index with one hash.
+async fn converged(group: &Group) -> anyhow::Result<(u64, String)> {
+    wait_for(
+        &format!("the replicas of {} to agree", group.name),
+        CONVERGE,
+        || async {
+            let mut seen = Vec::new();
+            for e in group.endpoints() {
+                seen.push(replica_status(&e).await?);
+            }
+            let commit = seen.iter().map(|s| s.2).max().unwrap_or(0);
+            if commit > 0 && seen.iter().all(|s| s.1 == commit && s.3 == seen[0].3) {
+                Ok((commit, seen[0].3.clone()))
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await
+}
+
+/// A writer that owns key `key` and moves it 1, 2, 3… with `cas`: a command
+/// applied twice would fail its `expected`, so every acknowledged step
+/// proves exactly-once, and the final value proves none was lost.
+async fn cas_writer(
+    endpoints: Vec<String>,
+    key: String,
+    stop: Arc<AtomicBool>,
+    max: u64,
+) -> anyhow::Result<u64> {
+    let client = Client::new(&endpoints)?.with_deadline(Duration::from_secs(60));
+    let mut acked = 0u64;
+    while !stop.load(Ordering::Relaxed) && acked < max {
+        let next = acked + 1;
+        let expected = if acked == 0 { Value::Null } else { json!(acked) };
+        let cmd = json!({"op": "cas", "key": key, "expected": expected, "value": next});
+        let reply = client
+            .submit(cmd.to_string().as_bytes(), Some((&key, next)))
+            .await
+            .with_context(|| format!("writer {key}: cas to {next}"))?;
+        let body: Value = serde_json::from_slice(&reply.body)?;
+        ensure!(
+            body == json!({"ok": true}),
+            "writer {key}: cas to {next} answered {body} (a command applied twice, or a lost write)"
+        );
+        acked = next;
+    }
+    Ok(acked)
+}
+
+/// Every replica's value of each writer's key equals its acknowledged count.
+async fn check_writers(group: &Group, acked: &BTreeMap<String, u64>) -> anyhow::Result<()> {
+    for e in group.endpoints() {
+        let client = Client::new(&[e.clone()])?;
+        for (key, n) in acked {
+            let q = json!({"op": "get", "key": key});
+            let got: Value = serde_json::from_slice(&client.query(q.to_string().as_bytes(), true).await?)?;
+            let want = if *n == 0 { Value::Null } else { json!(n) };
+            ensure!(
+                got == json!({"ok": true, "value": want}),
+                "{e}: {key} is {got}, but {n} writes were acknowledged"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// README "Walk-through": the etcd client Secret, the module ConfigMap,
+/// `kubectl apply -k manifests/examples/kv`, the trace, a pod deleted and a
+/// rolling restart under load.
+async fn kv_example(c: &Cluster) -> anyhow::Result<Group> {
+    c.kubectl_ok(["create", "namespace", NS])?;
+    c.kubectl_ok([
+        "-n",
+        NS,
+        "create",
+        "secret",
+        "generic",
+        "dorado-etcd-client",
+        "--from-file=ca.crt=manifests/overlays/self-signed/tls/etcd/ca.crt",
+        "--from-file=tls.crt=manifests/overlays/self-signed/tls/etcd/client.crt",
+        "--from-file=tls.key=manifests/overlays/self-signed/tls/etcd/client.key",
+    ])?;
+    // The module as `wasm-examples` builds it (the same bytes).
+    std::fs::write(c.path("kv.wasm"), dorado_testkit::examples::KV)?;
+    std::fs::write(c.path("bank.wasm"), dorado_testkit::examples::BANK)?;
+    c.kubectl_ok([
+        "-n",
+        NS,
+        "create",
+        "configmap",
+        "kv",
+        "--from-file=kv.wasm=kv.wasm",
+    ])?;
+    c.kubectl_ok(["apply", "-k", "manifests/examples/kv"])?;
+    c.kubectl_ok(["-n", NS, "rollout", "status", "statefulset/kv", &timeout_flag()])?;
+    let group = ready_group(c, "kv", 3).await?;
+
+    // `dorado submit` / `query` against a pod's IP, as the README shows.
+    let ip = c.kubectl_ok([
+        "-n",
+        NS,
+        "get",
+        "pod",
+        "kv-0",
+        "-o",
+        "jsonpath={.status.podIP}",
+    ])?;
+    let dorado = static_binary("dorado")?;
+    let endpoint = format!("{}:7070", ip.trim());
+    let run = |args: &[&str]| -> anyhow::Result<String> {
+        let out = std::process::Command::new(&dorado).args(args).output()?;
+        ensure!(
+            out.status.success(),
+            "dorado {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    run(&["submit", "--endpoint", &endpoint, r#"{"op":"put","key":"a","value":"1"}"#])?;
+    let got = run(&["query", "--endpoint", &endpoint, r#"{"op":"get","key":"a"}"#])?;
+    ensure!(got.contains(r#""1""#), "query after submit answered {got}");
+
+    // Writes from a client to the pods' IPs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut acked = BTreeMap::new();
+    for w in 0..4 {
+        let key = format!("w{w}");
+        let n = cas_writer(group.endpoints(), key.clone(), stop.clone(), 25).await?;
+        acked.insert(key, n);
+    }
+    let (index, hash) = converged(&group).await?;
+
+    // `kubectl logs kv-1` shows the replay trace, up to the group's hash.
+    let logs = c.kubectl_ok(["-n", NS, "logs", "kv-1"])?;
+    let entries: Vec<_> = logs
+        .lines()
+        .filter_map(dorado::trace::parse_trace_line)
+        .collect();
+    let last = entries
+        .last()
+        .with_context(|| format!("kubectl logs kv-1 shows no trace lines:\n{logs}"))?;
+    ensure!(
+        last.index == index && hash.starts_with(&last.hash),
+        "kubectl logs kv-1 ends at {}/{} but the group is at {index}/{hash}",
+        last.index,
+        last.hash
+    );
+    ensure!(
+        logs.contains("client=w0#"),
+        "the trace names the writers' client ids:\n{logs}"
+    );
+
+    // `kubectl delete pod kv-0`: the controller recreates it, it catches up.
+    let old_uid = c.kubectl_ok(["-n", NS, "get", "pod", "kv-0", "-o", "jsonpath={.metadata.uid}"])?;
+    c.kubectl_ok(["-n", NS, "delete", "pod", "kv-0", &timeout_flag()])?;
+    let group = ready_group(c, "kv", 3).await?;
+    let new_uid = c.kubectl_ok(["-n", NS, "get", "pod", "kv-0", "-o", "jsonpath={.metadata.uid}"])?;
+    ensure!(old_uid != new_uid, "kv-0 was not recreated (same uid {old_uid})");
+    converged(&group).await?;
+    check_writers(&group, &acked).await?;
+
+    // `kubectl rollout restart statefulset/kv` under a write load.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let key = format!("w{w}");
+            let start = acked[&key];
+            let endpoints = group.endpoints();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                // Continue from the acknowledged value: a fresh client id.
+                let id = format!("{key}-restart");
+                let client = Client::new(&endpoints)?.with_deadline(Duration::from_secs(90));
+                let mut n = start;
+                let mut seq = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    seq += 1;
+                    let cmd = json!({"op": "cas", "key": key, "expected": n, "value": n + 1});
+                    let reply = client
+                        .submit(cmd.to_string().as_bytes(), Some((&id, seq)))
+                        .await;
+                    match reply {
+                        Ok(r) => {
+                            let body: Value = serde_json::from_slice(&r.body)?;
+                            ensure!(
+                                body == json!({"ok": true}),
+                                "{key}: cas {n}->{} answered {body}",
+                                n + 1
+                            );
+                            n += 1;
+                        }
+                        Err(e @ ClientError::Exhausted { .. }) => {
+                            bail!("{key}: no replica took cas {n}->{}: {e}", n + 1)
+                        }
+                        Err(e) => bail!("{key}: cas {n}->{}: {e}", n + 1),
+                    }
+                }
+                Ok::<_, anyhow::Error>((key, n))
+            })
+        })
+        .collect();
+    c.kubectl_ok(["-n", NS, "rollout", "restart", "statefulset/kv"])?;
+    c.kubectl_ok(["-n", NS, "rollout", "status", "statefulset/kv", &timeout_flag()])?;
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        let (key, n) = w.await??;
+        let before = acked[&key];
+        ensure!(n > before, "{key}: no write was acknowledged during the rollout");
+        acked.insert(key, n);
+    }
+    let group = ready_group(c, "kv", 3).await?;
+    converged(&group).await?;
+    check_writers(&group, &acked).await?;
+    Ok(group)
+}
+
+/// Denials, warnings, dry runs and re-admission, as `kubectl` shows them.
+async fn admission_as_a_user_sees_it(c: &Cluster, kv: &Group) -> anyhow::Result<()> {
+    let pod = |name: &str, annotations: &str| {
+        format!(
+            "apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {NS}
+  annotations:
+{annotations}
+spec:
+  securityContext:
+    runAsNonRoot: true
+    seccompProfile:
+      type: RuntimeDefault
+  containers:
+    - name: app
+      image: registry.invalid/app:1
+      securityContext:
+        allowPrivilegeEscalation: false
+        capabilities:
+          drop: [\"ALL\"]
+"
+        )
+    };
+    let apply = |file: &str, yaml: &str, extra: &[&str]| -> anyhow::Result<_> {
+        let path = c.path(file);
+        std::fs::write(&path, yaml)?;
+        let mut args = vec!["apply", "-f", file];
+        args.extend(extra);
+        c.kubectl(args)
+    };
+
+    // A bad value: denied with the webhook's message naming the annotation.
+    let bad = apply(
+        "bad-port.yaml",
+        &pod(
+            "bad-port",
+            "    dorado.io/replicate: \"true\"\n    dorado.io/module: kv/kv.wasm\n    dorado.io/group: adhoc\n    dorado.io/port: \"99999\"",
+        ),
+        &[],
+    )?;
+    ensure!(!bad.success, "a pod with dorado.io/port 99999 was admitted");
+    ensure!(
+        bad.stderr.contains("admission webhook \"pods.dorado.io\" denied the request")
+            && bad.stderr.contains("dorado.io/port"),
+        "the denial does not name the webhook and the annotation: {}",
+        bad.stderr
+    );
+
+    // A defaulted value: admitted with a warning that kubectl prints. Dry
+    // run on the server first: the same answer, and nothing is created.
+    let defaulted = pod(
+        "defaulted",
+        "    dorado.io/replicate: \"true\"\n    dorado.io/module: kv\n    dorado.io/group: adhoc",
+    );
+    let dry = apply("defaulted.yaml", &defaulted, &["--dry-run=server"])?;
+    ensure!(dry.success, "dry run failed: {}", dry.stderr);
+    ensure!(
+        dry.stderr.contains("Warning:") && dry.stderr.contains("module.wasm"),
+        "the dry run printed no defaulting warning: {}",
+        dry.stderr
+    );
+    let exists = c.kubectl(["-n", NS, "get", "pod", "defaulted"])?;
+    ensure!(
+        !exists.success && exists.stderr.contains("NotFound"),
+        "--dry-run=server created the pod: {}",
+        exists.stdout
+    );
+    let real = apply("defaulted.yaml", &defaulted, &[])?;
+    ensure!(real.success, "the defaulted pod was refused: {}", real.stderr);
+    ensure!(
+        real.stderr.contains("Warning:") && real.stderr.contains("module.wasm"),
+        "kubectl printed no warning: {}",
+        real.stderr
+    );
+    c.kubectl_ok(["-n", NS, "delete", "pod", "defaulted", "--wait=false"])?;
+
+    // Pods that collide with what the rewrite adds: the user sees why.
+    let fixtures = dorado_e2e::repo_root().join("webhook/tests/fixtures/collisions");
+    if fixtures.is_dir() {
+        collisions(c, &fixtures)?;
+    }
+
+    // Re-admission: a label change of a mutated pod does not rewrite it.
+    let before = c.kubectl_ok(["-n", NS, "get", "pod", "kv-1", "-o", "jsonpath={.spec}"])?;
+    c.kubectl_ok(["-n", NS, "label", "pod", "kv-1", "e2e.dorado.io/touched=yes"])?;
+    let after = c.kubectl_ok(["-n", NS, "get", "pod", "kv-1", "-o", "jsonpath={.spec}"])?;
+    ensure!(before == after, "a label change rewrote the pod spec");
+    let status = c.kubectl_ok([
+        "-n",
+        NS,
+        "get",
+        "pod",
+        "kv-1",
+        "-o",
+        "jsonpath={.metadata.annotations.dorado\\.io/status}",
+    ])?;
+    ensure!(status == "mutated", "kv-1's dorado.io/status is {status:?}");
+    converged(kv).await?;
+    Ok(())
+}
+
+/// Each fixture of `webhook/tests/fixtures/collisions`: `*.denied.yaml`
+/// must be refused with the message in its `# expect:` line, the others
+/// admitted (and then valid to the API server).
+fn collisions(c: &Cluster, dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(std::fs::DirEntry::file_name);
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(e.path())?;
+        let expect = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# expect: "))
+            .map(str::trim);
+        let path = e.path().display().to_string();
+        let out = c.kubectl(["-n", NS, "apply", "--dry-run=server", "-f", &path])?;
+        match expect {
+            Some(message) => ensure!(
+                !out.success && out.stderr.contains(message),
+                "{name}: expected a denial containing {message:?}, got: {}{}",
+                out.stdout,
+                out.stderr
+            ),
+            None => ensure!(
+                out.success,
+                "{name}: expected the API server to accept the rewritten pod: {}",
+                out.stderr
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// The bank state machine in a Deployment: the group defaults from the
+/// ReplicaSet owner; money is conserved across a deleted pod.
+async fn bank_deployment(c: &Cluster) -> anyhow::Result<()> {
+    c.kubectl_ok([
+        "-n",
+        NS,
+        "create",
+        "configmap",
+        "bank",
+        "--from-file=bank.wasm=bank.wasm",
+    ])?;
+    c.kubectl_ok(["apply", "-k", "manifests/examples/bank-deployment"])?;
+    c.kubectl_ok([
+        "-n",
+        NS,
+        "rollout",
+        "status",
+        "deployment/bank-deployment",
+        &timeout_flag(),
+    ])?;
+    let group = ready_group(c, "bank-deployment", 3).await?;
+    let client = Client::new(&group.endpoints())?.with_deadline(Duration::from_secs(60));
+    for a in 0..4 {
+        let cmd = json!({"op": "open", "account": format!("a{a}"), "balance": 100});
+        client
+            .submit(cmd.to_string().as_bytes(), Some(("opener", a + 1)))
+            .await?;
+    }
+    for i in 0..40u64 {
+        let cmd = json!({"op": "transfer", "from": format!("a{}", i % 4), "to": format!("a{}", (i + 1) % 4), "amount": 7});
+        client
+            .submit(cmd.to_string().as_bytes(), Some(("mover", i + 1)))
+            .await?;
+    }
+    let victim = group.pods.keys().next().cloned().context("no bank pod")?;
+    c.kubectl_ok(["-n", NS, "delete", "pod", &victim, &timeout_flag()])?;
+    let group = ready_group(c, "bank-deployment", 3).await?;
+    ensure!(
+        !group.pods.contains_key(&victim),
+        "the ReplicaSet did not replace {victim}"
+    );
+    converged(&group).await?;
+    for e in group.endpoints() {
+        let total: Value = serde_json::from_slice(
+            &Client::new(&[e.clone()])?
+                .query(br#"{"op":"total"}"#, true)
+                .await?,
+        )?;
+        ensure!(
+            total == json!({"ok": true, "total": 400, "accounts": 4}),
+            "{e}: bank total {total}"
+        );
+    }
+    Ok(())
+}
+
+/// With the webhook scaled to 0, opted-in pods are refused and plain pods
+/// are still created.
+async fn webhook_outage(c: &Cluster) -> anyhow::Result<()> {
+    c.kubectl_ok([
+        "-n",
+        "dorado-system",
+        "scale",
+        "deploy/dorado-webhook",
+        "--replicas=0",
+    ])?;
+    c.kubectl_ok([
+        "-n",
+        "dorado-system",
+        "wait",
+        "--for=delete",
+        "pod",
+        "-l",
+        "app.kubernetes.io/name=dorado-webhook",
+        &timeout_flag(),
+    ])?;
+    let opted = c.kubectl([
+        "-n",
+        NS,
+        "run",
+        "opted-in",
+        "--image=registry.invalid/app:1",
+        "--restart=Never",
+        "--annotations=dorado.io/replicate=true",
+        "--annotations=dorado.io/module=kv/kv.wasm",
+        "--annotations=dorado.io/group=adhoc",
+        "--overrides",
+        r#"{"spec":{"securityContext":{"runAsNonRoot":true,"seccompProfile":{"type":"RuntimeDefault"}},"containers":[{"name":"opted-in","image":"registry.invalid/app:1","securityContext":{"allowPrivilegeEscalation":false,"capabilities":{"drop":["ALL"]}}}]}}"#,
+    ])?;
+    ensure!(
+        !opted.success && opted.stderr.contains("pods.dorado.io"),
+        "an opted-in pod was created while the webhook was down: {}{}",
+        opted.stdout,
+        opted.stderr
+    );
+    let plain = c.kubectl([
+        "-n",
+        NS,
+        "run",
+        "plain",
+        "--image=registry.invalid/app:1",
+        "--restart=Never",
+        "--overrides",
+        r#"{"spec":{"securityContext":{"runAsNonRoot":true,"seccompProfile":{"type":"RuntimeDefault"}},"containers":[{"name":"plain","image":"registry.invalid/app:1","securityContext":{"allowPrivilegeEscalation":false,"capabilities":{"drop":["ALL"]}}}]}}"#,
+    ])?;
+    ensure!(
+        plain.success,
+        "a plain pod was refused while the webhook was down: {}",
+        plain.stderr
+    );
+    c.kubectl_ok([
+        "-n",
+        "dorado-system",
+        "scale",
+        "deploy/dorado-webhook",
+        "--replicas=2",
+    ])?;
+    c.kubectl_ok([
+        "-n",
+        "dorado-system",
+        "rollout",
+        "status",
+        "deploy/dorado-webhook",
+        &timeout_flag(),
+    ])?;
+    Ok(())
+}
