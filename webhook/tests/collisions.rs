@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::path::Path;
 
 use dorado_webhook::{MutationConfig, Verdict, mutate_pod};
 use serde_json::{Value, json};
@@ -503,15 +502,11 @@ const FIXTURES: &[(&str, Option<&str>)] = &[
 
 #[test]
 fn fixtures_get_what_their_readme_promises() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/collisions");
-    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
-    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".yaml"))
-        .collect();
-    on_disk.sort();
-    let mut listed: Vec<String> = FIXTURES.iter().map(|(f, _)| (*f).to_owned()).collect();
+    let readme =
+        std::fs::read_to_string(common::collision_fixture_dir().join("README.md")).unwrap();
+    let fixtures = common::collision_fixtures();
+    let on_disk: Vec<&str> = fixtures.iter().map(|(f, _)| f.as_str()).collect();
+    let mut listed: Vec<&str> = FIXTURES.iter().map(|(f, _)| *f).collect();
     listed.sort();
     assert_eq!(
         on_disk, listed,
@@ -519,19 +514,18 @@ fn fixtures_get_what_their_readme_promises() {
     );
     // The cluster's webhook talks plain http to etcd in the end-to-end setup.
     let cfg = common::config();
-    for (file, expected) in FIXTURES {
-        let text = std::fs::read_to_string(dir.join(file)).unwrap();
-        let pod: Value = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+    for (file, pod) in &fixtures {
+        let expected = FIXTURES.iter().find(|(f, _)| f == file).unwrap().1;
         assert_eq!(pod["apiVersion"], "v1", "{file}");
         assert_eq!(pod["kind"], "Pod", "{file}");
         assert!(pod["metadata"].get("namespace").is_none(), "{file}");
         let row = readme
             .lines()
-            .find(|l| l.contains(&format!("`{file}`")))
+            .find(|l| l.starts_with(&format!("| `{file}`")))
             .unwrap_or_else(|| panic!("{file} is not listed in README.md"));
         match expected {
             Some(substring) => {
-                let msg = denial(&pod, &cfg);
+                let msg = denial(pod, &cfg);
                 assert!(
                     msg.contains(substring),
                     "{file}: {substring:?} not in {msg:?}"
@@ -542,7 +536,7 @@ fn fixtures_get_what_their_readme_promises() {
                 );
             }
             None => {
-                rewritten(&pod, &cfg);
+                rewritten(pod, &cfg);
                 assert!(row.contains("admitted"), "{file}: README row {row:?}");
             }
         }

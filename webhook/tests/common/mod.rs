@@ -107,6 +107,30 @@ pub fn review_for(pod: &Value, uid: &str) -> Vec<u8> {
     serde_json::to_vec(&req).unwrap()
 }
 
+/// The directory of the collision fixtures (Pod manifests in YAML).
+pub fn collision_fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/collisions")
+}
+
+/// Every collision fixture as JSON, by file name, sorted.
+pub fn collision_fixtures() -> Vec<(String, Value)> {
+    let dir = collision_fixture_dir();
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .expect("fixture dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(dir.join(&f)).unwrap();
+            let pod = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{f}: {e}"));
+            (f, pod)
+        })
+        .collect()
+}
+
 /// Mutated pods of every golden case that produces a patch, by case name.
 pub fn mutated_pods() -> Vec<(String, Value)> {
     cases()
