@@ -24,6 +24,28 @@
 //!   `args: ["run"]`, the `DORADO_*` environment, port `dorado`, the module mounted at
 //!   `/etc/dorado/module`, startup/readiness/liveness probes, a *restricted*
 //!   securityContext and resources. Other containers are untouched.
+//!
+//! What the pod already has that the rewrite would add (the API server rejects duplicate
+//! volume names per pod and duplicate mount paths and port names per container, and warns
+//! about port names and numbers shared across containers and sidecars):
+//!
+//! - a pod volume named like one the rewrite adds and mounted by another container (any
+//!   kind) → denied, naming `spec.volumes[i]` and that container: replacing it would change
+//!   what that container sees. Mounted by the target container only, or by none, it is
+//!   replaced (with a warning if it differed): an earlier pass, or a stale copy of a
+//!   mutated pod;
+//! - a port named `dorado` in another container or sidecar → denied, naming the port's
+//!   field path and container (a Service's `targetPort: dorado` would be ambiguous); the
+//!   client port number declared by another container → denied (both would bind it);
+//! - a block device of the target container at one of the runtime's mount paths → denied;
+//! - the target container's own mounts at the runtime's paths or of its volumes, its own
+//!   ports named `dorado` or numbered like the client port, and its own environment
+//!   variables named like the runtime's → replaced, with a warning when they differed:
+//!   the container becomes the runtime, so what its old image expected there is gone,
+//!   and the runtime must own its `/tmp` (the root filesystem is read-only). The pod's
+//!   volumes they referred to stay (unmounted volumes are valid).
+//!
+//! Mount paths in other containers and ports of plain init containers never collide.
 
 use std::collections::HashSet;
 
@@ -197,6 +219,10 @@ pub fn mutate_pod(pod: &Value, cfg: &MutationConfig) -> Decision {
         Ok(s) => s,
         Err(errors) => return deny(errors.join("; "), warnings),
     };
+    let collisions = collisions(pod, &settings);
+    if !collisions.is_empty() {
+        return deny(collisions.join("; "), warnings);
+    }
     let patch = build_patch(pod, &settings, cfg, &mut warnings);
     Decision {
         verdict: Verdict::Mutate(patch),
@@ -329,8 +355,9 @@ fn resolve(
         && let Some(user) = port_user(pod, *idx, port)
     {
         errors.push(format!(
-            "annotation {}: port {port} is already used by container {user:?}; expected a \
-             free port",
+            "annotation {}: port {port} is already declared by {user}; expected a free \
+             port: set {} to another port or change that container's port",
+            ann::PORT,
             ann::PORT
         ));
     }
@@ -408,7 +435,8 @@ fn resolve(
         (_, Some(name)) if validate::dns1123_subdomain(name).is_err() => {
             let e = validate::dns1123_subdomain(name).err().unwrap_or_default();
             errors.push(format!(
-                "annotation {}: {name:?} {e}; expected the name of a Secret in the pod's                  namespace (a DNS-1123 subdomain, e.g. {}) holding ca.crt, tls.crt and tls.key",
+                "annotation {}: {name:?} {e}; expected the name of a Secret in the pod's \
+                 namespace (a DNS-1123 subdomain, e.g. {}) holding ca.crt, tls.crt and tls.key",
                 ann::ETCD_CLIENT_SECRET,
                 crate::config::DEFAULT_ETCD_CLIENT_SECRET
             ));
@@ -419,14 +447,16 @@ fn resolve(
             if https == 0 {
                 if name.is_some() {
                     warnings.push(format!(
-                        "{} ignored: the etcd endpoints are http://, so no client certificate                          is mounted",
+                        "{} ignored: the etcd endpoints are http://, so no client certificate \
+                         is mounted",
                         ann::ETCD_CLIENT_SECRET
                     ));
                 }
                 Some(None)
             } else if https < list.len() {
                 errors.push(format!(
-                    "annotation {}: {} mixes https:// and http://; expected one scheme for                      every endpoint",
+                    "annotation {}: {} mixes https:// and http://; expected one scheme for \
+                     every endpoint",
                     ann::ETCD_ENDPOINTS,
                     list.join(",")
                 ));
@@ -700,36 +730,177 @@ fn select_container(
     Ok(idx)
 }
 
-/// Another container of the pod (or a sidecar init container) that already declares `port`.
-fn port_user(pod: &Value, target: usize, port: u16) -> Option<String> {
-    let declares = |c: &Value| {
-        c.get("ports")
+/// The containers other than the target that share the pod's network and port names:
+/// every regular container and the sidecars (init containers with `restartPolicy:
+/// Always`), as `(field path, container)`. Plain init containers have exited before the
+/// runtime starts, and Kubernetes does not count their ports either.
+fn neighbours(pod: &Value, target: usize) -> Vec<(String, &Value)> {
+    let list = |key: &str| {
+        pod.pointer(&format!("/spec/{key}"))
             .and_then(Value::as_array)
-            .is_some_and(|ports| {
-                ports
-                    .iter()
-                    .any(|p| p.get("containerPort").and_then(Value::as_u64) == Some(port.into()))
-            })
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     };
-    let name = |c: &Value| {
-        c.get("name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned()
-    };
-    let containers = pod.pointer("/spec/containers").and_then(Value::as_array)?;
-    if let Some(c) = containers
+    let regular = list("containers")
         .iter()
         .enumerate()
-        .find(|(i, c)| *i != target && declares(c))
-    {
-        return Some(name(c.1));
-    }
-    pod.pointer("/spec/initContainers")
-        .and_then(Value::as_array)?
+        .filter(|(i, _)| *i != target)
+        .map(|(i, c)| (format!("spec.containers[{i}]"), c));
+    let sidecars = list("initContainers")
         .iter()
-        .find(|c| c.get("restartPolicy").and_then(Value::as_str) == Some("Always") && declares(c))
-        .map(name)
+        .enumerate()
+        .filter(|(_, c)| c.get("restartPolicy").and_then(Value::as_str) == Some("Always"))
+        .map(|(i, c)| (format!("spec.initContainers[{i}]"), c));
+    regular.chain(sidecars).collect()
+}
+
+/// The declared ports of `container`, as `(index, port)`.
+fn ports_of(container: &Value) -> impl Iterator<Item = (usize, &Value)> {
+    container
+        .get("ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+}
+
+/// The first port of another container (or sidecar) that already declares `port`, as
+/// `spec.containers[1].ports[0] (container "sidecar")`.
+fn port_user(pod: &Value, target: usize, port: u16) -> Option<String> {
+    neighbours(pod, target).into_iter().find_map(|(path, c)| {
+        ports_of(c)
+            .find(|(_, p)| p.get("containerPort").and_then(Value::as_u64) == Some(port.into()))
+            .map(|(i, _)| {
+                format!(
+                    "{path}.ports[{i}] (container {:?})",
+                    name_of(c).unwrap_or("")
+                )
+            })
+    })
+}
+
+/// Where the rewrite would collide with what the pod already has, in a way that cannot be
+/// resolved by the rewrite itself; one message per conflicting item, naming its field
+/// path and name and what to change. The target container's own mounts at the runtime's
+/// paths and its own ports named `dorado` or numbered like the client port are not
+/// collisions: the container becomes the runtime and they are replaced (with a warning).
+fn collisions(pod: &Value, s: &Settings) -> Vec<String> {
+    let mut errors = Vec::new();
+    // Volume names are unique per pod. A volume with one of our names that another
+    // container mounts is the user's, and replacing it would change what that container
+    // sees. One that only the target container mounts (or nobody) is replaced in
+    // `build_patch`: the target becomes the runtime, whose mounts of our names are ours,
+    // so nothing else changes (a stale copy of a mutated pod looks like that).
+    let ours = runtime_volumes(s);
+    let volumes = pod.pointer("/spec/volumes").and_then(Value::as_array);
+    for (i, v) in volumes.into_iter().flatten().enumerate() {
+        let Some(name) = name_of(v) else { continue };
+        if ours.iter().any(|o| name_of(o) == Some(name))
+            && let Some(user) = mounted_elsewhere(pod, s.container, name)
+        {
+            errors.push(format!(
+                "spec.volumes[{i}]: volume name {name:?} is used by the Dorado rewrite for {}, \
+                 but {user} mounts this volume; rename the volume and the volumeMounts that \
+                 refer to it",
+                volume_purpose(name)
+            ));
+        }
+    }
+    // Port names must be unique per container only, but Services and probes that name a
+    // port use the first container declaring it (Kubernetes warns about duplicates), so a
+    // second "dorado" port would make `targetPort: dorado` ambiguous.
+    for (path, c) in neighbours(pod, s.container) {
+        for (i, _) in ports_of(c).filter(|(_, p)| name_of(p) == Some(PORT_NAME)) {
+            errors.push(format!(
+                "{path}.ports[{i}] (container {:?}): port name {PORT_NAME:?} is used by the \
+                 Dorado rewrite for the runtime's client port; rename this port",
+                name_of(c).unwrap_or("")
+            ));
+        }
+    }
+    // A block device at one of the runtime's mount paths is invalid (a path is either a
+    // mount or a device) and the runtime has no use for it; removing it silently would
+    // hide a mistake, so the user moves it.
+    let target = &pod["spec"]["containers"][s.container];
+    let our_paths: Vec<&str> = RUNTIME_MOUNTS
+        .iter()
+        .filter(|(name, ..)| *name != ETCD_TLS_VOLUME || s.etcd_client_secret.is_some())
+        .map(|(_, path, _)| *path)
+        .collect();
+    let devices = target.get("volumeDevices").and_then(Value::as_array);
+    for (i, d) in devices.into_iter().flatten().enumerate() {
+        let path = d.get("devicePath").and_then(Value::as_str).unwrap_or("");
+        if our_paths.contains(&path) {
+            errors.push(format!(
+                "spec.containers[{}].volumeDevices[{i}] (container {:?}, device {:?}): \
+                 devicePath {path} is where the Dorado runtime mounts a volume; move the \
+                 device to another path or another container",
+                s.container,
+                name_of(target).unwrap_or(""),
+                name_of(d).unwrap_or("")
+            ));
+        }
+    }
+    errors
+}
+
+/// What the volume of the rewrite with this name holds, for messages.
+fn volume_purpose(name: &str) -> &'static str {
+    match name {
+        MODULE_VOLUME => "the module ConfigMap",
+        TMP_VOLUME => "the runtime's /tmp",
+        ETCD_TLS_VOLUME => "the etcd client certificate Secret",
+        _ => "its own volume",
+    }
+}
+
+/// The runtime container's volume mounts: volume, path, read-only. The etcd one only
+/// when the endpoints are `https://`.
+const RUNTIME_MOUNTS: &[(&str, &str, bool)] = &[
+    (MODULE_VOLUME, MODULE_MOUNT_PATH, true),
+    (TMP_VOLUME, TMP_MOUNT_PATH, false),
+    (ETCD_TLS_VOLUME, ETCD_TLS_MOUNT_PATH, true),
+];
+
+/// The volume mounts the runtime container gets.
+fn runtime_mounts(s: &Settings) -> Vec<Value> {
+    RUNTIME_MOUNTS
+        .iter()
+        .filter(|(name, ..)| *name != ETCD_TLS_VOLUME || s.etcd_client_secret.is_some())
+        .map(|(name, path, read_only)| {
+            if *read_only {
+                json!({ "name": name, "mountPath": path, "readOnly": true })
+            } else {
+                json!({ "name": name, "mountPath": path })
+            }
+        })
+        .collect()
+}
+
+/// The pod volumes the rewrite adds.
+fn runtime_volumes(s: &Settings) -> Vec<Value> {
+    let mut volumes = vec![
+        json!({
+            "name": MODULE_VOLUME,
+            "configMap": {
+                "name": s.module_name,
+                "items": [{ "key": s.module_key, "path": s.module_key }],
+                "defaultMode": MODULE_FILE_MODE,
+            },
+        }),
+        json!({ "name": TMP_VOLUME, "emptyDir": { "sizeLimit": TMP_SIZE_LIMIT } }),
+    ];
+    if let Some(secret) = &s.etcd_client_secret {
+        let items: Vec<Value> = ETCD_TLS_FILES
+            .iter()
+            .map(|(key, _)| json!({ "key": key, "path": key }))
+            .collect();
+        volumes.push(json!({
+            "name": ETCD_TLS_VOLUME,
+            "secret": { "secretName": secret, "items": items, "defaultMode": ETCD_TLS_FILE_MODE },
+        }));
+    }
+    volumes
 }
 
 /// A JSON pointer from raw (unescaped) tokens; `~` and `/` are escaped as `~0` and `~1`.
@@ -793,27 +964,7 @@ fn build_patch(
         ));
     }
 
-    let mut volumes = vec![
-        json!({
-            "name": MODULE_VOLUME,
-            "configMap": {
-                "name": s.module_name,
-                "items": [{ "key": s.module_key, "path": s.module_key }],
-                "defaultMode": MODULE_FILE_MODE,
-            },
-        }),
-        json!({ "name": TMP_VOLUME, "emptyDir": { "sizeLimit": TMP_SIZE_LIMIT } }),
-    ];
-    if let Some(secret) = &s.etcd_client_secret {
-        let items: Vec<Value> = ETCD_TLS_FILES
-            .iter()
-            .map(|(key, _)| json!({ "key": key, "path": key }))
-            .collect();
-        volumes.push(json!({
-            "name": ETCD_TLS_VOLUME,
-            "secret": { "secretName": secret, "items": items, "defaultMode": ETCD_TLS_FILE_MODE },
-        }));
-    }
+    let volumes = runtime_volumes(s);
     // Service-account token volumes the ServiceAccount admission plugin injected because
     // the pod did not set automountServiceAccountToken: the runtime needs no API access, so
     // its mounts go, and so does the volume unless another container still mounts it.
@@ -828,13 +979,24 @@ fn build_patch(
         .flatten()
         .filter(|v| {
             let name = name_of(v).unwrap_or("");
-            !token_volumes.iter().any(|t| t == name) || mounted_elsewhere(pod, s.container, name)
+            !token_volumes.iter().any(|t| t == name)
+                || mounted_elsewhere(pod, s.container, name).is_some()
         })
         .cloned()
         .collect();
     for v in volumes {
         match new_volumes.iter().position(|e| name_of(e) == name_of(&v)) {
-            Some(i) => new_volumes[i] = v,
+            Some(i) => {
+                if new_volumes[i] != v {
+                    warnings.push(format!(
+                        "volume {:?} replaced by the runtime's ({}); no other container \
+                         mounts it",
+                        name_of(&v).unwrap_or(""),
+                        volume_purpose(name_of(&v).unwrap_or(""))
+                    ));
+                }
+                new_volumes[i] = v;
+            }
             None => new_volumes.push(v),
         }
     }
@@ -869,25 +1031,29 @@ fn injected_token_volumes(pod: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Whether a container other than the target (any kind) mounts volume `name`.
-fn mounted_elsewhere(pod: &Value, target: usize, name: &str) -> bool {
+/// The first container other than the target (any kind: regular, init, ephemeral) that
+/// mounts volume `name`, as `spec.containers[0] (container "sidecar")`.
+fn mounted_elsewhere(pod: &Value, target: usize, name: &str) -> Option<String> {
     let mounts = |c: &Value| {
         c.get("volumeMounts")
             .and_then(Value::as_array)
             .is_some_and(|ms| ms.iter().any(|m| name_of(m) == Some(name)))
     };
-    let any_in = |key: &str, skip: Option<usize>| {
-        pod.pointer(&format!("/spec/{key}"))
-            .and_then(Value::as_array)
-            .is_some_and(|cs| {
-                cs.iter()
-                    .enumerate()
-                    .any(|(i, c)| Some(i) != skip && mounts(c))
-            })
-    };
-    any_in("containers", Some(target))
-        || any_in("initContainers", None)
-        || any_in("ephemeralContainers", None)
+    [
+        ("containers", Some(target)),
+        ("initContainers", None),
+        ("ephemeralContainers", None),
+    ]
+    .into_iter()
+    .find_map(|(key, skip)| {
+        let list = pod
+            .pointer(&format!("/spec/{key}"))
+            .and_then(Value::as_array)?;
+        list.iter()
+            .enumerate()
+            .find(|(i, c)| Some(*i) != skip && mounts(c))
+            .map(|(i, c)| format!("spec.{key}[{i}] (container {:?})", name_of(c).unwrap_or("")))
+    })
 }
 
 fn field_ref(path: &str) -> Value {
@@ -981,48 +1147,61 @@ fn rewrite_container(
     }
     c.insert("env".into(), Value::Array(env));
 
-    // Ports: ours first, minus any entry clashing by name or number.
-    let mut ports = vec![json!({ "name": PORT_NAME, "containerPort": s.port, "protocol": "TCP" })];
-    if let Some(existing) = c.get("ports").and_then(Value::as_array) {
-        ports.extend(
-            existing
-                .iter()
-                .filter(|p| {
-                    name_of(p) != Some(PORT_NAME)
-                        && p.get("containerPort").and_then(Value::as_u64) != Some(s.port.into())
-                })
-                .cloned(),
-        );
+    // Ports: ours first; the container's own entries clashing by name or number are
+    // replaced (port names are unique per container).
+    let our_port = json!({ "name": PORT_NAME, "containerPort": s.port, "protocol": "TCP" });
+    let mut ports = vec![our_port.clone()];
+    for p in c
+        .get("ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let clashes = name_of(p) == Some(PORT_NAME)
+            || p.get("containerPort").and_then(Value::as_u64) == Some(s.port.into());
+        if !clashes {
+            ports.push(p.clone());
+        } else if *p != our_port {
+            warnings.push(format!(
+                "container {cname:?}: port {} replaced by the runtime's port {PORT_NAME:?} \
+                 ({}/TCP)",
+                describe_port(p),
+                s.port
+            ));
+        }
     }
     c.insert("ports".into(), Value::Array(ports));
 
-    // Volume mounts: ours first, minus anything at our names or paths and the injected
-    // service-account token.
-    let mut mounts = vec![
-        json!({ "name": MODULE_VOLUME, "mountPath": MODULE_MOUNT_PATH, "readOnly": true }),
-        json!({ "name": TMP_VOLUME, "mountPath": TMP_MOUNT_PATH }),
-    ];
-    if s.etcd_client_secret.is_some() {
-        mounts.push(
-            json!({ "name": ETCD_TLS_VOLUME, "mountPath": ETCD_TLS_MOUNT_PATH, "readOnly": true }),
-        );
-    }
-    if let Some(existing) = c.get("volumeMounts").and_then(Value::as_array) {
-        mounts.extend(
-            existing
-                .iter()
-                .filter(|m| {
-                    let path = m.get("mountPath").and_then(Value::as_str);
-                    let name = name_of(m).unwrap_or("");
-                    !matches!(name, MODULE_VOLUME | TMP_VOLUME | ETCD_TLS_VOLUME)
-                        && !matches!(
-                            path,
-                            Some(MODULE_MOUNT_PATH | TMP_MOUNT_PATH | ETCD_TLS_MOUNT_PATH)
-                        )
-                        && !token_volumes.iter().any(|t| t == name)
-                })
-                .cloned(),
-        );
+    // Volume mounts: ours first; the container's own mounts at our paths or of our
+    // volumes are replaced (mount paths are unique per container; the runtime owns these
+    // paths), and the injected service-account token is unmounted.
+    let our_mounts = runtime_mounts(s);
+    let mount_names: Vec<&str> = our_mounts.iter().filter_map(name_of).collect();
+    let mount_paths: Vec<&str> = our_mounts
+        .iter()
+        .filter_map(|m| m.get("mountPath").and_then(Value::as_str))
+        .collect();
+    let mut mounts = our_mounts.clone();
+    for m in c
+        .get("volumeMounts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let path = m.get("mountPath").and_then(Value::as_str).unwrap_or("");
+        let name = name_of(m).unwrap_or("");
+        if token_volumes.iter().any(|t| t == name) {
+            continue;
+        }
+        if !mount_names.contains(&name) && !mount_paths.contains(&path) {
+            mounts.push(m.clone());
+        } else if !our_mounts.contains(m) {
+            warnings.push(format!(
+                "container {cname:?}: volumeMount of {name:?} at {path} replaced by the \
+                 runtime's mounts ({})",
+                describe_mounts(&our_mounts)
+            ));
+        }
     }
     c.insert("volumeMounts".into(), Value::Array(mounts));
 
@@ -1039,6 +1218,30 @@ fn rewrite_container(
     let resources = resources(c.get("resources"), s, &cname, warnings);
     c.insert("resources".into(), resources);
     Value::Object(c)
+}
+
+/// `"http" (8080/TCP)` for messages.
+fn describe_port(p: &Value) -> String {
+    let number = p
+        .get("containerPort")
+        .map_or("?".to_owned(), Value::to_string);
+    let protocol = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+    match name_of(p) {
+        Some(name) => format!("{name:?} ({number}/{protocol})"),
+        None => format!("{number}/{protocol}"),
+    }
+}
+
+/// `dorado-module at /etc/dorado/module, ...` for messages.
+fn describe_mounts(mounts: &[Value]) -> String {
+    mounts
+        .iter()
+        .map(|m| {
+            let path = m.get("mountPath").and_then(Value::as_str).unwrap_or("");
+            format!("{} at {path}", name_of(m).unwrap_or(""))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A securityContext that satisfies the *restricted* Pod Security Standard. Only

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{SecretDir, eventually, https_client};
+use common::{Running, SecretDir, eventually, https_client};
 use dorado_webhook::certs::{CertificateAuthority, ServingPair};
 use dorado_webhook::{ServeConfig, serve};
 use rustls_pki_types::CertificateDer;
@@ -17,46 +17,11 @@ use tokio::sync::oneshot;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-struct Running {
-    base: String,
-    admin: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), dorado_webhook::ServeError>>,
-}
-
-impl Running {
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        let result = tokio::time::timeout(WAIT, self.task)
-            .await
-            .expect("server did not stop within the timeout")
-            .expect("server task panicked");
-        result.expect("server returned an error");
-    }
-}
-
 fn start(secret: &SecretDir, reload_interval: Duration) -> Running {
-    common::install_crypto_provider();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!(
-        "https://localhost:{}",
-        listener.local_addr().unwrap().port()
-    );
-    let admin_url = format!("http://{}", admin.local_addr().unwrap());
     let mut config = ServeConfig::new(common::config(), secret.files());
     config.reload_interval = reload_interval;
     config.shutdown_grace = Duration::from_secs(5);
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, admin, config, async move {
-        let _ = rx.await;
-    }));
-    Running {
-        base,
-        admin: admin_url,
-        stop: Some(tx),
-        task,
-    }
+    Running::start(config)
 }
 
 fn der(pem: &str) -> Vec<u8> {

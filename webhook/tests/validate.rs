@@ -105,6 +105,32 @@ fn mutated_golden_pods_pass_kubernetes_validate() {
     kubernetes_validate(&all, "1.37.0", None);
 }
 
+#[test]
+fn admitted_collision_fixtures_pass_kubernetes_validate() {
+    if !tools_available(&["kubernetes-validate"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for (file, pod) in common::collision_fixtures() {
+        let body = common::review_for(&pod, "fixture");
+        let Some(mutated) = common::run_body(&body, Some(&pod)).mutated else {
+            continue; // denied
+        };
+        let path = dir.path().join(file.replace(".yaml", ".json"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&mutated).unwrap()).unwrap();
+        files.push(path);
+    }
+    assert!(
+        files.len() >= 5,
+        "too few admitted fixtures: {}",
+        files.len()
+    );
+    for version in VERSIONS {
+        kubernetes_validate(&files, version, None);
+    }
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {

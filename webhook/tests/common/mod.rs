@@ -107,6 +107,30 @@ pub fn review_for(pod: &Value, uid: &str) -> Vec<u8> {
     serde_json::to_vec(&req).unwrap()
 }
 
+/// The directory of the collision fixtures (Pod manifests in YAML).
+pub fn collision_fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/collisions")
+}
+
+/// Every collision fixture as JSON, by file name, sorted.
+pub fn collision_fixtures() -> Vec<(String, Value)> {
+    let dir = collision_fixture_dir();
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .expect("fixture dir")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(dir.join(&f)).unwrap();
+            let pod = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{f}: {e}"));
+            (f, pod)
+        })
+        .collect()
+}
+
 /// Mutated pods of every golden case that produces a patch, by case name.
 pub fn mutated_pods() -> Vec<(String, Value)> {
     cases()
@@ -188,8 +212,15 @@ where
     }
 }
 
-/// An HTTPS client that trusts only `ca_pem` and reports the peer certificate.
+/// An HTTPS client that trusts only `ca_pem` and reports the peer certificate; it offers
+/// both `h2` and `http/1.1` over ALPN.
 pub fn https_client(ca_pem: &str, reuse_connections: bool) -> reqwest::Client {
+    https_client_alpn(ca_pem, reuse_connections, &[b"h2", b"http/1.1"])
+}
+
+/// [`https_client`] offering exactly `alpn` (a preconfigured rustls configuration keeps its
+/// own ALPN list; reqwest does not add one).
+pub fn https_client_alpn(ca_pem: &str, reuse_connections: bool, alpn: &[&[u8]]) -> reqwest::Client {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
@@ -205,6 +236,7 @@ pub fn https_client(ca_pem: &str, reuse_connections: bool) -> reqwest::Client {
     .with_no_client_auth();
     // A resumed session carries no certificate; full handshakes show what is served now.
     tls.resumption = rustls::client::Resumption::disabled();
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let mut builder = reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .tls_info(true)
@@ -217,4 +249,72 @@ pub fn https_client(ca_pem: &str, reuse_connections: bool) -> reqwest::Client {
 
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// How long the in-process servers get to stop.
+pub const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// The real server ([`dorado_webhook::serve`]) running in-process on 127.0.0.1:0.
+pub struct Running {
+    /// `https://localhost:PORT`.
+    pub base: String,
+    /// `http://127.0.0.1:PORT` of the admin endpoints.
+    pub admin: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), dorado_webhook::ServeError>>,
+}
+
+impl Running {
+    /// Starts the server with `config` (TLS files from `secret`).
+    pub fn start(config: dorado_webhook::ServeConfig) -> Self {
+        install_crypto_provider();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!(
+            "https://localhost:{}",
+            listener.local_addr().unwrap().port()
+        );
+        let admin_url = format!("http://{}", admin.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(dorado_webhook::serve(listener, admin, config, async move {
+            let _ = rx.await;
+        }));
+        Running {
+            base,
+            admin: admin_url,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// Waits until `/readyz` answers 200 (a certificate is loaded).
+    pub async fn ready(&self) {
+        let url = format!("{}/readyz", self.admin);
+        eventually("the webhook reports ready", STOP_WAIT, || async {
+            let status = reqwest::get(&url).await.ok()?.status();
+            (status == 200).then_some(())
+        })
+        .await;
+    }
+
+    /// Signals shutdown and waits for a clean stop.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let result = tokio::time::timeout(STOP_WAIT, self.task)
+            .await
+            .expect("server did not stop within the timeout")
+            .expect("server task panicked");
+        result.expect("server returned an error");
+    }
+}
+
+/// A Secret directory holding a fresh pair for `localhost` and `127.0.0.1`, and its CA.
+pub fn serving_secret() -> (SecretDir, dorado_webhook::certs::CertificateAuthority) {
+    let secret = SecretDir::new();
+    let ca = dorado_webhook::certs::CertificateAuthority::new("dorado test CA", 1).unwrap();
+    let pair = ca
+        .issue(&["localhost".into(), "127.0.0.1".into()], 1)
+        .unwrap();
+    secret.install(pair.cert_pem.as_bytes(), pair.key_pem.as_bytes());
+    (secret, ca)
 }
