@@ -28,7 +28,6 @@ use crate::podman::{self, Network};
 pub const NODE: &str = "dorado-e2e-node";
 
 /// A control plane with one node.
-#[derive(Debug)]
 pub struct Cluster {
     /// The node (dropped first: its pods go before the API server).
     pub node: Node,
@@ -111,6 +110,15 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Stop the node's pods, then the control plane (what dropping does,
+    /// awaited: the containers are gone when this returns).
+    pub async fn stop(self) {
+        let Cluster { node, cp, _dir, .. } = self;
+        node.stop().await;
+        drop(cp);
+        drop(_dir);
+    }
+
     /// `kubectl ARGS` as the cluster admin, in the working directory.
     pub fn kubectl<I, S>(&self, args: I) -> anyhow::Result<Kubectl>
     where
@@ -141,6 +149,16 @@ impl Cluster {
             .map(|k| format!("{}{}", k.stdout, k.stderr))
             .unwrap_or_default();
         format!("pods:\n{pods}\n{}", self.cp.log_tails())
+    }
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.node)
+            .field("cp", &self.cp)
+            .field("workdir", &self.workdir)
+            .finish_non_exhaustive()
     }
 }
 

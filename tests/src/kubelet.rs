@@ -43,11 +43,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use base64::Engine as _;
 use serde::Deserialize;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, EnvVarSource, KeyToPath, Pod, PodSecurityContext, PodSpec, Probe as K8sProbe,
-    Secret, Volume,
+    ConfigMap, Container as K8sContainer, EnvVarSource, KeyToPath, Pod, PodSecurityContext, PodSpec,
+    Probe as K8sProbe, Secret, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -519,7 +518,7 @@ impl Kubelet {
         &self,
         pod: &Pod,
         psc: &PodSecurityContext,
-        c: &Container,
+        c: &K8sContainer,
         options: &RunOptions,
         volumes: &BTreeMap<String, PathBuf>,
         pod_dir: &Path,
@@ -1294,7 +1293,7 @@ pub fn expand(s: &str, defined: &BTreeMap<String, String>) -> String {
     out
 }
 
-fn http_probe(c: &Container, p: &K8sProbe) -> anyhow::Result<Probe> {
+fn http_probe(c: &K8sContainer, p: &K8sProbe) -> anyhow::Result<Probe> {
     let get = p
         .http_get
         .as_ref()

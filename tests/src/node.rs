@@ -79,7 +79,9 @@ type Logs = Arc<Mutex<BTreeMap<(String, String), LogSource>>>;
 pub struct Node {
     /// The node's name.
     pub name: String,
-    /// Its address (the pod network's gateway): where the API server reaches
+    /// Its address, 127.0.0.1: where the API server reaches its kubelet port
+    /// (the pod network's bridge has no address until a pod runs on it). Pods
+    /// see the node at the network's gateway (`status.hostIP`).
     /// its kubelet port, and pods reach the host.
     pub address: Ipv4Addr,
     shutdown: CancellationToken,
@@ -95,13 +97,18 @@ struct Agent {
     pods: BTreeMap<String, PodEntry>,
     stopping: JoinSet<()>,
     kubelet: Kubelet,
-    failing: BTreeMap<String, Instant>,
+    /// Pods that could not start: when they were last tried, and why.
+    failing: BTreeMap<String, (Instant, String)>,
+    /// Pods whose deletion is under way (containers stopping, then the object).
+    deleting: BTreeSet<String>,
     next_host: u8,
     logs: Logs,
     dir: PathBuf,
     http: reqwest::Client,
     kubelet_port: u16,
     address: Ipv4Addr,
+    /// The node as pods reach it (the network's gateway).
+    pod_host: Ipv4Addr,
     services: String,
     last_heartbeat: Option<Instant>,
     started: Timestamp,
@@ -125,7 +132,8 @@ impl Node {
     /// and live under `dir`.
     pub async fn start(cp: &ControlPlane, net: Network, dir: PathBuf) -> anyhow::Result<Node> {
         std::fs::create_dir_all(dir.join("hosts"))?;
-        let address = net.gateway();
+        let address = Ipv4Addr::LOCALHOST;
+        let pod_host = net.gateway();
         let client = cp.client(&cp.node).await?;
         let proxy = cp.client(&cp.proxy).await?;
         let logs: Logs = Arc::default();
@@ -138,12 +146,14 @@ impl Node {
             stopping: JoinSet::new(),
             kubelet: Kubelet::new(net, dir.join("pods"))?,
             failing: BTreeMap::new(),
+            deleting: BTreeSet::new(),
             next_host: 10,
             logs,
             dir,
             http: reqwest::Client::new(),
             kubelet_port,
             address,
+            pod_host,
             services: String::new(),
             last_heartbeat: None,
             started: Timestamp::now(),
@@ -352,16 +362,29 @@ impl Agent {
             if matches!(phase, Some("Succeeded" | "Failed")) {
                 continue;
             }
-            if self.failing.get(&uid).is_some_and(|t| t.elapsed() < RETRY) {
+            if self
+                .failing
+                .get(&uid)
+                .is_some_and(|(t, _)| t.elapsed() < RETRY)
+            {
                 continue;
             }
-            if let Err(e) = self.start(&pod, &uid).await {
-                self.failing.insert(uid.clone(), Instant::now());
-                self.report_failed(&pod, &e).await;
-            } else {
-                self.failing.remove(&uid);
+            match self.start(&pod, &uid).await {
+                Ok(()) => {
+                    self.failing.remove(&uid);
+                }
+                Err(e) => {
+                    let message = format!("{e:#}");
+                    let known = self.failing.get(&uid).map(|(_, m)| m.as_str());
+                    if known != Some(message.as_str()) {
+                        self.report_failed(&pod, &message).await;
+                    }
+                    self.failing.insert(uid.clone(), (Instant::now(), message));
+                }
             }
         }
+        self.deleting.retain(|uid| seen.contains(uid));
+        self.failing.retain(|uid, _| seen.contains(uid));
         // Pods removed without a graceful deletion (force delete).
         let gone: Vec<String> = self
             .pods
@@ -488,6 +511,9 @@ impl Agent {
     /// Begin the graceful deletion of `pod`: stop its containers within its
     /// grace period, then remove the object (grace 0, UID precondition).
     fn delete(&mut self, pod: &Pod, uid: &str) {
+        if !self.deleting.insert(uid.to_string()) {
+            return;
+        }
         let grace = pod
             .metadata
             .deletion_grace_period_seconds
@@ -501,9 +527,6 @@ impl Agent {
         let (Some(name), Some(namespace)) = (&pod.metadata.name, &pod.metadata.namespace) else {
             return;
         };
-        if entry.is_none() && self.stopping.len() > 64 {
-            return;
-        }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
         let (name, uid) = (name.clone(), uid.to_string());
         self.failing.remove(&uid);
@@ -602,9 +625,9 @@ impl Agent {
         let ip = entry.running.ip.to_string();
         let status = PodStatus {
             phase: Some("Running".to_string()),
-            host_ip: Some(self.address.to_string()),
+            host_ip: Some(self.pod_host.to_string()),
             host_ips: Some(vec![HostIP {
-                ip: self.address.to_string(),
+                ip: self.pod_host.to_string(),
             }]),
             pod_ip: Some(ip.clone()),
             pod_ips: Some(vec![PodIP { ip }]),
@@ -638,11 +661,10 @@ impl Agent {
 
     /// A pod that could not start: Pending, the reason in each container's
     /// `waiting` state (what `kubectl get pods` and `describe` show).
-    async fn report_failed(&self, pod: &Pod, error: &anyhow::Error) {
+    async fn report_failed(&self, pod: &Pod, message: &str) {
         let (Some(name), Some(namespace)) = (&pod.metadata.name, &pod.metadata.namespace) else {
             return;
         };
-        let message = format!("{error:#}");
         let reason = if message.contains("ErrImageNeverPull") {
             "ErrImageNeverPull"
         } else {
@@ -661,7 +683,7 @@ impl Agent {
                 state: Some(K8sContainerState {
                     waiting: Some(ContainerStateWaiting {
                         reason: Some(reason.to_string()),
-                        message: Some(message.clone()),
+                        message: Some(message.to_string()),
                     }),
                     ..K8sContainerState::default()
                 }),
@@ -670,7 +692,7 @@ impl Agent {
             .collect();
         let status = PodStatus {
             phase: Some("Pending".to_string()),
-            host_ip: Some(self.address.to_string()),
+            host_ip: Some(self.pod_host.to_string()),
             container_statuses: Some(statuses),
             ..PodStatus::default()
         };

@@ -42,6 +42,7 @@ async fn readme_walkthrough_on_a_real_control_plane() -> anyhow::Result<()> {
     if result.is_err() {
         eprintln!("{}", cluster.diagnostics());
     }
+    cluster.stop().await;
     result
 }
 
@@ -205,33 +206,71 @@ async fn converged(group: &Group) -> anyhow::Result<(u64, String)> {
     .await
 }
 
-/// A writer that owns key `key` and moves it 1, 2, 3… with `cas`: a command
-/// applied twice would fail its `expected`, so every acknowledged step
-/// proves exactly-once, and the final value proves none was lost.
+/// The IPs (`ip:7070`) of group `group`'s pods that have one. Pod IPs change
+/// when pods are recreated; a client in the cluster would use the Service,
+/// which needs kube-proxy, so the writers look the pods up again instead.
+async fn pod_endpoints(api: &Api<Pod>, group: &str) -> anyhow::Result<Vec<String>> {
+    let list = api
+        .list(&ListParams::default().labels(&format!("dorado.io/group={group}")))
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.pod_ip.as_ref())
+        .map(|ip| format!("{ip}:7070"))
+        .collect())
+}
+
+/// A writer that owns key `key` and moves it from `start` up by one with
+/// `cas`, as client `id`, until `stop` or `max` acknowledged writes: a
+/// command applied twice would fail its `expected`, so every acknowledged
+/// step proves exactly-once, and the final value proves none was lost. A
+/// command whose replicas are gone (recreated with new IPs) is retried with
+/// the same id and seq against the pods found then.
 async fn cas_writer(
-    endpoints: Vec<String>,
+    api: Api<Pod>,
+    group: &'static str,
     key: String,
+    id: String,
+    start: u64,
     stop: Arc<AtomicBool>,
     max: u64,
 ) -> anyhow::Result<u64> {
-    let client = Client::new(&endpoints)?.with_deadline(Duration::from_secs(60));
-    let mut acked = 0u64;
-    while !stop.load(Ordering::Relaxed) && acked < max {
-        let next = acked + 1;
-        let expected = if acked == 0 { Value::Null } else { json!(acked) };
-        let cmd = json!({"op": "cas", "key": key, "expected": expected, "value": next});
-        let reply = client
-            .submit(cmd.to_string().as_bytes(), Some((&key, next)))
-            .await
-            .with_context(|| format!("writer {key}: cas to {next}"))?;
+    let mut n = start;
+    let mut seq = 0;
+    let mut endpoints = pod_endpoints(&api, group).await?;
+    while !stop.load(Ordering::Relaxed) && n - start < max {
+        seq += 1;
+        let expected = if n == 0 { Value::Null } else { json!(n) };
+        let cmd = json!({"op": "cas", "key": key, "expected": expected, "value": n + 1});
+        let since = std::time::Instant::now();
+        let reply = loop {
+            let client = Client::new(&endpoints)?.with_deadline(Duration::from_secs(10));
+            match client
+                .submit(cmd.to_string().as_bytes(), Some((&id, seq)))
+                .await
+            {
+                Ok(r) => break r,
+                Err(e @ ClientError::Exhausted { .. }) => {
+                    ensure!(
+                        since.elapsed() < Duration::from_secs(180),
+                        "{key}: no replica took cas {n}->{} in 180 s: {e}",
+                        n + 1
+                    );
+                    endpoints = pod_endpoints(&api, group).await?;
+                }
+                Err(e) => bail!("{key}: cas {n}->{}: {e}", n + 1),
+            }
+        };
         let body: Value = serde_json::from_slice(&reply.body)?;
         ensure!(
             body == json!({"ok": true}),
-            "writer {key}: cas to {next} answered {body} (a command applied twice, or a lost write)"
+            "{key}: cas {n}->{} answered {body} (a command applied twice, or a lost write)",
+            n + 1
         );
-        acked = next;
+        n += 1;
     }
-    Ok(acked)
+    Ok(n)
 }
 
 /// Every replica's value of each writer's key equals its acknowledged count.
@@ -310,9 +349,10 @@ async fn kv_example(c: &Cluster) -> anyhow::Result<Group> {
     // Writes from a client to the pods' IPs.
     let stop = Arc::new(AtomicBool::new(false));
     let mut acked = BTreeMap::new();
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
     for w in 0..4 {
         let key = format!("w{w}");
-        let n = cas_writer(group.endpoints(), key.clone(), stop.clone(), 25).await?;
+        let n = cas_writer(pods.clone(), "kv", key.clone(), key.clone(), 0, stop.clone(), 25).await?;
         acked.insert(key, n);
     }
     let (index, hash) = converged(&group).await?;
@@ -350,39 +390,10 @@ async fn kv_example(c: &Cluster) -> anyhow::Result<Group> {
     let writers: Vec<_> = (0..4)
         .map(|w| {
             let key = format!("w{w}");
-            let start = acked[&key];
-            let endpoints = group.endpoints();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                // Continue from the acknowledged value: a fresh client id.
-                let id = format!("{key}-restart");
-                let client = Client::new(&endpoints)?.with_deadline(Duration::from_secs(90));
-                let mut n = start;
-                let mut seq = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    seq += 1;
-                    let cmd = json!({"op": "cas", "key": key, "expected": n, "value": n + 1});
-                    let reply = client
-                        .submit(cmd.to_string().as_bytes(), Some((&id, seq)))
-                        .await;
-                    match reply {
-                        Ok(r) => {
-                            let body: Value = serde_json::from_slice(&r.body)?;
-                            ensure!(
-                                body == json!({"ok": true}),
-                                "{key}: cas {n}->{} answered {body}",
-                                n + 1
-                            );
-                            n += 1;
-                        }
-                        Err(e @ ClientError::Exhausted { .. }) => {
-                            bail!("{key}: no replica took cas {n}->{}: {e}", n + 1)
-                        }
-                        Err(e) => bail!("{key}: cas {n}->{}: {e}", n + 1),
-                    }
-                }
-                Ok::<_, anyhow::Error>((key, n))
-            })
+            // Continue from the acknowledged value, as a new client.
+            let (start, id) = (acked[&key], format!("{key}-restart"));
+            let task = cas_writer(pods.clone(), "kv", key.clone(), id, start, stop.clone(), u64::MAX);
+            tokio::spawn(async move { task.await.map(|n| (key, n)) })
         })
         .collect();
     c.kubectl_ok(["-n", NS, "rollout", "restart", "statefulset/kv"])?;
@@ -480,10 +491,10 @@ spec:
     c.kubectl_ok(["-n", NS, "delete", "pod", "defaulted", "--wait=false"])?;
 
     // Pods that collide with what the rewrite adds: the user sees why.
-    let fixtures = dorado_e2e::repo_root().join("webhook/tests/fixtures/collisions");
-    if fixtures.is_dir() {
-        collisions(c, &fixtures)?;
-    }
+    collisions(
+        c,
+        &dorado_e2e::repo_root().join("webhook/tests/fixtures/collisions"),
+    )?;
 
     // Re-admission: a label change of a mutated pod does not rewrite it.
     let before = c.kubectl_ok(["-n", NS, "get", "pod", "kv-1", "-o", "jsonpath={.spec}"])?;
@@ -504,38 +515,51 @@ spec:
     Ok(())
 }
 
-/// Each fixture of `webhook/tests/fixtures/collisions`: `*.denied.yaml`
-/// must be refused with the message in its `# expect:` line, the others
-/// admitted (and then valid to the API server).
+/// Each fixture of `webhook/tests/fixtures/collisions`, as its README's
+/// table promises: a denied pod is refused by the API server with the
+/// webhook's message, an admitted one is rewritten into a pod the API server
+/// validates and accepts (server-side dry run: nothing is created). In a
+/// namespace of its own: the fixtures' other containers are not meant to meet
+/// the restricted Pod Security level of `dorado-demo`.
 fn collisions(c: &Cluster, dir: &std::path::Path) -> anyhow::Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(std::fs::DirEntry::file_name);
-    for e in entries {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.ends_with(".yaml") {
+    c.kubectl_ok(["create", "namespace", "collisions"])?;
+    let readme = std::fs::read_to_string(dir.join("README.md"))?;
+    let mut rows = 0;
+    for line in readme.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let [_, file, outcome, what, _] = cells.as_slice() else {
             continue;
-        }
-        let text = std::fs::read_to_string(e.path())?;
-        let expect = text
-            .lines()
-            .find_map(|l| l.strip_prefix("# expect: "))
-            .map(str::trim);
-        let path = e.path().display().to_string();
-        let out = c.kubectl(["-n", NS, "apply", "--dry-run=server", "-f", &path])?;
-        match expect {
-            Some(message) => ensure!(
-                !out.success && out.stderr.contains(message),
-                "{name}: expected a denial containing {message:?}, got: {}{}",
-                out.stdout,
-                out.stderr
-            ),
-            None => ensure!(
+        };
+        let Some(file) = file.strip_prefix('`').and_then(|f| f.strip_suffix('`')) else {
+            continue;
+        };
+        rows += 1;
+        let path = dir.join(file).display().to_string();
+        let out = c.kubectl(["-n", "collisions", "create", "--dry-run=server", "-f", &path])?;
+        match *outcome {
+            "denied" => {
+                let message = what
+                    .split('`')
+                    .nth(1)
+                    .with_context(|| format!("{file}: no `message` in the README row"))?;
+                ensure!(
+                    !out.success
+                        && out.stderr.contains("denied the request")
+                        && out.stderr.contains(message),
+                    "{file}: expected the API server to refuse it with {message:?}; kubectl said: {}{}",
+                    out.stdout,
+                    out.stderr
+                );
+            }
+            "admitted" => ensure!(
                 out.success,
-                "{name}: expected the API server to accept the rewritten pod: {}",
+                "{file}: expected the API server to accept the rewritten pod; kubectl said: {}",
                 out.stderr
             ),
+            other => bail!("{file}: unknown outcome {other:?} in the README"),
         }
     }
+    ensure!(rows >= 10, "the collision README lists only {rows} fixtures");
     Ok(())
 }
 
@@ -605,16 +629,22 @@ async fn webhook_outage(c: &Cluster) -> anyhow::Result<()> {
         "deploy/dorado-webhook",
         "--replicas=0",
     ])?;
-    c.kubectl_ok([
-        "-n",
-        "dorado-system",
-        "wait",
-        "--for=delete",
-        "pod",
-        "-l",
-        "app.kubernetes.io/name=dorado-webhook",
-        &timeout_flag(),
-    ])?;
+    let webhooks: Api<Pod> = Api::namespaced(c.client.clone(), "dorado-system");
+    wait_for("the webhook's pods to be gone", KUBECTL_WAIT, || {
+        let webhooks = webhooks.clone();
+        async move {
+            let left = webhooks
+                .list(&ListParams::default().labels("app.kubernetes.io/name=dorado-webhook"))
+                .await
+                .map_err(|e| e.to_string())?;
+            if left.items.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} pods left", left.items.len()))
+            }
+        }
+    })
+    .await?;
     let opted = c.kubectl([
         "-n",
         NS,

@@ -328,7 +328,7 @@ async fn pods_without_a_correct_patch_fail_to_start() -> anyhow::Result<()> {
     // 1. The template as written: the image's `dorado run` without
     // configuration. Without a readiness probe the kubelet calls it ready at
     // start, so what matters is that it crashes (CrashLoopBackOff).
-    let mut pod = statefulset_pod(sts, 0)?;
+    let mut pod = typed_pod(&statefulset_pod(sts, 0)?)?;
     // The template's image (dorado/dorado) is a registry name: not on this node.
     let err = env
         .kubelet
@@ -337,8 +337,9 @@ async fn pods_without_a_correct_patch_fail_to_start() -> anyhow::Result<()> {
     let msg = format!("{err:#}");
     assert!(msg.contains("ErrImageNeverPull"), "{msg}");
     // With the image the node has (what a kustomize `images:` override gives).
-    pod["spec"]["containers"][0]["image"] = json!(env.images.runtime);
-    let unpatched = env.kubelet.run(&typed_pod(&pod)?, 0)?;
+    let spec = pod.spec.as_mut().context("pod spec")?;
+    spec.containers[0].image = Some(env.images.runtime.clone());
+    let unpatched = env.kubelet.run(&pod, 0)?;
     let (container, exit) = wait_for("the unpatched pod's container to exit", READY, || {
         let exited = unpatched.exited();
         async move { exited.ok_or_else(|| "still running".to_string()) }
