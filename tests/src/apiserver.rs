@@ -208,7 +208,9 @@ impl Webhook {
                 answer.kind
             );
         }
-        let response = answer.response.context("the AdmissionReview has no response")?;
+        let response = answer
+            .response
+            .context("the AdmissionReview has no response")?;
         if response.uid != uid {
             bail!("response uid {} does not echo {uid}", response.uid);
         }

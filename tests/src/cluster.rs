@@ -12,9 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use k8s_openapi::api::core::v1::{
-    HostPathVolumeSource, PersistentVolume, PersistentVolumeSpec,
-};
+use k8s_openapi::api::core::v1::{HostPathVolumeSource, PersistentVolume, PersistentVolumeSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PostParams};
@@ -58,7 +56,10 @@ impl Cluster {
             .tempdir()
             .context("temp dir")?;
         let workdir = dir.path().join("work");
-        copy_dir(&crate::repo_root().join("manifests"), &workdir.join("manifests"))?;
+        copy_dir(
+            &crate::repo_root().join("manifests"),
+            &workdir.join("manifests"),
+        )?;
         let net = Network::create()?;
         let cp = ControlPlane::start(&dir.path().join("control-plane"), NODE).await?;
         let client = cp.client(&cp.admin).await?;

@@ -327,15 +327,19 @@ impl ControlPlane {
 
     /// The last lines of each component's log (for failure messages).
     pub fn log_tails(&self) -> String {
-        ["kube-apiserver", "kube-controller-manager", "kube-scheduler"]
-            .iter()
-            .map(|c| {
-                format!(
-                    "--- {c}:\n{}\n",
-                    tail_file(&self.dir.join(format!("{c}.log")), 20)
-                )
-            })
-            .collect()
+        [
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+        ]
+        .iter()
+        .map(|c| {
+            format!(
+                "--- {c}:\n{}\n",
+                tail_file(&self.dir.join(format!("{c}.log")), 20)
+            )
+        })
+        .collect()
     }
 
     /// Whether every component still runs (a crash shows up here first).
@@ -375,12 +379,7 @@ impl Kubectl {
         if self.success {
             Ok(self.stdout)
         } else {
-            bail!(
-                "{} failed:\n{}{}",
-                self.command,
-                self.stdout,
-                self.stderr
-            )
+            bail!("{} failed:\n{}{}", self.command, self.stdout, self.stderr)
         }
     }
 }

@@ -43,13 +43,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde::Deserialize;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container as K8sContainer, EnvVarSource, KeyToPath, Pod, PodSecurityContext, PodSpec,
-    Probe as K8sProbe, Secret, Volume,
+    ConfigMap, Container as K8sContainer, EnvVarSource, KeyToPath, Pod, PodSecurityContext,
+    PodSpec, Probe as K8sProbe, Secret, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Deserialize;
 
 use crate::podman::{self, Container, Network};
 
@@ -325,7 +325,14 @@ impl Kubelet {
             .map(|g| u32::try_from(g).context("fsGroup"))
             .transpose()?;
         let volumes = self
-            .volumes(&name, &namespace, spec, &dir.join("volumes"), fs_group, options)
+            .volumes(
+                &name,
+                &namespace,
+                spec,
+                &dir.join("volumes"),
+                fs_group,
+                options,
+            )
             .with_context(|| format!("pod {name}: volumes"))?;
         let mut running = RunningPod {
             name: name.clone(),
@@ -433,28 +440,32 @@ impl Kubelet {
 
     /// A `configMap` or `secret` volume: the object's keys as files (all of
     /// them, or the `items`), with `defaultMode`/`mode`.
-    fn key_files_volume(
-        &self,
-        src: &KeyFiles,
-        namespace: &str,
-        dir: &Path,
-    ) -> anyhow::Result<()> {
+    fn key_files_volume(&self, src: &KeyFiles, namespace: &str, dir: &Path) -> anyhow::Result<()> {
         let in_ns = |meta: &ObjectMeta| {
             meta.name.as_deref() == Some(src.name.as_str())
                 && meta.namespace.as_deref().unwrap_or("default") == namespace
         };
         // The newest copy wins (a kubelet reads the object as it is now).
         let keys: Option<BTreeMap<String, Vec<u8>>> = if src.what == "secret" {
-            self.secrets.iter().rev().find(|s| in_ns(&s.metadata)).map(|s| {
-                let mut keys: BTreeMap<String, Vec<u8>> = s
-                    .string_data
-                    .iter()
-                    .flatten()
-                    .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
-                    .collect();
-                keys.extend(s.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())));
-                keys
-            })
+            self.secrets
+                .iter()
+                .rev()
+                .find(|s| in_ns(&s.metadata))
+                .map(|s| {
+                    let mut keys: BTreeMap<String, Vec<u8>> = s
+                        .string_data
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+                        .collect();
+                    keys.extend(
+                        s.data
+                            .iter()
+                            .flatten()
+                            .map(|(k, v)| (k.clone(), v.0.clone())),
+                    );
+                    keys
+                })
         } else {
             self.config_maps
                 .iter()
@@ -595,10 +606,19 @@ impl Kubelet {
         // Security context: container over pod over image.
         let csc = c.security_context.clone().unwrap_or_default();
         let unsupported = [
-            ("seLinuxOptions", csc.se_linux_options.is_some() || psc.se_linux_options.is_some()),
-            ("windowsOptions", csc.windows_options.is_some() || psc.windows_options.is_some()),
+            (
+                "seLinuxOptions",
+                csc.se_linux_options.is_some() || psc.se_linux_options.is_some(),
+            ),
+            (
+                "windowsOptions",
+                csc.windows_options.is_some() || psc.windows_options.is_some(),
+            ),
             ("procMount", csc.proc_mount.is_some()),
-            ("appArmorProfile", csc.app_armor_profile.is_some() || psc.app_armor_profile.is_some()),
+            (
+                "appArmorProfile",
+                csc.app_armor_profile.is_some() || psc.app_armor_profile.is_some(),
+            ),
             ("sysctls", psc.sysctls.is_some()),
         ];
         if let Some((what, _)) = unsupported.iter().find(|(_, set)| *set) {
@@ -608,10 +628,7 @@ impl Kubelet {
             bail!("privileged containers are not supported by this harness");
         }
         let (image_uid, image_gid) = image_user(&image.user)?;
-        let non_root = csc
-            .run_as_non_root
-            .or(psc.run_as_non_root)
-            .unwrap_or(false);
+        let non_root = csc.run_as_non_root.or(psc.run_as_non_root).unwrap_or(false);
         let uid = match (csc.run_as_user.or(psc.run_as_user), image_uid) {
             (Some(u), _) => u32::try_from(u).context("runAsUser")?,
             (None, Some(u)) => u,

@@ -43,9 +43,8 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ContainerState as K8sContainerState, ContainerStateRunning,
     ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, DaemonEndpoint, HostIP,
-    Node as K8sNode, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus,
-    NodeSystemInfo, PersistentVolume, PersistentVolumeClaim, Pod, PodCondition, PodIP, PodStatus,
-    Secret,
+    Node as K8sNode, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeStatus, NodeSystemInfo,
+    PersistentVolume, PersistentVolumeClaim, Pod, PodCondition, PodIP, PodStatus, Secret,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -418,15 +417,15 @@ impl Agent {
         let config_maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), &namespace);
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &namespace);
         for v in spec.volumes.iter().flatten() {
-            if let Some(cm) = &v.config_map {
-                if let Some(found) = config_maps.get_opt(&cm.name).await? {
-                    self.kubelet.add_config_maps([found]);
-                }
+            if let Some(cm) = &v.config_map
+                && let Some(found) = config_maps.get_opt(&cm.name).await?
+            {
+                self.kubelet.add_config_maps([found]);
             }
-            if let Some(s) = v.secret.as_ref().and_then(|s| s.secret_name.as_ref()) {
-                if let Some(found) = secrets.get_opt(s).await? {
-                    self.kubelet.add_secrets([found]);
-                }
+            if let Some(s) = v.secret.as_ref().and_then(|s| s.secret_name.as_ref())
+                && let Some(found) = secrets.get_opt(s).await?
+            {
+                self.kubelet.add_secrets([found]);
             }
             if let Some(pvc) = &v.persistent_volume_claim {
                 claims.insert(
@@ -487,7 +486,10 @@ impl Agent {
     /// The node directory of the PersistentVolume bound to `claim`.
     async fn bound_volume(&self, namespace: &str, claim: &str) -> anyhow::Result<PathBuf> {
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), namespace);
-        let pvc = pvcs.get(claim).await.with_context(|| format!("claim {claim}"))?;
+        let pvc = pvcs
+            .get(claim)
+            .await
+            .with_context(|| format!("claim {claim}"))?;
         let volume = pvc
             .spec
             .and_then(|s| s.volume_name)
@@ -532,8 +534,8 @@ impl Agent {
         self.failing.remove(&uid);
         self.stopping.spawn(async move {
             if let Some(entry) = entry {
-                let _ = tokio::task::spawn_blocking(move || entry.running.delete_within(grace))
-                    .await;
+                let _ =
+                    tokio::task::spawn_blocking(move || entry.running.delete_within(grace)).await;
             }
             let params = DeleteParams {
                 grace_period_seconds: Some(0),
@@ -707,7 +709,10 @@ impl Agent {
         {
             eprintln!("node {}: status of {name}: {e}", self.name);
         }
-        eprintln!("node {}: pod {namespace}/{name} cannot start: {message}", self.name);
+        eprintln!(
+            "node {}: pod {namespace}/{name} cannot start: {message}",
+            self.name
+        );
     }
 
     /// The Services' names → addresses, from the EndpointSlices.
@@ -731,11 +736,7 @@ impl Agent {
                 let Some(addr) = ep.addresses.first() else {
                     continue;
                 };
-                let ready = ep
-                    .conditions
-                    .as_ref()
-                    .and_then(|c| c.ready)
-                    .unwrap_or(true);
+                let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
                 if ready && first_ready.is_none() {
                     first_ready = Some(addr.clone());
                 }
@@ -843,8 +844,8 @@ async fn serve_logs(
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(cp.ca.cert_pem().as_bytes())?)?;
     let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build()?;
-    let certs = CertificateDer::pem_slice_iter(pair.cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()?;
+    let certs =
+        CertificateDer::pem_slice_iter(pair.cert_pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes())?;
     let mut config = rustls::ServerConfig::builder()
         .with_client_cert_verifier(verifier)
@@ -932,7 +933,9 @@ mod tests {
         let own = "10.0.0.9\tkv-0 kv-0.kv.app.svc.cluster.local kv-0.kv.app.svc\n";
         let in_app = hosts_text(own, services, "app");
         assert!(in_app.contains("10.0.0.9\tkv-0 kv-0.kv.app.svc.cluster.local"));
-        assert!(in_app.contains("10.0.0.5\tetcd-0.etcd.sys.svc.cluster.local etcd-0.etcd.sys.svc\n"));
+        assert!(
+            in_app.contains("10.0.0.5\tetcd-0.etcd.sys.svc.cluster.local etcd-0.etcd.sys.svc\n")
+        );
         assert!(in_app.contains("10.0.0.6\tweb.sys.svc.cluster.local web.sys.svc web.sys\n"));
         assert!(!in_app.contains('#'));
         let in_sys = hosts_text(own, services, "sys");

@@ -276,10 +276,11 @@ async fn cas_writer(
 /// Every replica's value of each writer's key equals its acknowledged count.
 async fn check_writers(group: &Group, acked: &BTreeMap<String, u64>) -> anyhow::Result<()> {
     for e in group.endpoints() {
-        let client = Client::new(&[e.clone()])?;
+        let client = Client::new(std::slice::from_ref(&e))?;
         for (key, n) in acked {
             let q = json!({"op": "get", "key": key});
-            let got: Value = serde_json::from_slice(&client.query(q.to_string().as_bytes(), true).await?)?;
+            let got: Value =
+                serde_json::from_slice(&client.query(q.to_string().as_bytes(), true).await?)?;
             let want = if *n == 0 { Value::Null } else { json!(n) };
             ensure!(
                 got == json!({"ok": true, "value": want}),
@@ -318,7 +319,14 @@ async fn kv_example(c: &Cluster) -> anyhow::Result<Group> {
         "--from-file=kv.wasm=kv.wasm",
     ])?;
     c.kubectl_ok(["apply", "-k", "manifests/examples/kv"])?;
-    c.kubectl_ok(["-n", NS, "rollout", "status", "statefulset/kv", &timeout_flag()])?;
+    c.kubectl_ok([
+        "-n",
+        NS,
+        "rollout",
+        "status",
+        "statefulset/kv",
+        &timeout_flag(),
+    ])?;
     let group = ready_group(c, "kv", 3).await?;
 
     // `dorado submit` / `query` against a pod's IP, as the README shows.
@@ -342,8 +350,18 @@ async fn kv_example(c: &Cluster) -> anyhow::Result<Group> {
         );
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
-    run(&["submit", "--endpoint", &endpoint, r#"{"op":"put","key":"a","value":"1"}"#])?;
-    let got = run(&["query", "--endpoint", &endpoint, r#"{"op":"get","key":"a"}"#])?;
+    run(&[
+        "submit",
+        "--endpoint",
+        &endpoint,
+        r#"{"op":"put","key":"a","value":"1"}"#,
+    ])?;
+    let got = run(&[
+        "query",
+        "--endpoint",
+        &endpoint,
+        r#"{"op":"get","key":"a"}"#,
+    ])?;
     ensure!(got.contains(r#""1""#), "query after submit answered {got}");
 
     // Writes from a client to the pods' IPs.
@@ -352,7 +370,16 @@ async fn kv_example(c: &Cluster) -> anyhow::Result<Group> {
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
     for w in 0..4 {
         let key = format!("w{w}");
-        let n = cas_writer(pods.clone(), "kv", key.clone(), key.clone(), 0, stop.clone(), 25).await?;
+        let n = cas_writer(
+            pods.clone(),
+            "kv",
+            key.clone(),
+            key.clone(),
+            0,
+            stop.clone(),
+            25,
+        )
+        .await?;
         acked.insert(key, n);
     }
     let (index, hash) = converged(&group).await?;
@@ -378,11 +405,30 @@ async fn kv_example(c: &Cluster) -> anyhow::Result<Group> {
     );
 
     // `kubectl delete pod kv-0`: the controller recreates it, it catches up.
-    let old_uid = c.kubectl_ok(["-n", NS, "get", "pod", "kv-0", "-o", "jsonpath={.metadata.uid}"])?;
+    let old_uid = c.kubectl_ok([
+        "-n",
+        NS,
+        "get",
+        "pod",
+        "kv-0",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ])?;
     c.kubectl_ok(["-n", NS, "delete", "pod", "kv-0", &timeout_flag()])?;
     let group = ready_group(c, "kv", 3).await?;
-    let new_uid = c.kubectl_ok(["-n", NS, "get", "pod", "kv-0", "-o", "jsonpath={.metadata.uid}"])?;
-    ensure!(old_uid != new_uid, "kv-0 was not recreated (same uid {old_uid})");
+    let new_uid = c.kubectl_ok([
+        "-n",
+        NS,
+        "get",
+        "pod",
+        "kv-0",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ])?;
+    ensure!(
+        old_uid != new_uid,
+        "kv-0 was not recreated (same uid {old_uid})"
+    );
     converged(&group).await?;
     check_writers(&group, &acked).await?;
 
@@ -392,20 +438,58 @@ async fn kv_example(c: &Cluster) -> anyhow::Result<Group> {
             let key = format!("w{w}");
             // Continue from the acknowledged value, as a new client.
             let (start, id) = (acked[&key], format!("{key}-restart"));
-            let task = cas_writer(pods.clone(), "kv", key.clone(), id, start, stop.clone(), u64::MAX);
+            let task = cas_writer(
+                pods.clone(),
+                "kv",
+                key.clone(),
+                id,
+                start,
+                stop.clone(),
+                u64::MAX,
+            );
             tokio::spawn(async move { task.await.map(|n| (key, n)) })
         })
         .collect();
+    let uids = |c: &Cluster| -> anyhow::Result<String> {
+        c.kubectl_ok([
+            "-n",
+            NS,
+            "get",
+            "pods",
+            "-l",
+            "dorado.io/group=kv",
+            "-o",
+            "jsonpath={.items[*].metadata.uid}",
+        ])
+    };
+    let before_restart = uids(c)?;
     c.kubectl_ok(["-n", NS, "rollout", "restart", "statefulset/kv"])?;
-    c.kubectl_ok(["-n", NS, "rollout", "status", "statefulset/kv", &timeout_flag()])?;
+    c.kubectl_ok([
+        "-n",
+        NS,
+        "rollout",
+        "status",
+        "statefulset/kv",
+        &timeout_flag(),
+    ])?;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         let (key, n) = w.await??;
         let before = acked[&key];
-        ensure!(n > before, "{key}: no write was acknowledged during the rollout");
+        ensure!(
+            n > before,
+            "{key}: no write was acknowledged during the rollout"
+        );
         acked.insert(key, n);
     }
     let group = ready_group(c, "kv", 3).await?;
+    let after_restart = uids(c)?;
+    for uid in before_restart.split_whitespace() {
+        ensure!(
+            !after_restart.contains(uid),
+            "pod {uid} survived the rollout restart"
+        );
+    }
     converged(&group).await?;
     check_writers(&group, &acked).await?;
     Ok(group)
@@ -456,7 +540,8 @@ spec:
     )?;
     ensure!(!bad.success, "a pod with dorado.io/port 99999 was admitted");
     ensure!(
-        bad.stderr.contains("admission webhook \"pods.dorado.io\" denied the request")
+        bad.stderr
+            .contains("admission webhook \"pods.dorado.io\" denied the request")
             && bad.stderr.contains("dorado.io/port"),
         "the denial does not name the webhook and the annotation: {}",
         bad.stderr
@@ -482,7 +567,11 @@ spec:
         exists.stdout
     );
     let real = apply("defaulted.yaml", &defaulted, &[])?;
-    ensure!(real.success, "the defaulted pod was refused: {}", real.stderr);
+    ensure!(
+        real.success,
+        "the defaulted pod was refused: {}",
+        real.stderr
+    );
     ensure!(
         real.stderr.contains("Warning:") && real.stderr.contains("module.wasm"),
         "kubectl printed no warning: {}",
@@ -498,7 +587,14 @@ spec:
 
     // Re-admission: a label change of a mutated pod does not rewrite it.
     let before = c.kubectl_ok(["-n", NS, "get", "pod", "kv-1", "-o", "jsonpath={.spec}"])?;
-    c.kubectl_ok(["-n", NS, "label", "pod", "kv-1", "e2e.dorado.io/touched=yes"])?;
+    c.kubectl_ok([
+        "-n",
+        NS,
+        "label",
+        "pod",
+        "kv-1",
+        "e2e.dorado.io/touched=yes",
+    ])?;
     let after = c.kubectl_ok(["-n", NS, "get", "pod", "kv-1", "-o", "jsonpath={.spec}"])?;
     ensure!(before == after, "a label change rewrote the pod spec");
     let status = c.kubectl_ok([
@@ -535,7 +631,14 @@ fn collisions(c: &Cluster, dir: &std::path::Path) -> anyhow::Result<()> {
         };
         rows += 1;
         let path = dir.join(file).display().to_string();
-        let out = c.kubectl(["-n", "collisions", "create", "--dry-run=server", "-f", &path])?;
+        let out = c.kubectl([
+            "-n",
+            "collisions",
+            "create",
+            "--dry-run=server",
+            "-f",
+            &path,
+        ])?;
         match *outcome {
             "denied" => {
                 let message = what
@@ -559,7 +662,10 @@ fn collisions(c: &Cluster, dir: &std::path::Path) -> anyhow::Result<()> {
             other => bail!("{file}: unknown outcome {other:?} in the README"),
         }
     }
-    ensure!(rows >= 10, "the collision README lists only {rows} fixtures");
+    ensure!(
+        rows >= 10,
+        "the collision README lists only {rows} fixtures"
+    );
     Ok(())
 }
 
@@ -607,7 +713,7 @@ async fn bank_deployment(c: &Cluster) -> anyhow::Result<()> {
     converged(&group).await?;
     for e in group.endpoints() {
         let total: Value = serde_json::from_slice(
-            &Client::new(&[e.clone()])?
+            &Client::new(std::slice::from_ref(&e))?
                 .query(br#"{"op":"total"}"#, true)
                 .await?,
         )?;

@@ -58,7 +58,8 @@ async fn create_pod(env: &mut Env, sts: &Value, ordinal: u32) -> anyhow::Result<
         "the example's pods need no defaulting warnings: {:?}",
         admitted.warnings
     );
-    env.kubelet.run(&typed_pod(&admitted.pod)?, ordinal as usize)
+    env.kubelet
+        .run(&typed_pod(&admitted.pod)?, ordinal as usize)
 }
 
 fn endpoints(pods: &[RunningPod]) -> anyhow::Result<Vec<String>> {
