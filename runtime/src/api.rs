@@ -23,7 +23,7 @@ use serde::Deserialize;
 
 use crate::node::{Consistency, Node, QueryError, SubmitError, SubmitReply};
 use crate::replica::Replica;
-pub use crate::wire::{ErrorBody, ErrorCode, Role, Status};
+use crate::wire::{ErrorBody, ErrorCode};
 
 /// Header carrying the client id for exactly-once delivery.
 pub const CLIENT_ID: &str = "dorado-client-id";

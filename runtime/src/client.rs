@@ -369,6 +369,50 @@ mod tests {
         assert_eq!(c.endpoints, vec!["http://a:1", "http://b:2"]);
     }
 
+    /// A replica's API before the replica is attached (still connecting to
+    /// the store): every route but `/healthz` answers 503 `starting`.
+    async fn starting_api() -> String {
+        let state = std::sync::Arc::new(crate::api::ApiState::new(1024).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(crate::api::serve(
+            listener,
+            crate::api::router(state),
+            std::future::pending(),
+        ));
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn error_bodies_become_typed_errors() {
+        let base = starting_api().await;
+        let client = Client::new(std::slice::from_ref(&base))
+            .unwrap()
+            .with_deadline(Duration::from_secs(5));
+        let http = &client.http;
+        match fetch_status(http, &base, Duration::from_secs(5)).await {
+            Err(ClientError::Api {
+                status: 503,
+                code: ErrorCode::Starting,
+                message,
+            }) => assert!(message.contains("starting"), "{message}"),
+            other => panic!("expected 503 starting, got {other:?}"),
+        }
+        // Refused before anything could be ordered: no retry, the code as sent.
+        match client.submit(b"", Some(("c", 1))).await {
+            Err(ClientError::Api {
+                status: 400,
+                code: ErrorCode::Empty,
+                ..
+            }) => {}
+            other => panic!("expected 400 empty, got {other:?}"),
+        }
+        match fetch_status(http, "http://127.0.0.1:1", Duration::from_secs(5)).await {
+            Err(ClientError::Transport { url, .. }) => assert!(url.ends_with("/v1/status")),
+            other => panic!("expected a transport error, got {other:?}"),
+        }
+    }
+
     #[test]
     fn generated_ids_are_valid_header_values() {
         let id = generated_client_id();

@@ -111,11 +111,6 @@ impl Status {
     pub fn is_leader(&self) -> bool {
         self.role == Role::Leader
     }
-
-    /// Whether it has applied everything it knows to be committed.
-    pub fn caught_up(&self) -> bool {
-        self.applied_index >= self.commit_index
-    }
 }
 
 /// The stable, machine-readable `code` of an error body. Each code has one
@@ -366,12 +361,25 @@ mod tests {
             protocol: Protocol::Classic,
             ..status()
         };
-        let v = serde_json::to_value(&follower).unwrap();
-        assert_eq!(v["role"], "follower");
-        assert_eq!(v["protocol"], "classic");
-        assert_eq!(v["leader"], serde_json::Value::Null);
-        assert_eq!(v["store_error"], "etcd unreachable");
-        assert_eq!(serde_json::from_value::<Status>(v).unwrap(), follower);
+        let golden = json!({
+            "group": "shop",
+            "namespace": "prod",
+            "replica": "shop-0",
+            "role": "follower",
+            "leader": null,
+            "leader_address": null,
+            "epoch": null,
+            "applied_index": 500,
+            "commit_index": 501,
+            "hash": "6091c5727729",
+            "module_sha256": "ab".repeat(32),
+            "ready": true,
+            "store_error": "etcd unreachable",
+            "snapshot_index": 400,
+            "protocol": "classic",
+        });
+        assert_eq!(serde_json::to_value(&follower).unwrap(), golden);
+        assert_eq!(serde_json::from_value::<Status>(golden).unwrap(), follower);
     }
 
     #[test]
