@@ -37,12 +37,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use dorado::api::{self, ApiState, DEFAULT_MAX_COMMAND_BYTES};
-use dorado::client::{Client, ClientError};
+use dorado::client::{Client, ClientError, fetch_status};
 use dorado::host::{Host, HostConfig, HostError, LoadError};
 use dorado::node::{self, NodeConfig};
 use dorado::store::MemoryStore;
 use dorado::trace::TraceWriter;
+use dorado::wire::Status;
 use dorado_testkit::etcd_process::{EtcdProcess, EtcdProcessError, find_etcd_binary};
+use dorado_testkit::examples::Reply;
 use dorado_testkit::process::ChildGuard;
 use dorado_testkit::replica::ReplicaFlags;
 
@@ -440,14 +442,14 @@ async fn scenario<L: Launcher, W: Write>(
     let load_time = load_started.elapsed();
     // Leadership may have moved during the load (it should not): crash the current leader.
     let leader = wait_leader(l, &http, &all).await?;
-    let before = status(&http, &l.url(leader)).await.unwrap_or(Value::Null);
-    let old_epoch = before["epoch"].as_u64();
+    let before = status(&http, &l.url(leader)).await;
+    let old_epoch = before.as_ref().and_then(|s| s.epoch);
     w.line(format_args!(
         "[2/5] {} commands acknowledged in {} ({:.0}/s), each submitted with a client id and seq; log index {}",
         acked.len(),
         secs(load_time),
         acked.len() as f64 / load_time.as_secs_f64().max(1e-3),
-        before["applied_index"]
+        opt(before.map(|s| s.applied_index))
     ))?;
 
     // 3. Crash the leader and measure the takeover.
@@ -474,8 +476,7 @@ async fn scenario<L: Launcher, W: Write>(
     let new_leader = wait_leader(l, &http, &survivors).await?;
     let new_epoch = status(&http, &l.url(new_leader))
         .await
-        .unwrap_or(Value::Null)["epoch"]
-        .as_u64();
+        .and_then(|s| s.epoch);
     w.line(format_args!(
         "      {} took over: the first write after the crash was acknowledged {} later (index {takeover_index}, lease TTL {} s)",
         NAMES[new_leader],
@@ -635,7 +636,7 @@ async fn summary<L: Launcher, W: Write>(
         "replica", "role", "applied", "hash"
     ))?;
     for (i, name) in NAMES.iter().enumerate() {
-        let s = status(http, &l.url(i)).await.unwrap_or(Value::Null);
+        let s = status(http, &l.url(i)).await;
         let note = if i == o.recreated {
             "crashed, recreated empty, recovered from the store"
         } else {
@@ -644,11 +645,10 @@ async fn summary<L: Launcher, W: Write>(
         w.line(format_args!(
             "  {:<8} {:<9} {:>8}  {:<12}  {note}",
             name,
-            s["role"].as_str().unwrap_or("?"),
-            s["applied_index"]
-                .as_u64()
-                .map_or("?".into(), |n| n.to_string()),
-            short(s["hash"].as_str().unwrap_or("?")),
+            s.as_ref().map_or("?", |s| s.role.as_str()),
+            s.as_ref()
+                .map_or("?".into(), |s| s.applied_index.to_string()),
+            short(s.as_ref().map_or("?", |s| s.hash.as_str())),
         ))?;
     }
     let passed = checks.iter().filter(|c| c.passed).count();
@@ -668,7 +668,7 @@ async fn summary<L: Launcher, W: Write>(
     w.line(format_args!("  total time             {}", secs(elapsed)))
 }
 
-fn opt(v: Option<u64>) -> String {
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
     v.map_or("-".into(), |v| v.to_string())
 }
 
@@ -709,12 +709,8 @@ fn spinner(message: &str) -> ProgressBar {
     spin
 }
 
-async fn status(http: &reqwest::Client, url: &str) -> Option<Value> {
-    let r = http.get(format!("{url}/v1/status")).send().await.ok()?;
-    if !r.status().is_success() {
-        return None;
-    }
-    serde_json::from_slice(&r.bytes().await.ok()?).ok()
+async fn status(http: &reqwest::Client, url: &str) -> Option<Status> {
+    fetch_status(http, url, Duration::from_secs(3)).await.ok()
 }
 
 async fn ready(http: &reqwest::Client, url: &str) -> bool {
@@ -775,7 +771,7 @@ async fn wait_leader<L: Launcher>(
         check_alive(l, which)?;
         for &i in which {
             if let Some(s) = status(http, &l.url(i)).await
-                && s["role"] == "leader"
+                && s.is_leader()
             {
                 return Ok(i);
             }
@@ -805,12 +801,12 @@ async fn wait_converged<L: Launcher>(
         check_alive(l, which)?;
         seen.clear();
         for &i in which {
-            let s = status(http, &l.url(i)).await.unwrap_or(Value::Null);
+            let s = status(http, &l.url(i)).await;
             seen.push((
                 NAMES[i],
-                s["applied_index"].as_u64(),
-                s["commit_index"].as_u64(),
-                s["hash"].as_str().unwrap_or("").to_string(),
+                s.as_ref().map(|s| s.applied_index),
+                s.as_ref().map(|s| s.commit_index),
+                s.map(|s| s.hash).unwrap_or_default(),
             ));
         }
         let (_, first_applied, _, first_hash) = &seen[0];
@@ -849,26 +845,26 @@ async fn wait_caught_up<L: Launcher>(
     hash: &str,
 ) -> Result<(), DemoError> {
     let start = Instant::now();
-    let mut last = Value::Null;
+    let mut last: Option<Status> = None;
     loop {
         check_alive(l, &[i])?;
         if let Some(s) = status(http, &l.url(i)).await {
-            if s["applied_index"].as_u64() >= Some(index) && ready(http, &l.url(i)).await {
-                return if s["applied_index"].as_u64() == Some(index) && s["hash"] == hash {
+            if s.applied_index >= index && ready(http, &l.url(i)).await {
+                return if s.applied_index == index && s.hash == hash {
                     Ok(())
                 } else {
                     Err(DemoError::Replica {
                         name: NAMES[i].into(),
                         message: format!(
                             "caught up to index {} with hash {}, but the others are at index {index} with hash {}",
-                            s["applied_index"],
-                            short(s["hash"].as_str().unwrap_or("?")),
+                            s.applied_index,
+                            short(&s.hash),
                             short(hash)
                         ),
                     })
                 };
             }
-            last = s;
+            last = Some(s);
         }
         if start.elapsed() > START_TIMEOUT {
             return Err(DemoError::Timeout {
@@ -876,7 +872,8 @@ async fn wait_caught_up<L: Launcher>(
                 after: START_TIMEOUT,
                 detail: format!(
                     "it applied {} (ready: {})",
-                    last["applied_index"], last["ready"]
+                    opt(last.as_ref().map(|s| s.applied_index)),
+                    opt(last.as_ref().map(|s| s.ready))
                 ),
             });
         }
@@ -986,13 +983,17 @@ async fn read_back(http: &reqwest::Client, url: &str, name: &str, acked: &[Acked
                 .send()
                 .await
                 .map_err(|e| format!("{}: {e}", a.key))?;
-            let body: Value =
-                serde_json::from_slice(&r.bytes().await.map_err(|e| format!("{}: {e}", a.key))?)
-                    .map_err(|e| format!("{}: {e}", a.key))?;
-            if body["value"] == a.value {
+            let body = r.bytes().await.map_err(|e| format!("{}: {e}", a.key))?;
+            let reply = Reply::parse(&body).map_err(|e| format!("{}: {e}", a.key))?;
+            if reply.value.as_ref() == Some(&a.value) {
                 Ok(())
             } else {
-                Err(format!("{}: expected {}, read {body}", a.key, a.value))
+                Err(format!(
+                    "{}: expected {}, read {}",
+                    a.key,
+                    a.value,
+                    String::from_utf8_lossy(&body)
+                ))
             }
         })
         .buffer_unordered(READERS)

@@ -25,27 +25,8 @@ use dorado::runner::{RunError, Started, Starter};
 use dorado::store::EtcdStore;
 use dorado::trace::TraceWriter;
 
-/// Which ordering protocol a replica runs (`--protocol`, `DORADO_PROTOCOL`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    /// DORADO: fenced, batched appends through etcd.
-    #[default]
-    Dorado,
-    /// The paper's 2016 scheme (one entry per request, acceptances by every
-    /// replica, majority decisions, views by votes); a benchmark baseline.
-    Classic,
-}
-
-impl Protocol {
-    /// The name `--protocol` takes and reports carry.
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Dorado => "dorado",
-            Protocol::Classic => "classic",
-        }
-    }
-}
+/// Which ordering protocol a replica runs: the one `GET /v1/status` reports.
+pub use dorado::wire::Protocol;
 
 /// `dorado-bench run`: `dorado run`'s flags plus the protocol to run.
 #[derive(Debug, Clone, clap::Args)]

@@ -296,7 +296,7 @@ async fn three_replicas_agree_on_the_order_of_concurrent_commands() {
         assert!(!v.is_empty());
     }
     let status = g.node(0).status();
-    assert_eq!(status.protocol, "classic");
+    assert_eq!(status.protocol, dorado_bench::Protocol::Classic);
 
     // The scheme's footprint in etcd: one acceptance per replica per
     // instance, one unordered request per command a follower received.

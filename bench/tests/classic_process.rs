@@ -41,7 +41,7 @@ async fn run_protocol_classic_orders_commands_and_survives_a_killed_replica() {
     }
     c.wait_converged(Duration::from_secs(20)).await;
     let s = c.status(0).await.expect("status");
-    assert_eq!(s["protocol"], "classic");
+    assert_eq!(s.protocol, dorado_bench::Protocol::Classic);
     // Kill whichever replica reports itself leader (or the first): the rest continue.
     let victim = c.leader().await.unwrap_or(0);
     c.replicas[victim].kill();

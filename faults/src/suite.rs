@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
+use dorado::wire::Role;
+use dorado_testkit::examples::Reply;
 use tokio::time::Instant;
 
 use crate::checker::{self, Budget, Completion, KvOp, KvResult, Operation};
@@ -537,11 +538,7 @@ async fn exercise(world: &World, plan: &Plan, report: &mut ScheduleReport) {
             let mut seen = Vec::new();
             for i in 0..REPLICAS {
                 let s = world.status(g, i, Duration::from_secs(2)).await?;
-                seen.push((
-                    s["applied_index"].as_u64()?,
-                    s["commit_index"].as_u64()?,
-                    s["hash"].as_str()?.to_string(),
-                ));
+                seen.push((s.applied_index, s.commit_index, s.hash));
             }
             let first = seen[0].clone();
             (first.0 >= probe_index
@@ -662,19 +659,14 @@ async fn statuses(world: &World, g: usize) -> String {
         let s = world.status(g, i, Duration::from_secs(2)).await;
         out.push(match &s {
             Some(s) => format!(
-                "{}-{i}: role {} leader {} applied {} commit {} hash {} error {}",
+                "{}-{i}: role {} leader {:?} applied {} commit {} hash {} error {:?}",
                 GROUPS[g],
-                s["role"],
-                s["leader"],
-                s["applied_index"],
-                s["commit_index"],
-                s["hash"]
-                    .as_str()
-                    .unwrap_or("")
-                    .chars()
-                    .take(12)
-                    .collect::<String>(),
-                s["store_error"]
+                s.role,
+                s.leader,
+                s.applied_index,
+                s.commit_index,
+                s.hash.chars().take(12).collect::<String>(),
+                s.store_error
             ),
             None => format!("{}-{i}: no status", GROUPS[g]),
         });
@@ -687,28 +679,19 @@ async fn statuses(world: &World, g: usize) -> String {
         .iter()
         .map(|s| {
             let s = s.as_ref()?;
-            Some((
-                s["applied_index"].as_u64()?,
-                s["commit_index"].as_u64()?,
-                s["leader"].is_null(),
-            ))
+            Some((s.applied_index, s.commit_index, s.leader.is_none()))
         })
         .collect();
-    let leaders: Vec<(String, String)> = seen
+    let leaders: Vec<(String, Role)> = seen
         .iter()
         .flatten()
-        .map(|s| {
-            (
-                s["leader"].as_str().unwrap_or("").to_string(),
-                s["role"].as_str().unwrap_or("").to_string(),
-            )
-        })
+        .map(|s| (s.leader.clone().unwrap_or_default(), s.role))
         .collect();
     if leaders.len() == REPLICAS
         && !leaders[0].0.is_empty()
         && leaders
             .iter()
-            .all(|(l, role)| *l == leaders[0].0 && role != "leader")
+            .all(|(l, role)| *l == leaders[0].0 && *role != Role::Leader)
     {
         text.push_str(&format!(
             "; DIAGNOSIS: every replica names {} as leader (its lease is alive) but none leads, so every write is answered no_leader",
@@ -760,18 +743,11 @@ async fn final_kv_reads(world: &World, plan: &Plan, recorder: &SharedRecorder) {
             if resp.status().as_u16() != 200 {
                 continue;
             }
-            let Some(v) = resp
-                .bytes()
-                .await
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            else {
+            let Some(v) = resp.bytes().await.ok().and_then(|b| Reply::parse(&b).ok()) else {
                 continue;
             };
-            let value = match &v["value"] {
-                Value::Null => None,
-                Value::String(s) => Some(s.clone()),
-                _ => continue,
+            let Ok(value) = workload::value_of(v.value.as_ref()) else {
+                continue;
             };
             let at = world.now_ns();
             recorder
@@ -807,7 +783,7 @@ async fn final_bank_check(world: &World, plan: &Plan, anomalies: &mut Vec<Anomal
                 .send()
                 .await
                 .ok()?;
-            serde_json::from_slice::<Value>(&r.bytes().await.ok()?).ok()
+            Reply::parse(&r.bytes().await.ok()?).ok()
         };
         let Some(total) = query(r#"{"op":"total"}"#.into()).await else {
             continue;
@@ -817,14 +793,17 @@ async fn final_bank_check(world: &World, plan: &Plan, anomalies: &mut Vec<Anomal
         for a in 0..plan.accounts {
             let name = workload::account(a);
             let b = query(serde_json::json!({"op": "balance", "account": name}).to_string()).await;
-            match b.as_ref().and_then(|b| b["balance"].as_i64()) {
+            match b.as_ref().and_then(|b| b.balance) {
                 Some(n) if n >= 0 => sum += i128::from(n),
                 Some(n) => problems.push(format!("{name} has a negative balance {n}")),
                 None => problems.push(format!("{name}: {b:?}")),
             }
         }
-        if total["total"].as_u64() != Some(expected) {
-            problems.push(format!("total is {} (expected {expected})", total["total"]));
+        if total.total != Some(expected) {
+            problems.push(format!(
+                "total is {} (expected {expected})",
+                total.total.map_or("missing".into(), |t| t.to_string())
+            ));
         }
         if sum != i128::from(expected) {
             problems.push(format!("balances add up to {sum} (expected {expected})"));

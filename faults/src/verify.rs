@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use dorado::trace::{JsonTraceLine, TraceResult};
 
 use crate::workload::{Answer, WriteOutcome, WriteRecord};
 
@@ -102,8 +102,8 @@ pub struct TraceCommand {
     pub seq: u64,
     /// Command text.
     pub cmd: String,
-    /// `ok` or `rejected`.
-    pub result: String,
+    /// Applied or rejected.
+    pub result: TraceResult,
     /// Reply or rejection reason.
     pub detail: String,
     /// Answered from the session table.
@@ -116,7 +116,8 @@ impl TraceCommand {
     /// Whether this line is an application (not a session-table answer, not
     /// a stale-seq rejection).
     pub fn is_application(&self) -> bool {
-        let stale = self.result == "rejected" && self.detail.starts_with("stale sequence number");
+        let stale = self.result == TraceResult::Rejected
+            && self.detail.starts_with("stale sequence number");
         !(self.duplicate || stale)
     }
 }
@@ -135,28 +136,30 @@ pub enum TraceLine {
 /// Parse one line of a JSON trace (`None` for anything else, e.g. a line cut
 /// short by `kill -9`).
 pub fn parse_line(line: &str) -> Option<TraceLine> {
-    let v: Value = serde_json::from_str(line.trim()).ok()?;
-    if let Some(i) = v.get("restored_snapshot").and_then(Value::as_u64) {
-        return Some(TraceLine::Restored(i));
-    }
-    let index = v.get("index")?.as_u64()?;
-    let hash = v.get("hash")?.as_str()?.to_string();
-    if v.get("noop").and_then(Value::as_bool) == Some(true) {
-        return Some(TraceLine::Noop(index, hash));
-    }
-    Some(TraceLine::Command(
-        index,
-        u32::try_from(v.get("pos")?.as_u64()?).ok()?,
-        TraceCommand {
-            client: v.get("client")?.as_str()?.to_string(),
-            seq: v.get("seq")?.as_u64()?,
-            cmd: v.get("cmd")?.as_str()?.to_string(),
-            result: v.get("result")?.as_str()?.to_string(),
-            detail: v.get("detail")?.as_str()?.to_string(),
-            duplicate: v.get("duplicate")?.as_bool()?,
+    Some(match JsonTraceLine::parse(line)? {
+        JsonTraceLine::Restored {
+            restored_snapshot, ..
+        } => TraceLine::Restored(restored_snapshot),
+        JsonTraceLine::Noop {
+            index,
             hash,
-        },
-    ))
+            noop: true,
+        } => TraceLine::Noop(index, hash),
+        JsonTraceLine::Noop { noop: false, .. } => return None,
+        JsonTraceLine::Command(c) => TraceLine::Command(
+            c.index,
+            c.pos,
+            TraceCommand {
+                client: c.client,
+                seq: c.seq,
+                cmd: c.cmd,
+                result: c.result,
+                detail: c.detail,
+                duplicate: c.duplicate,
+                hash: c.hash,
+            },
+        ),
+    })
 }
 
 /// The log of one group as all its traces together show it.

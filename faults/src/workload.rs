@@ -27,15 +27,15 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use dorado::wire::ErrorBody;
+use dorado_testkit::examples::Reply;
+
 use crate::checker::{Completion, KvOp, KvResult, Operation};
 use crate::plan::{BANK, KV, KvClientPlan, Plan};
 use crate::world::World;
 
 /// How long one operation may be retried before it is given up.
 pub const OP_DEADLINE: Duration = Duration::from_secs(25);
-
-/// Error codes of a 503 that mean the command was not applied.
-pub const NOT_APPLIED_CODES: [&str; 4] = ["not_leader", "no_leader", "not_ordered", "starting"];
 
 /// What one HTTP attempt told the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,12 +189,9 @@ pub async fn send_command(
         },
         422 => Answer::Rejected { index, body: text },
         503 => {
-            let code = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v["code"].as_str().map(String::from))
-                .unwrap_or_default();
-            if NOT_APPLIED_CODES.contains(&code.as_str()) {
-                Answer::NotApplied(code)
+            let code = ErrorBody::parse(text.as_bytes()).code;
+            if code.never_ordered() {
+                Answer::NotApplied(code.to_string())
             } else {
                 Answer::Unknown(format!("503 {code}"))
             }
@@ -283,7 +280,7 @@ impl Session<'_> {
     }
 
     /// A linearizable query on a random replica; `None` if it got no answer.
-    async fn query(&mut self, body: &str) -> Option<(u64, u64, Value, usize)> {
+    async fn query(&mut self, body: &str) -> Option<(u64, u64, Reply, usize)> {
         let world = self.world;
         let urls = &world.groups[self.group].urls;
         let replica = self.rng.random_range(0..urls.len());
@@ -299,18 +296,19 @@ impl Session<'_> {
         if resp.status().as_u16() != 200 {
             return None;
         }
-        let text = resp.text().await.ok()?;
+        let text = resp.bytes().await.ok()?;
         let completed = world.now_ns();
-        let v = serde_json::from_str(&text).ok()?;
+        let v = Reply::parse(&text).ok()?;
         Some((invoked, completed, v, replica))
     }
 }
 
-fn value_of(v: &Value) -> Result<Option<String>, String> {
+/// A kv value as the checker sees it: a string, or `None` for absent.
+pub(crate) fn value_of(v: Option<&Value>) -> Result<Option<String>, String> {
     match v {
-        Value::Null => Ok(None),
-        Value::String(s) => Ok(Some(s.clone())),
-        other => Err(format!("value {other} is not a string")),
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(format!("value {other} is not a string")),
     }
 }
 
@@ -319,14 +317,18 @@ fn kv_result(op: &KvOp, answer: &Answer) -> Result<KvResult, String> {
     let Answer::Ok { body, .. } = answer else {
         return Err(format!("kv command answered {answer:?}"));
     };
-    let v: Value = serde_json::from_str(body).map_err(|e| format!("reply {body:?}: {e}"))?;
-    let ok = v["ok"] == true;
+    let v = Reply::parse(body.as_bytes()).map_err(|e| format!("reply {body:?}: {e}"))?;
+    let ok = v.ok;
     match op {
         KvOp::Put(_) if ok => Ok(KvResult::Written),
-        KvOp::Get if ok => value_of(&v["value"]).map(KvResult::Read),
+        KvOp::Get if ok => value_of(v.value.as_ref()).map(KvResult::Read),
         KvOp::Cas { .. } if ok => Ok(KvResult::CasOk),
-        KvOp::Cas { .. } if v["error"] == "cas mismatch" => Ok(KvResult::CasFailed {
-            current: v.get("current").map(value_of).transpose()?,
+        KvOp::Cas { .. } if v.error.as_deref() == Some("cas mismatch") => Ok(KvResult::CasFailed {
+            current: v
+                .current
+                .as_ref()
+                .map(|c| value_of(c.as_ref()))
+                .transpose()?,
         }),
         _ => Err(format!("unexpected reply {body}")),
     }
@@ -404,10 +406,10 @@ async fn kv_read(
         rec(recorder).kv_reads_failed += 1;
         return None;
     };
-    let value = if v["ok"] == true {
-        value_of(&v["value"])
+    let value = if v.ok {
+        value_of(v.value.as_ref())
     } else {
-        Err(format!("query reply {v}"))
+        Err(format!("query reply {v:?}"))
     };
     let mut r = rec(recorder);
     match value {
@@ -566,12 +568,12 @@ pub async fn bank_client(
             if let Some((invoked, at, v, replica)) = s.query(r#"{"op":"total"}"#).await {
                 let mut r = rec(&recorder);
                 r.bank_reads += 1;
-                if v["ok"] != true || v["total"].as_u64() != Some(expected) {
+                if !v.ok || v.total != Some(expected) {
                     r.anomalies.push(ClientAnomaly {
                         group: BANK,
                         what: "bank total changed",
                         detail: format!(
-                            "linearizable read of the total at replica {replica} [{:.3}s .. {:.3}s] returned {v}, expected total {expected}",
+                            "linearizable read of the total at replica {replica} [{:.3}s .. {:.3}s] returned {v:?}, expected total {expected}",
                             invoked as f64 / 1e9,
                             at as f64 / 1e9
                         ),
@@ -591,10 +593,10 @@ pub async fn bank_client(
                 .to_string();
         let w = s.write(body).await;
         if let Some(Answer::Ok { body, .. }) = w.answer() {
-            let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-            let fine = v["ok"] == true
-                || v["error"]
-                    .as_str()
+            let v = Reply::parse(body.as_bytes()).unwrap_or_default();
+            let fine = v.ok
+                || v.error
+                    .as_deref()
                     .is_some_and(|e| e.starts_with("insufficient funds"));
             if !fine {
                 rec(&recorder).anomalies.push(ClientAnomaly {

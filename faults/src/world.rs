@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
+use dorado::wire::Status;
 use dorado_testkit::etcd_process::{EtcdCluster, EtcdProcessOptions};
-use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::plan::{ETCD_MEMBERS, GROUPS, LEASE_TTL_SECS, Plan, REPLICAS};
@@ -240,19 +240,10 @@ impl World {
     }
 
     /// `GET /v1/status` of replica `i` of group `g`.
-    pub async fn status(&self, g: usize, i: usize, timeout: Duration) -> Option<Value> {
-        let url = &self.groups[g].urls[i];
-        let r = self
-            .http
-            .get(format!("{url}/v1/status"))
-            .timeout(timeout)
-            .send()
+    pub async fn status(&self, g: usize, i: usize, timeout: Duration) -> Option<Status> {
+        dorado::client::fetch_status(&self.http, &self.groups[g].urls[i], timeout)
             .await
-            .ok()?;
-        if !r.status().is_success() {
-            return None;
-        }
-        serde_json::from_slice(&r.bytes().await.ok()?).ok()
+            .ok()
     }
 
     /// Whether replica `i` of group `g` answers `/readyz` with 200.
@@ -287,7 +278,7 @@ impl World {
             .filter(|(i, _)| Some(*i) != except)
             .filter_map(|(i, s)| {
                 let s = s?;
-                (s["role"] == "leader").then(|| (s["epoch"].as_i64().unwrap_or(0), i))
+                s.is_leader().then(|| (s.epoch.unwrap_or(0), i))
             })
             .max()
             .map(|(_, i)| i)

@@ -7,8 +7,8 @@
 //! Properties:
 //! * no request panics the router or a handler;
 //! * the status is one of 200 (`/healthz` only), 400, 404, 405, 413, 503;
-//! * every error body is a JSON object with a string `code` and `message`
-//!   (the API's error contract).
+//! * every error body is an `ErrorBody` (`{"code", "message"}`) whose code is
+//!   one the API documents, answered with that code's HTTP status.
 #![no_main]
 
 use std::sync::{Arc, LazyLock};
@@ -16,6 +16,7 @@ use std::sync::{Arc, LazyLock};
 use axum::Router;
 use axum::body::Body;
 use dorado::api::{ApiState, router};
+use dorado::wire::{ErrorBody, ErrorCode};
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode};
 use http_body_util::BodyExt;
 use libfuzzer_sys::fuzz_target;
@@ -93,13 +94,17 @@ fuzz_target!(|data: &[u8]| {
         if head {
             return;
         }
-        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|e| {
+        let error: ErrorBody = serde_json::from_slice(&body).unwrap_or_else(|e| {
             panic!(
                 "{status} for {path} is not a JSON error ({e}): {:?}",
                 String::from_utf8_lossy(&body)
             )
         });
-        assert!(json["code"].is_string(), "no code in {json}");
-        assert!(json["message"].is_string(), "no message in {json}");
+        assert_ne!(error.code, ErrorCode::Unknown, "unknown code in {error:?}");
+        assert_eq!(
+            error.code.http_status(),
+            status.as_u16(),
+            "{error:?} came with {status}"
+        );
     });
 });

@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 use crate::node::{Consistency, Node, QueryError, SubmitError, SubmitReply};
 use crate::replica::Replica;
+use crate::wire::{ErrorBody, ErrorCode};
 
 /// Header carrying the client id for exactly-once delivery.
 pub const CLIENT_ID: &str = "dorado-client-id";
@@ -118,52 +119,50 @@ impl ApiState {
                 Some(e) => format!("replica is starting: cannot connect to the store: {e}"),
                 None => "replica is starting: connecting to the store and recovering state".into(),
             };
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "starting", message)
+            ApiError::new(ErrorCode::Starting, message)
         })
     }
 }
 
-/// A JSON error response.
+/// A JSON error response: an [`ErrorBody`] with its HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
-    /// HTTP status.
+    /// HTTP status (the code's own, [`ErrorCode::http_status`], but for a
+    /// lost forwarded answer).
     pub status: StatusCode,
-    /// Stable machine-readable code.
-    pub code: &'static str,
-    /// Human explanation.
-    pub message: String,
-    /// Leader address hint.
-    pub leader: Option<String>,
-    /// Log index, for rejections.
-    pub index: Option<u64>,
+    /// What the client reads.
+    pub body: ErrorBody,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with the code's own HTTP status.
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError {
-            status,
-            code,
-            message: message.into(),
-            leader: None,
-            index: None,
+            status: StatusCode::from_u16(code.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            body: ErrorBody {
+                code,
+                message: message.into(),
+                leader: None,
+                index: None,
+            },
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = serde_json::json!({"code": self.code, "message": self.message});
-        if let Some(l) = &self.leader {
-            body["leader"] = l.clone().into();
-        }
-        if let Some(i) = self.index {
-            body["index"] = i.into();
-        }
-        let mut resp = (self.status, axum::Json(body)).into_response();
-        if let Some(l) = self.leader.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        let leader = self
+            .body
+            .leader
+            .as_deref()
+            .and_then(|l| HeaderValue::from_str(l).ok());
+        let index = self.body.index;
+        let mut resp = (self.status, axum::Json(self.body)).into_response();
+        if let Some(l) = leader {
             resp.headers_mut().insert(LEADER, l);
         }
-        if let Some(i) = self.index {
+        if let Some(i) = index {
             resp.headers_mut().insert(INDEX, HeaderValue::from(i));
         }
         resp
@@ -198,8 +197,7 @@ pub async fn serve(
 
 async fn not_found(req: Request) -> ApiError {
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
+        ErrorCode::NotFound,
         format!(
             "no route for {} {}; the API has POST /v1/commands, POST /v1/query, GET /v1/status, /healthz, /readyz, /metrics",
             req.method(),
@@ -210,8 +208,7 @@ async fn not_found(req: Request) -> ApiError {
 
 async fn method_not_allowed(req: Request) -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         format!("{} is not allowed on {}", req.method(), req.uri().path()),
     )
 }
@@ -219,7 +216,7 @@ async fn method_not_allowed(req: Request) -> ApiError {
 /// Parse the exactly-once headers: both or neither; id printable ASCII up to
 /// 255 bytes; seq a positive integer.
 pub fn parse_client_tag(headers: &HeaderMap) -> Result<Option<ClientTag>, ApiError> {
-    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "bad_header", m);
+    let bad = |m: String| ApiError::new(ErrorCode::BadHeader, m);
     let id = headers.get(CLIENT_ID);
     let seq = headers.get(SEQ);
     match (id, seq) {
@@ -266,15 +263,13 @@ pub fn parse_client_tag(headers: &HeaderMap) -> Result<Option<ClientTag>, ApiErr
 async fn read_body(body: Body, max: usize, what: &str) -> Result<Bytes, ApiError> {
     let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
         ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            ErrorCode::TooLarge,
             format!("{what} is larger than the limit of {max} bytes"),
         )
     })?;
     if bytes.is_empty() {
         return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "empty",
+            ErrorCode::Empty,
             format!(
                 "{what} is empty; send the bytes your state machine expects as the request body"
             ),
@@ -299,8 +294,8 @@ fn reply_response(r: SubmitReply) -> Response {
             resp
         }
         Outcome::Rejected(reason) => {
-            let mut e = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", reason);
-            e.index = Some(r.index);
+            let mut e = ApiError::new(ErrorCode::Rejected, reason);
+            e.body.index = Some(r.index);
             e.into_response()
         }
     }
@@ -328,18 +323,18 @@ async fn submit(
 }
 
 fn submit_error(e: SubmitError) -> ApiError {
-    let (status, code) = match &e {
-        SubmitError::Forward(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),
-        SubmitError::NoLeader => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
-        SubmitError::NotOrdered => (StatusCode::SERVICE_UNAVAILABLE, "not_ordered"),
-        SubmitError::Unknown => (StatusCode::SERVICE_UNAVAILABLE, "unknown_outcome"),
-        SubmitError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-        SubmitError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
-        SubmitError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_command"),
+    let code = match &e {
+        SubmitError::Forward(_) => ErrorCode::NotLeader,
+        SubmitError::NoLeader => ErrorCode::NoLeader,
+        SubmitError::NotOrdered => ErrorCode::NotOrdered,
+        SubmitError::Unknown => ErrorCode::UnknownOutcome,
+        SubmitError::ShuttingDown => ErrorCode::ShuttingDown,
+        SubmitError::Timeout(_) => ErrorCode::Timeout,
+        SubmitError::Invalid(_) => ErrorCode::InvalidCommand,
     };
-    let mut err = ApiError::new(status, code, e.to_string());
+    let mut err = ApiError::new(code, e.to_string());
     if let SubmitError::Forward(addr) = e {
-        err.leader = Some(addr);
+        err.body.leader = Some(addr);
     }
     err
 }
@@ -363,13 +358,12 @@ async fn forward(
     }
     let resp = req.send().await.map_err(|e| {
         let mut err = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "leader_unreachable",
+            ErrorCode::LeaderUnreachable,
             format!(
                 "cannot reach the leader at {leader}: {e}; if the command was sent with a client id and seq, retrying it is safe"
             ),
         );
-        err.leader = Some(leader.to_string());
+        err.body.leader = Some(leader.to_string());
         err
     })?;
     let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -382,10 +376,10 @@ async fn forward(
             headers.insert(k, v);
         }
     }
-    let body = resp.bytes().await.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "leader_unreachable",
+    let body = resp.bytes().await.map_err(|e| ApiError {
+        status: StatusCode::BAD_GATEWAY,
+        ..ApiError::new(
+            ErrorCode::LeaderUnreachable,
             format!("the leader at {leader} dropped the reply: {e}; retry with the same client id and seq"),
         )
     })?;
@@ -416,8 +410,7 @@ async fn query(
     // axum's own rejection is plain text; the API answers JSON errors only.
     let Query(params) = params.map_err(|e| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_parameter",
+            ErrorCode::BadParameter,
             format!(
                 "{}; the only parameter is consistency=linearizable|stale",
                 e.body_text()
@@ -429,8 +422,7 @@ async fn query(
         Some("stale") => Consistency::Stale,
         Some(other) => {
             return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_parameter",
+                ErrorCode::BadParameter,
                 format!(
                     "consistency must be \"linearizable\" (default) or \"stale\", got {other:?}"
                 ),
@@ -447,13 +439,13 @@ async fn query(
         )
             .into_response()),
         Err(e) => {
-            let (status, code) = match &e {
-                QueryError::Rejected(_) => (StatusCode::UNPROCESSABLE_ENTITY, "rejected"),
-                QueryError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
-                QueryError::Behind { .. } => (StatusCode::SERVICE_UNAVAILABLE, "behind"),
-                QueryError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            let code = match &e {
+                QueryError::Rejected(_) => ErrorCode::Rejected,
+                QueryError::Store(_) => ErrorCode::StoreUnavailable,
+                QueryError::Behind { .. } => ErrorCode::Behind,
+                QueryError::ShuttingDown => ErrorCode::ShuttingDown,
             };
-            Err(ApiError::new(status, code, e.to_string()))
+            Err(ApiError::new(code, e.to_string()))
         }
     }
 }
@@ -469,8 +461,7 @@ async fn snapshot(State(state): State<Arc<ApiState>>) -> Result<Response, ApiErr
     let node = state.started()?;
     let (index, bytes) = node.snapshot().await.ok_or_else(|| {
         ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "snapshot_failed",
+            ErrorCode::SnapshotFailed,
             "the state machine could not produce a snapshot",
         )
     })?;
@@ -495,11 +486,7 @@ async fn readyz(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError
             s.applied_index, s.commit_index
         )
     };
-    Err(ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "not_ready",
-        why,
-    ))
+    Err(ApiError::new(ErrorCode::NotReady, why))
 }
 
 async fn metrics(State(state): State<Arc<ApiState>>) -> Result<Response, ApiError> {
@@ -543,8 +530,8 @@ mod tests {
         let resp = app.oneshot(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(json["code"], "bad_parameter", "{json}");
+        let error: ErrorBody = serde_json::from_slice(&body).unwrap();
+        assert_eq!(error.code, ErrorCode::BadParameter, "{error:?}");
     }
 
     #[test]
@@ -568,7 +555,7 @@ mod tests {
         ] {
             let e = parse_client_tag(&bad).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
-            assert_eq!(e.code, "bad_header");
+            assert_eq!(e.body.code, ErrorCode::BadHeader);
         }
         let long = "x".repeat(256);
         assert!(parse_client_tag(&headers(&[(CLIENT_ID, &long), (SEQ, "1")])).is_err());

@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use crate::api::{CLIENT_ID, DUPLICATE, INDEX, LEADER, SEQ};
+use crate::wire::{ErrorBody, ErrorCode, Status};
 
 /// A successful command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,14 +35,33 @@ pub enum ClientError {
         /// The rejection reason.
         message: String,
     },
-    /// The server refused the request (bad input, not found, too large).
+    /// The server refused the request (bad input, not found, too large), or
+    /// (from [`fetch_status`]) answered with an error.
     #[error("{status} {code}: {message}")]
     Api {
         /// HTTP status.
         status: u16,
-        /// Stable error code.
-        code: String,
+        /// Stable error code ([`ErrorCode::Unknown`] if the body was not
+        /// Dorado's error JSON).
+        code: ErrorCode,
         /// Human message.
+        message: String,
+    },
+    /// A request got no answer: connection refused, timed out, cut off.
+    #[error("{url}: {message}")]
+    Transport {
+        /// The URL requested.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// An answer was not what the API sends (e.g. a status that is not a
+    /// [`Status`]).
+    #[error("{url}: unexpected answer: {message}")]
+    Decode {
+        /// The URL requested.
+        url: String,
+        /// Why it could not be read.
         message: String,
     },
     /// No endpoint gave a definitive answer before the deadline.
@@ -205,8 +225,8 @@ impl Client {
                     endpoint: base,
                 }));
             }
-            let (code, message) = parse_error(&body);
-            let safe = code != "unknown_outcome" || tag.is_some();
+            let ErrorBody { code, message, .. } = ErrorBody::parse(&body);
+            let safe = !code.outcome_unknown() || tag.is_some();
             match status {
                 422 => Attempt::Done(Err(ClientError::Rejected { index, message })),
                 502..=504 if safe => Attempt::Retry {
@@ -245,7 +265,7 @@ impl Client {
             if status == 200 {
                 return Attempt::Done(Ok(body));
             }
-            let (code, message) = parse_error(&body);
+            let ErrorBody { code, message, .. } = ErrorBody::parse(&body);
             match status {
                 422 => Attempt::Done(Err(ClientError::Rejected {
                     index: None,
@@ -266,25 +286,10 @@ impl Client {
     }
 
     /// `GET /v1/status` of the first endpoint that answers.
-    pub async fn status(&self) -> Result<serde_json::Value, ClientError> {
+    pub async fn status(&self) -> Result<Status, ClientError> {
         self.with_retries(|base| async move {
-            match self.http.get(format!("{base}/v1/status")).send().await {
-                Ok(r) if r.status().is_success() => match r
-                    .bytes()
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-                {
-                    Ok(v) => Attempt::Done(Ok(v)),
-                    Err(e) => Attempt::Retry {
-                        leader: None,
-                        why: e.to_string(),
-                    },
-                },
-                Ok(r) => Attempt::Retry {
-                    leader: None,
-                    why: format!("HTTP {}", r.status()),
-                },
+            match fetch_status(&self.http, &base, STATUS_TIMEOUT).await {
+                Ok(s) => Attempt::Done(Ok(s)),
                 Err(e) => Attempt::Retry {
                     leader: None,
                     why: e.to_string(),
@@ -295,17 +300,42 @@ impl Client {
     }
 }
 
-fn parse_error(body: &[u8]) -> (String, String) {
-    match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(v) => (
-            v["code"].as_str().unwrap_or("unknown").to_string(),
-            v["message"].as_str().unwrap_or("").to_string(),
-        ),
-        Err(_) => (
-            "unknown".into(),
-            String::from_utf8_lossy(body).chars().take(200).collect(),
-        ),
+/// How long one status request may take.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One `GET /v1/status` of the replica at `base_url` (`http://host:port`),
+/// no retries: for tools that poll replicas one by one with their own
+/// client and timeout.
+pub async fn fetch_status(
+    http: &reqwest::Client,
+    base_url: &str,
+    timeout: Duration,
+) -> Result<Status, ClientError> {
+    let url = format!("{base_url}/v1/status");
+    let transport = |e: reqwest::Error| ClientError::Transport {
+        url: url.clone(),
+        message: e.to_string(),
+    };
+    let resp = http
+        .get(&url)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(transport)?;
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.map_err(transport)?;
+    if status != 200 {
+        let ErrorBody { code, message, .. } = ErrorBody::parse(&body);
+        return Err(ClientError::Api {
+            status,
+            code,
+            message,
+        });
     }
+    serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
+        url: url.clone(),
+        message: e.to_string(),
+    })
 }
 
 /// A client id unlikely to collide with any other: host name, process id and time.
@@ -337,6 +367,50 @@ mod tests {
         assert!(endpoint_url("a b").is_err());
         let c = Client::new(&["a:1,b:2".into()]).unwrap();
         assert_eq!(c.endpoints, vec!["http://a:1", "http://b:2"]);
+    }
+
+    /// A replica's API before the replica is attached (still connecting to
+    /// the store): every route but `/healthz` answers 503 `starting`.
+    async fn starting_api() -> String {
+        let state = std::sync::Arc::new(crate::api::ApiState::new(1024).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(crate::api::serve(
+            listener,
+            crate::api::router(state),
+            std::future::pending(),
+        ));
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn error_bodies_become_typed_errors() {
+        let base = starting_api().await;
+        let client = Client::new(std::slice::from_ref(&base))
+            .unwrap()
+            .with_deadline(Duration::from_secs(5));
+        let http = &client.http;
+        match fetch_status(http, &base, Duration::from_secs(5)).await {
+            Err(ClientError::Api {
+                status: 503,
+                code: ErrorCode::Starting,
+                message,
+            }) => assert!(message.contains("starting"), "{message}"),
+            other => panic!("expected 503 starting, got {other:?}"),
+        }
+        // Refused before anything could be ordered: no retry, the code as sent.
+        match client.submit(b"", Some(("c", 1))).await {
+            Err(ClientError::Api {
+                status: 400,
+                code: ErrorCode::Empty,
+                ..
+            }) => {}
+            other => panic!("expected 400 empty, got {other:?}"),
+        }
+        match fetch_status(http, "http://127.0.0.1:1", Duration::from_secs(5)).await {
+            Err(ClientError::Transport { url, .. }) => assert!(url.ends_with("/v1/status")),
+            other => panic!("expected a transport error, got {other:?}"),
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod runner;
 pub mod store;
 pub mod tools;
 pub mod trace;
+pub mod wire;
 
 /// Make sure rustls has its (ring) crypto provider before an HTTP client is
 /// built. Binaries install it first thing; this keeps library users and tests

@@ -216,29 +216,25 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
     if args.json {
         return print_bytes(serde_json::to_string_pretty(&s)?.as_bytes());
     }
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let rows = [
+        ("group", s.group),
+        ("namespace", s.namespace),
+        ("replica", s.replica),
+        ("role", s.role.to_string()),
+        ("leader", opt(s.leader)),
+        ("leader_address", opt(s.leader_address)),
+        ("epoch", opt(s.epoch.map(|e| e.to_string()))),
+        ("applied_index", s.applied_index.to_string()),
+        ("commit_index", s.commit_index.to_string()),
+        ("snapshot_index", s.snapshot_index.to_string()),
+        ("hash", s.hash),
+        ("module_sha256", s.module_sha256),
+        ("ready", s.ready.to_string()),
+        ("store_error", opt(s.store_error)),
+    ];
     let mut out = String::new();
-    for key in [
-        "group",
-        "namespace",
-        "replica",
-        "role",
-        "leader",
-        "leader_address",
-        "epoch",
-        "applied_index",
-        "commit_index",
-        "snapshot_index",
-        "hash",
-        "module_sha256",
-        "ready",
-        "store_error",
-    ] {
-        let v = &s[key];
-        let text = match v {
-            serde_json::Value::String(t) => t.clone(),
-            serde_json::Value::Null => "-".into(),
-            other => other.to_string(),
-        };
+    for (key, text) in rows {
         out.push_str(&format!("{key:<15} {text}\n"));
     }
     print_bytes(out.as_bytes())

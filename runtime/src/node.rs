@@ -40,13 +40,13 @@ use dorado_core::{
     SnapshotData, StateMachine, Store, StoreError, engine::route,
 };
 use futures::StreamExt;
-use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, gauge_value};
 use crate::read_index::ReadIndex;
 use crate::trace::{LogFormat, TraceFormatter, TraceWriter};
+pub use crate::wire::{Protocol, Role, Status};
 
 /// How a replica runs; everything `dorado run` configures.
 #[derive(Debug, Clone)]
@@ -202,41 +202,6 @@ pub enum QueryError {
     /// The replica is shutting down.
     #[error("replica is shutting down")]
     ShuttingDown,
-}
-
-/// `GET /v1/status`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Status {
-    /// Group name.
-    pub group: String,
-    /// Namespace.
-    pub namespace: String,
-    /// This replica.
-    pub replica: String,
-    /// `leader` or `follower`.
-    pub role: String,
-    /// Current leader's replica id.
-    pub leader: Option<String>,
-    /// Current leader's address.
-    pub leader_address: Option<String>,
-    /// Current leadership epoch.
-    pub epoch: Option<Epoch>,
-    /// Highest applied index.
-    pub applied_index: Index,
-    /// Highest committed index known.
-    pub commit_index: Index,
-    /// Hash chain after `applied_index`.
-    pub hash: String,
-    /// sha256 of the loaded module.
-    pub module_sha256: String,
-    /// Whether `/readyz` says ready.
-    pub ready: bool,
-    /// Last store problem, if the store is failing now.
-    pub store_error: Option<String>,
-    /// Index of the newest snapshot this replica restored or wrote.
-    pub snapshot_index: Index,
-    /// Ordering protocol.
-    pub protocol: String,
 }
 
 struct Shared {
@@ -578,7 +543,7 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
         group: config.group.clone(),
         namespace: config.namespace.clone(),
         replica: config.replica.clone(),
-        role: "follower".into(),
+        role: Role::Follower,
         leader: None,
         leader_address: None,
         epoch: None,
@@ -589,7 +554,7 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
         ready: false,
         store_error: None,
         snapshot_index,
-        protocol: "dorado".into(),
+        protocol: Protocol::Dorado,
     };
     let shared = Arc::new(Shared {
         metrics: Metrics::new(),
@@ -1339,11 +1304,10 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
             .load(Ordering::Acquire)
             .max(self.state.applied);
         s.role = if self.engine.is_some() {
-            "leader"
+            Role::Leader
         } else {
-            "follower"
-        }
-        .into();
+            Role::Follower
+        };
         s.leader = self.leader_view.as_ref().map(|l| l.leader.replica.clone());
         s.leader_address = self.leader_view.as_ref().map(|l| l.leader.address.clone());
         s.epoch = self.leader_view.as_ref().map(|l| l.epoch);

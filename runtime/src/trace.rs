@@ -61,10 +61,13 @@ impl TraceFormatter {
                     let _ = writeln!(out, "idx={} noop hash={}", e.index, e.hash.short());
                 }
                 LogFormat::Json => {
-                    let _ = writeln!(
+                    json_line(
                         out,
-                        "{}",
-                        serde_json::json!({"index": e.index, "noop": true, "hash": e.hash.to_string()})
+                        &JsonTraceLine::Noop {
+                            hash: e.hash.to_string(),
+                            index: e.index,
+                            noop: true,
+                        },
                     );
                 }
             }
@@ -97,23 +100,24 @@ impl TraceFormatter {
                 }
                 LogFormat::Json => {
                     let (result, detail) = match &c.outcome {
-                        Outcome::Reply(r) => ("ok", String::from_utf8_lossy(r).into_owned()),
-                        Outcome::Rejected(reason) => ("rejected", reason.clone()),
+                        Outcome::Reply(r) => {
+                            (TraceResult::Ok, String::from_utf8_lossy(r).into_owned())
+                        }
+                        Outcome::Rejected(reason) => (TraceResult::Rejected, reason.clone()),
                     };
-                    let _ = writeln!(
+                    json_line(
                         out,
-                        "{}",
-                        serde_json::json!({
-                            "index": c.index,
-                            "pos": c.position,
-                            "client": client,
-                            "seq": seq,
-                            "cmd": String::from_utf8_lossy(&c.payload),
-                            "result": result,
-                            "detail": detail,
-                            "duplicate": c.duplicate,
-                            "hash": c.hash.to_string(),
-                        })
+                        &JsonTraceLine::Command(JsonTraceCommand {
+                            client: client.to_string(),
+                            cmd: String::from_utf8_lossy(&c.payload).into_owned(),
+                            detail,
+                            duplicate: c.duplicate,
+                            hash: c.hash.to_string(),
+                            index: c.index,
+                            pos: c.position,
+                            result,
+                            seq,
+                        }),
                     );
                 }
             }
@@ -127,13 +131,88 @@ impl TraceFormatter {
                 let _ = writeln!(out, "restored snapshot idx={index} hash={}", hash.short());
             }
             LogFormat::Json => {
-                let _ = writeln!(
+                json_line(
                     out,
-                    "{}",
-                    serde_json::json!({"restored_snapshot": index, "hash": hash.to_string()})
+                    &JsonTraceLine::Restored {
+                        hash: hash.to_string(),
+                        restored_snapshot: index,
+                    },
                 );
             }
         }
+    }
+}
+
+/// One line of the JSON replay trace (`--log-format json`). Fields are
+/// declared in name order: the order they have always been printed in.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum JsonTraceLine {
+    /// A command of an entry, applied or answered from the session table.
+    Command(JsonTraceCommand),
+    /// A no-op entry (a new leader filling a gap).
+    Noop {
+        /// Hash chain value after it.
+        hash: String,
+        /// Entry index.
+        index: u64,
+        /// Always `true`.
+        noop: bool,
+    },
+    /// The replica restored a snapshot.
+    Restored {
+        /// Hash chain value at the snapshot.
+        hash: String,
+        /// The snapshot's index.
+        restored_snapshot: u64,
+    },
+}
+
+impl JsonTraceLine {
+    /// Parse one JSON trace line; `None` for anything else (a human-format
+    /// line, log noise, a line cut short by `kill -9`).
+    pub fn parse(line: &str) -> Option<JsonTraceLine> {
+        serde_json::from_str(line.trim()).ok()
+    }
+}
+
+/// A command line of the JSON trace.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JsonTraceCommand {
+    /// Client id (`-` for none).
+    pub client: String,
+    /// The command, as text.
+    pub cmd: String,
+    /// The reply, or the rejection reason.
+    pub detail: String,
+    /// Answered from the session table, not applied again.
+    pub duplicate: bool,
+    /// Hash chain value after it.
+    pub hash: String,
+    /// Entry index.
+    pub index: u64,
+    /// Position in the entry's batch.
+    pub pos: u32,
+    /// Applied or rejected.
+    pub result: TraceResult,
+    /// Client seq (0 for none).
+    pub seq: u64,
+}
+
+/// What became of a traced command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TraceResult {
+    /// The state machine replied.
+    Ok,
+    /// The state machine rejected it deterministically.
+    Rejected,
+}
+
+fn json_line(out: &mut String, line: &JsonTraceLine) {
+    if let Ok(text) = serde_json::to_string(line) {
+        out.push_str(&text);
+        out.push('\n');
     }
 }
 
@@ -165,11 +244,14 @@ pub struct TracedHash {
 pub fn parse_trace_line(line: &str) -> Option<TracedHash> {
     let line = line.trim();
     if line.starts_with('{') {
-        let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        return Some(TracedHash {
-            index: v.get("index")?.as_u64()?,
-            hash: v.get("hash")?.as_str()?.to_string(),
-        });
+        return match JsonTraceLine::parse(line)? {
+            JsonTraceLine::Command(c) => Some(TracedHash {
+                index: c.index,
+                hash: c.hash,
+            }),
+            JsonTraceLine::Noop { index, hash, .. } => Some(TracedHash { index, hash }),
+            JsonTraceLine::Restored { .. } => None,
+        };
     }
     let idx = line.strip_prefix("idx=")?;
     let idx_end = idx.find(|c: char| !c.is_ascii_digit())?;
@@ -384,11 +466,63 @@ mod tests {
         let mut out = String::new();
         TraceFormatter::new(LogFormat::Json).entry(&entry(), &mut out);
         for line in out.lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            assert_eq!(v["index"], 5);
+            let parsed = JsonTraceLine::parse(line).unwrap();
+            assert!(
+                matches!(&parsed, JsonTraceLine::Command(c) if c.index == 5)
+                    || matches!(&parsed, JsonTraceLine::Noop { index: 5, .. }),
+                "{line}"
+            );
             assert_eq!(parse_trace_line(line).unwrap().hash.len(), 64);
         }
         assert!(parse_trace_line("restored snapshot idx=3 hash=abc").is_none());
+    }
+
+    /// The JSON lines are byte for byte what they were when they were built
+    /// with `serde_json::json!` (keys in name order).
+    #[test]
+    fn json_lines_keep_their_format() {
+        let e = entry();
+        let hash = e.hash.to_string();
+        let mut out = String::new();
+        let json = TraceFormatter::new(LogFormat::Json);
+        json.entry(&e, &mut out);
+        let golden = serde_json::json!({
+            "index": 5, "pos": 0, "client": "web", "seq": 7, "cmd": "{\"op\":\"put\"}\n",
+            "result": "ok", "detail": "{\"ok\":true}", "duplicate": false, "hash": hash,
+        });
+        assert_eq!(out.lines().next().unwrap(), golden.to_string());
+        let second = JsonTraceLine::parse(out.lines().nth(1).unwrap()).unwrap();
+        let JsonTraceLine::Command(c) = second else {
+            panic!("{second:?}")
+        };
+        assert_eq!((c.client.as_str(), c.seq, c.pos), ("-", 0, 1));
+        assert_eq!(
+            (c.result, c.detail.as_str()),
+            (TraceResult::Rejected, "trap: boom")
+        );
+
+        let mut out = String::new();
+        json.entry(
+            &AppliedEntry {
+                noop: true,
+                commands: vec![],
+                ..entry()
+            },
+            &mut out,
+        );
+        let golden = serde_json::json!({"index": 5, "noop": true, "hash": hash});
+        assert_eq!(out.trim_end(), golden.to_string());
+        let mut out = String::new();
+        json.restored(40, &e.hash, &mut out);
+        let golden = serde_json::json!({"restored_snapshot": 40, "hash": hash});
+        assert_eq!(out.trim_end(), golden.to_string());
+        assert_eq!(
+            JsonTraceLine::parse(&out),
+            Some(JsonTraceLine::Restored {
+                hash,
+                restored_snapshot: 40
+            })
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dorado::wire::{ErrorCode, Role};
 use dorado_testkit::cluster::{
     self as support, Cluster, http, kv_get, kv_put, post, submit_retrying, wait_until,
 };
@@ -24,7 +25,7 @@ async fn snapshot_bytes(url: &str) -> (u64, Vec<u8>) {
         .await
         .expect("snapshot request");
     assert!(r.status().is_success(), "snapshot: {}", r.status());
-    let index = r.headers()["dorado-index"]
+    let index = r.headers()[dorado::api::INDEX]
         .to_str()
         .unwrap()
         .parse()
@@ -248,7 +249,7 @@ async fn a_paused_leader_is_fenced_off_and_the_group_stays_consistent() {
         || async {
             for &i in &others {
                 if let Some(s) = c.status(i).await
-                    && s["role"] == "leader"
+                    && s.is_leader()
                 {
                     return true;
                 }
@@ -293,7 +294,8 @@ async fn a_paused_leader_is_fenced_off_and_the_group_stays_consistent() {
     assert!(applied >= 21);
     let status = c.status(old).await.unwrap();
     assert_eq!(
-        status["role"], "follower",
+        status.role,
+        Role::Follower,
         "the resumed leader still claims to lead"
     );
     // Writes it acknowledged went through the new leader (forwarded) and are present once.
@@ -428,13 +430,11 @@ async fn bad_requests_are_refused_and_never_reach_the_log() {
     c.wait_leader().await;
     let http = http();
     let url = c.replicas[0].url();
-    let before = c.status(0).await.unwrap()["applied_index"]
-        .as_u64()
-        .unwrap();
+    let before = c.status(0).await.unwrap().applied_index;
 
     let r = post(&http, &url, "/v1/commands", "", None).await.unwrap();
     assert_eq!(r.status, 400, "{}", r.body);
-    assert!(r.body.contains("\"code\":\"empty\""), "{}", r.body);
+    assert_eq!(r.error().unwrap().code, ErrorCode::Empty, "{}", r.body);
     let r = http
         .post(format!("{url}/v1/commands"))
         .header("dorado-client-id", "c")
@@ -453,6 +453,7 @@ async fn bad_requests_are_refused_and_never_reach_the_log() {
     let big = "x".repeat(600 * 1024);
     let r = post(&http, &url, "/v1/commands", &big, None).await.unwrap();
     assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(r.error().unwrap().code, ErrorCode::TooLarge, "{}", r.body);
     let r = http.get(format!("{url}/v2/nothing")).send().await.unwrap();
     assert_eq!(r.status(), 404);
     let r = post(
@@ -465,10 +466,14 @@ async fn bad_requests_are_refused_and_never_reach_the_log() {
     .await
     .unwrap();
     assert_eq!(r.status, 400);
+    assert_eq!(
+        r.error().unwrap().code,
+        ErrorCode::BadParameter,
+        "{}",
+        r.body
+    );
 
-    let after = c.status(0).await.unwrap()["applied_index"]
-        .as_u64()
-        .unwrap();
+    let after = c.status(0).await.unwrap().applied_index;
     assert_eq!(before, after, "a refused request reached the log");
     assert!(
         !c.replicas[0].stdout().contains("idx="),
@@ -643,7 +648,7 @@ async fn a_replica_started_before_etcd_waits_then_serves() {
         "commands are refused while starting: {}",
         r.body
     );
-    assert!(r.body.contains("starting"), "{}", r.body);
+    assert_eq!(r.error().unwrap().code, ErrorCode::Starting, "{}", r.body);
     assert!(
         c.replicas[0]
             .wait_exit(Duration::from_millis(1))

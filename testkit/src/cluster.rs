@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use dorado::wire::{ErrorBody, Status};
 
 use crate::process::ChildGuard;
 use crate::replica::ReplicaFlags;
@@ -168,17 +168,11 @@ impl Cluster {
         }
     }
 
-    pub async fn status(&self, i: usize) -> Option<Value> {
-        let r = http()
-            .get(format!("{}/v1/status", self.replicas[i].url()))
-            .timeout(Duration::from_secs(2))
-            .send()
+    /// `GET /v1/status` of replica `i`; `None` if it does not answer 200.
+    pub async fn status(&self, i: usize) -> Option<Status> {
+        dorado::client::fetch_status(&http(), &self.replicas[i].url(), Duration::from_secs(2))
             .await
-            .ok()?;
-        if !r.status().is_success() {
-            return None;
-        }
-        serde_json::from_slice(&r.bytes().await.ok()?).ok()
+            .ok()
     }
 
     pub async fn ready(&self, i: usize) -> bool {
@@ -221,7 +215,7 @@ impl Cluster {
                 continue;
             }
             if let Some(s) = self.status(i).await
-                && s["role"] == "leader"
+                && s.is_leader()
             {
                 return Some(i);
             }
@@ -252,11 +246,7 @@ impl Cluster {
                     continue;
                 }
                 match self.status(i).await {
-                    Some(s) => seen.push((
-                        s["applied_index"].as_u64().unwrap_or(0),
-                        s["commit_index"].as_u64().unwrap_or(0),
-                        s["hash"].as_str().unwrap_or("").to_string(),
-                    )),
+                    Some(s) => seen.push((s.applied_index, s.commit_index, s.hash)),
                     None => seen.push((0, u64::MAX, String::new())),
                 }
             }
@@ -280,6 +270,13 @@ pub struct Resp {
     pub duplicate: bool,
 }
 
+impl Resp {
+    /// The error body of a non-200 answer.
+    pub fn error(&self) -> Option<ErrorBody> {
+        (self.status != 200).then(|| ErrorBody::parse(self.body.as_bytes()))
+    }
+}
+
 pub async fn post(
     http: &reqwest::Client,
     url: &str,
@@ -290,17 +287,17 @@ pub async fn post(
     let mut req = http.post(format!("{url}{path}")).body(body.to_string());
     if let Some((id, seq)) = tag {
         req = req
-            .header("dorado-client-id", id)
-            .header("dorado-seq", seq.to_string());
+            .header(dorado::api::CLIENT_ID, id)
+            .header(dorado::api::SEQ, seq.to_string());
     }
     let r = req.send().await.map_err(|e| e.to_string())?;
     let status = r.status().as_u16();
     let index = r
         .headers()
-        .get("dorado-index")
+        .get(dorado::api::INDEX)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let duplicate = r.headers().contains_key("dorado-duplicate");
+    let duplicate = r.headers().contains_key(dorado::api::DUPLICATE);
     let body = r.text().await.map_err(|e| e.to_string())?;
     Ok(Resp {
         status,

@@ -26,3 +26,71 @@ pub const ALL: [(&str, &[u8]); 4] = [
 pub fn wasm_dir() -> &'static str {
     env!("DORADO_WASM_DIR")
 }
+
+/// A reply of the `kv` or `bank` example: `{"ok":true,...}` with the fields
+/// the operation returns, or `{"ok":false,"error":"..."}`. Fields an
+/// operation does not return are `None`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(default)]
+pub struct Reply {
+    /// Whether the operation succeeded.
+    pub ok: bool,
+    /// Why it did not (`cas mismatch`, `insufficient funds ...`).
+    pub error: Option<String>,
+    /// kv `get`: the value (`None` for a missing key).
+    pub value: Option<serde_json::Value>,
+    /// kv `cas` that failed: the value it found, `Some(None)` if the key was
+    /// absent; `None` if the reply did not say.
+    #[serde(deserialize_with = "present")]
+    pub current: Option<Option<serde_json::Value>>,
+    /// kv `len`.
+    pub len: Option<u64>,
+    /// kv `delete`: whether the key existed.
+    pub deleted: Option<bool>,
+    /// bank `balance`.
+    pub balance: Option<i64>,
+    /// bank `total`: the sum of all balances.
+    pub total: Option<u64>,
+    /// bank `total`: the number of accounts.
+    pub accounts: Option<u64>,
+}
+
+impl Reply {
+    /// Parse a reply body.
+    pub fn parse(body: &[u8]) -> Result<Reply, serde_json::Error> {
+        serde_json::from_slice(body)
+    }
+}
+
+/// A field that is present (even as `null`) is `Some`; an absent one stays
+/// the default `None`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reply;
+    use serde_json::json;
+
+    #[test]
+    fn replies_parse_with_absent_and_null_kept_apart() {
+        let r = Reply::parse(br#"{"ok":false,"error":"cas mismatch","current":null}"#).unwrap();
+        assert!(!r.ok);
+        assert_eq!(r.error.as_deref(), Some("cas mismatch"));
+        assert_eq!(r.current, Some(None));
+        let r = Reply::parse(br#"{"ok":false,"error":"cas mismatch","current":1}"#).unwrap();
+        assert_eq!(r.current, Some(Some(json!(1))));
+        let r = Reply::parse(br#"{"ok":true,"value":null}"#).unwrap();
+        assert!(r.ok);
+        assert_eq!(r.value, None);
+        assert_eq!(r.current, None);
+        let r = Reply::parse(br#"{"ok":true,"total":15,"accounts":2}"#).unwrap();
+        assert_eq!((r.total, r.accounts), (Some(15), Some(2)));
+        assert!(Reply::parse(b"not json").is_err());
+    }
+}

@@ -11,8 +11,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use dorado::client::Client;
+use dorado::wire::Status;
 use dorado_e2e::manifests::statefulset_pod;
 use dorado_e2e::{Env, Rendered, RunningPod, typed_pod, wait_for};
+use dorado_testkit::examples::Reply;
 use serde_json::{Value, json};
 
 /// Startup of a debug-built replica on a loaded 2-core machine.
@@ -66,7 +68,7 @@ fn endpoints(pods: &[RunningPod]) -> anyhow::Result<Vec<String>> {
     pods.iter().map(|p| Ok(p.url(p.port()?))).collect()
 }
 
-async fn status(pod: &RunningPod) -> Result<Value, String> {
+async fn status(pod: &RunningPod) -> Result<Status, String> {
     Client::new(&[pod.url(pod.port().map_err(|e| e.to_string())?)])
         .map_err(|e| e.to_string())?
         .with_deadline(Duration::from_secs(2))
@@ -82,12 +84,7 @@ async fn converged(pods: &[RunningPod]) -> anyhow::Result<(u64, String)> {
         let mut seen = Vec::new();
         for p in pods {
             let s = status(p).await.map_err(|e| format!("{}: {e}", p.name))?;
-            seen.push((
-                p.name.clone(),
-                s["applied_index"].as_u64().unwrap_or(0),
-                s["commit_index"].as_u64().unwrap_or(0),
-                s["hash"].as_str().unwrap_or_default().to_string(),
-            ));
+            seen.push((p.name.clone(), s.applied_index, s.commit_index, s.hash));
         }
         let commit = seen.iter().map(|s| s.2).max().unwrap_or(0);
         let first = &seen[0];
@@ -104,7 +101,7 @@ async fn leader(pods: &[RunningPod]) -> anyhow::Result<usize> {
     wait_for("a leader", CONVERGE, || async {
         for (i, p) in pods.iter().enumerate() {
             if let Ok(s) = status(p).await
-                && s["role"] == "leader"
+                && s.is_leader()
             {
                 return Ok(i);
             }
@@ -155,15 +152,12 @@ fn check_trace(pod: &RunningPod, index: u64, hash: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn query_all(pods: &[RunningPod], q: Value) -> anyhow::Result<Vec<Value>> {
+async fn query_all(pods: &[RunningPod], q: Value) -> anyhow::Result<Vec<Reply>> {
     let mut out = Vec::new();
     for p in pods {
         let c = Client::new(&[p.url(p.port()?)])?;
         let body = c.query(q.to_string().as_bytes(), true).await?;
-        out.push(
-            serde_json::from_slice(&body)
-                .with_context(|| format!("{}: reply is not JSON", p.name))?,
-        );
+        out.push(Reply::parse(&body).with_context(|| format!("{}: reply is not JSON", p.name))?);
     }
     Ok(out)
 }
@@ -174,9 +168,9 @@ async fn kv_puts(client: &Client, id: &str, range: std::ops::Range<u64>) -> anyh
         let reply = client
             .submit(cmd.to_string().as_bytes(), Some((id, i + 1)))
             .await?;
-        let v: Value = serde_json::from_slice(&reply.body)?;
-        if v["ok"] != true {
-            bail!("put {id}-{i} answered {v}");
+        let v = Reply::parse(&reply.body)?;
+        if !v.ok {
+            bail!("put {id}-{i} answered {v:?}");
         }
     }
     Ok(())
@@ -217,7 +211,7 @@ async fn kv_statefulset_survives_the_loss_of_its_leader_pod() -> anyhow::Result<
 
     let lens = query_all(&pods, json!({"op": "len"})).await?;
     for (p, len) in pods.iter().zip(&lens) {
-        assert_eq!(len["len"], 3 * 40 + 30 + 10, "{}: {len}", p.name);
+        assert_eq!(len.len, Some(3 * 40 + 30 + 10), "{}: {len:?}", p.name);
     }
     for key in ["w0-0", "w2-39", "w3-29", "w4-9"] {
         let got = query_all(&pods, json!({"op": "get", "key": key})).await?;
@@ -225,12 +219,12 @@ async fn kv_statefulset_survives_the_loss_of_its_leader_pod() -> anyhow::Result<
             got.iter().all(|g| *g == got[0]),
             "replicas disagree on {key}: {got:?}"
         );
-        assert_eq!(got[0]["ok"], true, "{key}: {}", got[0]);
+        assert!(got[0].ok, "{key}: {:?}", got[0]);
     }
     // The runtime saw the pod's identity through the downward API.
     let s = status(&pods[lost]).await.map_err(anyhow::Error::msg)?;
-    assert_eq!(s["replica"], format!("kv-{ordinal}"));
-    assert_eq!(s["group"], "kv");
+    assert_eq!(s.replica, format!("kv-{ordinal}"));
+    assert_eq!(s.group, "kv");
     Ok(())
 }
 
@@ -246,8 +240,8 @@ async fn bank_statefulset_conserves_money_across_a_recreated_pod() -> anyhow::Re
         let r = client
             .submit(cmd.to_string().as_bytes(), Some(("opener", a + 1)))
             .await?;
-        let v: Value = serde_json::from_slice(&r.body)?;
-        assert_eq!(v["ok"], true, "open a{a}: {v}");
+        let v = Reply::parse(&r.body)?;
+        assert!(v.ok, "open a{a}: {v:?}");
     }
 
     let transfers = |t: u64, range: std::ops::Range<u64>| {
@@ -290,18 +284,18 @@ async fn bank_statefulset_conserves_money_across_a_recreated_pod() -> anyhow::Re
         .zip(query_all(&pods, json!({"op": "total"})).await?)
     {
         assert_eq!(
-            total["total"],
-            ACCOUNTS * BALANCE,
-            "{}: money not conserved: {total}",
+            total.total,
+            Some(ACCOUNTS * BALANCE),
+            "{}: money not conserved: {total:?}",
             p.name
         );
-        assert_eq!(total["accounts"], ACCOUNTS, "{}: {total}", p.name);
+        assert_eq!(total.accounts, Some(ACCOUNTS), "{}: {total:?}", p.name);
     }
-    let mut balances: BTreeMap<u64, Vec<Value>> = BTreeMap::new();
+    let mut balances: BTreeMap<u64, Vec<Reply>> = BTreeMap::new();
     for a in 0..ACCOUNTS {
         let got = query_all(&pods, json!({"op": "balance", "account": format!("a{a}")})).await?;
         for g in &got {
-            assert!(g["balance"].as_i64().is_some_and(|b| b >= 0), "a{a}: {g}");
+            assert!(g.balance.is_some_and(|b| b >= 0), "a{a}: {g:?}");
         }
         assert!(
             got.iter().all(|g| *g == got[0]),
@@ -309,10 +303,7 @@ async fn bank_statefulset_conserves_money_across_a_recreated_pod() -> anyhow::Re
         );
         balances.insert(a, got);
     }
-    let sum: i64 = balances
-        .values()
-        .map(|g| g[0]["balance"].as_i64().unwrap_or(0))
-        .sum();
+    let sum: i64 = balances.values().map(|g| g[0].balance.unwrap_or(0)).sum();
     assert_eq!(sum, (ACCOUNTS * BALANCE) as i64);
     Ok(())
 }

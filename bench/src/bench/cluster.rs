@@ -15,6 +15,8 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use dorado::client::{STATUS_TIMEOUT, fetch_status};
+use dorado::wire::Status;
 use dorado_testkit::process::{ChildGuard, signal_pid};
 use dorado_testkit::replica::ReplicaFlags;
 use tokio::time::Instant;
@@ -165,16 +167,6 @@ fn spawn(
     })
 }
 
-/// What a replica's `/v1/status` says (the fields the benchmark uses).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct ReplicaStatus {
-    pub role: String,
-    pub applied_index: u64,
-    pub commit_index: u64,
-    pub snapshot_index: u64,
-    pub ready: bool,
-}
-
 impl Replicas {
     /// Start `spec.count` replicas and wait until all are ready and one leads.
     pub(crate) async fn start(spec: ReplicaSpec) -> Result<Self, BenchError> {
@@ -292,19 +284,9 @@ impl Replicas {
     }
 
     /// `/v1/status` of replica `i`.
-    pub(crate) async fn status(&self, i: usize) -> Option<ReplicaStatus> {
-        let (code, body) = self.get(i, "/v1/status").await?;
-        if code != 200 {
-            return None;
-        }
-        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
-        Some(ReplicaStatus {
-            role: v["role"].as_str().unwrap_or_default().to_owned(),
-            applied_index: v["applied_index"].as_u64().unwrap_or(0),
-            commit_index: v["commit_index"].as_u64().unwrap_or(0),
-            snapshot_index: v["snapshot_index"].as_u64().unwrap_or(0),
-            ready: v["ready"].as_bool().unwrap_or(false),
-        })
+    pub(crate) async fn status(&self, i: usize) -> Option<Status> {
+        let url = format!("http://{}", self.replicas[i].addr);
+        fetch_status(&self.http, &url, STATUS_TIMEOUT).await.ok()
     }
 
     async fn get(&self, i: usize, path: &str) -> Option<(u16, String)> {
@@ -332,12 +314,8 @@ impl Replicas {
             let mut leader = None;
             if waiting.is_empty() {
                 for i in 0..self.replicas.len() {
-                    if let Some((200, body)) = self.get(i, "/v1/status").await {
-                        let status: serde_json::Value =
-                            serde_json::from_str(&body).unwrap_or_default();
-                        if status["role"] == "leader" {
-                            leader = Some(i);
-                        }
+                    if self.status(i).await.is_some_and(|s| s.is_leader()) {
+                        leader = Some(i);
                     }
                 }
                 if leader.is_none() {
@@ -367,12 +345,9 @@ impl Replicas {
     /// overloaded machine); keeps the previous answer if nobody claims it.
     pub(crate) async fn refresh_leader(&mut self) {
         for i in 0..self.replicas.len() {
-            if let Some((200, body)) = self.get(i, "/v1/status").await {
-                let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                if status["role"] == "leader" {
-                    self.leader = i;
-                    return;
-                }
+            if self.status(i).await.is_some_and(|s| s.is_leader()) {
+                self.leader = i;
+                return;
             }
         }
     }
@@ -436,12 +411,11 @@ impl Replicas {
             let mut applied = Vec::new();
             let mut commit = 0;
             for i in 0..self.replicas.len() {
-                let Some((200, body)) = self.get(i, "/v1/status").await else {
+                let Some(status) = self.status(i).await else {
                     return false;
                 };
-                let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-                applied.push(status["applied_index"].as_u64().unwrap_or(0));
-                commit = commit.max(status["commit_index"].as_u64().unwrap_or(0));
+                applied.push(status.applied_index);
+                commit = commit.max(status.commit_index);
             }
             if applied.iter().all(|&a| a >= commit) {
                 return true;

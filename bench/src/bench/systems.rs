@@ -460,9 +460,15 @@ mod tests {
         for size in [MIN_COMMAND_SIZE, 100, 1000] {
             let c = put_command(42, size);
             assert_eq!(c.len(), size);
-            let v: serde_json::Value = serde_json::from_slice(&c).unwrap();
-            assert_eq!(v["op"], "put");
-            assert_eq!(v["key"], "k00000042");
+            #[derive(serde::Deserialize)]
+            struct Put {
+                op: String,
+                key: String,
+                value: String,
+            }
+            let put: Put = serde_json::from_slice(&c).unwrap();
+            assert_eq!((put.op.as_str(), put.key.as_str()), ("put", "k00000042"));
+            assert!(put.value.bytes().all(|b| b == b'x'), "{}", put.value);
         }
         assert_eq!(put_command(0, 1).len(), MIN_COMMAND_SIZE - 1);
     }

@@ -84,7 +84,7 @@ pub use protocol::{RequestId, View};
 pub use wire::ClassicMeta;
 
 use dorado::metrics::Metrics;
-use dorado::node::{Consistency, NodeConfig, QueryError, Status, SubmitError, SubmitReply};
+use dorado::node::{Consistency, NodeConfig, QueryError, Role, Status, SubmitError, SubmitReply};
 use dorado::replica::Replica;
 use dorado::store::EtcdStore;
 use dorado::trace::TraceWriter;
@@ -92,7 +92,7 @@ use node::{Core, Feed, Msg, Shared};
 use store::ClassicStore;
 
 /// The protocol name recorded in the group's meta and status.
-pub const PROTOCOL: &str = "classic";
+pub const PROTOCOL: &str = crate::Protocol::Classic.name();
 
 /// How a classic replica runs.
 #[derive(Debug, Clone)]
@@ -486,7 +486,7 @@ pub async fn start_classic<M: StateMachine + Send + 'static>(
         group: config.node.group.clone(),
         namespace: config.node.namespace.clone(),
         replica: me.clone(),
-        role: "follower".into(),
+        role: Role::Follower,
         leader: None,
         leader_address: None,
         epoch: None,
@@ -497,7 +497,7 @@ pub async fn start_classic<M: StateMachine + Send + 'static>(
         ready: false,
         store_error: None,
         snapshot_index: 0,
-        protocol: PROTOCOL.into(),
+        protocol: crate::Protocol::Classic,
     };
     let shared = Arc::new(Shared {
         metrics: Metrics::new(),

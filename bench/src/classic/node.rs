@@ -35,7 +35,7 @@ use super::protocol::{Decided, Protocol, Record, RequestId, View};
 use super::store::{ClassicStore, key_after};
 use super::wire::{self, KeyKind, REPLAY_FAMILIES, prefix_end};
 use dorado::metrics::{Metrics, gauge_value};
-use dorado::node::{QueryError, Status, SubmitError, SubmitReply};
+use dorado::node::{QueryError, Role, Status, SubmitError, SubmitReply};
 use dorado::trace::{TraceFormatter, TraceWriter};
 
 /// State the core shares with handles and background tasks.
@@ -660,11 +660,10 @@ impl<M: StateMachine + Send + 'static> Core<M> {
         s.hash = self.state.hash.to_string();
         s.commit_index = self.protocol.highest_decided().max(self.state.applied);
         s.role = if self.protocol.leading() {
-            "leader"
+            Role::Leader
         } else {
-            "follower"
-        }
-        .into();
+            Role::Follower
+        };
         s.leader = self.protocol.leader().map(str::to_owned);
         s.leader_address = self
             .protocol
