@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use dorado::client::{Client, ClientError};
+use dorado::wire::Status;
 use dorado_e2e::cluster::{Cluster, KUBECTL_WAIT};
 use dorado_e2e::images::static_binary;
 use dorado_e2e::wait_for;
@@ -169,20 +170,14 @@ async fn ready_group(c: &Cluster, group: &str, want: usize) -> anyhow::Result<Gr
     })
 }
 
-/// `(role, applied index, commit index, hash)` of the replica at `endpoint`.
-async fn replica_status(endpoint: &str) -> Result<(String, u64, u64, String), String> {
-    let s = Client::new(&[endpoint.to_string()])
+/// The status of the replica at `endpoint`.
+async fn replica_status(endpoint: &str) -> Result<Status, String> {
+    Client::new(&[endpoint.to_string()])
         .map_err(|e| e.to_string())?
         .with_deadline(Duration::from_secs(2))
         .status()
         .await
-        .map_err(|e| format!("{endpoint}: {e}"))?;
-    Ok((
-        s["role"].as_str().unwrap_or_default().to_string(),
-        s["applied_index"].as_u64().unwrap_or(0),
-        s["commit_index"].as_u64().unwrap_or(0),
-        s["hash"].as_str().unwrap_or_default().to_string(),
-    ))
+        .map_err(|e| format!("{endpoint}: {e}"))
 }
 
 /// Wait until every replica applied the commit index with one hash.
@@ -195,11 +190,24 @@ async fn converged(group: &Group) -> anyhow::Result<(u64, String)> {
             for e in group.endpoints() {
                 seen.push(replica_status(&e).await?);
             }
-            let commit = seen.iter().map(|s| s.2).max().unwrap_or(0);
-            if commit > 0 && seen.iter().all(|s| s.1 == commit && s.3 == seen[0].3) {
-                Ok((commit, seen[0].3.clone()))
+            let commit = seen.iter().map(|s| s.commit_index).max().unwrap_or(0);
+            if commit > 0
+                && seen
+                    .iter()
+                    .all(|s| s.applied_index == commit && s.hash == seen[0].hash)
+            {
+                Ok((commit, seen[0].hash.clone()))
             } else {
-                Err(format!("{seen:?}"))
+                Err(seen
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{}: {}/{} {}",
+                            s.replica, s.applied_index, s.commit_index, s.hash
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "))
             }
         },
     )
