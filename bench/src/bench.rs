@@ -123,7 +123,9 @@ impl SystemKind {
 }
 
 /// Which replicas the Dorado clients talk to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Target {
     /// Every client talks to the leader.
@@ -133,7 +135,9 @@ pub enum Target {
 }
 
 /// HTTP client used for the Dorado clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum HttpClientKind {
     /// A minimal HTTP/1.1 keep-alive client: one connection per closed-loop

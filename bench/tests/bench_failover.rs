@@ -8,8 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
+use dorado_bench::bench::Report;
 use dorado_testkit::procs::{children_of, wait_gone};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dorado-bench");
@@ -51,35 +50,27 @@ fn run_collecting(args: &[&str], timeout: Duration) -> (bool, String, BTreeSet<u
     (status.success(), stderr, kids)
 }
 
-fn positive(v: &Value, key: &str) -> f64 {
-    let x = v[key]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{key} is not a number in {v}"));
-    assert!(x.is_finite() && x > 0.0, "{key} = {x} in {v}");
+/// A measured value that must exist and be positive.
+fn positive(what: &str, x: Option<f64>) -> f64 {
+    let x = x.unwrap_or_else(|| panic!("{what} is missing"));
+    assert!(x.is_finite() && x > 0.0, "{what} = {x}");
     x
 }
 
-fn assert_common(report: &Value, mode: &str) {
-    assert_eq!(report["mode"], mode);
-    assert_eq!(report["tool"], "dorado-bench bench");
-    assert!(report["machine"]["nproc"].as_u64().unwrap() >= 1);
-    assert!(report["machine"]["load_average_at_start"].is_array());
-    assert!(report["etcd"]["managed"].as_bool().unwrap());
-    assert!(report["started_utc"].as_str().unwrap().ends_with('Z'));
-    assert_eq!(report["parameters"]["replicas"], 3);
-    assert!(
-        report["parameters"]["command_line"]
-            .as_str()
-            .unwrap()
-            .contains(mode)
-    );
-    assert!(report["goals"].is_array());
+fn assert_common(report: &Report, mode: &str) {
+    assert_eq!(report.mode, mode);
+    assert_eq!(report.tool, "dorado-bench bench");
+    assert!(report.machine.nproc >= 1);
+    assert!(report.etcd.managed);
+    assert!(report.started_utc.ends_with('Z'));
+    assert_eq!(report.parameters.replicas, 3);
+    assert!(report.parameters.command_line.contains(mode));
 }
 
 /// One finished `dorado-bench bench <mode> <args>` that wrote JSON, Markdown and
 /// plots into a temp dir, with the checks every mode shares already made.
 struct BenchRun {
-    report: Value,
+    report: Report,
     markdown: String,
     plots: PathBuf,
     kids: BTreeSet<u64>,
@@ -105,7 +96,8 @@ fn run_bench(mode: &str, mode_args: &[&str]) -> BenchRun {
     let (ok, stderr, kids) = run_collecting(&args, Duration::from_secs(90));
     assert!(ok, "dorado-bench bench {mode} failed:\n{stderr}");
     assert!(kids.len() >= LONG_LIVED_CHILDREN, "children seen: {kids:?}");
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let report: Report = serde_json::from_slice(&std::fs::read(&json).unwrap())
+        .expect("the JSON report parses as a Report");
     assert_common(&report, mode);
     BenchRun {
         report,
@@ -147,42 +139,40 @@ fn tiny_failover_measures_both_kinds_for_both_protocols() {
         ],
     );
     let report = &run.report;
-    let f = &report["failover"];
-    assert_eq!(f["repeat"], 1);
-    assert_eq!(f["lease_ttl_s"], 1);
+    let f = report.failover.as_ref().expect("a failover section");
+    assert_eq!(f.repeat, 1);
+    assert_eq!(f.lease_ttl_s, 1);
     // etcd raises a 1 s TTL to its minimum.
-    assert!(f["lease_ttl_granted_s"].as_u64().unwrap() >= 1, "{f}");
-    let samples = f["samples"].as_array().unwrap();
-    assert_eq!(samples.len(), 4, "{samples:?}");
+    assert!(f.lease_ttl_granted_s >= 1, "{f:?}");
+    assert_eq!(f.samples.len(), 4, "{:?}", f.samples);
     for protocol in ["dorado", "classic"] {
         for kind in ["kill-9", "sigterm"] {
-            let s = samples
+            let s = f
+                .samples
                 .iter()
-                .find(|s| s["protocol"] == protocol && s["kind"] == kind)
+                .find(|s| s.protocol == protocol && s.kind == kind)
                 .unwrap_or_else(|| panic!("no sample for {protocol} {kind}"));
-            positive(s, "unavailable_s");
-            positive(s, "max_ack_gap_s");
-            assert!(s["acked_before"].as_u64().unwrap() > 0, "{s}");
-            assert!(s["acked_after"].as_u64().unwrap() > 0, "{s}");
-            assert!(s["stopped"].is_string(), "{s}");
-            assert!(s["load_average"].is_array(), "{s}");
-            let summary = f["summary"]
-                .as_array()
-                .unwrap()
+            positive("unavailable_s", s.unavailable_s);
+            positive("max_ack_gap_s", s.max_ack_gap_s);
+            assert!(s.acked_before > 0, "{s:?}");
+            assert!(s.acked_after > 0, "{s:?}");
+            assert!(!s.stopped.is_empty(), "{s:?}");
+            let summary = f
+                .summary
                 .iter()
-                .find(|x| x["protocol"] == protocol && x["kind"] == kind)
+                .find(|x| x.protocol == protocol && x.kind == kind)
                 .unwrap_or_else(|| panic!("no summary for {protocol} {kind}"));
-            assert_eq!(summary["samples"], 1);
-            for key in ["min_s", "median_s", "max_s"] {
-                positive(summary, key);
-            }
+            assert_eq!(summary.samples, 1);
+            positive("min_s", summary.min_s);
+            positive("median_s", summary.median_s);
+            positive("max_s", summary.max_s);
             if protocol == "dorado" {
-                positive(summary, "goal_s");
-                assert!(summary["met"].is_boolean(), "{summary}");
+                positive("goal_s", summary.goal_s);
+                assert!(summary.met.is_some(), "{summary:?}");
             }
         }
     }
-    let goals = report["goals"].as_array().unwrap();
+    let goals = &report.goals;
     assert_eq!(goals.len(), 2, "one goal per kind for dorado: {goals:?}");
 
     let md = &run.markdown;
@@ -210,35 +200,31 @@ fn tiny_recovery_measures_each_history_with_and_without_snapshots() {
         ],
     );
     let report = &run.report;
-    let r = &report["recovery"];
-    assert_eq!(r["histories"], serde_json::json!([100, 300]));
-    assert_eq!(r["snapshot_every"], serde_json::json!([20, 0]));
-    let results = r["results"].as_array().unwrap();
-    assert_eq!(results.len(), 4, "{results:?}");
+    let r = report.recovery.as_ref().expect("a recovery section");
+    assert_eq!(r.histories, [100, 300]);
+    assert_eq!(r.snapshot_every, [20, 0]);
+    assert_eq!(r.results.len(), 4, "{:?}", r.results);
     for every in [20, 0] {
         for history in [100, 300] {
-            let x = results
+            let x = r
+                .results
                 .iter()
-                .find(|x| x["snapshot_every"] == every && x["history_commands"] == history)
+                .find(|x| x.snapshot_every == Some(every) && x.history_commands == history)
                 .unwrap_or_else(|| panic!("no result for {every} / {history}"));
-            assert_eq!(x["protocol"], "dorado");
-            assert_eq!(x["timed_out"], false, "{x}");
-            assert_eq!(x["skipped"], false, "{x}");
-            for key in [
-                "process_up_s",
-                "caught_up_s",
-                "ready_s",
-                "load_s",
-                "load_ops_s",
-            ] {
-                positive(x, key);
-            }
-            assert!(x["log_entries"].as_u64().unwrap() > 0, "{x}");
-            let restored = x["snapshot_index"].as_u64().unwrap();
+            assert_eq!(x.protocol, "dorado");
+            assert!(!x.timed_out, "{x:?}");
+            assert!(!x.skipped, "{x:?}");
+            positive("process_up_s", x.process_up_s);
+            positive("caught_up_s", x.caught_up_s);
+            positive("ready_s", x.ready_s);
+            positive("load_s", Some(x.load_s));
+            positive("load_ops_s", Some(x.load_ops_s));
+            assert!(x.log_entries > 0, "{x:?}");
+            let restored = x.snapshot_index;
             if every == 0 {
-                assert_eq!(restored, 0, "no snapshots, yet one was restored: {x}");
+                assert_eq!(restored, 0, "no snapshots, yet one was restored: {x:?}");
             } else if history == 300 {
-                assert!(restored > 0, "a snapshot should have been restored: {x}");
+                assert!(restored > 0, "a snapshot should have been restored: {x:?}");
             }
         }
     }

@@ -6,17 +6,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
+use dorado_bench::bench::Report;
 use dorado_testkit::procs::{children_of, wait_gone};
 
 const BIN: &str = env!("CARGO_BIN_EXE_dorado-bench");
-
-fn number(v: &Value, key: &str) -> f64 {
-    v[key]
-        .as_f64()
-        .unwrap_or_else(|| panic!("{key} is not a number in {v}"))
-}
 
 #[test]
 fn tiny_bench_writes_json_markdown_and_plots() {
@@ -39,19 +32,18 @@ fn tiny_bench_writes_json_markdown_and_plots() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "dorado-bench bench failed:\n{stderr}");
 
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    let params = &report["parameters"];
-    assert_eq!(params["clients"], serde_json::json!([1, 4]));
-    assert_eq!(params["command_size"], 100);
-    assert_eq!(params["replicas"], 3);
-    assert!(params["command_line"].as_str().unwrap().contains("bench"));
-    let machine = &report["machine"];
-    assert!(machine["nproc"].as_u64().unwrap() >= 1);
-    assert!(machine["cpu_model"].is_string());
-    assert!(report["etcd"]["managed"].as_bool().unwrap());
+    let report: Report = serde_json::from_slice(&std::fs::read(&json).unwrap())
+        .expect("the JSON report parses as a Report");
+    let params = &report.parameters;
+    assert_eq!(params.clients, [1, 4]);
+    assert_eq!(params.command_size, 100);
+    assert_eq!(params.replicas, 3);
+    assert!(params.command_line.contains("bench"));
+    assert!(report.machine.nproc >= 1);
+    assert!(report.etcd.managed);
 
-    assert_eq!(report["mode"], "throughput");
-    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(report.mode, "throughput");
+    let runs = &report.runs;
     assert_eq!(runs.len(), 8, "4 systems x 2 client counts: {runs:?}");
     let mut pids = Vec::new();
     for system in ["etcd-put", "fenced-txn", "dorado", "classic"] {
@@ -61,8 +53,8 @@ fn tiny_bench_writes_json_markdown_and_plots() {
         // about the tool.
         let ops: u64 = runs
             .iter()
-            .filter(|r| r["system"] == system)
-            .map(|r| r["ops"].as_u64().unwrap())
+            .filter(|r| r.system == system)
+            .map(|r| r.ops)
             .sum();
         assert!(
             ops > 0,
@@ -71,13 +63,18 @@ fn tiny_bench_writes_json_markdown_and_plots() {
         for clients in [1, 4] {
             let run = runs
                 .iter()
-                .find(|r| r["system"] == system && r["clients"] == clients)
+                .find(|r| r.system == system && r.clients == clients)
                 .unwrap_or_else(|| panic!("no run for {system} at {clients} clients"));
-            for key in ["throughput_ops_s", "p50_ms", "p90_ms", "p99_ms", "p999_ms"] {
-                assert!(number(run, key) >= 0.0, "{key} of {run}");
+            for (key, value) in [
+                ("throughput_ops_s", run.throughput_ops_s),
+                ("p50_ms", run.p50_ms),
+                ("p90_ms", run.p90_ms),
+                ("p99_ms", run.p99_ms),
+                ("p999_ms", run.p999_ms),
+            ] {
+                assert!(value >= 0.0, "{key} of {run:?}");
             }
-            let cpu = run["cpu"].as_array().unwrap();
-            let names: Vec<&str> = cpu.iter().filter_map(|c| c["process"].as_str()).collect();
+            let names: Vec<&str> = run.cpu.iter().map(|c| c.process.as_str()).collect();
             assert!(names.contains(&"etcd"), "{names:?}");
             assert!(names.contains(&"bench"), "{names:?}");
             assert_eq!(
@@ -90,17 +87,13 @@ fn tiny_bench_writes_json_markdown_and_plots() {
                 3,
                 "{names:?}"
             );
-            for c in cpu {
-                assert!(c["cpu_s"].as_f64().is_some(), "{c}");
-                pids.push(c["pid"].as_u64().unwrap());
-            }
-            assert!(run["cdf"].as_array().is_some_and(|c| !c.is_empty()));
+            pids.extend(run.cpu.iter().map(|c| u64::from(c.pid)));
+            assert!(!run.cdf.is_empty());
             if system == "dorado" || system == "classic" {
-                assert!(run["dorado"].is_object(), "{run}");
+                assert!(run.dorado.is_some(), "{run:?}");
             }
         }
     }
-    assert!(report["goals"].is_array());
 
     let md = std::fs::read_to_string(&markdown).unwrap();
     assert!(md.contains("| system | clients | ops/s |"), "{md}");

@@ -11,6 +11,9 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 use base64::Engine as _;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde::Deserialize as _;
 use serde_json::{Value, json};
 
@@ -31,9 +34,8 @@ impl Rendered {
         // <example> --from-file=<example>.wasm=…`) into the example's namespace.
         let namespace = rendered
             .all("Namespace")
-            .find_map(|n| n["metadata"]["name"].as_str())
-            .unwrap_or("default")
-            .to_string();
+            .find_map(|n| head(n)?.metadata.name)
+            .unwrap_or_else(|| "default".to_string());
         rendered.objects.push(json!({
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -80,75 +82,86 @@ impl Rendered {
             .collect()
     }
 
-    /// The object of `kind` named `name`.
-    pub fn get(&self, kind: &str, name: &str) -> anyhow::Result<&Value> {
-        self.objects
+    /// The object of `kind` named `name`, as its Kubernetes type.
+    pub fn get<K: serde::de::DeserializeOwned>(&self, kind: &str, name: &str) -> anyhow::Result<K> {
+        let found = self
+            .objects
             .iter()
-            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
-            .with_context(|| format!("the render has no {kind} {name}"))
+            .find(|o| {
+                head(o).is_some_and(|h| h.kind == kind && h.metadata.name.as_deref() == Some(name))
+            })
+            .with_context(|| format!("no {kind} {name} in the render"))?;
+        serde_json::from_value(found.clone())
+            .with_context(|| format!("{kind} {name} does not parse"))
     }
 
     /// Every object of `kind`.
     pub fn all(&self, kind: &str) -> impl Iterator<Item = &Value> {
-        self.objects.iter().filter(move |o| o["kind"] == kind)
+        self.objects
+            .iter()
+            .filter(move |o| head(o).is_some_and(|h| h.kind == kind))
     }
+}
+
+/// What every Kubernetes object has: its kind and metadata.
+#[derive(Debug, serde::Deserialize)]
+struct Head {
+    kind: String,
+    #[serde(default)]
+    metadata: ObjectMeta,
+}
+
+fn head(object: &Value) -> Option<Head> {
+    Head::deserialize(object).ok()
 }
 
 /// The pod the StatefulSet controller creates for `ordinal`: the template's
 /// metadata and spec, name `<set>-<ordinal>`, the controller's labels, an
 /// owner reference to the set, and `hostname`/`subdomain` for stable DNS.
-pub fn statefulset_pod(sts: &Value, ordinal: u32) -> anyhow::Result<Value> {
-    let set = sts["metadata"]["name"]
-        .as_str()
+pub fn statefulset_pod(sts: &StatefulSet, ordinal: u32) -> anyhow::Result<Pod> {
+    let set = sts
+        .metadata
+        .name
+        .clone()
         .context("StatefulSet without metadata.name")?;
-    let namespace = sts["metadata"]["namespace"].as_str().unwrap_or("default");
-    let template = &sts["spec"]["template"];
-    if !template.is_object() {
-        bail!("StatefulSet {set} has no spec.template");
-    }
+    let spec = sts
+        .spec
+        .as_ref()
+        .with_context(|| format!("StatefulSet {set} has no spec"))?;
     let name = format!("{set}-{ordinal}");
-    let mut pod = json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": template["metadata"].clone(),
-        "spec": template["spec"].clone(),
-    });
-    let meta = pod["metadata"]
-        .as_object_mut()
-        .context("template metadata is not an object")?;
-    meta.insert("name".into(), json!(name));
-    meta.insert("namespace".into(), json!(namespace));
-    let labels = meta
-        .entry("labels")
-        .or_insert_with(|| json!({}))
-        .as_object_mut()
-        .context("template labels are not an object")?;
-    labels.insert("statefulset.kubernetes.io/pod-name".into(), json!(name));
-    labels.insert(
-        "apps.kubernetes.io/pod-index".into(),
-        json!(ordinal.to_string()),
+    let mut meta = spec.template.metadata.clone().unwrap_or_default();
+    meta.name = Some(name.clone());
+    meta.namespace = Some(
+        sts.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
     );
+    let labels = meta.labels.get_or_insert_with(Default::default);
+    labels.insert("statefulset.kubernetes.io/pod-name".into(), name.clone());
+    labels.insert("apps.kubernetes.io/pod-index".into(), ordinal.to_string());
     labels.insert(
         "controller-revision-hash".into(),
-        json!(format!("{set}-5d8f9c7b6")),
+        format!("{set}-5d8f9c7b6"),
     );
-    meta.insert(
-        "ownerReferences".into(),
-        json!([{
-            "apiVersion": "apps/v1",
-            "kind": "StatefulSet",
-            "name": set,
-            "uid": "8d3b6f0e-2a41-4c4e-9a55-0e1c5b7d9f21",
-            "controller": true,
-            "blockOwnerDeletion": true,
-        }]),
-    );
-    let spec = pod["spec"]
-        .as_object_mut()
-        .context("template spec is not an object")?;
-    spec.insert("hostname".into(), json!(name));
-    if let Some(service) = sts["spec"]["serviceName"].as_str() {
-        spec.insert("subdomain".into(), json!(service));
-    }
-    Ok(pod)
+    meta.owner_references = Some(vec![OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "StatefulSet".into(),
+        name: set.clone(),
+        uid: "8d3b6f0e-2a41-4c4e-9a55-0e1c5b7d9f21".into(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }]);
+    let mut pod_spec = spec
+        .template
+        .spec
+        .clone()
+        .with_context(|| format!("StatefulSet {set} has no spec.template.spec"))?;
+    pod_spec.hostname = Some(name);
+    pod_spec.subdomain = spec.service_name.clone();
+    Ok(Pod {
+        metadata: meta,
+        spec: Some(pod_spec),
+        status: None,
+    })
 }

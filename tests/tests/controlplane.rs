@@ -371,6 +371,11 @@ async fn kv_example(c: &Cluster) -> anyhow::Result<Group> {
         r#"{"op":"get","key":"a"}"#,
     ])?;
     ensure!(got.contains(r#""1""#), "query after submit answered {got}");
+    let status = run(&["status", "--endpoint", &endpoint])?;
+    ensure!(
+        status.contains("kv-0") && status.contains("dorado-demo"),
+        "dorado status does not describe kv-0 of dorado-demo: {status}"
+    );
 
     // Writes from a client to the pods' IPs.
     let stop = Arc::new(AtomicBool::new(false));

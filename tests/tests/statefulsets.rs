@@ -15,6 +15,7 @@ use dorado::wire::Status;
 use dorado_e2e::manifests::statefulset_pod;
 use dorado_e2e::{Env, Rendered, RunningPod, typed_pod, wait_for};
 use dorado_testkit::examples::Reply;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use serde_json::{Value, json};
 
 /// Startup of a debug-built replica on a loaded 2-core machine.
@@ -26,11 +27,15 @@ async fn deploy(
     env: &mut Env,
     example: &str,
     module: &[u8],
-) -> anyhow::Result<(Value, Vec<RunningPod>)> {
+) -> anyhow::Result<(StatefulSet, Vec<RunningPod>)> {
     let rendered = Rendered::example(example, module)?;
     env.kubelet.add_config_maps(rendered.typed("ConfigMap")?);
-    let sts = rendered.get("StatefulSet", example)?.clone();
-    let replicas = sts["spec"]["replicas"].as_u64().context("spec.replicas")?;
+    let sts: StatefulSet = rendered.get("StatefulSet", example)?;
+    let replicas = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .context("spec.replicas")?;
     assert_eq!(replicas, 3, "the example runs three replicas");
     let mut pods = Vec::new();
     for ordinal in 0..3 {
@@ -44,13 +49,13 @@ async fn deploy(
 
 /// What happens when the StatefulSet controller creates pod `ordinal`:
 /// admission, then the kubelet starts it (in the network slot of its ordinal).
-async fn create_pod(env: &mut Env, sts: &Value, ordinal: u32) -> anyhow::Result<RunningPod> {
+async fn create_pod(env: &mut Env, sts: &StatefulSet, ordinal: u32) -> anyhow::Result<RunningPod> {
     let pod = statefulset_pod(sts, ordinal)?;
-    let admitted = env.webhook.admit(&pod).await?;
+    let admitted = env.webhook.admit(&serde_json::to_value(&pod)?).await?;
     if !admitted.allowed {
         bail!(
-            "the webhook denied {}: {:?}",
-            pod["metadata"]["name"],
+            "the webhook denied {:?}: {:?}",
+            pod.metadata.name,
             admitted.message
         );
     }
@@ -315,12 +320,12 @@ async fn pods_without_a_correct_patch_fail_to_start() -> anyhow::Result<()> {
     let mut env = Env::start().await?;
     let rendered = Rendered::example("kv", dorado_testkit::examples::KV)?;
     env.kubelet.add_config_maps(rendered.typed("ConfigMap")?);
-    let sts = rendered.get("StatefulSet", "kv")?;
+    let sts: StatefulSet = rendered.get("StatefulSet", "kv")?;
 
     // 1. The template as written: the image's `dorado run` without
     // configuration. Without a readiness probe the kubelet calls it ready at
     // start, so what matters is that it crashes (CrashLoopBackOff).
-    let mut pod = typed_pod(&statefulset_pod(sts, 0)?)?;
+    let mut pod = statefulset_pod(&sts, 0)?;
     // The template's image (dorado/dorado) is a registry name: not on this node.
     let err = env
         .kubelet
@@ -358,18 +363,22 @@ async fn pods_without_a_correct_patch_fail_to_start() -> anyhow::Result<()> {
     drop(unpatched);
 
     // 2. A patch that forgets the module volume mount: the runtime cannot load it.
-    let mut admitted = env.webhook.admit(&statefulset_pod(sts, 1)?).await?.pod;
-    let mounts = admitted["spec"]["containers"][0]["volumeMounts"]
-        .as_array_mut()
+    let pod = serde_json::to_value(statefulset_pod(&sts, 1)?)?;
+    let mut admitted = typed_pod(&env.webhook.admit(&pod).await?.pod)?;
+    let mounts = admitted
+        .spec
+        .as_mut()
+        .and_then(|s| s.containers.first_mut())
+        .and_then(|c| c.volume_mounts.as_mut())
         .context("the mutated pod mounts volumes")?;
     let before = mounts.len();
-    mounts.retain(|m| m["mountPath"] != "/etc/dorado/module");
+    mounts.retain(|m| m.mount_path != "/etc/dorado/module");
     assert_eq!(
         mounts.len() + 1,
         before,
         "the module is mounted at /etc/dorado/module"
     );
-    let mut broken = env.kubelet.run(&typed_pod(&admitted)?, 1)?;
+    let mut broken = env.kubelet.run(&admitted, 1)?;
     let err = broken
         .wait_ready(READY)
         .await

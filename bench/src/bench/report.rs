@@ -6,7 +6,7 @@ use std::path::Path;
 
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::driver::{Measured, Plan};
 use super::{HttpClientKind, SystemKind, Target};
@@ -26,7 +26,7 @@ const CDF_QUANTILES: [f64; 30] = [
 ];
 
 /// Everything one `dorado-bench bench` invocation measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// `dorado-bench bench`.
     pub tool: String,
@@ -55,12 +55,12 @@ pub struct Report {
     /// The goals of the DORADO-over-etcd and benchmark issues, evaluated.
     pub goals: Vec<Goal>,
     /// Free-form notes added by whoever records the results.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub notes: BTreeMap<String, String>,
 }
 
 /// Parameters of the invocation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Parameters {
     /// The command line.
     pub command_line: String,
@@ -99,7 +99,7 @@ pub struct Parameters {
 }
 
 /// The machine.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Machine {
     /// Usable CPUs.
     pub nproc: usize,
@@ -114,7 +114,7 @@ pub struct Machine {
 }
 
 /// The etcd.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EtcdInfo {
     /// Client URLs.
     pub endpoints: Vec<String>,
@@ -131,7 +131,7 @@ pub struct EtcdInfo {
 }
 
 /// CPU time one process used during a run's measurement window.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessCpu {
     /// `etcd`, `replica r0 (leader)`, `bench`.
     pub process: String,
@@ -144,7 +144,7 @@ pub struct ProcessCpu {
 }
 
 /// Write unavailability when the leader goes away, measured repeatedly.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FailoverReport {
     /// Closed-loop writers during each measurement.
     pub clients: usize,
@@ -172,7 +172,7 @@ pub struct FailoverReport {
 }
 
 /// One failover measurement.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FailoverSample {
     /// `dorado` or `classic`.
     pub protocol: String,
@@ -209,7 +209,7 @@ pub struct FailoverSample {
 }
 
 /// Statistics of one protocol and kind over its repeats.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FailoverSummary {
     /// `dorado` or `classic`.
     pub protocol: String,
@@ -232,7 +232,7 @@ pub struct FailoverSummary {
 }
 
 /// Catch-up time of a recreated replica against history length.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecoveryReport {
     /// History lengths, in commands.
     pub histories: Vec<u64>,
@@ -249,7 +249,7 @@ pub struct RecoveryReport {
 }
 
 /// One recovery measurement.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecoveryResult {
     /// `dorado` or `classic`.
     pub protocol: String,
@@ -281,7 +281,7 @@ pub struct RecoveryResult {
 }
 
 /// Leader-side batching during a Dorado run (from its `/metrics`).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DoradoStats {
     /// Batches appended during the run (warm-up included).
     pub batches: Option<u64>,
@@ -295,7 +295,7 @@ pub struct DoradoStats {
 }
 
 /// One system at one client count.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunResult {
     /// `etcd-put`, `fenced-txn` or `dorado`.
     pub system: String,
@@ -396,7 +396,7 @@ impl RunResult {
 }
 
 /// One goal, evaluated on this run's numbers.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Goal {
     /// What is compared.
     pub name: String,
