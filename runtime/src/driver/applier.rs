@@ -11,9 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use dorado_core::{
-    AppliedEntry, Entry, Index, Outcome, ReplicaState, SnapshotData, StateMachine,
-};
+use dorado_core::{AppliedEntry, Entry, Index, Outcome, ReplicaState, SnapshotData, StateMachine};
 use tokio::sync::oneshot;
 
 use super::handle::ReadRequest;

@@ -63,7 +63,8 @@ pub enum ReadRequest {
 /// How a protocol finds the index a linearizable read must wait for, given
 /// the index after what this replica applied: every write acknowledged before
 /// the call is at or below the answer. `None` once the replica stops.
-pub type ReadBound = Arc<dyn Fn(Index) -> BoxFuture<'static, Option<StoreResult<Index>>> + Send + Sync>;
+pub type ReadBound =
+    Arc<dyn Fn(Index) -> BoxFuture<'static, Option<StoreResult<Index>>> + Send + Sync>;
 
 /// Handle to a running replica of any protocol (cheap to clone).
 #[derive(Clone)]
@@ -129,12 +130,10 @@ impl ReplicaHandle {
     ) -> Result<Vec<u8>, QueryError> {
         let min_index = match consistency {
             Consistency::Stale => 0,
-            Consistency::Linearizable => {
-                match (self.read_bound)(self.applied_index() + 1).await {
-                    Some(index) => index.map_err(QueryError::Store)?,
-                    None => return Err(QueryError::ShuttingDown),
-                }
-            }
+            Consistency::Linearizable => match (self.read_bound)(self.applied_index() + 1).await {
+                Some(index) => index.map_err(QueryError::Store)?,
+                None => return Err(QueryError::ShuttingDown),
+            },
         };
         let (reply, rx) = oneshot::channel();
         self.requests

@@ -291,7 +291,9 @@ pub async fn health_task(
                 if catch_up == CatchUp::ByProbe {
                     health.note_commit(last.unwrap_or(applied_before));
                     readiness.on_check(health.applied(), last);
-                    health.caught_up.store(readiness.caught_up(), Ordering::Release);
+                    health
+                        .caught_up
+                        .store(readiness.caught_up(), Ordering::Release);
                 }
             }
             Ok(Err(e)) => {

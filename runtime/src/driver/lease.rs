@@ -125,11 +125,8 @@ pub async fn lease_task<L: LeaseStore>(
             // How long the keep-alive may take and what its answer means is
             // `LeaseTimer`'s decision; publishing the member record is best effort.
             let budget = timer.budget(Instant::now().into_std());
-            let Some(result) = until_stopped(
-                &stop,
-                tokio::time::timeout(budget, store.keep_alive(lease)),
-            )
-            .await
+            let Some(result) =
+                until_stopped(&stop, tokio::time::timeout(budget, store.keep_alive(lease))).await
             else {
                 return;
             };

@@ -82,10 +82,8 @@ impl TaskSet {
     /// task of the set runs.
     pub async fn shutdown(self, grace: Duration) {
         let Some(mut set) = self.close() else { return };
-        let joined = tokio::time::timeout(grace, async {
-            while set.join_next().await.is_some() {}
-        })
-        .await;
+        let joined =
+            tokio::time::timeout(grace, async { while set.join_next().await.is_some() {} }).await;
         if joined.is_err() {
             tracing::warn!(
                 tasks = set.len(),
@@ -157,10 +155,7 @@ impl Spawner {
 }
 
 /// `fut`, unless `stop` is cancelled first (checked first on every poll).
-pub async fn until_stopped<T>(
-    stop: &CancellationToken,
-    fut: impl Future<Output = T>,
-) -> Option<T> {
+pub async fn until_stopped<T>(stop: &CancellationToken, fut: impl Future<Output = T>) -> Option<T> {
     tokio::select! {
         biased;
         _ = stop.cancelled() => None,
@@ -200,14 +195,24 @@ mod tests {
                 "shutdown" => set.shutdown(Duration::from_secs(1)).await,
                 _ => {
                     parent.cancel();
-                    assert!(!spawner.spawn(async {}), "{how}: a stopping set refuses tasks");
+                    assert!(
+                        !spawner.spawn(async {}),
+                        "{how}: a stopping set refuses tasks"
+                    );
                     set.abort().await;
                 }
             }
             gate.notify_waiters();
             tokio::time::sleep(Duration::from_secs(60)).await;
-            assert_eq!(ran.load(Ordering::SeqCst), 0, "{how}: a task ran after the stop");
-            assert!(!spawner.spawn(async {}), "{how}: a stopped set refuses tasks");
+            assert_eq!(
+                ran.load(Ordering::SeqCst),
+                0,
+                "{how}: a task ran after the stop"
+            );
+            assert!(
+                !spawner.spawn(async {}),
+                "{how}: a stopped set refuses tasks"
+            );
         }
     }
 
