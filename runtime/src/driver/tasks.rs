@@ -170,11 +170,9 @@ mod tests {
 
     /// A task that counts its polls past a gate; any count after the stop
     /// instant is a task that outlived its set.
-    fn counting(ran: Arc<AtomicUsize>, gate: Arc<tokio::sync::Notify>) -> impl Future<Output = ()> {
-        async move {
-            gate.notified().await;
-            ran.fetch_add(1, Ordering::SeqCst);
-        }
+    async fn counting(ran: Arc<AtomicUsize>, gate: Arc<tokio::sync::Notify>) {
+        gate.notified().await;
+        ran.fetch_add(1, Ordering::SeqCst);
     }
 
     #[tokio::test(start_paused = true)]
