@@ -1425,7 +1425,7 @@ impl Launcher for TaskLauncher {
             let trace = TraceWriter::new(trace_file);
             let started = tokio::select! {
                 () = crash.cancelled() => None,
-                s = node::start(store, instance, config, trace) => Some(s),
+                s = node::start(store, instance, config, trace, crash.child_token()) => Some(s),
             };
             match started {
                 None => {}

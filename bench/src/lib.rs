@@ -24,6 +24,7 @@ use dorado::node::NodeConfig;
 use dorado::runner::{RunError, Started, Starter};
 use dorado::store::EtcdStore;
 use dorado::trace::TraceWriter;
+use tokio_util::sync::CancellationToken;
 
 /// Which ordering protocol a replica runs: the one `GET /v1/status` reports.
 pub use dorado::wire::Protocol;
@@ -69,9 +70,10 @@ impl Starter<EtcdStore> for Classic {
         instance: Instance,
         node: NodeConfig,
         trace: TraceWriter,
+        shutdown: CancellationToken,
     ) -> Result<Started, RunError> {
         let config = classic::ClassicConfig::new(node, self.group_size);
-        let running = classic::start_classic(store, instance, config, trace)
+        let running = classic::start_classic(store, instance, config, trace, shutdown)
             .await
             .map_err(|e| RunError::Start(Box::new(e)))?;
         tracing::info!(protocol = "classic", "replica started");

@@ -83,7 +83,14 @@ impl Group {
         self.starts += 1;
         let file = std::fs::File::create(self.trace_path(i, self.starts)).expect("trace file");
         let sm = self.module.instantiate().expect("instantiate kv");
-        start_classic(self.store().await, sm, config, TraceWriter::new(file)).await
+        start_classic(
+            self.store().await,
+            sm,
+            config,
+            TraceWriter::new(file),
+            Default::default(),
+        )
+        .await
     }
 
     /// Start replica `i` with empty state; returns the trace file's number.

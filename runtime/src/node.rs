@@ -1,17 +1,21 @@
-//! The replica driver: performs what the pure protocol core decides.
+//! The DORADO replica driver: performs what the pure protocol core decides.
 //!
-//! One task (the *core loop*) owns everything that must change in one order:
-//! the state machine, the replicated host state, the learner buffer and, while
-//! this replica leads, the [`LeaderEngine`]. Everything else talks to it by
-//! message, so there are no locks around the protocol state:
+//! What every protocol's driver shares (applying, the client handle, lease,
+//! health, stopping every task) is in [`crate::driver`]; this file holds what
+//! is DORADO's own: election, the learner, fenced batched appends and
+//! snapshots. One task (the *core loop*) owns everything that must change in
+//! one order: the [`Applier`] (state machine, replicated host state, trace),
+//! the learner buffer and, while this replica leads, the [`LeaderEngine`].
+//! Everything else talks to it by message, so there are no locks around the
+//! protocol state:
 //!
 //! ```text
-//!  lease task ──(lease, LeaseLost)──┐
+//!  lease task (driver) ──(LeaseLost)──┐
 //!  election task ──(LeaderView, LeaderReady)──┐
 //!  learner task ──(Learned, Restore)── bounded ─┤
 //!  append tasks ──(AppendDone)──────────────────┼──► core loop ──► trace writer thread
-//!  HTTP handlers ──(Submit, Query, WaitApplied)─┘        │
-//!  health task (store reachability, catch-up) ◄─ shared ─┘
+//!  HTTP handlers ──(Request: Submit, Read, Drain)┘        │
+//!  health task (driver: store reachability, catch-up) ◄─ Health ─┘
 //!  read-index task: one store read answers every linearizable query that
 //!  arrived before it started (`read_index.rs`)
 //! ```
@@ -20,32 +24,39 @@
 //! recovering replica may stream a million entries; the bounded channel gives
 //! backpressure to the watch, while control messages (append results, leader
 //! changes) must never wait behind that stream or the leader would stall.
+//!
+//! Every task, including each append and snapshot write, belongs to the
+//! replica's [`TaskSet`]: after a shutdown or an abort this replica never
+//! writes to the store again (`tests/abort.rs`).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use dorado_core::decide::{
-    CampaignInputs, KeepAlive, LeaseDecision, LeaseTimer, Orphan, Progress, ProgressAction,
-    Readiness, ReadyInputs, Replies, SnapshotPolicy, leader_base, may_campaign, view_ends_term,
+    CampaignInputs, Orphan, Progress, ProgressAction, Replies, SnapshotPolicy, leader_base,
+    may_campaign, view_ends_term,
 };
 use dorado_core::engine::LeaderConfig;
 use dorado_core::entry::EncodeError;
 use dorado_core::{
     Abandoned, AppliedEntry, Command, Entry, Epoch, Index, LeaderAction, LeaderEngine,
-    LeaderRecord, Leadership, Learner, LeaseId, MemberRecord, Meta, Outcome, ReplicaState, Route,
-    SnapshotData, StateMachine, Store, StoreError, engine::route,
+    LeaderRecord, Leadership, Learner, LeaseId, Meta, Outcome, Route, SnapshotData, StateMachine,
+    Store, StoreError, engine::route,
 };
 use futures::StreamExt;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{Metrics, gauge_value};
+use crate::driver::{
+    Applier, CatchUp, Health, Lifecycle, Probe, ReadBound, ReplicaHandle, Request, Spawner,
+    TaskSet, backoff, health_task, lease_task, until_stopped,
+};
 use crate::read_index::ReadIndex;
-use crate::trace::{LogFormat, TraceFormatter, TraceWriter};
+use crate::trace::{LogFormat, TraceWriter};
 pub use crate::wire::{Protocol, Role, Status};
 
 /// How a replica runs; everything `dorado run` configures.
@@ -204,74 +215,22 @@ pub enum QueryError {
     ShuttingDown,
 }
 
+/// DORADO's own flags, besides what every protocol shares ([`Health`]).
 struct Shared {
-    config: NodeConfig,
-    metrics: Metrics,
-    applied: AtomicU64,
-    commit: AtomicU64,
-    ready: AtomicBool,
-    caught_up: AtomicBool,
-    draining: AtomicBool,
-    leading: AtomicBool,
+    health: Arc<Health>,
     snapshotting: AtomicBool,
     /// No progress for a while although the store is ahead: maybe a gap left by
     /// a leader that died mid-append, which only a new leader fills. Such a
     /// replica may campaign even though it is not caught up.
     stuck: AtomicBool,
-    /// Why this replica stopped applying (corrupt entry, unwritable trace, ...).
-    fatal: Mutex<Option<String>>,
-    /// The lease task revokes the lease (leadership passes to another
-    /// replica): the core turned fatal (then no lease is taken again), or the
-    /// store names this replica leader although it does not lead ([`Orphan`]).
-    resign: Notify,
     /// The election task won and is reading the log before leading.
     preparing: AtomicBool,
-    status: Mutex<Status>,
-    store_error: Mutex<Option<String>>,
     resubscribe: Notify,
 }
 
-impl Shared {
-    fn set_store_error(&self, e: Option<&StoreError>) {
-        if let Ok(mut s) = self.store_error.lock() {
-            *s = e.map(ToString::to_string);
-        }
-    }
-
-    fn update_ready(&self, lease_held: bool) {
-        let fatal = self.fatal.lock().map(|f| f.is_some()).unwrap_or(true);
-        let store_ok = self
-            .store_error
-            .lock()
-            .map(|e| e.is_none())
-            .unwrap_or(false);
-        let ready = ReadyInputs {
-            lease_held,
-            store_ok,
-            fatal,
-            caught_up: self.caught_up.load(Ordering::Acquire),
-            draining: self.draining.load(Ordering::Acquire),
-        }
-        .ready();
-        self.ready.store(ready, Ordering::Release);
-        self.metrics.ready.set(i64::from(ready));
-    }
-}
-
+/// What DORADO's own tasks tell the core loop (client requests arrive on a
+/// separate channel as [`Request`]s).
 enum Msg {
-    Submit {
-        command: Command,
-        reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
-    },
-    Query {
-        query: Vec<u8>,
-        min_index: Index,
-        reply: oneshot::Sender<Result<Vec<u8>, QueryError>>,
-    },
-    WaitApplied {
-        index: Index,
-        reply: oneshot::Sender<()>,
-    },
     AppendDone {
         epoch: Epoch,
         index: Index,
@@ -286,12 +245,6 @@ enum Msg {
         entries: Vec<(Index, Vec<u8>)>,
     },
     LeaseLost,
-    Drain {
-        reply: oneshot::Sender<()>,
-    },
-    Snapshot {
-        reply: oneshot::Sender<Option<(Index, Vec<u8>)>>,
-    },
 }
 
 enum Learned {
@@ -299,160 +252,18 @@ enum Learned {
     Restore(SnapshotData),
 }
 
-/// Handle to a running replica (cheap to clone).
-#[derive(Clone)]
-pub struct Node {
-    tx: mpsc::UnboundedSender<Msg>,
-    shared: Arc<Shared>,
-    /// What a linearizable query waits for (see `read_index`).
-    read_index: ReadIndex,
-}
+/// Handle to a running replica (cheap to clone): the driver's
+/// [`ReplicaHandle`], which the classic baseline shares.
+pub type Node = ReplicaHandle;
 
-impl std::fmt::Debug for Node {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node")
-            .field("replica", &self.shared.config.replica)
-            .finish()
-    }
-}
-
-impl Node {
-    /// Order a command and wait for its outcome (leader only; followers get
-    /// [`SubmitError::Forward`]).
-    pub async fn submit(&self, command: Command) -> Result<SubmitReply, SubmitError> {
-        command.validate().map_err(SubmitError::Invalid)?;
-        if self.shared.draining.load(Ordering::Acquire) {
-            return Err(SubmitError::ShuttingDown);
-        }
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Submit { command, reply })
-            .map_err(|_| SubmitError::ShuttingDown)?;
-        let timeout = self.shared.config.submit_timeout;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(SubmitError::ShuttingDown),
-            Err(_) => Err(SubmitError::Timeout(timeout)),
-        }
-    }
-
-    /// Run a read-only query.
-    pub async fn query(
-        &self,
-        query: Vec<u8>,
-        consistency: Consistency,
-    ) -> Result<Vec<u8>, QueryError> {
-        let min_index = match consistency {
-            Consistency::Stale => 0,
-            Consistency::Linearizable => match self.read_index.read().await {
-                Some(index) => index.map_err(QueryError::Store)?,
-                None => return Err(QueryError::ShuttingDown),
-            },
-        };
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Query {
-                query,
-                min_index,
-                reply,
-            })
-            .map_err(|_| QueryError::ShuttingDown)?;
-        let timeout = self.shared.config.catch_up_timeout;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(QueryError::ShuttingDown),
-            Err(_) => Err(QueryError::Behind {
-                index: min_index,
-                timeout,
-            }),
-        }
-    }
-
-    /// Wait until this replica has applied `index` (bounded by the catch-up timeout).
-    pub async fn wait_applied(&self, index: Index) -> bool {
-        if self.applied_index() >= index {
-            return true;
-        }
-        let (reply, rx) = oneshot::channel();
-        if self.tx.send(Msg::WaitApplied { index, reply }).is_err() {
-            return false;
-        }
-        matches!(
-            tokio::time::timeout(self.shared.config.catch_up_timeout, rx).await,
-            Ok(Ok(()))
-        )
-    }
-
-    /// Current status report.
-    pub fn status(&self) -> Status {
-        let mut s = self
-            .shared
-            .status
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_else(|p| p.into_inner().clone());
-        s.ready = self.is_ready();
-        s.commit_index = s
-            .commit_index
-            .max(self.shared.commit.load(Ordering::Acquire));
-        s.store_error = self
-            .shared
-            .store_error
-            .lock()
-            .ok()
-            .and_then(|e| e.clone())
-            .or_else(|| self.shared.fatal.lock().ok().and_then(|f| f.clone()));
-        s
-    }
-
-    /// Whether the replica is caught up and serving.
-    pub fn is_ready(&self) -> bool {
-        self.shared.ready.load(Ordering::Acquire)
-    }
-
-    /// True while this replica leads.
-    pub fn is_leader(&self) -> bool {
-        self.shared.leading.load(Ordering::Acquire)
-    }
-
-    /// True once shutdown began.
-    pub fn is_draining(&self) -> bool {
-        self.shared.draining.load(Ordering::Acquire)
-    }
-
-    /// Highest applied index.
-    pub fn applied_index(&self) -> Index {
-        self.shared.applied.load(Ordering::Acquire)
-    }
-
-    /// Prometheus text.
-    pub fn render_metrics(&self) -> String {
-        self.shared.metrics.render()
-    }
-
-    /// This replica's id.
-    pub fn replica(&self) -> &str {
-        &self.shared.config.replica
-    }
-
-    /// The snapshot of the current state (index, encoded [`SnapshotData`]).
-    pub async fn snapshot(&self) -> Option<(Index, Vec<u8>)> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Msg::Snapshot { reply }).ok()?;
-        rx.await.ok().flatten()
-    }
-}
-
-/// A started replica: its handle plus what is needed to stop it.
+/// A started replica: its handle plus what is needed to stop it. Dropping it
+/// stops every task of the replica (see [`crate::driver::TaskSet`]).
 pub struct RunningNode<S: Store> {
     /// Handle for the HTTP API.
     pub node: Node,
     /// The store (shared with the tasks).
     pub store: Arc<S>,
-    cancel: CancellationToken,
-    lease: watch::Receiver<Option<LeaseId>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    core: Option<tokio::task::JoinHandle<()>>,
+    life: Lifecycle<S>,
 }
 
 impl<S: Store> std::fmt::Debug for RunningNode<S> {
@@ -463,18 +274,16 @@ impl<S: Store> std::fmt::Debug for RunningNode<S> {
     }
 }
 
-/// Backoff for store retries: fast at first, capped at one second.
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis((50u64 << attempt.min(5)).min(1000))
-}
-
 /// Connect the group: check `meta` (retrying while the store is unreachable),
-/// restore the newest snapshot, and start every task.
+/// restore the newest snapshot, and start every task. Cancelling `shutdown`
+/// stops every task of the replica (abruptly: no drain, the lease is left to
+/// expire); [`RunningNode::shutdown`] is the graceful stop.
 pub async fn start<S: Store, M: StateMachine + Send + 'static>(
     store: S,
-    mut sm: M,
+    sm: M,
     config: NodeConfig,
     trace: TraceWriter,
+    shutdown: CancellationToken,
 ) -> Result<RunningNode<S>, NodeError> {
     let store = Arc::new(store);
     let meta = Meta {
@@ -509,12 +318,10 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
             theirs: stored.protocol,
         });
     }
-    let session_expiry = stored.session_expiry_entries;
-    let fmt = TraceFormatter::new(config.log_format);
+    let health = Arc::new(Health::new(config.clone(), Protocol::Dorado));
+    let mut applier = Applier::new(stored.session_expiry_entries, sm, trace, health.clone());
 
     // Recovery = newest snapshot + tail (the tail arrives through the learner).
-    let mut state = ReplicaState::new(session_expiry);
-    let mut snapshot_index = 0;
     let mut attempt = 0;
     let newest = loop {
         match store.newest_snapshot().await {
@@ -530,221 +337,152 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
     if let Some((index, bytes)) = newest {
         let snap = SnapshotData::decode(&bytes)
             .map_err(|e| NodeError::Recovery(format!("snapshot at index {index}: {e}")))?;
-        state = ReplicaState::restore(&snap, session_expiry, &mut sm)
-            .map_err(|e| NodeError::Recovery(format!("restoring snapshot {index}: {e}")))?;
-        snapshot_index = index;
-        let mut line = String::new();
-        fmt.restored(index, &state.hash, &mut line);
-        trace.write(line);
-        tracing::info!(index, "restored snapshot");
+        applier.restore(&snap).map_err(NodeError::Recovery)?;
     }
+    let applied = applier.applied();
+    health.note_commit(applied);
 
-    let status = Status {
-        group: config.group.clone(),
-        namespace: config.namespace.clone(),
-        replica: config.replica.clone(),
-        role: Role::Follower,
-        leader: None,
-        leader_address: None,
-        epoch: None,
-        applied_index: state.applied,
-        commit_index: state.applied,
-        hash: state.hash.to_string(),
-        module_sha256: config.module_sha256.clone(),
-        ready: false,
-        store_error: None,
-        snapshot_index,
-        protocol: Protocol::Dorado,
-    };
     let shared = Arc::new(Shared {
-        metrics: Metrics::new(),
-        applied: AtomicU64::new(state.applied),
-        commit: AtomicU64::new(state.applied),
-        ready: AtomicBool::new(false),
-        caught_up: AtomicBool::new(false),
-        draining: AtomicBool::new(false),
-        leading: AtomicBool::new(false),
+        health: health.clone(),
         snapshotting: AtomicBool::new(false),
         stuck: AtomicBool::new(false),
-        fatal: Mutex::new(None),
-        resign: Notify::new(),
         preparing: AtomicBool::new(false),
-        status: Mutex::new(status),
-        store_error: Mutex::new(None),
         resubscribe: Notify::new(),
-        config: config.clone(),
     });
-    shared.metrics.applied_index.set(gauge_value(state.applied));
-
-    let cancel = CancellationToken::new();
+    let tasks = TaskSet::new(&shutdown);
+    let spawner = tasks.spawner();
+    let stop = tasks.token();
     let (tx, rx) = mpsc::unbounded_channel();
+    let (requests_tx, requests) = mpsc::unbounded_channel();
     let (learned_tx, learned_rx) = mpsc::channel(1024);
     let (lease_tx, lease_rx) = watch::channel(None);
     let read_store = store.clone();
-    let read_shared = shared.clone();
-    let (read_index, read_task) = ReadIndex::spawn(
+    let read_health = health.clone();
+    let (read_index, read_task) = ReadIndex::new(
         Arc::new(move |from| {
             let store = read_store.clone();
             Box::pin(async move { store.last_index(from).await })
         }),
-        move || read_shared.applied.load(Ordering::Acquire),
-        cancel.clone(),
+        move || read_health.applied(),
+        stop.clone(),
     );
-    let node = Node {
-        tx: tx.clone(),
-        shared: shared.clone(),
-        read_index,
-    };
+    spawner.spawn(read_task);
+    let read_bound: ReadBound = Arc::new(move |_| {
+        let read_index = read_index.clone();
+        Box::pin(async move { read_index.read().await })
+    });
+    let node = ReplicaHandle::new(requests_tx, health.clone(), read_bound);
 
     let core = Core {
-        learner: Learner::new(state.applied),
-        state,
-        sm,
+        learner: Learner::new(applied),
+        applier,
         engine: None,
         waiters: HashMap::new(),
         next_token: 0,
         replies: Replies::new(),
-        queries: BTreeMap::new(),
-        applied_waiters: BTreeMap::new(),
         leader_view: None,
         drain_waiters: Vec::new(),
-        trace,
-        fmt,
         shared: shared.clone(),
+        health: health.clone(),
         store: store.clone(),
         tx: tx.clone(),
-        snapshot_index,
         progress: Progress::default(),
         orphan: Orphan::new((config.lease_ttl * 2).max(Duration::from_secs(1))),
-        cancel: cancel.clone(),
+        spawner: spawner.clone(),
     };
-    let core = tokio::spawn(core.run(rx, learned_rx, cancel.clone()));
-    let tasks = vec![
-        tokio::spawn(lease_task(
-            store.clone(),
-            shared.clone(),
-            tx.clone(),
-            lease_tx,
-            cancel.clone(),
-        )),
-        tokio::spawn(election_task(
-            store.clone(),
-            shared.clone(),
-            tx.clone(),
-            lease_rx.clone(),
-            cancel.clone(),
-        )),
-        tokio::spawn(learner_task(
-            store.clone(),
-            shared.clone(),
-            learned_tx,
-            cancel.clone(),
-        )),
-        tokio::spawn(health_task(
-            store.clone(),
-            shared.clone(),
-            lease_rx.clone(),
-            cancel.clone(),
-        )),
-        read_task,
-    ];
+    spawner.spawn(core.run(rx, requests, learned_rx, stop.clone()));
+    let lost = tx.clone();
+    spawner.spawn(lease_task(
+        store.clone(),
+        health.clone(),
+        lease_tx,
+        move || {
+            let _ = lost.send(Msg::LeaseLost);
+        },
+        stop.clone(),
+    ));
+    spawner.spawn(election_task(
+        store.clone(),
+        shared.clone(),
+        tx.clone(),
+        lease_rx.clone(),
+        stop.clone(),
+    ));
+    spawner.spawn(learner_task(
+        store.clone(),
+        shared.clone(),
+        learned_tx,
+        stop.clone(),
+    ));
+    let probe_store = store.clone();
+    let probe: Probe = Arc::new(move |from| {
+        let store = probe_store.clone();
+        Box::pin(async move { store.last_index(from).await })
+    });
+    spawner.spawn(health_task(health, probe, CatchUp::ByProbe, stop));
     Ok(RunningNode {
-        node,
-        store,
-        cancel,
-        lease: lease_rx,
-        tasks,
-        core: Some(core),
+        node: node.clone(),
+        store: store.clone(),
+        life: Lifecycle::new(node, store, lease_rx, tasks),
     })
 }
 
 impl<S: Store> RunningNode<S> {
     /// Graceful stop: refuse new commands, let in-flight ones finish (bounded),
-    /// resign leadership by revoking the lease so another replica takes over at
-    /// once, flush the trace.
-    pub async fn shutdown(mut self, drain_timeout: Duration) {
-        let shared = &self.node.shared;
-        shared.draining.store(true, Ordering::Release);
-        shared.update_ready(false);
-        let (reply, rx) = oneshot::channel();
-        if self.node.tx.send(Msg::Drain { reply }).is_ok() {
-            let _ = tokio::time::timeout(drain_timeout, rx).await;
-        }
-        let lease = *self.lease.borrow();
-        self.cancel.cancel();
-        if let Some(lease) = lease {
-            if let Err(e) = self.store.revoke_lease(lease).await {
-                tracing::warn!(error = %e, "could not revoke the lease; it will expire by itself");
-            } else {
-                tracing::info!("lease revoked; leadership (if any) released");
-            }
-        }
-        for t in self.tasks.drain(..) {
-            let _ = t.await;
-        }
-        if let Some(core) = self.core.take() {
-            let _ = core.await;
-        }
+    /// stop every task, resign leadership by revoking the lease so another
+    /// replica takes over at once, flush the trace ([`Lifecycle::shutdown`]).
+    pub async fn shutdown(self, drain_timeout: Duration) {
+        self.life.shutdown(drain_timeout).await;
     }
 
-    /// Abrupt stop for tests that simulate a crash in-process: tasks end, the
-    /// lease is left to expire.
-    pub async fn abort(mut self) {
-        self.cancel.cancel();
-        for t in self.tasks.drain(..) {
-            t.abort();
-        }
-        if let Some(core) = self.core.take() {
-            core.abort();
-        }
+    /// Abrupt stop for tests that simulate a crash in-process: every task is
+    /// aborted (appends and snapshot writes in flight included), the lease is
+    /// left to expire. Once this returns the replica never touches the store.
+    pub async fn abort(self) {
+        self.life.abort().await;
     }
-}
-
-struct PendingQuery {
-    query: Vec<u8>,
-    reply: oneshot::Sender<Result<Vec<u8>, QueryError>>,
 }
 
 struct Core<S: Store, M> {
-    state: ReplicaState,
-    sm: M,
+    applier: Applier<M>,
     learner: Learner,
     engine: Option<LeaderEngine<u64>>,
     waiters: HashMap<u64, oneshot::Sender<Result<SubmitReply, SubmitError>>>,
     next_token: u64,
     /// Which waiting client gets which applied outcome (see [`Replies`]).
     replies: Replies<u64, SubmitReply>,
-    queries: BTreeMap<Index, Vec<PendingQuery>>,
-    applied_waiters: BTreeMap<Index, Vec<oneshot::Sender<()>>>,
     leader_view: Option<Leadership>,
     drain_waiters: Vec<oneshot::Sender<()>>,
-    trace: TraceWriter,
-    fmt: TraceFormatter,
     shared: Arc<Shared>,
+    health: Arc<Health>,
     store: Arc<S>,
     tx: mpsc::UnboundedSender<Msg>,
-    snapshot_index: Index,
     progress: Progress,
     orphan: Orphan,
-    /// Stops the append and snapshot tasks this loop spawns: after shutdown or
-    /// abort, a replica never writes to the store again.
-    cancel: CancellationToken,
+    /// Where the append and snapshot tasks this loop spawns go: they stop
+    /// with the replica, so after shutdown or abort it never writes again.
+    spawner: Spawner,
 }
 
 impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
     async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<Msg>,
+        mut requests: mpsc::UnboundedReceiver<Request>,
         mut learned: mpsc::Receiver<Learned>,
-        cancel: CancellationToken,
+        stop: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => break,
+                _ = stop.cancelled() => break,
                 msg = rx.recv() => match msg {
                     Some(m) => self.handle(m),
+                    None => break,
+                },
+                request = requests.recv() => match request {
+                    Some(r) => self.request(r),
                     None => break,
                 },
                 l = learned.recv() => match l {
@@ -768,33 +506,22 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
             let actions = e.step_down();
             self.perform(actions);
         }
-        self.trace.close();
+        self.applier.close();
+    }
+
+    fn request(&mut self, request: Request) {
+        match request {
+            Request::Submit { command, reply } => self.submit(command, reply),
+            Request::Drain { reply } => {
+                self.drain_waiters.push(reply);
+                self.check_drained();
+            }
+            Request::Read(r) => self.applier.serve(r),
+        }
     }
 
     fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Submit { command, reply } => self.submit(command, reply),
-            Msg::Query {
-                query,
-                min_index,
-                reply,
-            } => {
-                if self.state.applied >= min_index {
-                    let _ = reply.send(self.run_query(&query));
-                } else {
-                    self.queries
-                        .entry(min_index)
-                        .or_default()
-                        .push(PendingQuery { query, reply });
-                }
-            }
-            Msg::WaitApplied { index, reply } => {
-                if self.state.applied >= index {
-                    let _ = reply.send(());
-                } else {
-                    self.applied_waiters.entry(index).or_default().push(reply);
-                }
-            }
             Msg::AppendDone {
                 epoch,
                 index,
@@ -807,12 +534,12 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
                 if engine.epoch() != epoch {
                     return;
                 }
-                self.shared
+                self.health
                     .metrics
                     .append_latency
                     .observe(elapsed.as_secs_f64());
                 if let Err(e) = &result {
-                    self.shared.metrics.store_errors.inc();
+                    self.health.metrics.store_errors.inc();
                     tracing::warn!(index, error = %e, "append failed");
                 }
                 let actions = engine.on_append(index, result);
@@ -843,18 +570,6 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
                     self.step_down();
                 }
             }
-            Msg::Drain { reply } => {
-                self.drain_waiters.push(reply);
-                self.check_drained();
-            }
-            Msg::Snapshot { reply } => {
-                let snap = self
-                    .state
-                    .snapshot(&mut self.sm, &self.shared.config.module_sha256)
-                    .ok()
-                    .and_then(|s| s.encode().ok());
-                let _ = reply.send(snap.map(|b| (self.state.applied, b)));
-            }
         }
     }
 
@@ -863,12 +578,12 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         command: Command,
         reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
     ) {
-        if self.shared.draining.load(Ordering::Acquire) {
+        if self.health.is_draining() {
             let _ = reply.send(Err(SubmitError::ShuttingDown));
             return;
         }
         let leader = self.leader_view.as_ref().map(|l| &l.leader);
-        match route(&self.shared.config.replica, self.engine.is_some(), leader) {
+        match route(&self.health.config.replica, self.engine.is_some(), leader) {
             Route::Forward(addr) => {
                 let _ = reply.send(Err(SubmitError::Forward(addr)));
             }
@@ -899,17 +614,13 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
                     let epoch = engine.epoch();
                     let store = self.store.clone();
                     let tx = self.tx.clone();
-                    let cancel = self.cancel.clone();
-                    tokio::spawn(async move {
+                    // Stopped with the replica, whatever it waits for.
+                    self.spawner.spawn_until_stopped(async move {
                         if retry {
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                         let t0 = Instant::now();
-                        let result = tokio::select! {
-                            biased;
-                            _ = cancel.cancelled() => return,
-                            r = store.append(epoch, index, &bytes) => r,
-                        };
+                        let result = store.append(epoch, index, &bytes).await;
                         let _ = tx.send(Msg::AppendDone {
                             epoch,
                             index,
@@ -923,11 +634,11 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
                     entry,
                     waiters,
                 } => {
-                    self.shared.metrics.batch_size.observe(entry.len() as f64);
-                    self.shared.commit.fetch_max(index, Ordering::AcqRel);
+                    self.health.metrics.batch_size.observe(entry.len() as f64);
+                    self.health.note_commit(index);
                     let (answers, offer) =
                         self.replies
-                            .on_committed(index, waiters, self.state.applied);
+                            .on_committed(index, waiters, self.applier.applied());
                     self.send_answers(answers);
                     if offer {
                         self.learner.offer(index, entry);
@@ -953,8 +664,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
                     tracing::warn!("append fenced: another replica leads now; stepping down");
                     self.engine = None;
                     self.replies.on_step_down();
-                    self.shared.leading.store(false, Ordering::Release);
-                    self.shared.metrics.is_leader.set(0);
+                    self.health.set_leading(false);
                     self.publish_status();
                 }
             }
@@ -967,8 +677,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
             self.perform(actions);
         }
         self.replies.on_step_down();
-        self.shared.leading.store(false, Ordering::Release);
-        self.shared.metrics.is_leader.set(0);
+        self.health.set_leading(false);
         self.publish_status();
         self.check_drained();
     }
@@ -983,13 +692,13 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         // The election task won `epoch`; only a newer leader (not a late
         // watch event) supersedes that. The fence makes leading safe anyway.
         let superseded = view_ends_term(epoch, self.leader_view.as_ref());
-        if superseded || self.engine.is_some() || self.shared.draining.load(Ordering::Acquire) {
+        if superseded || self.engine.is_some() || self.health.is_draining() {
             return;
         }
         self.leader_view = Some(Leadership {
             leader: LeaderRecord {
-                replica: self.shared.config.replica.clone(),
-                address: self.shared.config.advertise.clone(),
+                replica: self.health.config.replica.clone(),
+                address: self.health.config.advertise.clone(),
             },
             epoch,
         });
@@ -1007,15 +716,14 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
             }
         }
         present.sort_unstable();
-        let from = leader_base(Some(base), self.state.applied);
+        let from = leader_base(Some(base), self.applier.applied());
         let (engine, actions) =
-            LeaderEngine::start(epoch, self.shared.config.leader, from, last, &present);
+            LeaderEngine::start(epoch, self.health.config.leader, from, last, &present);
         tracing::info!(epoch, last, gaps = actions.len(), "leading");
         self.engine = Some(engine);
-        self.shared.leading.store(true, Ordering::Release);
-        self.shared.metrics.is_leader.set(1);
-        self.shared.metrics.elections_won.inc();
-        self.shared.commit.fetch_max(last, Ordering::AcqRel);
+        self.health.set_leading(true);
+        self.health.metrics.elections_won.inc();
+        self.health.note_commit(last);
         self.perform(actions);
         self.apply_ready();
         self.publish_status();
@@ -1029,37 +737,20 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
                 }
                 match Entry::decode(&bytes) {
                     Ok(e) => {
-                        self.shared.commit.fetch_max(index, Ordering::AcqRel);
+                        self.health.note_commit(index);
                         self.learner.offer(index, e);
                     }
                     Err(e) => self.fatal(format!("log entry {index} is corrupt: {e}")),
                 }
             }
-            Learned::Restore(snap) => {
-                if snap.index <= self.state.applied {
-                    return;
+            Learned::Restore(snap) => match self.applier.restore(&snap) {
+                Ok(true) => {
+                    self.learner.reset(snap.index);
+                    self.publish_status();
                 }
-                if snap.module_sha256 != self.shared.config.module_sha256 {
-                    self.fatal(format!(
-                        "snapshot {} was taken with module {} but this replica runs {}",
-                        snap.index, snap.module_sha256, self.shared.config.module_sha256
-                    ));
-                    return;
-                }
-                match ReplicaState::restore(&snap, self.state.session_expiry, &mut self.sm) {
-                    Ok(state) => {
-                        self.state = state;
-                        self.learner.reset(snap.index);
-                        self.snapshot_index = snap.index;
-                        let mut line = String::new();
-                        self.fmt.restored(snap.index, &self.state.hash, &mut line);
-                        self.trace.write(line);
-                        self.after_apply();
-                        self.check_trace();
-                    }
-                    Err(e) => self.fatal(format!("restoring snapshot {}: {e}", snap.index)),
-                }
-            }
+                Ok(false) => {}
+                Err(e) => self.fatal(e),
+            },
         }
     }
 
@@ -1067,80 +758,32 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
     /// longer a leader or a candidate (the lease task resigns the lease so
     /// another replica takes over).
     fn fatal(&mut self, msg: String) {
-        tracing::error!("{msg}; this replica stops applying until restarted");
-        if let Ok(mut f) = self.shared.fatal.lock() {
-            *f = Some(msg);
-        }
-        self.shared.ready.store(false, Ordering::Release);
-        self.shared.metrics.ready.set(0);
-        self.shared.resign.notify_one();
+        self.health.set_fatal(msg);
         if self.engine.is_some() {
             self.step_down();
         }
     }
 
-    /// A trace that can no longer be written is fatal (see `trace.rs`).
-    fn check_trace(&mut self) {
-        if let Some(e) = self.trace.error()
-            && !self.is_fatal()
-        {
-            self.fatal(e.to_string());
-        }
-    }
-
-    fn is_fatal(&self) -> bool {
-        self.shared
-            .fatal
-            .lock()
-            .map(|f| f.is_some())
-            .unwrap_or(true)
-    }
-
     fn apply_ready(&mut self) {
-        if self.is_fatal() {
-            return;
-        }
-        let mut text = String::new();
-        let mut applied_any = false;
-        // A stalled trace consumer pauses applying (the tick resumes it).
-        while self.trace.backlog() <= TraceWriter::HIGH_WATER
+        while self.applier.can_apply()
             && let Some((index, entry)) = self.learner.pop_ready()
         {
-            let applied = match self.state.apply(index, &entry, &mut self.sm) {
-                Ok(a) => a,
+            match self.applier.apply(index, &entry) {
+                Ok(applied) => {
+                    self.answer(applied);
+                    self.maybe_snapshot(index);
+                }
                 Err(e) => {
-                    self.fatal(e.to_string());
+                    let _ = self.applier.finish();
+                    self.fatal(e);
                     return;
                 }
-            };
-            applied_any = true;
-            self.fmt.entry(&applied, &mut text);
-            self.record(&applied);
-            self.answer(applied);
-            if text.len() > 64 * 1024 {
-                self.trace.write(std::mem::take(&mut text));
             }
-            self.maybe_snapshot(index);
         }
-        self.trace.write(text);
-        if applied_any {
-            self.after_apply();
+        if let Err(e) = self.applier.finish() {
+            self.fatal(e);
         }
-        self.check_trace();
-    }
-
-    fn record(&self, applied: &AppliedEntry) {
-        let m = &self.shared.metrics;
-        m.entries_applied.inc();
-        m.commands_applied.inc_by(applied.commands.len() as u64);
-        let rejected = applied
-            .commands
-            .iter()
-            .filter(|c| matches!(c.outcome, Outcome::Rejected(_)))
-            .count();
-        if rejected > 0 {
-            m.commands_rejected.inc_by(rejected as u64);
-        }
+        self.publish_status();
     }
 
     fn answer(&mut self, applied: AppliedEntry) {
@@ -1170,76 +813,35 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         }
     }
 
-    fn after_apply(&mut self) {
-        let applied = self.state.applied;
-        self.shared.applied.store(applied, Ordering::Release);
-        self.shared.metrics.applied_index.set(gauge_value(applied));
-        while let Some(entry) = self.queries.first_entry() {
-            if *entry.key() > applied {
-                break;
-            }
-            for q in entry.remove() {
-                let r = self.run_query(&q.query);
-                let _ = q.reply.send(r);
-            }
-        }
-        while let Some(entry) = self.applied_waiters.first_entry() {
-            if *entry.key() > applied {
-                break;
-            }
-            for w in entry.remove() {
-                let _ = w.send(());
-            }
-        }
-        self.publish_status();
-    }
-
-    fn run_query(&mut self, q: &[u8]) -> Result<Vec<u8>, QueryError> {
-        self.sm
-            .query(q)
-            .map_err(|r| QueryError::Rejected(r.to_string()))
-    }
-
     fn maybe_snapshot(&mut self, index: Index) {
         let policy = SnapshotPolicy {
-            every: self.shared.config.snapshot_every,
+            every: self.health.config.snapshot_every,
         };
         let in_progress = self.shared.snapshotting.load(Ordering::Acquire);
         if !policy.due(index, self.engine.is_some(), in_progress) {
             return;
         }
         self.shared.snapshotting.store(true, Ordering::Release);
-        let snap = match self
-            .state
-            .snapshot(&mut self.sm, &self.shared.config.module_sha256)
-            .map_err(|e| e.to_string())
-            .and_then(|s| s.encode().map_err(|e| e.to_string()))
-        {
-            Ok(b) => b,
+        let (index, snap) = match self.applier.take_snapshot() {
+            Ok(s) => s,
             Err(e) => {
                 tracing::error!(index, error = %e, "cannot take snapshot");
                 self.shared.snapshotting.store(false, Ordering::Release);
                 return;
             }
         };
-        self.snapshot_index = index;
         let store = self.store.clone();
         let shared = self.shared.clone();
-        let cancel = self.cancel.clone();
-        tokio::spawn(async move {
+        // Stopped with the replica: a dead leader must not truncate the log.
+        let spawned = self.spawner.spawn_until_stopped(async move {
             let write = async {
                 store.put_snapshot(index, &snap).await?;
                 store.delete_log_below(index).await?;
                 store.delete_snapshots_below(index).await
             };
-            let result = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return,
-                r = write => r,
-            };
-            match result {
+            match write.await {
                 Ok(()) => {
-                    shared.metrics.snapshots_written.inc();
+                    shared.health.metrics.snapshots_written.inc();
                     tracing::info!(
                         index,
                         bytes = snap.len(),
@@ -1247,19 +849,22 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
                     );
                 }
                 Err(e) => {
-                    shared.metrics.store_errors.inc();
+                    shared.health.metrics.store_errors.inc();
                     tracing::warn!(index, error = %e, "snapshot not stored");
                 }
             }
             shared.snapshotting.store(false, Ordering::Release);
         });
+        if !spawned {
+            self.shared.snapshotting.store(false, Ordering::Release);
+        }
     }
 
     fn tick(&mut self) {
         self.apply_ready();
         let next = self.learner.next();
         let gap = self.learner.gap().is_some();
-        let commit = self.shared.commit.load(Ordering::Acquire);
+        let commit = self.health.commit();
         let now = Instant::now().into_std();
         if self.progress.tick(now, next, gap, commit) == ProgressAction::Resubscribe {
             tracing::info!(waiting_for = next, "no progress; re-reading the log");
@@ -1268,7 +873,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         self.shared
             .stuck
             .store(self.progress.stuck(), Ordering::Release);
-        let me = &self.shared.config.replica;
+        let me = &self.health.config.replica;
         let named = self
             .leader_view
             .as_ref()
@@ -1276,7 +881,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         let leading = self.engine.is_some() || self.shared.preparing.load(Ordering::Acquire);
         if self.orphan.tick(now, named, leading) {
             tracing::warn!("the store names this replica leader but it does not lead; resigning");
-            self.shared.resign.notify_one();
+            self.health.resign();
         }
         self.check_drained();
     }
@@ -1293,123 +898,20 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
     }
 
     fn publish_status(&self) {
-        let Ok(mut s) = self.shared.status.lock() else {
-            return;
-        };
-        s.applied_index = self.state.applied;
-        s.hash = self.state.hash.to_string();
-        s.commit_index = self
-            .shared
-            .commit
-            .load(Ordering::Acquire)
-            .max(self.state.applied);
-        s.role = if self.engine.is_some() {
-            Role::Leader
-        } else {
-            Role::Follower
-        };
-        s.leader = self.leader_view.as_ref().map(|l| l.leader.replica.clone());
-        s.leader_address = self.leader_view.as_ref().map(|l| l.leader.address.clone());
-        s.epoch = self.leader_view.as_ref().map(|l| l.epoch);
-        s.snapshot_index = self.snapshot_index;
-        self.shared
-            .metrics
-            .commit_index
-            .set(gauge_value(s.commit_index));
-    }
-}
-
-async fn lease_task<S: Store>(
-    store: Arc<S>,
-    shared: Arc<Shared>,
-    tx: mpsc::UnboundedSender<Msg>,
-    lease_tx: watch::Sender<Option<LeaseId>>,
-    cancel: CancellationToken,
-) {
-    let ttl = shared.config.lease_ttl;
-    let mut attempt = 0;
-    'lease: while !cancel.is_cancelled() {
-        let lease = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = store.grant_lease(ttl) => r,
-        };
-        let lease = match lease {
-            Ok(l) => l,
-            Err(e) => {
-                shared.set_store_error(Some(&e));
-                shared.metrics.store_errors.inc();
-                tracing::warn!(error = %e, "cannot get a lease; retrying");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(backoff(attempt)) => {}
-                }
-                attempt += 1;
-                continue;
-            }
-        };
-        attempt = 0;
-        let _ = lease_tx.send(Some(lease));
-        let mut timer = LeaseTimer::new(ttl, Instant::now().into_std());
-        let period = timer.period();
-        loop {
-            let record = MemberRecord {
-                address: shared.config.advertise.clone(),
-                applied_index: shared.applied.load(Ordering::Acquire),
-                hash: shared
-                    .status
-                    .lock()
-                    .map(|s| s.hash.clone())
-                    .unwrap_or_default(),
+        let leading = self.engine.is_some();
+        let view = self.leader_view.as_ref();
+        let commit = self.health.commit();
+        self.health.publish(|s| {
+            s.commit_index = commit;
+            s.role = if leading {
+                Role::Leader
+            } else {
+                Role::Follower
             };
-            // How long the keep-alive may take and what its answer means is
-            // `LeaseTimer`'s decision; publishing the member record is best effort.
-            let budget = timer.budget(Instant::now().into_std());
-            let result = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = tokio::time::timeout(budget, store.keep_alive(lease)) => r.unwrap_or_else(|_| Err(StoreError::Unavailable("keep-alive timed out".into()))),
-            };
-            let outcome = match &result {
-                Ok(()) => KeepAlive::Ok,
-                Err(StoreError::LeaseExpired(_)) => KeepAlive::Expired,
-                Err(e) => {
-                    shared.metrics.store_errors.inc();
-                    tracing::warn!(error = %e, "lease keep-alive failed");
-                    KeepAlive::Failed
-                }
-            };
-            match timer.on_keep_alive(Instant::now().into_std(), outcome) {
-                LeaseDecision::Renewed => {
-                    let publish = store.publish_member(lease, &shared.config.replica, &record);
-                    if let Ok(Err(e)) = tokio::time::timeout(period, publish).await {
-                        tracing::debug!(error = %e, "could not publish the member record");
-                    }
-                }
-                LeaseDecision::Retry => {}
-                LeaseDecision::Lost => {
-                    tracing::warn!("lease lost; getting a new one");
-                    break;
-                }
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(period) => {}
-                _ = shared.resign.notified() => {
-                    tracing::warn!("resigning: revoking the lease so another replica leads");
-                    let _ = lease_tx.send(None);
-                    let _ = tx.send(Msg::LeaseLost);
-                    if let Err(e) = store.revoke_lease(lease).await {
-                        tracing::warn!(error = %e, "could not revoke the lease; it will expire by itself");
-                    }
-                    if shared.fatal.lock().map(|f| f.is_some()).unwrap_or(true) {
-                        // Never a member again until restarted.
-                        return cancel.cancelled().await;
-                    }
-                    continue 'lease;
-                }
-            }
-        }
-        let _ = lease_tx.send(None);
-        let _ = tx.send(Msg::LeaseLost);
+            s.leader = view.map(|l| l.leader.replica.clone());
+            s.leader_address = view.map(|l| l.leader.address.clone());
+            s.epoch = view.map(|l| l.epoch);
+        });
     }
 }
 
@@ -1418,20 +920,21 @@ async fn election_task<S: Store>(
     shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<Msg>,
     mut lease: watch::Receiver<Option<LeaseId>>,
-    cancel: CancellationToken,
+    stop: CancellationToken,
 ) {
+    let health = &shared.health;
     let me = LeaderRecord {
-        replica: shared.config.replica.clone(),
-        address: shared.config.advertise.clone(),
+        replica: health.config.replica.clone(),
+        address: health.config.advertise.clone(),
     };
     let mut attempt = 0;
-    while !cancel.is_cancelled() {
+    while !stop.is_cancelled() {
         let mut stream = store.watch_leader();
         let mut view: Option<Option<Leadership>> = None;
         let mut recheck = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = stop.cancelled() => return,
                 item = stream.next() => match item {
                     Some(Ok(v)) => {
                         attempt = 0;
@@ -1451,16 +954,19 @@ async fn election_task<S: Store>(
             let inputs = CampaignInputs {
                 no_leader: matches!(view, Some(None)),
                 lease_held: lease_id.is_some(),
-                draining: shared.draining.load(Ordering::Acquire),
-                fatal: shared.fatal.lock().map(|f| f.is_some()).unwrap_or(true),
-                caught_up: shared.caught_up.load(Ordering::Acquire),
+                draining: health.is_draining(),
+                fatal: health.is_fatal(),
+                caught_up: health.caught_up(),
                 stuck: shared.stuck.load(Ordering::Acquire),
             };
             if !may_campaign(inputs) {
                 continue;
             }
             let Some(lease_id) = lease_id else { continue };
-            match store.campaign(lease_id, &me).await {
+            let Some(campaign) = until_stopped(&stop, store.campaign(lease_id, &me)).await else {
+                return;
+            };
+            match campaign {
                 Ok(Some(epoch)) => {
                     tracing::info!(epoch, "won the election");
                     let leadership = Leadership {
@@ -1470,10 +976,11 @@ async fn election_task<S: Store>(
                     view = Some(Some(leadership.clone()));
                     let _ = tx.send(Msg::LeaderView(Some(leadership)));
                     shared.preparing.store(true, Ordering::Release);
-                    let prepared = prepare_leadership(&*store, &shared).await;
+                    let prepared = until_stopped(&stop, prepare_leadership(&*store, health)).await;
                     shared.preparing.store(false, Ordering::Release);
                     match prepared {
-                        Ok((base, last, entries)) => {
+                        None => return,
+                        Some(Ok((base, last, entries))) => {
                             let _ = tx.send(Msg::LeaderReady {
                                 epoch,
                                 base,
@@ -1481,9 +988,14 @@ async fn election_task<S: Store>(
                                 entries,
                             });
                         }
-                        Err(e) => {
+                        Some(Err(e)) => {
                             tracing::warn!(error = %e, "could not read the log after winning; resigning");
-                            let _ = store.revoke_lease(lease_id).await;
+                            if until_stopped(&stop, store.revoke_lease(lease_id))
+                                .await
+                                .is_none()
+                            {
+                                return;
+                            }
                         }
                     }
                 }
@@ -1492,7 +1004,7 @@ async fn election_task<S: Store>(
             }
         }
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = stop.cancelled() => return,
             _ = tokio::time::sleep(backoff(attempt)) => {}
         }
         attempt += 1;
@@ -1504,10 +1016,10 @@ async fn election_task<S: Store>(
 /// below the newest snapshot are never gap-filled: they may have been truncated.
 async fn prepare_leadership<S: Store>(
     store: &S,
-    shared: &Shared,
+    health: &Health,
 ) -> Result<(Index, Index, Vec<(Index, Vec<u8>)>), StoreError> {
     let snap = store.newest_snapshot_index().await?;
-    let base = leader_base(snap, shared.applied.load(Ordering::Acquire));
+    let base = leader_base(snap, health.applied());
     let last = store.last_index(base + 1).await?.unwrap_or(base);
     let mut entries = Vec::new();
     let mut from = base + 1;
@@ -1526,38 +1038,47 @@ async fn learner_task<S: Store>(
     store: Arc<S>,
     shared: Arc<Shared>,
     tx: mpsc::Sender<Learned>,
-    cancel: CancellationToken,
+    stop: CancellationToken,
 ) {
+    let health = &shared.health;
     let mut attempt = 0;
-    while !cancel.is_cancelled() {
-        let mut from = shared.applied.load(Ordering::Acquire) + 1;
+    while !stop.is_cancelled() {
+        let mut from = health.applied() + 1;
         // A replica behind the newest snapshot restores it instead of replaying
         // (the entries below it may be gone).
-        match store.newest_snapshot_index().await {
-            Ok(Some(s)) if s >= from => match store.newest_snapshot().await {
-                Ok(Some((index, bytes))) => match SnapshotData::decode(&bytes) {
-                    Ok(snap) => {
-                        if tx.send(Learned::Restore(snap)).await.is_err() {
-                            return;
+        let Some(newest_index) = until_stopped(&stop, store.newest_snapshot_index()).await else {
+            return;
+        };
+        match newest_index {
+            Ok(Some(s)) if s >= from => {
+                let Some(newest) = until_stopped(&stop, store.newest_snapshot()).await else {
+                    return;
+                };
+                match newest {
+                    Ok(Some((index, bytes))) => match SnapshotData::decode(&bytes) {
+                        Ok(snap) => {
+                            if tx.send(Learned::Restore(snap)).await.is_err() {
+                                return;
+                            }
+                            from = index + 1;
                         }
-                        from = index + 1;
-                    }
+                        Err(e) => {
+                            tracing::error!(index, error = %e, "newest snapshot is corrupt");
+                        }
+                    },
+                    Ok(None) => {}
                     Err(e) => {
-                        tracing::error!(index, error = %e, "newest snapshot is corrupt");
+                        tracing::warn!(error = %e, "cannot read snapshot");
+                        health.set_store_error(Some(&e));
                     }
-                },
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read snapshot");
-                    shared.set_store_error(Some(&e));
                 }
-            },
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read snapshot index");
-                shared.set_store_error(Some(&e));
+                health.set_store_error(Some(&e));
                 tokio::select! {
-                    _ = cancel.cancelled() => return,
+                    _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff(attempt)) => {}
                 }
                 attempt += 1;
@@ -1567,7 +1088,7 @@ async fn learner_task<S: Store>(
         let mut stream = store.watch_log(from);
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = stop.cancelled() => return,
                 _ = shared.resubscribe.notified() => break,
                 item = stream.next() => match item {
                     Some(Ok((index, bytes))) => {
@@ -1578,7 +1099,7 @@ async fn learner_task<S: Store>(
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "log watch failed; re-subscribing");
-                        shared.set_store_error(Some(&e));
+                        health.set_store_error(Some(&e));
                         break;
                     }
                     None => break,
@@ -1586,79 +1107,9 @@ async fn learner_task<S: Store>(
             }
         }
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = stop.cancelled() => return,
             _ = tokio::time::sleep(backoff(attempt)) => {}
         }
         attempt += 1;
-    }
-}
-
-/// Store reachability and catch-up, for `/readyz`: ready once the replica has
-/// applied what the store held at the previous check. A replica that is not
-/// caught up turns ready as soon as it applies what the store held at the
-/// last check, not at the next one: a recreated pod would otherwise report
-/// ready up to a check period late.
-async fn health_task<S: Store>(
-    store: Arc<S>,
-    shared: Arc<Shared>,
-    lease: watch::Receiver<Option<LeaseId>>,
-    cancel: CancellationToken,
-) {
-    let mut readiness = Readiness::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        let goal = readiness.goal();
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-            _ = applied_reaches(&shared, goal) => {
-                readiness.on_applied(shared.applied.load(Ordering::Acquire));
-                shared.caught_up.store(readiness.caught_up(), Ordering::Release);
-                shared.update_ready(lease.borrow().is_some());
-                continue;
-            }
-        }
-        // Only the entries above what this replica applied are read, so a
-        // check costs etcd the same whatever the log's length.
-        let applied_before = shared.applied.load(Ordering::Acquire);
-        let result =
-            tokio::time::timeout(Duration::from_secs(2), store.last_index(applied_before + 1))
-                .await;
-        match result {
-            Ok(Ok(last)) => {
-                shared.set_store_error(None);
-                shared
-                    .commit
-                    .fetch_max(last.unwrap_or(applied_before), Ordering::AcqRel);
-                let applied = shared.applied.load(Ordering::Acquire);
-                readiness.on_check(applied, last);
-                shared
-                    .caught_up
-                    .store(readiness.caught_up(), Ordering::Release);
-            }
-            Ok(Err(e)) => {
-                if !matches!(shared.store_error.lock().ok().as_deref(), Some(Some(_))) {
-                    tracing::warn!(error = %e, "store check failed");
-                }
-                shared.set_store_error(Some(&e));
-            }
-            Err(_) => {
-                shared.set_store_error(Some(&StoreError::Unavailable(
-                    "store did not answer within 2s".into(),
-                )));
-            }
-        }
-        shared.update_ready(lease.borrow().is_some());
-    }
-}
-
-/// Resolves once the replica has applied `goal`; never without a goal. Polls
-/// an atomic (no store access), only while a replica catches up.
-async fn applied_reaches(shared: &Shared, goal: Option<Index>) {
-    let Some(goal) = goal else {
-        return std::future::pending().await;
-    };
-    while shared.applied.load(Ordering::Acquire) < goal {
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use dorado_core::{Index, StoreResult};
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// `Store::last_index` with the store type erased: the highest index `>= from`.
@@ -33,17 +32,28 @@ pub(crate) struct ReadIndex {
 }
 
 impl ReadIndex {
-    /// Start the task. `applied` reports what the replica has applied; only
+    /// Start the task (tests). `applied` reports what the replica has applied; only
     /// the log above it is read. The task ends when `cancel` fires or every
     /// handle is dropped.
+    #[cfg(test)]
     pub(crate) fn spawn(
         last_index: LastIndexFn,
         applied: impl Fn() -> Index + Send + 'static,
         cancel: CancellationToken,
-    ) -> (Self, JoinHandle<()>) {
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let (reads, task) = Self::new(last_index, applied, cancel);
+        (reads, tokio::spawn(task))
+    }
+
+    /// The handle and the task that answers it, for the caller to spawn
+    /// (into the replica's task set).
+    pub(crate) fn new(
+        last_index: LastIndexFn,
+        applied: impl Fn() -> Index + Send + 'static,
+        cancel: CancellationToken,
+    ) -> (Self, impl std::future::Future<Output = ()> + Send + 'static) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(last_index, applied, rx, cancel));
-        (ReadIndex { tx }, task)
+        (ReadIndex { tx }, run(last_index, applied, rx, cancel))
     }
 
     /// The index a linearizable read must wait for: every write acknowledged

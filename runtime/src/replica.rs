@@ -2,11 +2,12 @@
 //!
 //! Two ordering protocols serve the same API — DORADO (`node.rs`) and the
 //! paper's 2016 scheme kept as a baseline (`classic/`) — so that benchmarks
-//! compare ordering and nothing else. This trait is that common surface.
+//! compare ordering and nothing else. This trait is that common surface; both
+//! implement it with the same [`crate::driver::ReplicaHandle`].
 
 use futures::future::BoxFuture;
 
-use crate::node::{Consistency, Node, QueryError, Status, SubmitError, SubmitReply};
+use crate::node::{Consistency, QueryError, Status, SubmitError, SubmitReply};
 use dorado_core::{Command, Index};
 
 /// A running replica as the HTTP API sees it.
@@ -41,46 +42,4 @@ pub trait Replica: Send + Sync + 'static {
     fn replica_id(&self) -> &str;
     /// Current encoded snapshot with its index.
     fn snapshot(&self) -> BoxFuture<'_, Option<(Index, Vec<u8>)>>;
-}
-
-impl Replica for Node {
-    fn submit(&self, command: Command) -> BoxFuture<'_, Result<SubmitReply, SubmitError>> {
-        Box::pin(Node::submit(self, command))
-    }
-
-    fn query(
-        &self,
-        query: Vec<u8>,
-        consistency: Consistency,
-    ) -> BoxFuture<'_, Result<Vec<u8>, QueryError>> {
-        Box::pin(Node::query(self, query, consistency))
-    }
-
-    fn wait_applied(&self, index: Index) -> BoxFuture<'_, bool> {
-        Box::pin(Node::wait_applied(self, index))
-    }
-
-    fn status(&self) -> Status {
-        Node::status(self)
-    }
-
-    fn is_ready(&self) -> bool {
-        Node::is_ready(self)
-    }
-
-    fn is_draining(&self) -> bool {
-        Node::is_draining(self)
-    }
-
-    fn render_metrics(&self) -> String {
-        Node::render_metrics(self)
-    }
-
-    fn replica_id(&self) -> &str {
-        Node::replica(self)
-    }
-
-    fn snapshot(&self) -> BoxFuture<'_, Option<(Index, Vec<u8>)>> {
-        Box::pin(Node::snapshot(self))
-    }
 }

@@ -85,6 +85,12 @@ impl std::fmt::Debug for Started {
 /// Starts the ordering protocol once the store is connected. [`Dorado`] is
 /// the only one the runtime ships; the benchmarks plug in the paper's classic
 /// scheme through this trait without the runtime knowing about it.
+///
+/// # Requirements
+/// * Every task the replica spawns stops when `shutdown` is cancelled, when
+///   [`Started::shutdown`] returns and when the [`Started`] is dropped; after
+///   that the replica never touches the store again (build on
+///   [`crate::driver`], whose `TaskSet` and `Lifecycle` guarantee it).
 pub trait Starter<S: Store>: Send {
     /// Start a replica of `node`'s group over `store`, applying to `instance`.
     fn start(
@@ -93,6 +99,7 @@ pub trait Starter<S: Store>: Send {
         instance: Instance,
         node: NodeConfig,
         trace: TraceWriter,
+        shutdown: CancellationToken,
     ) -> impl Future<Output = Result<Started, RunError>> + Send;
 }
 
@@ -107,8 +114,9 @@ impl<S: Store> Starter<S> for Dorado {
         instance: Instance,
         node: NodeConfig,
         trace: TraceWriter,
+        shutdown: CancellationToken,
     ) -> Result<Started, RunError> {
-        let running = node::start(store, instance, node, trace).await?;
+        let running = node::start(store, instance, node, trace, shutdown).await?;
         Ok(Started {
             replica: Arc::new(running.node.clone()),
             shutdown: Box::new(move |drain| Box::pin(running.shutdown(drain))),
@@ -201,9 +209,12 @@ where
             }
         }
     };
+    // Whatever way this future ends (also dropped), the replica's tasks stop.
+    let replica_stop = CancellationToken::new();
+    let _stop_replica = replica_stop.clone().drop_guard();
     let started = tokio::select! {
         _ = &mut shutdown => return Ok(()),
-        r = starter.start(store, instance, options.node.clone(), TraceWriter::stdout()) => r?,
+        r = starter.start(store, instance, options.node.clone(), TraceWriter::stdout(), replica_stop.clone()) => r?,
     };
     state.attach_replica(started.replica);
     tracing::info!("replica started");

@@ -254,6 +254,8 @@ impl World {
                 Kv::default(),
                 config,
                 TraceWriter::new(std::io::sink()),
+                // Crashes abort the replica (`RunningNode::abort`).
+                Default::default(),
             )
             .await;
             let slot = &world.slots[i];

@@ -7,10 +7,11 @@
 //! replication in containers managed by Kubernetes*, JSA 2017; prototype:
 //! `hvescovi/learnGo`, `05-replicatedcalc`), on the same etcd, with the same
 //! wasm host, client API and replay trace. So this module replaces only the
-//! ordering: [`ClassicNode`] implements [`Replica`] exactly like the DORADO
-//! [`dorado::node::Node`], applies through the same [`ReplicaState`] (same
-//! exactly-once sessions, same hash chain, same trace lines) and differs
-//! only in how an index gets its command.
+//! ordering: it is built from the runtime's driver parts ([`dorado::driver`]),
+//! so [`ClassicNode`] *is* the DORADO replica's handle type, applies through
+//! the same [`dorado::driver::Applier`] (same exactly-once sessions, same hash
+//! chain, same trace lines), keeps its lease, reports readiness and stops its
+//! tasks the same way, and differs only in how an index gets its command.
 //!
 //! # The scheme (what the prototype did, kept)
 //! * **One etcd entry per request** carrying its consensus-instance number
@@ -70,25 +71,26 @@ mod protocol;
 mod store;
 mod wire;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use dorado_core::{Command, Index, LeaseId, ReplicaState, StateMachine, StoreError};
-use futures::future::BoxFuture;
-use tokio::sync::{mpsc, oneshot, watch};
+use dorado_core::{StateMachine, StoreError};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use protocol::{RequestId, View};
 pub use wire::ClassicMeta;
 
-use dorado::metrics::Metrics;
-use dorado::node::{Consistency, NodeConfig, QueryError, Role, Status, SubmitError, SubmitReply};
+use dorado::driver::{
+    Applier, CatchUp, Health, Lifecycle, Probe, ReadBound, ReplicaHandle, TaskSet, backoff,
+    health_task, lease_task,
+};
+use dorado::node::NodeConfig;
 use dorado::replica::Replica;
 use dorado::store::EtcdStore;
 use dorado::trace::TraceWriter;
-use node::{Core, Feed, Msg, Shared};
+use node::{Core, Feed, Shared};
 use store::ClassicStore;
 
 /// The protocol name recorded in the group's meta and status.
@@ -184,220 +186,19 @@ pub enum ClassicError {
     Store(#[from] StoreError),
 }
 
-/// Handle to a running classic replica (cheap to clone).
-#[derive(Clone)]
-pub struct ClassicNode {
-    tx: mpsc::UnboundedSender<Msg>,
-    shared: Arc<Shared>,
-    store: ClassicStore,
-}
-
-impl std::fmt::Debug for ClassicNode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClassicNode")
-            .field("replica", &self.shared.config.node.replica)
-            .finish()
-    }
-}
-
-impl ClassicNode {
-    /// Order a command through the classic scheme and wait until this
-    /// replica applied it. Any replica accepts commands.
-    pub async fn submit(&self, command: Command) -> Result<SubmitReply, SubmitError> {
-        // What encoding requires (client id length, payload size), checked
-        // before the command is proposed, as DORADO's `Node::submit` does.
-        command.validate().map_err(SubmitError::Invalid)?;
-        if self.shared.draining.load(Ordering::Acquire) {
-            return Err(SubmitError::ShuttingDown);
-        }
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Submit { command, reply })
-            .map_err(|_| SubmitError::ShuttingDown)?;
-        let timeout = self.shared.config.node.submit_timeout;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(SubmitError::ShuttingDown),
-            Err(_) => Err(SubmitError::Timeout(timeout)),
-        }
-    }
-
-    /// Run a read-only query; a linearizable one first reads which
-    /// instances etcd holds decided and waits until they are applied here.
-    pub async fn query(
-        &self,
-        query: Vec<u8>,
-        consistency: Consistency,
-    ) -> Result<Vec<u8>, QueryError> {
-        let min_index = match consistency {
-            Consistency::Stale => 0,
-            Consistency::Linearizable => {
-                let (roster, majority) = self
-                    .shared
-                    .roster
-                    .read()
-                    .map(|r| r.clone())
-                    .unwrap_or_default();
-                let from = self.applied_index() + 1;
-                self.store
-                    .decided_prefix(from, &roster, majority)
-                    .await
-                    .map_err(QueryError::Store)?
-            }
-        };
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Query {
-                query,
-                min_index,
-                reply,
-            })
-            .map_err(|_| QueryError::ShuttingDown)?;
-        let timeout = self.shared.config.node.catch_up_timeout;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(QueryError::ShuttingDown),
-            Err(_) => Err(QueryError::Behind {
-                index: min_index,
-                timeout,
-            }),
-        }
-    }
-
-    /// Wait (bounded by the catch-up timeout) until `index` is applied here.
-    pub async fn wait_applied(&self, index: Index) -> bool {
-        if self.applied_index() >= index {
-            return true;
-        }
-        let (reply, rx) = oneshot::channel();
-        if self.tx.send(Msg::WaitApplied { index, reply }).is_err() {
-            return false;
-        }
-        matches!(
-            tokio::time::timeout(self.shared.config.node.catch_up_timeout, rx).await,
-            Ok(Ok(()))
-        )
-    }
-
-    /// The status report (`protocol` is `classic`, `epoch` is the view).
-    pub fn status(&self) -> Status {
-        let mut s = self
-            .shared
-            .status
-            .lock()
-            .map(|s| s.clone())
-            .unwrap_or_else(|p| p.into_inner().clone());
-        s.ready = self.is_ready();
-        s.store_error = self
-            .shared
-            .store_error
-            .lock()
-            .ok()
-            .and_then(|e| e.clone())
-            .or_else(|| self.shared.fatal.lock().ok().and_then(|f| f.clone()));
-        s
-    }
-
-    /// Whether the history is replayed, etcd answers and the lease is held.
-    pub fn is_ready(&self) -> bool {
-        self.shared.ready.load(Ordering::Acquire)
-    }
-
-    /// True while this replica leads the installed view.
-    pub fn is_leader(&self) -> bool {
-        self.shared.leading.load(Ordering::Acquire)
-    }
-
-    /// True once shutdown began.
-    pub fn is_draining(&self) -> bool {
-        self.shared.draining.load(Ordering::Acquire)
-    }
-
-    /// Highest applied instance.
-    pub fn applied_index(&self) -> Index {
-        self.shared.applied.load(Ordering::Acquire)
-    }
-
-    /// Prometheus text.
-    pub fn render_metrics(&self) -> String {
-        self.shared.metrics.render()
-    }
-
-    /// This replica's id.
-    pub fn replica(&self) -> &str {
-        &self.shared.config.node.replica
-    }
-
-    /// The current state as an encoded snapshot (for comparing replicas;
-    /// the scheme never stores snapshots).
-    pub async fn snapshot(&self) -> Option<(Index, Vec<u8>)> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Msg::Snapshot { reply }).ok()?;
-        rx.await.ok().flatten()
-    }
-}
-
-impl Replica for ClassicNode {
-    fn submit(&self, command: Command) -> BoxFuture<'_, Result<SubmitReply, SubmitError>> {
-        Box::pin(ClassicNode::submit(self, command))
-    }
-
-    fn query(
-        &self,
-        query: Vec<u8>,
-        consistency: Consistency,
-    ) -> BoxFuture<'_, Result<Vec<u8>, QueryError>> {
-        Box::pin(ClassicNode::query(self, query, consistency))
-    }
-
-    fn wait_applied(&self, index: Index) -> BoxFuture<'_, bool> {
-        Box::pin(ClassicNode::wait_applied(self, index))
-    }
-
-    fn status(&self) -> Status {
-        ClassicNode::status(self)
-    }
-
-    fn is_ready(&self) -> bool {
-        ClassicNode::is_ready(self)
-    }
-
-    fn is_draining(&self) -> bool {
-        ClassicNode::is_draining(self)
-    }
-
-    fn render_metrics(&self) -> String {
-        ClassicNode::render_metrics(self)
-    }
-
-    fn replica_id(&self) -> &str {
-        ClassicNode::replica(self)
-    }
-
-    fn snapshot(&self) -> BoxFuture<'_, Option<(Index, Vec<u8>)>> {
-        Box::pin(ClassicNode::snapshot(self))
-    }
-}
+/// Handle to a running classic replica (cheap to clone): the driver's
+/// [`ReplicaHandle`], the same type as DORADO's [`dorado::node::Node`]. Any
+/// replica accepts commands; a linearizable query first reads which
+/// instances etcd holds decided and waits until they are applied here;
+/// `status().epoch` is the view.
+pub type ClassicNode = ReplicaHandle;
 
 /// A started classic replica: its handle plus what is needed to stop it.
+///
+/// Dropping it stops every task of the replica (see [`dorado::driver::TaskSet`]).
+#[derive(Debug)]
 pub struct RunningClassic {
-    node: ClassicNode,
-    cancel: CancellationToken,
-    lease: watch::Receiver<Option<LeaseId>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    core: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl std::fmt::Debug for RunningClassic {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunningClassic")
-            .field("node", &self.node)
-            .finish_non_exhaustive()
-    }
-}
-
-fn backoff(attempt: u32) -> Duration {
-    node::backoff(attempt)
+    life: Lifecycle<ClassicStore>,
 }
 
 /// Retry `op` while etcd is unreachable (a state to report, not a crash).
@@ -423,11 +224,14 @@ where
 /// register in its roster, then replay its whole history and follow it.
 ///
 /// `config.node.module_sha256` and `abi_version` must describe `sm`'s module.
+/// Cancelling `shutdown` stops every task of the replica (abruptly);
+/// [`RunningClassic::shutdown`] is the graceful stop.
 pub async fn start_classic<M: StateMachine + Send + 'static>(
     store: EtcdStore,
     sm: M,
     config: ClassicConfig,
     trace: TraceWriter,
+    shutdown: CancellationToken,
 ) -> Result<RunningClassic, ClassicError> {
     if config.group_size == 0 {
         return Err(ClassicError::Config(
@@ -482,55 +286,33 @@ pub async fn start_classic<M: StateMachine + Send + 'static>(
     }
 
     let incarnation: u64 = rand::random();
-    let status = Status {
-        group: config.node.group.clone(),
-        namespace: config.node.namespace.clone(),
-        replica: me.clone(),
-        role: Role::Follower,
-        leader: None,
-        leader_address: None,
-        epoch: None,
-        applied_index: 0,
-        commit_index: 0,
-        hash: dorado_core::ChainHash::GENESIS.to_string(),
-        module_sha256: config.node.module_sha256.clone(),
-        ready: false,
-        store_error: None,
-        snapshot_index: 0,
-        protocol: crate::Protocol::Classic,
-    };
+    let health = Arc::new(Health::new(config.node.clone(), crate::Protocol::Classic));
     let shared = Arc::new(Shared {
-        metrics: Metrics::new(),
-        applied: AtomicU64::new(0),
-        ready: AtomicBool::new(false),
-        replayed: AtomicBool::new(false),
-        draining: AtomicBool::new(false),
-        leading: AtomicBool::new(false),
-        lease_held: AtomicBool::new(false),
-        fatal: Mutex::new(None),
-        status: Mutex::new(status),
-        store_error: Mutex::new(None),
+        health: health.clone(),
         roster: RwLock::new((
             members.iter().map(|r| (*r).to_owned()).collect(),
             stored.group_size / 2 + 1,
         )),
         config: config.clone(),
     });
+    let applier = Applier::new(stored.session_expiry_entries, sm, trace, health.clone());
 
-    let cancel = CancellationToken::new();
+    let store = Arc::new(store);
+    let tasks = TaskSet::new(&shutdown);
+    let spawner = tasks.spawner();
+    let stop = tasks.token();
     let (tx, rx) = mpsc::unbounded_channel();
+    let (requests_tx, requests) = mpsc::unbounded_channel();
     let (feed_tx, feed_rx) = mpsc::channel::<Feed>(4096);
     let (lease_tx, lease_rx) = watch::channel(None);
     let core = Core::new(
         protocol::Protocol::new(&me, incarnation, stored.group_size),
-        ReplicaState::new(stored.session_expiry_entries),
-        sm,
-        store.clone(),
+        applier,
+        (*store).clone(),
         shared.clone(),
-        tx.clone(),
-        trace,
+        tx,
         incarnation,
-        cancel.clone(),
+        spawner.clone(),
     );
     tracing::info!(
         group = %config.node.group,
@@ -539,79 +321,64 @@ pub async fn start_classic<M: StateMachine + Send + 'static>(
         "classic replica starting: replaying the whole history"
     );
     let span = tracing::info_span!("classic", replica = %me);
-    let core = tokio::spawn(core.run(rx, feed_rx).instrument(span.clone()));
-    let tasks = vec![
-        tokio::spawn(
-            node::lease_task(store.clone(), shared.clone(), lease_tx, cancel.clone())
-                .instrument(span.clone()),
-        ),
-        tokio::spawn(
-            node::feed_task(store.clone(), shared.clone(), feed_tx, cancel.clone())
-                .instrument(span.clone()),
-        ),
-        tokio::spawn(
-            node::health_task(store.clone(), shared.clone(), cancel.clone()).instrument(span),
-        ),
-    ];
+    spawner.spawn(
+        core.run(rx, requests, feed_rx, stop.clone())
+            .instrument(span.clone()),
+    );
+    spawner.spawn(
+        lease_task(store.clone(), health.clone(), lease_tx, || {}, stop.clone())
+            .instrument(span.clone()),
+    );
+    spawner.spawn(
+        node::feed_task((*store).clone(), health.clone(), feed_tx, stop.clone())
+            .instrument(span.clone()),
+    );
+    // etcd reachability; caught up means the history is replayed (the core).
+    let probe_store = store.clone();
+    let probe: Probe = Arc::new(move |_| {
+        let store = probe_store.clone();
+        Box::pin(async move { store.ping().await.map(|_| None) })
+    });
+    spawner.spawn(health_task(health.clone(), probe, CatchUp::ByCore, stop).instrument(span));
+    let read_store = store.clone();
+    let read_shared = shared.clone();
+    let read_bound: ReadBound = Arc::new(move |from| {
+        let store = read_store.clone();
+        let (roster, majority) = read_shared
+            .roster
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_default();
+        Box::pin(async move { Some(store.decided_prefix(from, &roster, majority).await) })
+    });
+    let node = ReplicaHandle::new(requests_tx, health, read_bound);
     Ok(RunningClassic {
-        node: ClassicNode { tx, shared, store },
-        cancel,
-        lease: lease_rx,
-        tasks,
-        core: Some(core),
+        life: Lifecycle::new(node, store, lease_rx, tasks),
     })
 }
 
 impl RunningClassic {
     /// The replica's handle.
     pub fn node(&self) -> ClassicNode {
-        self.node.clone()
+        self.life.handle().clone()
     }
 
     /// The handle as the client API takes it.
     pub fn replica(&self) -> Arc<dyn Replica> {
-        Arc::new(self.node.clone())
+        Arc::new(self.node())
     }
 
     /// Graceful stop: refuse new commands, let waiting ones finish (bounded),
-    /// revoke the lease so the others see this replica gone at once (and
-    /// change view without waiting for the TTL if it led), flush the trace.
-    pub async fn shutdown(mut self, drain_timeout: Duration) {
-        let shared = &self.node.shared;
-        shared.draining.store(true, Ordering::Release);
-        shared.update_ready();
-        let (reply, rx) = oneshot::channel();
-        if self.node.tx.send(Msg::Drain { reply }).is_ok() {
-            let _ = tokio::time::timeout(drain_timeout, rx).await;
-        }
-        let lease = *self.lease.borrow();
-        self.cancel.cancel();
-        if let Some(lease) = lease {
-            match self.node.store.revoke_lease(lease).await {
-                Ok(()) => tracing::info!("lease revoked; member key removed"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not revoke the lease; it will expire by itself");
-                }
-            }
-        }
-        for t in self.tasks.drain(..) {
-            let _ = t.await;
-        }
-        if let Some(core) = self.core.take() {
-            let _ = core.await;
-        }
+    /// stop every task, revoke the lease so the others see this replica gone
+    /// at once (and change view without waiting for the TTL if it led), flush
+    /// the trace.
+    pub async fn shutdown(self, drain_timeout: Duration) {
+        self.life.shutdown(drain_timeout).await;
     }
 
     /// Abrupt stop, for tests that simulate a crash in-process: every task
-    /// ends, the lease is left to expire.
-    pub async fn abort(mut self) {
-        self.cancel.cancel();
-        for t in self.tasks.drain(..) {
-            t.abort();
-        }
-        if let Some(core) = self.core.take() {
-            core.abort();
-            let _ = core.await;
-        }
+    /// (writes in flight included) is aborted, the lease is left to expire.
+    pub async fn abort(self) {
+        self.life.abort().await;
     }
 }

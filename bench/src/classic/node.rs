@@ -1,14 +1,18 @@
 //! The classic replica driver: performs what [`Protocol`] decides.
 //!
-//! Same shape as the DORADO driver (`dorado::node`): one *core* task owns the
-//! protocol state, the replicated host state ([`ReplicaState`]) and the state
-//! machine; everything else talks to it by message.
+//! Same shape as the DORADO driver (`dorado::node`), built from the same
+//! parts ([`dorado::driver`]): one *core* task owns the protocol state and the
+//! [`Applier`] (state machine, replicated host state, trace); everything else
+//! talks to it by message. Only the ordering is this file's own: the feed of
+//! stored records, the puts the protocol asks for, the view-change timers.
+//! The client handle, the lease and member record, `/readyz` and stopping
+//! every task (writes included) are the driver's.
 //!
 //! ```text
 //!  feed task (replay, then one watch on classic/) ──bounded──┐
 //!  write tasks (one per put, retried) ──(Written)────────────┼──► core ──► trace writer thread
-//!  client API (Submit, Query, WaitApplied, Snapshot) ────────┘
-//!  lease task (members/<me>), health task ◄── shared flags
+//!  client API (driver Request: Submit, Read, Drain) ─────────┘
+//!  lease task (driver; members/<me>), health task (driver) ◄── Health
 //! ```
 //!
 //! Writes run concurrently, like the prototype's goroutines, with one
@@ -16,17 +20,13 @@
 //! this replica has in flight is stored (see `protocol.rs`, "Why this is
 //! safe").
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use dorado_core::decide::{KeepAlive, LeaseDecision, LeaseTimer};
-use dorado_core::{
-    Command, Index, LeaseId, MemberRecord, Outcome, ReplicaState, StateMachine, StoreError,
-};
+use dorado_core::{Index, StateMachine, StoreError};
 use etcd_client::EventType;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -34,75 +34,20 @@ use super::ClassicConfig;
 use super::protocol::{Decided, Protocol, Record, RequestId, View};
 use super::store::{ClassicStore, key_after};
 use super::wire::{self, KeyKind, REPLAY_FAMILIES, prefix_end};
-use dorado::metrics::{Metrics, gauge_value};
-use dorado::node::{QueryError, Role, Status, SubmitError, SubmitReply};
-use dorado::trace::{TraceFormatter, TraceWriter};
+use dorado::driver::{Applier, Health, Request, Spawner, backoff, until_stopped};
+use dorado::node::{SubmitError, SubmitReply};
+use dorado::wire::Role;
 
-/// State the core shares with handles and background tasks.
+/// What the classic core shares with the read path, besides [`Health`].
 pub(crate) struct Shared {
+    pub health: Arc<Health>,
     pub config: ClassicConfig,
-    pub metrics: Metrics,
-    pub applied: AtomicU64,
-    pub ready: AtomicBool,
-    pub replayed: AtomicBool,
-    pub draining: AtomicBool,
-    pub leading: AtomicBool,
-    pub lease_held: AtomicBool,
-    pub fatal: Mutex<Option<String>>,
-    pub status: Mutex<Status>,
-    pub store_error: Mutex<Option<String>>,
     /// Replicas whose acceptances count, and the majority, for linearizable reads.
     pub roster: RwLock<(Vec<String>, usize)>,
 }
 
-impl Shared {
-    pub fn set_store_error(&self, e: Option<&StoreError>) {
-        if let Ok(mut s) = self.store_error.lock() {
-            *s = e.map(ToString::to_string);
-        }
-    }
-
-    pub fn is_fatal(&self) -> bool {
-        self.fatal.lock().map(|f| f.is_some()).unwrap_or(true)
-    }
-
-    pub fn update_ready(&self) {
-        let store_ok = self
-            .store_error
-            .lock()
-            .map(|e| e.is_none())
-            .unwrap_or(false);
-        let ready = self.lease_held.load(Ordering::Acquire)
-            && store_ok
-            && !self.is_fatal()
-            && self.replayed.load(Ordering::Acquire)
-            && !self.draining.load(Ordering::Acquire);
-        self.ready.store(ready, Ordering::Release);
-        self.metrics.ready.set(i64::from(ready));
-    }
-}
-
-/// Requests from handles to the core.
+/// What the classic tasks tell the core (client requests arrive as [`Request`]s).
 pub(crate) enum Msg {
-    Submit {
-        command: Command,
-        reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
-    },
-    Query {
-        query: Vec<u8>,
-        min_index: Index,
-        reply: oneshot::Sender<Result<Vec<u8>, QueryError>>,
-    },
-    WaitApplied {
-        index: Index,
-        reply: oneshot::Sender<()>,
-    },
-    Snapshot {
-        reply: oneshot::Sender<Option<(Index, Vec<u8>)>>,
-    },
-    Drain {
-        reply: oneshot::Sender<()>,
-    },
     Written {
         what: Written,
         result: Result<(), StoreError>,
@@ -132,26 +77,18 @@ pub(crate) enum Feed {
     Corrupt(String),
 }
 
-struct PendingQuery {
-    query: Vec<u8>,
-    reply: oneshot::Sender<Result<Vec<u8>, QueryError>>,
-}
-
 pub(crate) struct Core<M> {
-    pub protocol: Protocol,
-    pub state: ReplicaState,
-    pub sm: M,
-    pub store: ClassicStore,
-    pub shared: Arc<Shared>,
-    pub tx: mpsc::UnboundedSender<Msg>,
-    pub trace: TraceWriter,
-    pub fmt: TraceFormatter,
-    pub incarnation: u64,
-    pub cancel: CancellationToken,
+    protocol: Protocol,
+    applier: Applier<M>,
+    store: ClassicStore,
+    shared: Arc<Shared>,
+    health: Arc<Health>,
+    tx: mpsc::UnboundedSender<Msg>,
+    incarnation: u64,
+    /// Where the write tasks go: they stop with the replica.
+    spawner: Spawner,
     next_counter: u64,
     waiters: HashMap<RequestId, (oneshot::Sender<Result<SubmitReply, SubmitError>>, Instant)>,
-    queries: BTreeMap<Index, Vec<PendingQuery>>,
-    applied_waiters: BTreeMap<Index, Vec<oneshot::Sender<()>>>,
     drain_waiters: Vec<oneshot::Sender<()>>,
     inflight_accepts: usize,
     held_votes: Vec<Record>,
@@ -162,34 +99,26 @@ pub(crate) struct Core<M> {
 }
 
 impl<M: StateMachine + Send + 'static> Core<M> {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         protocol: Protocol,
-        state: ReplicaState,
-        sm: M,
+        applier: Applier<M>,
         store: ClassicStore,
         shared: Arc<Shared>,
         tx: mpsc::UnboundedSender<Msg>,
-        trace: TraceWriter,
         incarnation: u64,
-        cancel: CancellationToken,
+        spawner: Spawner,
     ) -> Self {
-        let fmt = TraceFormatter::new(shared.config.node.log_format);
         Core {
             protocol,
-            state,
-            sm,
+            applier,
             store,
+            health: shared.health.clone(),
             shared,
             tx,
-            trace,
-            fmt,
             incarnation,
-            cancel,
+            spawner,
             next_counter: 0,
             waiters: HashMap::new(),
-            queries: BTreeMap::new(),
-            applied_waiters: BTreeMap::new(),
             drain_waiters: Vec::new(),
             inflight_accepts: 0,
             held_votes: Vec::new(),
@@ -203,16 +132,21 @@ impl<M: StateMachine + Send + 'static> Core<M> {
     pub async fn run(
         mut self,
         mut rx: mpsc::UnboundedReceiver<Msg>,
+        mut requests: mpsc::UnboundedReceiver<Request>,
         mut feed: mpsc::Receiver<Feed>,
+        stop: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
-        let cancel = self.cancel.clone();
         loop {
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => break,
+                _ = stop.cancelled() => break,
                 msg = rx.recv() => match msg {
                     Some(m) => self.handle(m),
+                    None => break,
+                },
+                request = requests.recv() => match request {
+                    Some(r) => self.request(r),
                     None => break,
                 },
                 item = feed.recv() => match item {
@@ -231,23 +165,23 @@ impl<M: StateMachine + Send + 'static> Core<M> {
                 _ = tick.tick() => self.tick(),
             }
         }
-        self.trace.close();
+        self.applier.close();
     }
 
-    fn handle(&mut self, msg: Msg) {
-        match msg {
-            Msg::Submit { command, reply } => {
-                if self.shared.draining.load(Ordering::Acquire) {
+    fn request(&mut self, request: Request) {
+        match request {
+            Request::Submit { command, reply } => {
+                if self.health.is_draining() {
                     let _ = reply.send(Err(SubmitError::ShuttingDown));
                     return;
                 }
-                if self.shared.is_fatal() {
+                if self.health.is_fatal() {
                     let _ = reply.send(Err(SubmitError::NotOrdered));
                     return;
                 }
                 self.next_counter += 1;
                 let id = RequestId {
-                    origin: self.shared.config.node.replica.clone(),
+                    origin: self.health.config.replica.clone(),
                     incarnation: self.incarnation,
                     counter: self.next_counter,
                 };
@@ -255,39 +189,16 @@ impl<M: StateMachine + Send + 'static> Core<M> {
                 self.protocol.submit(id, command);
                 self.perform();
             }
-            Msg::Query {
-                query,
-                min_index,
-                reply,
-            } => {
-                if self.state.applied >= min_index {
-                    let _ = reply.send(self.run_query(&query));
-                } else {
-                    self.queries
-                        .entry(min_index)
-                        .or_default()
-                        .push(PendingQuery { query, reply });
-                }
-            }
-            Msg::WaitApplied { index, reply } => {
-                if self.state.applied >= index {
-                    let _ = reply.send(());
-                } else {
-                    self.applied_waiters.entry(index).or_default().push(reply);
-                }
-            }
-            Msg::Snapshot { reply } => {
-                let snap = self
-                    .state
-                    .snapshot(&mut self.sm, &self.shared.config.node.module_sha256)
-                    .ok()
-                    .and_then(|s| s.encode().ok());
-                let _ = reply.send(snap.map(|b| (self.state.applied, b)));
-            }
-            Msg::Drain { reply } => {
+            Request::Read(r) => self.applier.serve(r),
+            Request::Drain { reply } => {
                 self.drain_waiters.push(reply);
                 self.check_drained();
             }
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
             Msg::Written {
                 what,
                 result,
@@ -298,7 +209,7 @@ impl<M: StateMachine + Send + 'static> Core<M> {
 
     fn written(&mut self, what: Written, result: Result<(), StoreError>, elapsed: Duration) {
         if let Err(e) = &result {
-            self.shared.metrics.store_errors.inc();
+            self.health.metrics.store_errors.inc();
             tracing::error!(error = %e, "etcd refused a classic write for good");
         }
         match what {
@@ -309,7 +220,7 @@ impl<M: StateMachine + Send + 'static> Core<M> {
             } => {
                 self.inflight_accepts = self.inflight_accepts.saturating_sub(1);
                 if self.protocol.leading() && view == self.protocol.view() {
-                    self.shared
+                    self.health
                         .metrics
                         .append_latency
                         .observe(elapsed.as_secs_f64());
@@ -349,14 +260,14 @@ impl<M: StateMachine + Send + 'static> Core<M> {
                     &record,
                     Record::Member { replica, address: None }
                         if self.protocol.leader() == Some(replica.as_str())
-                            && *replica != self.shared.config.node.replica
+                            && *replica != self.health.config.replica
                 );
                 let roster = matches!(record, Record::Roster { .. });
                 self.protocol.ingest(revision, record);
                 if roster {
                     self.publish_roster();
                 }
-                if leader_gone && self.shared.replayed.load(Ordering::Acquire) {
+                if leader_gone && self.health.caught_up() {
                     tracing::warn!(
                         view = self.protocol.view(),
                         "the leader's lease is gone; voting for a new view"
@@ -366,15 +277,15 @@ impl<M: StateMachine + Send + 'static> Core<M> {
             }
             Feed::MembersReset => self.protocol.reset_members(),
             Feed::Replayed => {
-                if !self.shared.replayed.load(Ordering::Acquire) {
+                if !self.health.caught_up() {
                     self.protocol.finish_replay();
-                    self.shared.replayed.store(true, Ordering::Release);
                     tracing::info!(
                         applied = self.protocol.applied(),
                         view = self.protocol.view(),
                         "history replayed"
                     );
-                    self.shared.update_ready();
+                    // Caught up, as far as `/readyz` is concerned.
+                    self.health.set_caught_up(true);
                 }
             }
             Feed::Corrupt(msg) => self.fatal(msg),
@@ -404,10 +315,9 @@ impl<M: StateMachine + Send + 'static> Core<M> {
             self.view_since = Instant::now();
             self.leader_missing_since = None;
             let leading = self.protocol.leading();
-            self.shared.leading.store(leading, Ordering::Release);
-            self.shared.metrics.is_leader.set(i64::from(leading));
+            self.health.set_leading(leading);
             if leading {
-                self.shared.metrics.elections_won.inc();
+                self.health.metrics.elections_won.inc();
             }
             tracing::info!(
                 view,
@@ -461,32 +371,24 @@ impl<M: StateMachine + Send + 'static> Core<M> {
             Record::Roster { .. } | Record::Member { .. } => return,
         };
         let store = self.store.clone();
-        let shared = self.shared.clone();
+        let health = self.health.clone();
         let tx = self.tx.clone();
-        let cancel = self.cancel.clone();
         let task = async move {
             let t0 = Instant::now();
-            let address = shared.config.node.advertise.clone();
+            let address = health.config.advertise.clone();
             let mut attempt = 0u32;
             let result = loop {
-                let r = tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    r = store.put(&record, &address) => r,
-                };
-                match r {
+                match store.put(&record, &address).await {
                     Ok(()) => break Ok(()),
                     Err(e @ (StoreError::Unavailable(_) | StoreError::NoSpace(_))) => {
                         // Every classic key is written by one replica with
                         // one value: repeating an unknown-outcome put is safe.
-                        shared.set_store_error(Some(&e));
-                        shared.metrics.store_errors.inc();
+                        health.set_store_error(Some(&e));
+                        health.metrics.store_errors.inc();
                         if attempt == 0 {
                             tracing::warn!(error = %e, "classic write failed; retrying");
                         }
-                        tokio::select! {
-                            _ = cancel.cancelled() => return,
-                            _ = tokio::time::sleep(backoff(attempt)) => {}
-                        }
+                        tokio::time::sleep(backoff(attempt)).await;
                         attempt += 1;
                     }
                     Err(e) => break Err(e),
@@ -498,39 +400,29 @@ impl<M: StateMachine + Send + 'static> Core<M> {
                 elapsed: t0.elapsed(),
             });
         };
-        tokio::spawn(task.in_current_span());
+        // Stopped with the replica, retries included.
+        self.spawner.spawn_until_stopped(task.in_current_span());
     }
 
     fn apply_ready(&mut self) {
-        if self.shared.is_fatal() {
-            return;
-        }
-        let mut text = String::new();
-        let mut applied_any = false;
-        while let Some(d) = self.protocol.pop_decided() {
+        while self.applier.can_apply()
+            && let Some(d) = self.protocol.pop_decided()
+        {
             let Decided {
                 instance,
                 request,
                 entry,
             } = d;
-            let applied = match self.state.apply(instance, &entry, &mut self.sm) {
+            let applied = match self.applier.apply(instance, &entry) {
                 Ok(a) => a,
                 Err(e) => {
-                    self.fatal(e.to_string());
+                    let _ = self.applier.finish();
+                    self.fatal(e);
                     return;
                 }
             };
-            applied_any = true;
-            self.fmt.entry(&applied, &mut text);
-            let m = &self.shared.metrics;
-            m.entries_applied.inc();
-            m.commands_applied.inc_by(applied.commands.len() as u64);
-            if let Some(c) = applied.commands.first() {
-                m.batch_size.observe(1.0);
-                if matches!(c.outcome, Outcome::Rejected(_)) {
-                    m.commands_rejected.inc();
-                }
-            }
+            // One request per instance: no batching in this scheme.
+            self.health.metrics.batch_size.observe(1.0);
             if let (Some(id), Some(c)) = (request, applied.commands.first())
                 && let Some((w, _)) = self.waiters.remove(&id)
             {
@@ -540,62 +432,30 @@ impl<M: StateMachine + Send + 'static> Core<M> {
                     duplicate: c.duplicate,
                 }));
             }
-            if text.len() > 64 * 1024 {
-                self.trace.write(std::mem::take(&mut text));
-            }
         }
-        self.trace.write(text);
-        if applied_any {
-            self.after_apply();
-        }
-    }
-
-    fn after_apply(&mut self) {
-        let applied = self.state.applied;
-        self.shared.applied.store(applied, Ordering::Release);
-        self.shared.metrics.applied_index.set(gauge_value(applied));
-        while let Some(entry) = self.queries.first_entry() {
-            if *entry.key() > applied {
-                break;
-            }
-            for q in entry.remove() {
-                let r = self.run_query(&q.query);
-                let _ = q.reply.send(r);
-            }
-        }
-        while let Some(entry) = self.applied_waiters.first_entry() {
-            if *entry.key() > applied {
-                break;
-            }
-            for w in entry.remove() {
-                let _ = w.send(());
-            }
+        if let Err(e) = self.applier.finish() {
+            self.fatal(e);
         }
         self.publish_status();
         self.check_drained();
     }
 
-    fn run_query(&mut self, q: &[u8]) -> Result<Vec<u8>, QueryError> {
-        self.sm
-            .query(q)
-            .map_err(|r| QueryError::Rejected(r.to_string()))
-    }
-
+    /// Stop applying for good (the driver's [`Health::set_fatal`]: not
+    /// ready, and the member lease is resigned, so the others suspect this
+    /// replica if it leads).
     fn fatal(&mut self, msg: String) {
-        tracing::error!("{msg}; this replica stops applying until restarted");
-        if let Ok(mut f) = self.shared.fatal.lock() {
-            *f = Some(msg);
-        }
-        self.shared.ready.store(false, Ordering::Release);
+        self.health.set_fatal(msg);
     }
 
     /// Timeouts: the prototype's leader monitor, plus the lease of the
     /// leader's member key.
     fn tick(&mut self) {
+        // Resumes applying after a stalled trace consumer.
+        self.apply_ready();
         self.waiters.retain(|_, (w, _)| !w.is_closed());
-        if self.shared.replayed.load(Ordering::Acquire)
-            && !self.shared.draining.load(Ordering::Acquire)
-            && !self.shared.is_fatal()
+        if self.health.caught_up()
+            && !self.health.is_draining()
+            && !self.health.is_fatal()
             && let Some(why) = self.suspicion()
         {
             if self.protocol.promised() <= self.protocol.view() {
@@ -653,34 +513,23 @@ impl<M: StateMachine + Send + 'static> Core<M> {
     }
 
     fn publish_status(&self) {
-        let Ok(mut s) = self.shared.status.lock() else {
-            return;
-        };
-        s.applied_index = self.state.applied;
-        s.hash = self.state.hash.to_string();
-        s.commit_index = self.protocol.highest_decided().max(self.state.applied);
-        s.role = if self.protocol.leading() {
-            Role::Leader
-        } else {
-            Role::Follower
-        };
-        s.leader = self.protocol.leader().map(str::to_owned);
-        s.leader_address = self
-            .protocol
-            .leader()
-            .and_then(|l| self.protocol.member_address(l))
-            .map(str::to_owned);
-        s.epoch = i64::try_from(self.protocol.view()).ok();
-        self.shared
-            .metrics
-            .commit_index
-            .set(gauge_value(s.commit_index));
+        let leading = self.protocol.leading();
+        let leader = self.protocol.leader();
+        let address = leader.and_then(|l| self.protocol.member_address(l));
+        let commit = self.protocol.highest_decided();
+        let view = i64::try_from(self.protocol.view()).ok();
+        self.health.publish(|s| {
+            s.commit_index = commit;
+            s.role = if leading {
+                Role::Leader
+            } else {
+                Role::Follower
+            };
+            s.leader = leader.map(str::to_owned);
+            s.leader_address = address.map(str::to_owned);
+            s.epoch = view;
+        });
     }
-}
-
-/// Backoff for store retries: fast at first, capped at one second.
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis((50u64 << attempt.min(5)).min(1000))
 }
 
 /// Replay the whole stored history (every family, all pages at one
@@ -689,7 +538,7 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
 /// everything (ingesting a record twice changes nothing).
 pub(crate) async fn feed_task(
     store: ClassicStore,
-    shared: Arc<Shared>,
+    health: Arc<Health>,
     tx: mpsc::Sender<Feed>,
     cancel: CancellationToken,
 ) {
@@ -698,7 +547,10 @@ pub(crate) async fn feed_task(
     while !cancel.is_cancelled() {
         let from = match resume {
             Some(r) => r,
-            None => match replay(&store, &tx).await {
+            None => match until_stopped(&cancel, replay(&store, &tx))
+                .await
+                .unwrap_or(Ok(None))
+            {
                 Ok(Some(r)) => {
                     if tx.send(Feed::Replayed).await.is_err() {
                         return;
@@ -708,7 +560,7 @@ pub(crate) async fn feed_task(
                 Ok(None) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the classic history; retrying");
-                    shared.set_store_error(Some(&e));
+                    health.set_store_error(Some(&e));
                     tokio::select! {
                         _ = cancel.cancelled() => return,
                         _ = tokio::time::sleep(backoff(attempt)) => {}
@@ -719,11 +571,14 @@ pub(crate) async fn feed_task(
             },
         };
         resume = Some(from);
-        let mut stream = match store.watch_from(from + 1).await {
+        let Some(watch) = until_stopped(&cancel, store.watch_from(from + 1)).await else {
+            return;
+        };
+        let mut stream = match watch {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch; retrying");
-                shared.set_store_error(Some(&e));
+                health.set_store_error(Some(&e));
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(backoff(attempt)) => {}
@@ -840,119 +695,4 @@ async fn replay(store: &ClassicStore, tx: &mpsc::Sender<Feed>) -> Result<Option<
         }
     }
     Ok(Some(revision))
-}
-
-/// Keep `members/<me>` alive under a lease; its disappearance is how the
-/// others learn that this replica is gone.
-pub(crate) async fn lease_task(
-    store: ClassicStore,
-    shared: Arc<Shared>,
-    lease_tx: watch::Sender<Option<LeaseId>>,
-    cancel: CancellationToken,
-) {
-    let ttl = shared.config.node.lease_ttl;
-    let mut attempt = 0;
-    while !cancel.is_cancelled() {
-        let lease = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = store.grant_lease(ttl) => r,
-        };
-        let lease = match lease {
-            Ok(l) => l,
-            Err(e) => {
-                shared.set_store_error(Some(&e));
-                shared.metrics.store_errors.inc();
-                tracing::warn!(error = %e, "cannot get a lease; retrying");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(backoff(attempt)) => {}
-                }
-                attempt += 1;
-                continue;
-            }
-        };
-        attempt = 0;
-        let _ = lease_tx.send(Some(lease));
-        // The same renewal timing as DORADO's lease task (`LeaseTimer`): the
-        // keep-alive may take what is left of the lease, and the member
-        // record is written only after it succeeded, within one period.
-        let mut timer = LeaseTimer::new(ttl, tokio::time::Instant::now().into_std());
-        let period = timer.period();
-        loop {
-            let record = MemberRecord {
-                address: shared.config.node.advertise.clone(),
-                applied_index: shared.applied.load(Ordering::Acquire),
-                hash: shared
-                    .status
-                    .lock()
-                    .map(|s| s.hash.clone())
-                    .unwrap_or_default(),
-            };
-            let budget = timer.budget(tokio::time::Instant::now().into_std());
-            let result = tokio::select! {
-                _ = cancel.cancelled() => return,
-                r = tokio::time::timeout(budget, store.keep_alive(lease)) => r.unwrap_or_else(|_| Err(StoreError::Unavailable("keep-alive timed out".into()))),
-            };
-            let outcome = match &result {
-                Ok(()) => KeepAlive::Ok,
-                Err(StoreError::LeaseExpired(_)) => KeepAlive::Expired,
-                Err(e) => {
-                    shared.metrics.store_errors.inc();
-                    tracing::warn!(error = %e, "lease keep-alive failed");
-                    KeepAlive::Failed
-                }
-            };
-            match timer.on_keep_alive(tokio::time::Instant::now().into_std(), outcome) {
-                LeaseDecision::Renewed => {
-                    shared.lease_held.store(true, Ordering::Release);
-                    let put = store.put_member(lease, &shared.config.node.replica, &record);
-                    match tokio::time::timeout(period, put).await {
-                        Ok(Ok(())) => {}
-                        // The member key is how the others see this replica:
-                        // a failure is worth a warning, not the lease.
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "could not write the member record")
-                        }
-                        Err(_) => tracing::warn!("writing the member record timed out"),
-                    }
-                }
-                LeaseDecision::Retry => {}
-                LeaseDecision::Lost => {
-                    tracing::warn!("lease lost; getting a new one");
-                    break;
-                }
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(period) => {}
-            }
-        }
-        shared.lease_held.store(false, Ordering::Release);
-        let _ = lease_tx.send(None);
-    }
-}
-
-/// etcd reachability, for `/readyz` and the status report.
-pub(crate) async fn health_task(
-    store: ClassicStore,
-    shared: Arc<Shared>,
-    cancel: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        match store.ping().await {
-            Ok(_) => shared.set_store_error(None),
-            Err(e) => {
-                if !matches!(shared.store_error.lock().ok().as_deref(), Some(Some(_))) {
-                    tracing::warn!(error = %e, "store check failed");
-                }
-                shared.set_store_error(Some(&e));
-            }
-        }
-        shared.update_ready();
-    }
 }

@@ -23,6 +23,7 @@ use etcd_client::{
 
 use super::protocol::{Instance, Record, View};
 use super::wire::{self, ClassicKeys, ClassicMeta, KeyKind, prefix_end};
+use dorado::driver::LeaseStore;
 use dorado::store::EtcdStore;
 
 /// Largest gRPC message accepted (a page of acceptances or a watch burst
@@ -306,20 +307,31 @@ impl ClassicStore {
         }
         Ok(expect - 1)
     }
+}
 
-    /// Grant a lease (through the store's lease calls).
-    pub async fn grant_lease(&self, ttl: Duration) -> StoreResult<LeaseId> {
+/// The lease and the member record, for the driver's lease task: the same
+/// lease calls as DORADO's store, the member record under `classic/members/`.
+impl LeaseStore for ClassicStore {
+    async fn grant_lease(&self, ttl: Duration) -> StoreResult<LeaseId> {
         dorado_core::Store::grant_lease(&self.etcd, ttl).await
     }
 
-    /// Keep a lease alive once.
-    pub async fn keep_alive(&self, lease: LeaseId) -> StoreResult<()> {
+    async fn keep_alive(&self, lease: LeaseId) -> StoreResult<()> {
         dorado_core::Store::keep_alive(&self.etcd, lease).await
     }
 
-    /// Revoke a lease (its member key vanishes at once).
-    pub async fn revoke_lease(&self, lease: LeaseId) -> StoreResult<()> {
+    /// Its member key vanishes at once.
+    async fn revoke_lease(&self, lease: LeaseId) -> StoreResult<()> {
         dorado_core::Store::revoke_lease(&self.etcd, lease).await
+    }
+
+    async fn publish_member(
+        &self,
+        lease: LeaseId,
+        replica: &str,
+        record: &MemberRecord,
+    ) -> StoreResult<()> {
+        self.put_member(lease, replica, record).await
     }
 }
 
