@@ -903,11 +903,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         let commit = self.health.commit();
         self.health.publish(|s| {
             s.commit_index = commit;
-            s.role = if leading {
-                Role::Leader
-            } else {
-                Role::Follower
-            };
+            s.role = Role::of(leading);
             s.leader = view.map(|l| l.leader.replica.clone());
             s.leader_address = view.map(|l| l.leader.address.clone());
             s.epoch = view.map(|l| l.epoch);

@@ -25,6 +25,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// `Leader` when `leading`, else `Follower`.
+    pub const fn of(leading: bool) -> Role {
+        if leading {
+            Role::Leader
+        } else {
+            Role::Follower
+        }
+    }
+
     /// The name on the wire (`leader`, `follower`).
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -31,6 +31,19 @@ use serde_json::{Value, json};
 const NS: &str = "dorado-demo";
 const CONVERGE: Duration = Duration::from_secs(90);
 
+/// `kubectl -n dorado-demo get pod NAME -o jsonpath=PATH`.
+fn pod_field(c: &Cluster, name: &str, jsonpath: &str) -> anyhow::Result<String> {
+    c.kubectl_ok([
+        "-n",
+        NS,
+        "get",
+        "pod",
+        name,
+        "-o",
+        &format!("jsonpath={jsonpath}"),
+    ])
+}
+
 fn timeout_flag() -> String {
     format!("--timeout={}s", KUBECTL_WAIT.as_secs())
 }
@@ -338,15 +351,7 @@ async fn kv_example(c: &Cluster) -> anyhow::Result<Group> {
     let group = ready_group(c, "kv", 3).await?;
 
     // `dorado submit` / `query` against a pod's IP, as the README shows.
-    let ip = c.kubectl_ok([
-        "-n",
-        NS,
-        "get",
-        "pod",
-        "kv-0",
-        "-o",
-        "jsonpath={.status.podIP}",
-    ])?;
+    let ip = pod_field(c, "kv-0", "{.status.podIP}")?;
     let dorado = static_binary("dorado")?;
     let endpoint = format!("{}:7070", ip.trim());
     let run = |args: &[&str]| -> anyhow::Result<String> {
@@ -418,26 +423,10 @@ async fn kv_example(c: &Cluster) -> anyhow::Result<Group> {
     );
 
     // `kubectl delete pod kv-0`: the controller recreates it, it catches up.
-    let old_uid = c.kubectl_ok([
-        "-n",
-        NS,
-        "get",
-        "pod",
-        "kv-0",
-        "-o",
-        "jsonpath={.metadata.uid}",
-    ])?;
+    let old_uid = pod_field(c, "kv-0", "{.metadata.uid}")?;
     c.kubectl_ok(["-n", NS, "delete", "pod", "kv-0", &timeout_flag()])?;
     let group = ready_group(c, "kv", 3).await?;
-    let new_uid = c.kubectl_ok([
-        "-n",
-        NS,
-        "get",
-        "pod",
-        "kv-0",
-        "-o",
-        "jsonpath={.metadata.uid}",
-    ])?;
+    let new_uid = pod_field(c, "kv-0", "{.metadata.uid}")?;
     ensure!(
         old_uid != new_uid,
         "kv-0 was not recreated (same uid {old_uid})"
@@ -599,7 +588,7 @@ spec:
     )?;
 
     // Re-admission: a label change of a mutated pod does not rewrite it.
-    let before = c.kubectl_ok(["-n", NS, "get", "pod", "kv-1", "-o", "jsonpath={.spec}"])?;
+    let before = pod_field(c, "kv-1", "{.spec}")?;
     c.kubectl_ok([
         "-n",
         NS,
@@ -608,17 +597,9 @@ spec:
         "kv-1",
         "e2e.dorado.io/touched=yes",
     ])?;
-    let after = c.kubectl_ok(["-n", NS, "get", "pod", "kv-1", "-o", "jsonpath={.spec}"])?;
+    let after = pod_field(c, "kv-1", "{.spec}")?;
     ensure!(before == after, "a label change rewrote the pod spec");
-    let status = c.kubectl_ok([
-        "-n",
-        NS,
-        "get",
-        "pod",
-        "kv-1",
-        "-o",
-        "jsonpath={.metadata.annotations.dorado\\.io/status}",
-    ])?;
+    let status = pod_field(c, "kv-1", "{.metadata.annotations.dorado\\.io/status}")?;
     ensure!(status == "mutated", "kv-1's dorado.io/status is {status:?}");
     converged(kv).await?;
     Ok(())

@@ -520,11 +520,7 @@ impl<M: StateMachine + Send + 'static> Core<M> {
         let view = i64::try_from(self.protocol.view()).ok();
         self.health.publish(|s| {
             s.commit_index = commit;
-            s.role = if leading {
-                Role::Leader
-            } else {
-                Role::Follower
-            };
+            s.role = Role::of(leading);
             s.leader = leader.map(str::to_owned);
             s.leader_address = address.map(str::to_owned);
             s.epoch = view;
