@@ -21,10 +21,10 @@
 use std::sync::LazyLock;
 
 use arbitrary::{Arbitrary, Unstructured};
-use dorado_testkit::examples;
 use dorado::host::{Instance, Module};
 use dorado_core::{RejectKind, Rejection, StateMachine};
 use dorado_fuzz::{GuestCommand, host};
+use dorado_testkit::examples;
 use libfuzzer_sys::fuzz_target;
 
 static MODULES: LazyLock<Vec<Module>> = LazyLock::new(|| {
