@@ -12,6 +12,7 @@
 #![no_main]
 
 use dorado::api::{CLIENT_ID, SEQ, parse_client_tag};
+use dorado::wire::ErrorCode;
 use dorado_core::entry::MAX_CLIENT_ID;
 use dorado_core::{Command, Entry};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -50,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             assert!(!neither);
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
-            assert_eq!(e.code, "bad_header");
+            assert_eq!(e.body.code, ErrorCode::BadHeader);
         }
     }
 });
