@@ -29,7 +29,7 @@
 //! replica's [`TaskSet`]: after a shutdown or an abort this replica never
 //! writes to the store again (`tests/abort.rs`).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -52,8 +52,9 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::driver::{
-    Applier, CatchUp, Health, Lifecycle, Probe, ReadBound, ReplicaHandle, Request, Spawner,
-    TaskSet, backoff, health_task, lease_task, until_stopped,
+    Applier, CatchUp, CoreInputs, CoreLoop, DrainWaiters, Health, Lifecycle, Probe, ReadBound,
+    ReplicaHandle, Spawner, TaskSet, backoff, health_task, lease_task, retry_unreachable, run_core,
+    until_stopped,
 };
 use crate::read_index::ReadIndex;
 use crate::trace::{LogFormat, TraceWriter};
@@ -292,18 +293,7 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
         protocol: "dorado".into(),
         session_expiry_entries: config.session_expiry_entries,
     };
-    let mut attempt = 0;
-    let stored = loop {
-        match store.init_meta(&meta).await {
-            Ok(m) => break m,
-            Err(e @ StoreError::Unavailable(_)) | Err(e @ StoreError::NoSpace(_)) => {
-                tracing::warn!(error = %e, "store not reachable yet; retrying");
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let stored = retry_unreachable("init meta", || store.init_meta(&meta)).await?;
     if stored.module_sha256 != config.module_sha256 {
         return Err(NodeError::ModuleMismatch {
             group: config.group.clone(),
@@ -322,18 +312,7 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
     let mut applier = Applier::new(stored.session_expiry_entries, sm, trace, health.clone());
 
     // Recovery = newest snapshot + tail (the tail arrives through the learner).
-    let mut attempt = 0;
-    let newest = loop {
-        match store.newest_snapshot().await {
-            Ok(s) => break s,
-            Err(e @ StoreError::Unavailable(_)) => {
-                tracing::warn!(error = %e, "cannot read snapshots yet; retrying");
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let newest = retry_unreachable("read snapshots", || store.newest_snapshot()).await?;
     if let Some((index, bytes)) = newest {
         let snap = SnapshotData::decode(&bytes)
             .map_err(|e| NodeError::Recovery(format!("snapshot at index {index}: {e}")))?;
@@ -377,11 +356,11 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
         learner: Learner::new(applied),
         applier,
         engine: None,
-        waiters: HashMap::new(),
+        waiters: BTreeMap::new(),
         next_token: 0,
         replies: Replies::new(),
         leader_view: None,
-        drain_waiters: Vec::new(),
+        drains: DrainWaiters::default(),
         shared: shared.clone(),
         health: health.clone(),
         store: store.clone(),
@@ -390,7 +369,17 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
         orphan: Orphan::new((config.lease_ttl * 2).max(Duration::from_secs(1))),
         spawner: spawner.clone(),
     };
-    spawner.spawn(core.run(rx, requests, learned_rx, stop.clone()));
+    let inputs = CoreInputs {
+        msgs: rx,
+        requests,
+        learned: learned_rx,
+    };
+    spawner.spawn(run_core(
+        core,
+        inputs,
+        Duration::from_millis(200),
+        stop.clone(),
+    ));
     let lost = tx.clone();
     spawner.spawn(lease_task(
         store.clone(),
@@ -447,12 +436,12 @@ struct Core<S: Store, M> {
     applier: Applier<M>,
     learner: Learner,
     engine: Option<LeaderEngine<u64>>,
-    waiters: HashMap<u64, oneshot::Sender<Result<SubmitReply, SubmitError>>>,
+    waiters: BTreeMap<u64, oneshot::Sender<Result<SubmitReply, SubmitError>>>,
     next_token: u64,
     /// Which waiting client gets which applied outcome (see [`Replies`]).
     replies: Replies<u64, SubmitReply>,
     leader_view: Option<Leadership>,
-    drain_waiters: Vec<oneshot::Sender<()>>,
+    drains: DrainWaiters,
     shared: Arc<Shared>,
     health: Arc<Health>,
     store: Arc<S>,
@@ -464,63 +453,57 @@ struct Core<S: Store, M> {
     spawner: Spawner,
 }
 
-impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
-    async fn run(
-        mut self,
-        mut rx: mpsc::UnboundedReceiver<Msg>,
-        mut requests: mpsc::UnboundedReceiver<Request>,
-        mut learned: mpsc::Receiver<Learned>,
-        stop: CancellationToken,
+impl<S: Store, M: StateMachine + Send + 'static> CoreLoop for Core<S, M> {
+    type Machine = M;
+    type Msg = Msg;
+    type Learned = Learned;
+
+    fn handle(&mut self, msg: Msg) {
+        self.handle_msg(msg);
+    }
+
+    fn submit(
+        &mut self,
+        command: Command,
+        reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
     ) {
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => break,
-                msg = rx.recv() => match msg {
-                    Some(m) => self.handle(m),
-                    None => break,
-                },
-                request = requests.recv() => match request {
-                    Some(r) => self.request(r),
-                    None => break,
-                },
-                l = learned.recv() => match l {
-                    Some(l) => {
-                        self.learn(l);
-                        // Drain what is already there before re-polling control messages.
-                        for _ in 0..256 {
-                            match learned.try_recv() {
-                                Ok(l) => self.learn(l),
-                                Err(_) => break,
-                            }
-                        }
-                        self.apply_ready();
-                    }
-                    None => break,
-                },
-                _ = tick.tick() => self.tick(),
-            }
-        }
+        self.submit_command(command, reply);
+    }
+
+    fn learn(&mut self, item: Learned) {
+        self.learn_item(item);
+    }
+
+    fn after_learning(&mut self) {
+        self.apply_ready();
+    }
+
+    fn tick(&mut self) {
+        self.on_tick();
+    }
+
+    fn is_idle(&self) -> bool {
+        self.engine.as_ref().is_none_or(|e| e.is_idle()) && self.replies.is_idle()
+    }
+
+    fn applier(&mut self) -> &mut Applier<M> {
+        &mut self.applier
+    }
+
+    fn drains(&mut self) -> &mut DrainWaiters {
+        &mut self.drains
+    }
+
+    fn stopping(&mut self) {
         if let Some(mut e) = self.engine.take() {
             let actions = e.step_down();
             self.perform(actions);
         }
-        self.applier.close();
     }
+}
 
-    fn request(&mut self, request: Request) {
-        match request {
-            Request::Submit { command, reply } => self.submit(command, reply),
-            Request::Drain { reply } => {
-                self.drain_waiters.push(reply);
-                self.check_drained();
-            }
-            Request::Read(r) => self.applier.serve(r),
-        }
-    }
-
-    fn handle(&mut self, msg: Msg) {
+impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
+    fn handle_msg(&mut self, msg: Msg) {
         match msg {
             Msg::AppendDone {
                 epoch,
@@ -573,7 +556,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         }
     }
 
-    fn submit(
+    fn submit_command(
         &mut self,
         command: Command,
         reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
@@ -729,7 +712,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         self.publish_status();
     }
 
-    fn learn(&mut self, l: Learned) {
+    fn learn_item(&mut self, l: Learned) {
         match l {
             Learned::Entry(index, bytes) => {
                 if index < self.learner.next() {
@@ -860,7 +843,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         }
     }
 
-    fn tick(&mut self) {
+    fn on_tick(&mut self) {
         self.apply_ready();
         let next = self.learner.next();
         let gap = self.learner.gap().is_some();
@@ -884,17 +867,6 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
             self.health.resign();
         }
         self.check_drained();
-    }
-
-    fn check_drained(&mut self) {
-        if self.drain_waiters.is_empty() {
-            return;
-        }
-        if self.engine.as_ref().is_none_or(|e| e.is_idle()) && self.replies.is_idle() {
-            for w in self.drain_waiters.drain(..) {
-                let _ = w.send(());
-            }
-        }
     }
 
     fn publish_status(&self) {
@@ -930,6 +902,7 @@ async fn election_task<S: Store>(
         let mut recheck = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
+                biased;
                 _ = stop.cancelled() => return,
                 item = stream.next() => match item {
                     Some(Ok(v)) => {
@@ -1000,6 +973,7 @@ async fn election_task<S: Store>(
             }
         }
         tokio::select! {
+            biased;
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(backoff(attempt)) => {}
         }
@@ -1074,6 +1048,7 @@ async fn learner_task<S: Store>(
                 tracing::warn!(error = %e, "cannot read snapshot index");
                 health.set_store_error(Some(&e));
                 tokio::select! {
+                    biased;
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff(attempt)) => {}
                 }
@@ -1084,6 +1059,7 @@ async fn learner_task<S: Store>(
         let mut stream = store.watch_log(from);
         loop {
             tokio::select! {
+                biased;
                 _ = stop.cancelled() => return,
                 _ = shared.resubscribe.notified() => break,
                 item = stream.next() => match item {
@@ -1103,6 +1079,7 @@ async fn learner_task<S: Store>(
             }
         }
         tokio::select! {
+            biased;
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(backoff(attempt)) => {}
         }

@@ -74,6 +74,7 @@ async fn run(
     let mut round = Vec::new();
     loop {
         let first = tokio::select! {
+            biased;
             _ = cancel.cancelled() => return,
             waiter = rx.recv() => match waiter {
                 Some(waiter) => waiter,
@@ -88,6 +89,7 @@ async fn run(
         // acknowledged before any of them is applied already or above this.
         let applied = applied();
         let result = tokio::select! {
+            biased;
             _ = cancel.cancelled() => return,
             r = last_index(applied + 1) => r.map(|last| last.unwrap_or(applied).max(applied)),
         };

@@ -187,6 +187,7 @@ where
     let mut attempt = 0u32;
     let store = loop {
         tokio::select! {
+            biased;
             _ = &mut shutdown => return Ok(()),
             r = connect() => match r {
                 Ok(s) => {
@@ -201,6 +202,7 @@ where
                     tracing::warn!(error = %e, retry_in = ?wait, "cannot reach the store; /readyz stays false until it answers");
                     state.set_connect_error(Some(e.to_string()));
                     tokio::select! {
+                        biased;
                         _ = &mut shutdown => return Ok(()),
                         _ = tokio::time::sleep(wait) => {}
                     }
@@ -213,6 +215,7 @@ where
     let replica_stop = CancellationToken::new();
     let _stop_replica = replica_stop.clone().drop_guard();
     let started = tokio::select! {
+        biased;
         _ = &mut shutdown => return Ok(()),
         r = starter.start(store, instance, options.node.clone(), TraceWriter::stdout(), replica_stop.clone()) => r?,
     };

@@ -30,7 +30,7 @@ pub mod log;
 pub mod store;
 pub mod world;
 
-pub use world::{Failure, Report, run};
+pub use world::{Failure, Report, run, run_logged};
 
 /// Run seeds `from..from + count`; the first failure stops the sweep.
 pub fn sweep(from: u64, count: u64) -> Result<Vec<Report>, Failure> {

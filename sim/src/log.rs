@@ -41,6 +41,17 @@ impl Log {
             .push(line);
     }
 
+    /// A digest of everything recorded so far (FNV-1a: stable across builds
+    /// and processes, unlike std's seeded hashers).
+    pub fn digest(&self) -> u64 {
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in lines.iter().flat_map(|l| l.bytes().chain([b'\n'])) {
+            h = (h ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    }
+
     /// Everything recorded so far.
     pub fn lines(&self) -> Vec<String> {
         self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()

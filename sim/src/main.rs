@@ -27,6 +27,16 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(seed) = args.seed {
+        // The drivers' own logs, interleaved with the event log (virtual
+        // time is in the event log; wall time would differ between runs).
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .without_time()
+            .with_writer(std::io::stderr)
+            .init();
         return match dorado_sim::run(seed, true) {
             Ok(r) => {
                 println!("seed {seed}: ok {r:?}");

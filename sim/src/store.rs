@@ -23,7 +23,7 @@ use dorado_core::{
 use futures::stream::{self, BoxStream, StreamExt};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::log::Log;
 
@@ -52,25 +52,24 @@ pub struct Weather {
 }
 
 /// One replica's link to the store, driven by the nemesis.
-#[derive(Debug)]
+///
+/// The pause is an `AtomicBool` plus a `Notify`, not a `tokio::sync::watch`:
+/// watch receivers wait on one of eight `Notify`s picked at random, so the
+/// order in which a resume wakes them would differ between runs of one seed.
+#[derive(Debug, Default)]
 pub struct Link {
-    paused: watch::Sender<bool>,
+    paused: AtomicBool,
+    resumed: Notify,
     cut: AtomicBool,
-}
-
-impl Default for Link {
-    fn default() -> Self {
-        Link {
-            paused: watch::channel(false).0,
-            cut: AtomicBool::new(false),
-        }
-    }
 }
 
 impl Link {
     /// Freeze or resume the replica's view of the store.
     pub fn set_paused(&self, paused: bool) {
-        self.paused.send_replace(paused);
+        self.paused.store(paused, Ordering::Release);
+        if !paused {
+            self.resumed.notify_waiters();
+        }
     }
 
     /// Cut the replica off the store, or heal the cut.
@@ -79,8 +78,14 @@ impl Link {
     }
 
     async fn wait_resumed(&self) {
-        let mut rx = self.paused.subscribe();
-        let _ = rx.wait_for(|p| !p).await;
+        loop {
+            // Registered before the check, so a resume in between is not missed.
+            let resumed = self.resumed.notified();
+            if !self.paused.load(Ordering::Acquire) {
+                return;
+            }
+            resumed.await;
+        }
     }
 }
 

@@ -38,6 +38,9 @@ pub struct Report {
     pub faults: usize,
     /// Virtual seconds simulated.
     pub virtual_secs: u64,
+    /// A digest of the full event log: two runs of one seed took the same
+    /// path exactly when their digests match (`tests/reproducible.rs`).
+    pub log_digest: u64,
 }
 
 /// A failed check, with everything needed to look into it.
@@ -94,25 +97,41 @@ struct World {
 
 /// Run one seed to completion and check it.
 pub fn run(seed: u64, echo: bool) -> Result<Report, Failure> {
-    let rt = tokio::runtime::Builder::new_current_thread()
+    run_logged(seed, echo).0
+}
+
+/// [`run`], also returning the full event log of a run that passed (a
+/// failure carries its own).
+pub fn run_logged(seed: u64, echo: bool) -> (Result<Report, Failure>, Vec<String>) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
         .build()
-        .map_err(|e| Failure {
-            seed,
-            message: format!("cannot build the runtime: {e}"),
-            log: Vec::new(),
-        })?;
-    rt.block_on(run_world(seed, echo))
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let failure = Failure {
+                seed,
+                message: format!("cannot build the runtime: {e}"),
+                log: Vec::new(),
+            };
+            return (Err(failure), Vec::new());
+        }
+    };
+    rt.block_on(async {
+        // The log's clock is the runtime's paused one: start it inside.
+        let log = Log::new(echo);
+        let result = run_world(seed, log.clone()).await;
+        (result, log.lines())
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn run_world(seed: u64, echo: bool) -> Result<Report, Failure> {
+async fn run_world(seed: u64, log: Log) -> Result<Report, Failure> {
     let dice: Dice = Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed)));
-    let log = Log::new(echo);
     let params = Params {
         replicas: draw(&dice, 3..=5) as usize,
         max_inflight: draw(&dice, 1..=4) as usize,
@@ -175,6 +194,7 @@ async fn run_world(seed: u64, echo: bool) -> Result<Report, Failure> {
         operations: history.len(),
         faults,
         virtual_secs,
+        log_digest: log.digest(),
     })
 }
 

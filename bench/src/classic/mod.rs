@@ -83,8 +83,8 @@ pub use protocol::{RequestId, View};
 pub use wire::ClassicMeta;
 
 use dorado::driver::{
-    Applier, CatchUp, Health, Lifecycle, Probe, ReadBound, ReplicaHandle, TaskSet, backoff,
-    health_task, lease_task,
+    Applier, CatchUp, CoreInputs, Health, Lifecycle, Probe, ReadBound, ReplicaHandle, TaskSet,
+    health_task, lease_task, retry_unreachable, run_core,
 };
 use dorado::node::NodeConfig;
 use dorado::replica::Replica;
@@ -201,25 +201,6 @@ pub struct RunningClassic {
     life: Lifecycle<ClassicStore>,
 }
 
-/// Retry `op` while etcd is unreachable (a state to report, not a crash).
-async fn retrying<T, F, Fut>(what: &str, mut op: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
-{
-    let mut attempt = 0;
-    loop {
-        match op().await {
-            Err(e @ (StoreError::Unavailable(_) | StoreError::NoSpace(_))) => {
-                tracing::warn!(error = %e, "{what}: store not reachable yet; retrying");
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
 /// Join the classic group `store` is scoped to: check (or create) its meta,
 /// register in its roster, then replay its whole history and follow it.
 ///
@@ -248,7 +229,7 @@ pub async fn start_classic<M: StateMachine + Send + 'static>(
         session_expiry_entries: config.node.session_expiry_entries,
         group_size: config.group_size,
     };
-    let stored = retrying("init meta", || store.init_meta(&meta)).await?;
+    let stored = retry_unreachable("init meta", || store.init_meta(&meta)).await?;
     if stored.protocol != PROTOCOL {
         return Err(ClassicError::ProtocolMismatch {
             group,
@@ -270,7 +251,7 @@ pub async fn start_classic<M: StateMachine + Send + 'static>(
         });
     }
     let me = config.node.replica.clone();
-    let roster = retrying("register", || store.register(&me)).await?;
+    let roster = retry_unreachable("register", || store.register(&me)).await?;
     let members: Vec<&str> = roster
         .iter()
         .take(stored.group_size)
@@ -322,8 +303,17 @@ pub async fn start_classic<M: StateMachine + Send + 'static>(
     );
     let span = tracing::info_span!("classic", replica = %me);
     spawner.spawn(
-        core.run(rx, requests, feed_rx, stop.clone())
-            .instrument(span.clone()),
+        run_core(
+            core,
+            CoreInputs {
+                msgs: rx,
+                requests,
+                learned: feed_rx,
+            },
+            Duration::from_millis(100),
+            stop.clone(),
+        )
+        .instrument(span.clone()),
     );
     spawner.spawn(
         lease_task(store.clone(), health.clone(), lease_tx, || {}, stop.clone())

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use dorado_core::{Index, StateMachine, StoreError};
+use dorado_core::{Command, Index, StateMachine, StoreError};
 use etcd_client::EventType;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -34,7 +34,7 @@ use super::ClassicConfig;
 use super::protocol::{Decided, Protocol, Record, RequestId, View};
 use super::store::{ClassicStore, key_after};
 use super::wire::{self, KeyKind, REPLAY_FAMILIES, prefix_end};
-use dorado::driver::{Applier, Health, Request, Spawner, backoff, until_stopped};
+use dorado::driver::{Applier, CoreLoop, DrainWaiters, Health, Spawner, backoff, until_stopped};
 use dorado::node::{SubmitError, SubmitReply};
 use dorado::wire::Role;
 
@@ -89,13 +89,71 @@ pub(crate) struct Core<M> {
     spawner: Spawner,
     next_counter: u64,
     waiters: HashMap<RequestId, (oneshot::Sender<Result<SubmitReply, SubmitError>>, Instant)>,
-    drain_waiters: Vec<oneshot::Sender<()>>,
+    drains: DrainWaiters,
     inflight_accepts: usize,
     held_votes: Vec<Record>,
     seen_view: View,
     view_since: Instant,
     leader_missing_since: Option<Instant>,
     roster_len: usize,
+}
+
+impl<M: StateMachine + Send + 'static> CoreLoop for Core<M> {
+    type Machine = M;
+    type Msg = Msg;
+    type Learned = Feed;
+
+    fn handle(&mut self, msg: Msg) {
+        self.handle_msg(msg);
+    }
+
+    fn submit(
+        &mut self,
+        command: Command,
+        reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
+    ) {
+        if self.health.is_draining() {
+            let _ = reply.send(Err(SubmitError::ShuttingDown));
+            return;
+        }
+        if self.health.is_fatal() {
+            let _ = reply.send(Err(SubmitError::NotOrdered));
+            return;
+        }
+        self.next_counter += 1;
+        let id = RequestId {
+            origin: self.health.config.replica.clone(),
+            incarnation: self.incarnation,
+            counter: self.next_counter,
+        };
+        self.waiters.insert(id.clone(), (reply, Instant::now()));
+        self.protocol.submit(id, command);
+        self.perform();
+    }
+
+    fn learn(&mut self, item: Feed) {
+        self.feed_item(item);
+    }
+
+    fn after_learning(&mut self) {
+        self.after_input();
+    }
+
+    fn tick(&mut self) {
+        self.on_tick();
+    }
+
+    fn is_idle(&self) -> bool {
+        self.waiters.is_empty()
+    }
+
+    fn applier(&mut self) -> &mut Applier<M> {
+        &mut self.applier
+    }
+
+    fn drains(&mut self) -> &mut DrainWaiters {
+        &mut self.drains
+    }
 }
 
 impl<M: StateMachine + Send + 'static> Core<M> {
@@ -119,7 +177,7 @@ impl<M: StateMachine + Send + 'static> Core<M> {
             spawner,
             next_counter: 0,
             waiters: HashMap::new(),
-            drain_waiters: Vec::new(),
+            drains: DrainWaiters::default(),
             inflight_accepts: 0,
             held_votes: Vec::new(),
             seen_view: 0,
@@ -129,75 +187,7 @@ impl<M: StateMachine + Send + 'static> Core<M> {
         }
     }
 
-    pub async fn run(
-        mut self,
-        mut rx: mpsc::UnboundedReceiver<Msg>,
-        mut requests: mpsc::UnboundedReceiver<Request>,
-        mut feed: mpsc::Receiver<Feed>,
-        stop: CancellationToken,
-    ) {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => break,
-                msg = rx.recv() => match msg {
-                    Some(m) => self.handle(m),
-                    None => break,
-                },
-                request = requests.recv() => match request {
-                    Some(r) => self.request(r),
-                    None => break,
-                },
-                item = feed.recv() => match item {
-                    Some(item) => {
-                        self.feed(item);
-                        for _ in 0..256 {
-                            match feed.try_recv() {
-                                Ok(item) => self.feed(item),
-                                Err(_) => break,
-                            }
-                        }
-                        self.after_input();
-                    }
-                    None => break,
-                },
-                _ = tick.tick() => self.tick(),
-            }
-        }
-        self.applier.close();
-    }
-
-    fn request(&mut self, request: Request) {
-        match request {
-            Request::Submit { command, reply } => {
-                if self.health.is_draining() {
-                    let _ = reply.send(Err(SubmitError::ShuttingDown));
-                    return;
-                }
-                if self.health.is_fatal() {
-                    let _ = reply.send(Err(SubmitError::NotOrdered));
-                    return;
-                }
-                self.next_counter += 1;
-                let id = RequestId {
-                    origin: self.health.config.replica.clone(),
-                    incarnation: self.incarnation,
-                    counter: self.next_counter,
-                };
-                self.waiters.insert(id.clone(), (reply, Instant::now()));
-                self.protocol.submit(id, command);
-                self.perform();
-            }
-            Request::Read(r) => self.applier.serve(r),
-            Request::Drain { reply } => {
-                self.drain_waiters.push(reply);
-                self.check_drained();
-            }
-        }
-    }
-
-    fn handle(&mut self, msg: Msg) {
+    fn handle_msg(&mut self, msg: Msg) {
         match msg {
             Msg::Written {
                 what,
@@ -253,7 +243,7 @@ impl<M: StateMachine + Send + 'static> Core<M> {
         }
     }
 
-    fn feed(&mut self, item: Feed) {
+    fn feed_item(&mut self, item: Feed) {
         match item {
             Feed::Record(revision, record) => {
                 let leader_gone = matches!(
@@ -449,7 +439,7 @@ impl<M: StateMachine + Send + 'static> Core<M> {
 
     /// Timeouts: the prototype's leader monitor, plus the lease of the
     /// leader's member key.
-    fn tick(&mut self) {
+    fn on_tick(&mut self) {
         // Resumes applying after a stalled trace consumer.
         self.apply_ready();
         self.waiters.retain(|_, (w, _)| !w.is_closed());
@@ -499,17 +489,6 @@ impl<M: StateMachine + Send + 'static> Core<M> {
             }
         }
         None
-    }
-
-    fn check_drained(&mut self) {
-        if self.drain_waiters.is_empty() {
-            return;
-        }
-        if self.waiters.is_empty() {
-            for w in self.drain_waiters.drain(..) {
-                let _ = w.send(());
-            }
-        }
     }
 
     fn publish_status(&self) {

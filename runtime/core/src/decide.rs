@@ -18,7 +18,7 @@
 //!   term, and when a replica the store names leader but that does not lead
 //!   must resign.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::store::{Epoch, Index, Leadership};
@@ -196,15 +196,15 @@ pub type Answer<T, R> = (T, Option<R>);
 /// the reply it gets.
 #[derive(Debug)]
 pub struct Replies<T, R> {
-    waiting: HashMap<Index, Vec<(u32, T)>>,
-    early: HashMap<Index, Vec<R>>,
+    waiting: BTreeMap<Index, Vec<(u32, T)>>,
+    early: BTreeMap<Index, Vec<R>>,
 }
 
 impl<T, R> Default for Replies<T, R> {
     fn default() -> Self {
         Replies {
-            waiting: HashMap::new(),
-            early: HashMap::new(),
+            waiting: BTreeMap::new(),
+            early: BTreeMap::new(),
         }
     }
 }

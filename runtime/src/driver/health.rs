@@ -271,6 +271,7 @@ pub async fn health_task(
             CatchUp::ByCore => None,
         };
         tokio::select! {
+            biased;
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
             _ = applied_reaches(&health, goal) => {
@@ -283,6 +284,7 @@ pub async fn health_task(
         // check costs the store the same whatever the log's length.
         let applied_before = health.applied();
         let result = tokio::select! {
+            biased;
             _ = stop.cancelled() => return,
             r = tokio::time::timeout(CHECK_TIMEOUT, probe(applied_before + 1)) => r,
         };

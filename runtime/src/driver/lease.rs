@@ -74,6 +74,27 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((50u64 << attempt.min(5)).min(1000))
 }
 
+/// Retry `op` with [`backoff`] while the store is unreachable or out of
+/// space (states to report and wait out at startup, not reasons to crash);
+/// any other outcome is returned.
+pub async fn retry_unreachable<T, F, Fut>(what: &str, mut op: F) -> StoreResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Err(e @ (StoreError::Unavailable(_) | StoreError::NoSpace(_))) => {
+                tracing::warn!(error = %e, "{what}: store not reachable yet; retrying");
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Hold a lease until `stop`: grant, keep alive ([`LeaseTimer`]), publish the
 /// member record after each renewal, get a new lease when it is lost.
 ///
@@ -163,6 +184,7 @@ pub async fn lease_task<L: LeaseStore>(
                 }
             }
             tokio::select! {
+                biased;
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(period) => {}
                 _ = health.resign_requested() => {

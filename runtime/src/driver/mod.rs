@@ -22,19 +22,24 @@
 //!   on abort, when the passed-in shutdown token is cancelled and when the
 //!   owner is dropped; after that the replica never touches the store again.
 //!
-//! A protocol supplies its core loop (which owns an [`Applier`] and reads
-//! [`Request`]s), its ordering tasks and its store. The decisions these
+//! - [`CoreLoop`] and [`run_core`]: the core loop's input priorities, request
+//!   dispatch and drain, so each protocol writes only its decisions.
+//!
+//! A protocol supplies its [`CoreLoop`] (which owns an [`Applier`]), its
+//! ordering tasks and its store. The decisions these
 //! components perform (lease timing, readiness, catch-up) are made in
 //! `dorado-core`, as are the protocol's own.
 
 mod applier;
+mod core_loop;
 mod handle;
 mod health;
 mod lease;
 mod tasks;
 
 pub use applier::Applier;
+pub use core_loop::{CoreInputs, CoreLoop, DrainWaiters, run_core};
 pub use handle::{Lifecycle, ReadBound, ReadRequest, ReplicaHandle, Request};
 pub use health::{CatchUp, Health, Probe, health_task};
-pub use lease::{LeaseStore, backoff, lease_task};
+pub use lease::{LeaseStore, backoff, lease_task, retry_unreachable};
 pub use tasks::{Spawner, TaskSet, until_stopped};

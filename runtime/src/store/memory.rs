@@ -18,7 +18,7 @@
 //! at the start of every operation), so tests with a paused clock work.
 //! [`MemoryStore::set_unavailable`] simulates an unreachable store.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -65,7 +65,7 @@ struct Shared {
 struct State {
     revision: i64,
     kvs: BTreeMap<String, Kv>,
-    leases: HashMap<i64, Lease>,
+    leases: BTreeMap<i64, Lease>,
     next_lease: i64,
     watchers: Vec<Watcher>,
     unavailable: Option<String>,
@@ -76,7 +76,7 @@ impl Default for State {
         Self {
             revision: 1,
             kvs: BTreeMap::new(),
-            leases: HashMap::new(),
+            leases: BTreeMap::new(),
             next_lease: 0x6d65_6d00,
             watchers: Vec::new(),
             unavailable: None,

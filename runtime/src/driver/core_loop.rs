@@ -1,0 +1,143 @@
+//! The core loop every protocol runs, written once.
+//!
+//! A replica's core loop owns its protocol state and its [`Applier`] and is
+//! the only place either changes, so it must never block and must keep its
+//! inputs in a fixed priority: stop first, then its own tasks' results
+//! (append outcomes, timers), then client requests, then what it learned from
+//! the store (drained in batches, so a burst of log entries is applied as one
+//! batch but cannot starve control messages), then the tick. The order is
+//! also what makes the simulation reproducible: a `biased` select polls in a
+//! fixed order, an unbiased one in an order tokio draws at random.
+//!
+//! Drain (graceful shutdown) is the same in every protocol: a drain request
+//! waits until the protocol says nothing of this replica is being ordered
+//! ([`CoreLoop::is_idle`]); [`CoreLoop::check_drained`] answers the waiters
+//! once that holds. Protocols call it wherever their idleness may change.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::applier::Applier;
+use super::handle::Request;
+use crate::node::{SubmitError, SubmitReply};
+use dorado_core::{Command, StateMachine};
+
+/// Drain requests waiting for the replica to have nothing in flight.
+#[derive(Debug, Default)]
+pub struct DrainWaiters(Vec<oneshot::Sender<()>>);
+
+/// Learned items handled in one go before control messages are polled again.
+const LEARN_BATCH: usize = 256;
+
+/// One protocol's core loop; [`run_core`] drives it.
+pub trait CoreLoop {
+    /// The state machine its applier runs.
+    type Machine: StateMachine + Send + 'static;
+    /// Results the loop's own tasks send back (append outcomes, ...).
+    type Msg: Send;
+    /// What the protocol learns from the store (log entries, records).
+    type Learned: Send;
+
+    /// A result from one of the loop's own tasks.
+    fn handle(&mut self, msg: Self::Msg);
+    /// Order `command` and answer `reply` once it is applied here.
+    fn submit(
+        &mut self,
+        command: Command,
+        reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
+    );
+    /// One item learned from the store.
+    fn learn(&mut self, item: Self::Learned);
+    /// After a batch of [`CoreLoop::learn`] calls: apply what became ready.
+    fn after_learning(&mut self);
+    /// The periodic tick.
+    fn tick(&mut self);
+    /// Nothing submitted here is still being ordered or awaiting its reply.
+    fn is_idle(&self) -> bool;
+    /// The loop's applier.
+    fn applier(&mut self) -> &mut Applier<Self::Machine>;
+    /// The loop's drain waiters.
+    fn drains(&mut self) -> &mut DrainWaiters;
+    /// The loop is stopping (before the applier closes): give up any role.
+    fn stopping(&mut self) {}
+
+    /// Answer every drain waiter if the replica is idle now.
+    fn check_drained(&mut self) {
+        if self.drains().0.is_empty() || !self.is_idle() {
+            return;
+        }
+        for w in self.drains().0.drain(..) {
+            let _ = w.send(());
+        }
+    }
+}
+
+/// The channels a core loop reads, besides the stop token.
+#[derive(Debug)]
+pub struct CoreInputs<Msg, Learned> {
+    /// Results of the loop's own tasks.
+    pub msgs: mpsc::UnboundedReceiver<Msg>,
+    /// Client requests from the replica's handles.
+    pub requests: mpsc::UnboundedReceiver<Request>,
+    /// What the store-reading tasks learned.
+    pub learned: mpsc::Receiver<Learned>,
+}
+
+/// Run `core` until `stop` is cancelled or an input channel closes; then
+/// [`CoreLoop::stopping`] and close the applier (which flushes the trace).
+pub async fn run_core<C: CoreLoop>(
+    mut core: C,
+    inputs: CoreInputs<C::Msg, C::Learned>,
+    tick_every: Duration,
+    stop: CancellationToken,
+) {
+    let CoreInputs {
+        mut msgs,
+        mut requests,
+        mut learned,
+    } = inputs;
+    let mut tick = tokio::time::interval(tick_every);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            msg = msgs.recv() => match msg {
+                Some(m) => core.handle(m),
+                None => break,
+            },
+            request = requests.recv() => match request {
+                Some(r) => serve(&mut core, r),
+                None => break,
+            },
+            item = learned.recv() => match item {
+                Some(item) => {
+                    core.learn(item);
+                    for _ in 1..LEARN_BATCH {
+                        match learned.try_recv() {
+                            Ok(item) => core.learn(item),
+                            Err(_) => break,
+                        }
+                    }
+                    core.after_learning();
+                }
+                None => break,
+            },
+            _ = tick.tick() => core.tick(),
+        }
+    }
+    core.stopping();
+    core.applier().close();
+}
+
+fn serve<C: CoreLoop>(core: &mut C, request: Request) {
+    match request {
+        Request::Submit { command, reply } => core.submit(command, reply),
+        Request::Drain { reply } => {
+            core.drains().0.push(reply);
+            core.check_drained();
+        }
+        Request::Read(r) => core.applier().serve(r),
+    }
+}
