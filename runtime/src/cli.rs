@@ -4,15 +4,22 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 
 use crate::host::{DEFAULT_FUEL_PER_COMMAND, DEFAULT_MEMORY_LIMIT, HostConfig};
 use crate::node::NodeConfig;
+use crate::probe::HttpProbe;
 use crate::runner::{self, RunError, RunOptions, Starter};
 use crate::store::{EtcdStore, EtcdStoreOptions, EtcdTlsArgs, EtcdTlsError};
 use crate::trace::LogFormat;
+
+/// How long a follower's probe of the leader may take: a refused connection
+/// (a killed leader) fails at once; a peer that is gone from the network
+/// fails after this.
+const LEADER_PROBE_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Why `dorado run` could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +41,9 @@ pub enum CliError {
     /// The etcd TLS flags do not fit together or do not fit the endpoints.
     #[error(transparent)]
     EtcdTls(#[from] EtcdTlsError),
+    /// The HTTP client that probes the leader could not be built.
+    #[error("cannot build the leader probe's HTTP client: {0}")]
+    Probe(String),
     /// The replica stopped with an error.
     #[error(transparent)]
     Run(#[from] RunError),
@@ -162,6 +172,8 @@ pub async fn run_replica(args: RunArgs, starter: impl Starter<EtcdStore>) -> Res
     node.session_expiry_entries = args.session_expiry;
     node.leader.max_inflight = args.max_inflight as usize;
     node.leader.max_batch_bytes = (1024 * 1024).max(args.max_command_bytes + 4096);
+    let probe = HttpProbe::new(LEADER_PROBE_TIMEOUT).map_err(|e| CliError::Probe(e.to_string()))?;
+    node.leader_probe = Some(Arc::new(probe));
     let memory_limit = args
         .memory_mib
         .checked_mul(1 << 20)

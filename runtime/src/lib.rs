@@ -7,6 +7,7 @@ pub mod driver;
 pub mod host;
 pub mod metrics;
 pub mod node;
+pub mod probe;
 mod read_index;
 pub mod replay;
 pub mod replica;

@@ -37,8 +37,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use dorado_core::decide::{
-    CampaignInputs, Orphan, Progress, ProgressAction, Replies, SnapshotPolicy, leader_base,
-    may_campaign, view_ends_term,
+    CampaignInputs, Orphan, Progress, ProgressAction, Replies, SnapshotPolicy, Suspicion,
+    SuspicionAction, SuspicionConfig, leader_base, may_campaign, view_ends_term,
 };
 use dorado_core::engine::LeaderConfig;
 use dorado_core::entry::EncodeError;
@@ -56,6 +56,7 @@ use crate::driver::{
     ReplicaHandle, Spawner, TaskSet, backoff, health_task, lease_task, retry_unreachable, run_core,
     until_stopped,
 };
+use crate::probe::LeaderProbe;
 use crate::read_index::ReadIndex;
 use crate::trace::{LogFormat, TraceWriter};
 pub use crate::wire::{Protocol, Role, Status};
@@ -89,6 +90,11 @@ pub struct NodeConfig {
     pub catch_up_timeout: Duration,
     /// How long a client waits for its command to be applied.
     pub submit_timeout: Duration,
+    /// How a follower asks whether the leader's process is alive; with one,
+    /// it deposes a leader that stopped answering and appending
+    /// (`decide::Suspicion`) instead of waiting for its lease. `None`: the
+    /// lease alone ends a dead leader's term.
+    pub leader_probe: Option<Arc<dyn LeaderProbe>>,
 }
 
 impl NodeConfig {
@@ -108,6 +114,7 @@ impl NodeConfig {
             abi_version: 1,
             catch_up_timeout: Duration::from_secs(5),
             submit_timeout: Duration::from_secs(10),
+            leader_probe: None,
         }
     }
 }
@@ -227,6 +234,8 @@ struct Shared {
     /// The election task won and is reading the log before leading.
     preparing: AtomicBool,
     resubscribe: Notify,
+    /// The newest leadership the leader watch (or a won election) reported.
+    view: std::sync::Mutex<Option<Leadership>>,
 }
 
 /// What DORADO's own tasks tell the core loop (client requests arrive on a
@@ -327,6 +336,7 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
         stuck: AtomicBool::new(false),
         preparing: AtomicBool::new(false),
         resubscribe: Notify::new(),
+        view: std::sync::Mutex::new(None),
     });
     let tasks = TaskSet::new(&shutdown);
     let spawner = tasks.spawner();
@@ -403,6 +413,15 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
         learned_tx,
         stop.clone(),
     ));
+    if let Some(leader_probe) = config.leader_probe.clone() {
+        spawner.spawn(suspicion_task(
+            store.clone(),
+            shared.clone(),
+            leader_probe,
+            SuspicionConfig::for_lease(config.lease_ttl),
+            stop.clone(),
+        ));
+    }
     let probe_store = store.clone();
     let probe: Probe = Arc::new(move |from| {
         let store = probe_store.clone();
@@ -883,6 +902,75 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
     }
 }
 
+impl Shared {
+    fn set_view(&self, view: Option<Leadership>) {
+        *self.view.lock().unwrap_or_else(|e| e.into_inner()) = view;
+    }
+
+    fn view(&self) -> Option<Leadership> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Probe the leader this replica follows and depose it when
+/// [`Suspicion`] says so (it stopped answering and the log stands still);
+/// the election task then sees no leader and campaigns. The fence makes this
+/// safe whatever the deposed leader believes.
+async fn suspicion_task<S: Store>(
+    store: Arc<S>,
+    shared: Arc<Shared>,
+    probe: Arc<dyn LeaderProbe>,
+    cfg: SuspicionConfig,
+    stop: CancellationToken,
+) {
+    let health = &shared.health;
+    let me = health.config.replica.clone();
+    let mut suspicion = Suspicion::new(cfg);
+    let mut seen_commit = health.commit();
+    let mut tick = tokio::time::interval(cfg.probe_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let view = shared.view().filter(|l| l.leader.replica != me);
+        // A draining or fatal replica would not campaign: it does not depose.
+        let eligible = !health.is_draining() && !health.is_fatal();
+        let other = view.as_ref().filter(|_| eligible).map(|l| l.epoch);
+        suspicion.on_leader(Instant::now().into_std(), other);
+        let Some(leader) = view.filter(|_| suspicion.wants_probe()) else {
+            continue;
+        };
+        let Some(ok) = until_stopped(&stop, probe.probe(&leader.leader)).await else {
+            return;
+        };
+        let commit = health.commit();
+        if commit > seen_commit {
+            seen_commit = commit;
+            suspicion.on_progress();
+        }
+        let SuspicionAction::Depose(epoch) = suspicion.on_probe(Instant::now().into_std(), ok)
+        else {
+            continue;
+        };
+        match until_stopped(&stop, store.depose(epoch)).await {
+            None => return,
+            Some(Ok(true)) => tracing::warn!(
+                leader = %leader.leader.replica,
+                epoch,
+                next_window_ms = suspicion.window().as_millis() as u64,
+                "deposed the leader: it stopped answering probes and the log stood still"
+            ),
+            Some(Ok(false)) => {
+                tracing::debug!(epoch, "the suspected leader was already gone");
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, epoch, "could not depose the leader"),
+        }
+    }
+}
+
 async fn election_task<S: Store>(
     store: Arc<S>,
     shared: Arc<Shared>,
@@ -908,6 +996,7 @@ async fn election_task<S: Store>(
                     Some(Ok(v)) => {
                         attempt = 0;
                         view = Some(v.clone());
+                        shared.set_view(v.clone());
                         let _ = tx.send(Msg::LeaderView(v));
                     }
                     Some(Err(e)) => {
@@ -943,6 +1032,7 @@ async fn election_task<S: Store>(
                         epoch,
                     };
                     view = Some(Some(leadership.clone()));
+                    shared.set_view(Some(leadership.clone()));
                     let _ = tx.send(Msg::LeaderView(Some(leadership)));
                     shared.preparing.store(true, Ordering::Release);
                     let prepared = until_stopped(&stop, prepare_leadership(&*store, health)).await;

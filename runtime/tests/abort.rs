@@ -123,6 +123,10 @@ impl Store for Recording {
         self.probe.reached("leader");
         self.inner.leader().await
     }
+    async fn depose(&self, epoch: Epoch) -> StoreResult<bool> {
+        self.probe.reached("depose");
+        self.inner.depose(epoch).await
+    }
     fn watch_leader(&self) -> BoxStream<'static, StoreResult<Option<Leadership>>> {
         self.probe.reached("watch_leader");
         self.inner.watch_leader()

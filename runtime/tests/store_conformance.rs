@@ -128,6 +128,7 @@ conformance!(
     corrupt_records_are_reported_with_their_key,
     campaign_is_exclusive_and_epochs_increase,
     revoking_the_lease_removes_the_leader,
+    depose_deletes_exactly_that_epoch_and_fences_it,
     lease_expiry_removes_the_leader,
     keep_alive_keeps_the_leader,
     append_with_stale_epoch_is_fenced,
@@ -285,6 +286,43 @@ async fn corrupt_records_are_reported_with_their_key<S: TestStore>(s: S) {
             .expect("watch ends after an error")
             .is_none()
     );
+}
+
+async fn depose_deletes_exactly_that_epoch_and_fences_it<S: TestStore>(s: S) {
+    // Nothing to depose: no leader key.
+    assert!(!s.depose(1).await.unwrap());
+    let (lease, epoch) = lead(&s, "r1").await;
+    s.publish_member(lease, "r1", &member(1)).await.unwrap();
+    append_all(&s, epoch, [1]).await;
+    // Another epoch (older, newer) leaves the key alone.
+    assert!(!s.depose(epoch - 1).await.unwrap());
+    assert!(!s.depose(epoch + 1).await.unwrap());
+    assert_eq!(s.leader().await.unwrap().map(|l| l.epoch), Some(epoch));
+    assert!(s.depose(epoch).await.unwrap(), "the leader's own epoch");
+    assert_eq!(s.leader().await.unwrap(), None);
+    // Twice is a no-op.
+    assert!(!s.depose(epoch).await.unwrap());
+    // The deposed leader's appends fail the fence, its lease and member record live on.
+    assert_eq!(
+        s.append(epoch, 2, &entry(2)).await.unwrap(),
+        AppendOutcome::Fenced
+    );
+    assert_eq!(
+        s.members()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect::<Vec<_>>(),
+        vec!["r1".to_owned()]
+    );
+    s.keep_alive(lease).await.unwrap();
+    // A new leader gets a larger epoch; deposing the old one again does nothing.
+    let (_, next) = lead(&s, "r2").await;
+    assert!(next > epoch);
+    assert!(!s.depose(epoch).await.unwrap());
+    assert_eq!(s.leader().await.unwrap().map(|l| l.epoch), Some(next));
+    append_all(&s, next, [2]).await;
 }
 
 async fn campaign_is_exclusive_and_epochs_increase<S: TestStore>(s: S) {

@@ -51,11 +51,13 @@ fn main() -> anyhow::Result<()> {
     let t0 = Instant::now();
     let mut ops = 0;
     let mut faults = 0;
+    let mut depositions = 0;
     for seed in args.from..args.from + count {
         match dorado_sim::run(seed, false) {
             Ok(r) => {
                 ops += r.operations;
                 faults += r.faults;
+                depositions += r.depositions;
             }
             Err(f) => {
                 for line in &f.log {
@@ -74,7 +76,7 @@ fn main() -> anyhow::Result<()> {
     }
     let secs = t0.elapsed().as_secs_f64();
     println!(
-        "{count} seeds ok in {secs:.1} s ({:.1} seeds/s): {ops} operations, {faults} faults",
+        "{count} seeds ok in {secs:.1} s ({:.1} seeds/s): {ops} operations, {faults} faults, {depositions} depositions",
         count as f64 / secs
     );
     Ok(())

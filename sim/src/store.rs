@@ -61,15 +61,51 @@ pub struct Link {
     paused: AtomicBool,
     resumed: Notify,
     cut: AtomicBool,
+    /// A network blip: other replicas' probes cannot reach this one, nor
+    /// its probes them (the store is still reachable).
+    isolated: AtomicBool,
+    /// When a pause or an isolation last ended.
+    healed_at: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Link {
     /// Freeze or resume the replica's view of the store.
     pub fn set_paused(&self, paused: bool) {
-        self.paused.store(paused, Ordering::Release);
+        let was = self.paused.swap(paused, Ordering::AcqRel);
         if !paused {
             self.resumed.notify_waiters();
+            if was {
+                self.mark_healed();
+            }
         }
+    }
+
+    /// Whether the replica's process is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    /// Isolate the replica from its peers (not from the store), or heal that.
+    pub fn set_isolated(&self, isolated: bool) {
+        if self.isolated.swap(isolated, Ordering::AcqRel) && !isolated {
+            self.mark_healed();
+        }
+    }
+
+    fn mark_healed(&self) {
+        *self.healed_at.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(tokio::time::Instant::now());
+    }
+
+    /// Neither paused nor isolated now, nor within `recent`.
+    pub fn steady_for(&self, recent: Duration) -> bool {
+        let healed = *self.healed_at.lock().unwrap_or_else(|e| e.into_inner());
+        !self.is_paused() && !self.is_isolated() && healed.is_none_or(|at| at.elapsed() >= recent)
+    }
+
+    /// Whether the replica is isolated from its peers.
+    pub fn is_isolated(&self) -> bool {
+        self.isolated.load(Ordering::Acquire)
     }
 
     /// Cut the replica off the store, or heal the cut.
@@ -92,9 +128,20 @@ impl Link {
 /// Broken invariants of the store contract seen by the fault layer.
 pub type Violations = Arc<Mutex<Vec<String>>>;
 
+/// Told of every deposition: who deposed, whom, which epoch.
+#[derive(Clone)]
+pub struct OnDepose(pub Arc<dyn Fn(&str, &str, Epoch) + Send + Sync>);
+
+impl std::fmt::Debug for OnDepose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnDepose")
+    }
+}
+
 /// One replica's store.
 #[derive(Clone, Debug)]
 pub struct FaultStore {
+    on_depose: OnDepose,
     inner: MemoryStore,
     violations: Violations,
     link: Arc<Link>,
@@ -116,6 +163,7 @@ impl FaultStore {
         name: &str,
     ) -> Self {
         FaultStore {
+            on_depose: OnDepose(Arc::new(|_, _, _| {})),
             inner,
             violations,
             link,
@@ -124,6 +172,12 @@ impl FaultStore {
             log,
             name: name.into(),
         }
+    }
+
+    /// Call `hook` with the deposed leader's name after each deposition.
+    pub fn on_depose(mut self, hook: OnDepose) -> Self {
+        self.on_depose = hook;
+        self
     }
 
     fn stormy(&self) -> bool {
@@ -232,6 +286,22 @@ impl Store for FaultStore {
 
     async fn leader(&self) -> StoreResult<Option<Leadership>> {
         self.call(self.inner.leader()).await
+    }
+
+    async fn depose(&self, epoch: Epoch) -> StoreResult<bool> {
+        self.enter().await?;
+        // Who held the key: read in the same step as the delete (the memory
+        // store never yields inside an operation, and nothing else runs).
+        let holder = self.inner.leader().await.ok().flatten();
+        let r = self.inner.depose(epoch).await;
+        if let (Ok(true), Some(h)) = (&r, holder) {
+            self.log.ev(format!(
+                "{} deposed {} (epoch {epoch})",
+                self.name, h.leader.replica
+            ));
+            (self.on_depose.0)(&self.name, &h.leader.replica, epoch);
+        }
+        self.leave(r).await
     }
 
     fn watch_leader(&self) -> BoxStream<'static, StoreResult<Option<Leadership>>> {

@@ -8,22 +8,24 @@
 //! workload, fault schedule, the fault layer's dice) comes from one ChaCha8
 //! generator seeded with the run's seed.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dorado::node::{self, Consistency, Node, NodeConfig, RunningNode, SubmitError};
+use dorado::probe::LeaderProbe;
 use dorado::store::MemoryStore;
 use dorado::trace::TraceWriter;
-use dorado_core::{ClientTag, Command, Store};
+use dorado_core::{ClientTag, Command, LeaderRecord, Store};
 use dorado_faults::checker::{self, Budget, Completion, KvOp, KvResult, Operation};
+use futures::future::BoxFuture;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
 
 use crate::kv::{self, Kv};
 use crate::log::Log;
-use crate::store::{Dice, FaultStore, Link, Violations, Weather, chance, draw};
+use crate::store::{Dice, FaultStore, Link, OnDepose, Violations, Weather, chance, draw};
 
 /// What one run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +38,8 @@ pub struct Report {
     pub operations: usize,
     /// Faults the nemesis injected.
     pub faults: usize,
+    /// Leaders deposed by a follower's suspicion.
+    pub depositions: usize,
     /// Virtual seconds simulated.
     pub virtual_secs: u64,
     /// A digest of the full event log: two runs of one seed took the same
@@ -57,6 +61,11 @@ pub struct Failure {
 
 /// Lease TTL of every simulated replica.
 const TTL: Duration = Duration::from_secs(1);
+/// How long a simulated probe of an unreachable peer takes to fail.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
+/// Longer than the largest suspicion window (the lease TTL) plus a probe in
+/// flight: a leader steady for this long must not be deposed.
+const STEADY: Duration = Duration::from_millis(1500);
 /// Keys of the workload (few, so operations conflict).
 const KEYS: [&str; 3] = ["a", "b", "c"];
 /// Bounds one client's history (and so the linearizability search).
@@ -91,8 +100,53 @@ struct World {
     slots: Vec<Slot>,
     /// Set when the nemesis is done: clients then finish their quota.
     calm: AtomicBool,
+    /// Leaders deposed so far.
+    depositions: AtomicUsize,
     /// Store-contract violations the fault layer saw.
     violations: Violations,
+}
+
+/// The simulated network between replicas, for the drivers' leader probes:
+/// a crashed replica refuses at once; a paused one (a slow leader) or an
+/// isolated one (a network blip), or any probe from an isolated replica,
+/// times out.
+struct SimProbe {
+    world: std::sync::Weak<World>,
+    from: usize,
+}
+
+impl std::fmt::Debug for SimProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimProbe")
+            .field("from", &self.from)
+            .finish()
+    }
+}
+
+impl LeaderProbe for SimProbe {
+    fn probe(&self, leader: &LeaderRecord) -> BoxFuture<'static, bool> {
+        let world = self.world.clone();
+        let from = self.from;
+        let target = leader.address.clone();
+        Box::pin(async move {
+            let Some(world) = world.upgrade() else {
+                return false;
+            };
+            let Some(t) = world.by_address(&target) else {
+                return false;
+            };
+            let rtt = Duration::from_micros(draw(&world.dice, 1..=6) * 250);
+            tokio::time::sleep(rtt).await;
+            if lock(&world.slots[t].running).is_none() {
+                return false; // refused
+            }
+            if world.slots[from].link.is_isolated() || !world.alive(t) {
+                tokio::time::sleep(PROBE_TIMEOUT).await;
+                return false;
+            }
+            true
+        })
+    }
 }
 
 /// Run one seed to completion and check it.
@@ -163,6 +217,7 @@ async fn run_world(seed: u64, log: Log) -> Result<Report, Failure> {
             })
             .collect(),
         calm: AtomicBool::new(false),
+        depositions: AtomicUsize::new(0),
         violations: Violations::default(),
     });
     for i in 0..params.replicas {
@@ -193,6 +248,7 @@ async fn run_world(seed: u64, log: Log) -> Result<Report, Failure> {
         replicas: params.replicas,
         operations: history.len(),
         faults,
+        depositions: world.depositions.load(Ordering::Acquire),
         virtual_secs,
         log_digest: log.digest(),
     })
@@ -239,6 +295,33 @@ impl World {
             .join("; ")
     }
 
+    /// The replica's process runs, is not paused and is reachable by peers.
+    fn alive(&self, i: usize) -> bool {
+        let slot = &self.slots[i];
+        lock(&slot.running).is_some() && !slot.link.is_paused() && !slot.link.is_isolated()
+    }
+
+    /// `by` deposed `name`'s term `epoch`. The fence keeps that safe in any
+    /// case; what must not happen is churn: deposing a leader that leads
+    /// that term, answers probes and has been steady (neither paused nor
+    /// isolated, nor the deposer isolated) for longer than any suspicion
+    /// window plus a probe in flight.
+    fn deposed(&self, by: &str, name: &str, epoch: i64) {
+        self.depositions.fetch_add(1, Ordering::AcqRel);
+        let (Some(d), Some(l)) = (self.by_address(by), self.by_address(name)) else {
+            return;
+        };
+        let leads = self.node(l).is_some_and(|n| {
+            let s = n.status();
+            n.is_leader() && s.epoch == Some(epoch)
+        });
+        if leads && self.slots[l].link.steady_for(STEADY) && self.slots[d].link.steady_for(STEADY) {
+            lock(&self.violations).push(format!(
+                "churn: {by} deposed {name} (epoch {epoch}) although it led, answered probes and both had been steady for {STEADY:?}"
+            ));
+        }
+    }
+
     fn by_address(&self, addr: &str) -> Option<usize> {
         self.slots.iter().position(|s| s.name == addr)
     }
@@ -259,8 +342,20 @@ impl World {
             self.dice.clone(),
             self.log.clone(),
             &slot.name,
-        );
+        )
+        .on_depose(OnDepose(Arc::new({
+            let world = Arc::downgrade(self);
+            move |by: &str, deposed: &str, epoch| {
+                if let Some(world) = world.upgrade() {
+                    world.deposed(by, deposed, epoch);
+                }
+            }
+        })));
         let mut config = NodeConfig::new("sim", "g", &slot.name, &slot.name);
+        config.leader_probe = Some(Arc::new(SimProbe {
+            world: Arc::downgrade(self),
+            from: i,
+        }));
         config.lease_ttl = TTL;
         config.snapshot_every = self.params.snapshot_every;
         config.leader.max_inflight = self.params.max_inflight;
@@ -313,6 +408,7 @@ impl World {
         for (i, slot) in self.slots.iter().enumerate() {
             slot.link.set_paused(false);
             slot.link.set_cut(false);
+            slot.link.set_isolated(false);
             let down = lock(&slot.running).is_none();
             if down {
                 // Supersedes a start still waiting for the store.
@@ -593,7 +689,7 @@ async fn nemesis(world: Arc<World>) -> usize {
         }
         let n = world.slots.len() as u64;
         let for_ms = |lo, hi| now + Duration::from_millis(draw(&world.dice, lo..=hi));
-        let fault = draw(&world.dice, 0..=6);
+        let fault = draw(&world.dice, 0..=7);
         let victim = match fault {
             1 | 2 => world.leader(),
             _ => Some(draw(&world.dice, 0..=n - 1) as usize),
@@ -628,6 +724,22 @@ async fn nemesis(world: Arc<World>) -> usize {
                 world.slots[v].link.set_cut(true);
                 heals.push((for_ms(300, 2500), Heal::Uncut(v)));
             }
+            5 => {
+                world
+                    .log
+                    .ev(format!("{name} unreachable by its peers (network blip)"));
+                world.slots[v].link.set_isolated(true);
+                heals.push((for_ms(50, 1500), Heal::Reachable(v)));
+            }
+            6 => {
+                let Some(l) = world.leader() else { continue };
+                let lname = world.slots[l].name.clone();
+                world
+                    .log
+                    .ev(format!("{lname} (leader) paused briefly (a slow leader)"));
+                world.slots[l].link.set_paused(true);
+                heals.push((for_ms(50, 400), Heal::Resume(l)));
+            }
             _ => continue,
         }
         count += 1;
@@ -644,6 +756,7 @@ enum Heal {
     Resume(usize),
     StoreUp,
     Uncut(usize),
+    Reachable(usize),
 }
 
 impl Heal {
@@ -666,6 +779,12 @@ impl Heal {
             Heal::Uncut(i) => {
                 world.log.ev(format!("{} reconnected", world.slots[i].name));
                 world.slots[i].link.set_cut(false);
+            }
+            Heal::Reachable(i) => {
+                world
+                    .log
+                    .ev(format!("{} reachable again", world.slots[i].name));
+                world.slots[i].link.set_isolated(false);
             }
         }
     }

@@ -24,12 +24,18 @@ fn a_thousand_seeds_pass_every_check() {
     let secs = t0.elapsed().as_secs_f64();
     let ops: usize = reports.iter().map(|r| r.operations).sum();
     let faults: usize = reports.iter().map(|r| r.faults).sum();
+    let depositions: usize = reports.iter().map(|r| r.depositions).sum();
     eprintln!(
-        "{count} seeds in {secs:.1} s ({:.1} seeds/s), {ops} operations, {faults} faults",
+        "{count} seeds in {secs:.1} s ({:.1} seeds/s), {ops} operations, {faults} faults, {depositions} depositions",
         count as f64 / secs
     );
     assert!(
         faults as u64 >= count,
         "the nemesis injected too few faults: {faults}"
+    );
+    // Suspicion is exercised: crashed and paused leaders get deposed.
+    assert!(
+        depositions as u64 >= count / 10,
+        "too few depositions: {depositions}"
     );
 }

@@ -180,7 +180,7 @@ pub(crate) async fn run(config: FailoverConfig) -> Result<Report, BenchError> {
         }
         replicas.shutdown().await;
     }
-    let summary = summarize(&samples, &config, lease_ttl_granted_s);
+    let summary = summarize(&samples, &config);
     let failover = FailoverReport {
         clients: config.clients,
         repeat: config.repeat,
@@ -326,11 +326,7 @@ async fn granted_ttl(etcd: &[String], ttl: u64) -> Result<u64, BenchError> {
     Ok(u64::try_from(lease.ttl()).unwrap_or(ttl).max(ttl))
 }
 
-fn summarize(
-    samples: &[FailoverSample],
-    config: &FailoverConfig,
-    lease_ttl_granted_s: u64,
-) -> Vec<FailoverSummary> {
+fn summarize(samples: &[FailoverSample], config: &FailoverConfig) -> Vec<FailoverSummary> {
     let mut out = Vec::new();
     for &protocol in &config.protocols {
         for &kind in &config.kinds {
@@ -344,9 +340,11 @@ fn summarize(
             let mut values: Vec<f64> = of.iter().filter_map(|s| s.unavailable_s).collect();
             values.sort_by(f64::total_cmp);
             let timed_out = of.len() - values.len();
+            // Whatever the lease: followers depose a leader that stopped
+            // answering (`decide::Suspicion`), so the TTL is only a backstop.
             let goal_s = (protocol == Protocol::Dorado).then_some(match kind {
-                FailoverKind::Kill9 => lease_ttl_granted_s as f64 + 0.5,
-                FailoverKind::Sigterm => 0.2,
+                FailoverKind::Kill9 => 0.3,
+                FailoverKind::Sigterm => 0.1,
             });
             let max_s = values.last().copied();
             out.push(FailoverSummary {

@@ -492,8 +492,8 @@ fn human_bytes(b: u64) -> String {
     format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
 }
 
-/// The failover goals: Dorado's worst case against lease TTL + 0.5 s
-/// (`kill -9`) and 0.2 s (SIGTERM).
+/// The failover goals: Dorado's worst case against 0.3 s (`kill -9`, whatever
+/// the lease TTL) and 0.1 s (SIGTERM).
 pub(crate) fn failover_goals(f: &FailoverReport) -> Vec<Goal> {
     f.summary
         .iter()

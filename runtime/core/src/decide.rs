@@ -17,6 +17,9 @@
 //! - [`view_ends_term`] and [`Orphan`]: what a leader-watch view means for the
 //!   term, and when a replica the store names leader but that does not lead
 //!   must resign.
+//! - [`Suspicion`]: when a follower deposes a leader that looks dead (its
+//!   probes fail and the log stands still), so failover does not wait for the
+//!   leader's lease, with hysteresis and back-off against false suspicion.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -370,9 +373,11 @@ impl LeaseTimer {
 ///
 /// Only a *newer* leader does (epochs are store revisions, so they only
 /// grow). A view of an older epoch is a late event of a watch that lags
-/// behind the campaign this replica won; no leader at all is either such a
-/// late event or the lease's expiry, which the lease task reports itself
-/// (and appends are fenced meanwhile). Stepping down on either would leave
+/// behind the campaign this replica won; no leader at all is such a late
+/// event, the lease's expiry (which the lease task reports itself) or a
+/// deposition by a follower that suspected this leader ([`Suspicion`]); in
+/// each case appends are fenced meanwhile, and the first fenced append ends
+/// the term. Stepping down on either would leave
 /// the store naming a leader that does not lead, and nobody would ever
 /// campaign again (found by the simulation, seed 16).
 pub fn view_ends_term(epoch: Epoch, view: Option<&Leadership>) -> bool {
@@ -408,6 +413,151 @@ impl Orphan {
             return true;
         }
         false
+    }
+}
+
+/// Tuning of [`Suspicion`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SuspicionConfig {
+    /// How often the follower probes the leader (the driver's period).
+    pub probe_every: Duration,
+    /// Consecutive failed probes before the leader is suspected.
+    pub misses: u32,
+    /// The first window: failures must span at least this long, with no log
+    /// progress, before the follower deposes.
+    pub window: Duration,
+    /// The back-off ceiling: each deposition by this replica doubles its
+    /// window up to this (the lease TTL: never slower than the lease).
+    pub max_window: Duration,
+    /// A leadership this replica has not deposed for this long resets the
+    /// window to its first value.
+    pub calm_after: Duration,
+}
+
+impl SuspicionConfig {
+    /// Defaults for a lease of `ttl`: probes every 50 ms, 3 misses over
+    /// 100 ms, back-off up to the TTL, reset after 30 s of calm.
+    pub fn for_lease(ttl: Duration) -> Self {
+        SuspicionConfig {
+            probe_every: Duration::from_millis(50),
+            misses: 3,
+            window: Duration::from_millis(100),
+            max_window: ttl.max(Duration::from_millis(100)),
+            calm_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Whether a follower should depose the leader it sees.
+///
+/// The fence makes an early takeover safe whatever the old leader believes
+/// (its appends fail once its key is gone), so only liveness is at stake: a
+/// false suspicion costs a leadership change, never correctness. Hence the
+/// rule errs towards patience where that is cheap:
+/// - a leader is suspected only after `misses` consecutive failed probes that
+///   span at least the current window;
+/// - any log progress (an entry learned, which only a live leader writes)
+///   clears the suspicion: a leader that is slow to answer probes under load,
+///   or a blip between two replicas, never deposes a leader that appends;
+/// - a paused store does not depose either: the leader still answers probes;
+/// - each deposition by this replica doubles its window (up to the lease
+///   TTL), so repeated false suspicion backs off to the lease's own pace; a
+///   long calm resets it.
+#[derive(Debug, Clone)]
+pub struct Suspicion {
+    cfg: SuspicionConfig,
+    window: Duration,
+    /// The epoch being watched; `None` when there is no leader to suspect
+    /// (none, or this replica leads).
+    watched: Option<Epoch>,
+    misses: u32,
+    first_miss: Option<Instant>,
+    last_deposed: Option<Instant>,
+}
+
+/// What [`Suspicion`] asks of the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuspicionAction {
+    /// Nothing to do.
+    Wait,
+    /// Delete the leader key if it still holds this epoch, then campaign.
+    Depose(Epoch),
+}
+
+impl Suspicion {
+    /// A follower that suspects nobody yet.
+    pub fn new(cfg: SuspicionConfig) -> Self {
+        Suspicion {
+            cfg,
+            window: cfg.window,
+            watched: None,
+            misses: 0,
+            first_miss: None,
+            last_deposed: None,
+        }
+    }
+
+    /// The window in force (grows with each deposition).
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// The leadership this replica sees: `Some(epoch)` of another replica's
+    /// term, `None` when nobody leads or this replica does. A new epoch starts
+    /// afresh.
+    pub fn on_leader(&mut self, now: Instant, other: Option<Epoch>) {
+        if self.watched != other {
+            self.watched = other;
+            self.clear();
+        }
+        if let Some(at) = self.last_deposed
+            && now.saturating_duration_since(at) >= self.cfg.calm_after
+        {
+            self.window = self.cfg.window;
+            self.last_deposed = None;
+        }
+    }
+
+    /// The log grew: the leader is alive.
+    pub fn on_progress(&mut self) {
+        self.clear();
+    }
+
+    /// Whether the leader should be probed now (there is one to suspect).
+    pub fn wants_probe(&self) -> bool {
+        self.watched.is_some()
+    }
+
+    /// A probe of the watched leader answered (`ok`) or failed.
+    pub fn on_probe(&mut self, now: Instant, ok: bool) -> SuspicionAction {
+        let Some(epoch) = self.watched else {
+            return SuspicionAction::Wait;
+        };
+        #[cfg(feature = "planted-deaf-suspicion")]
+        let ok = {
+            let _ = ok;
+            false
+        };
+        if ok {
+            self.clear();
+            return SuspicionAction::Wait;
+        }
+        self.misses += 1;
+        let first = *self.first_miss.get_or_insert(now);
+        if self.misses < self.cfg.misses || now.saturating_duration_since(first) < self.window {
+            return SuspicionAction::Wait;
+        }
+        // Depose once per term; the next suspicion needs a twice longer window.
+        self.watched = None;
+        self.clear();
+        self.last_deposed = Some(now);
+        self.window = (self.window * 2).min(self.cfg.max_window.max(self.cfg.window));
+        SuspicionAction::Depose(epoch)
+    }
+
+    fn clear(&mut self) {
+        self.misses = 0;
+        self.first_miss = None;
     }
 }
 
@@ -862,6 +1012,146 @@ mod tests {
         assert_eq!(
             l.on_keep_alive(t0 + ms(10), KeepAlive::Expired),
             LeaseDecision::Lost
+        );
+    }
+
+    fn suspicion() -> (Suspicion, Instant) {
+        let cfg = SuspicionConfig::for_lease(ms(2000));
+        (Suspicion::new(cfg), Instant::now())
+    }
+
+    /// Probes every 50 ms from `from` to `to` (inclusive), all failing.
+    fn fail_probes(
+        s: &mut Suspicion,
+        t0: Instant,
+        from: u64,
+        to: u64,
+    ) -> Vec<(u64, SuspicionAction)> {
+        (from..=to)
+            .step_by(50)
+            .map(|t| (t, s.on_probe(t0 + ms(t), false)))
+            .filter(|(_, a)| *a != SuspicionAction::Wait)
+            .collect()
+    }
+
+    #[test]
+    fn a_dead_leader_is_deposed_after_three_misses_over_the_window() {
+        let (mut s, t0) = suspicion();
+        s.on_leader(t0, Some(7));
+        assert!(s.wants_probe());
+        // Misses at 0, 50, 100 ms: the third spans the 100 ms window.
+        assert_eq!(
+            fail_probes(&mut s, t0, 0, 300),
+            vec![(100, SuspicionAction::Depose(7))]
+        );
+        // Once per term: no second deposition of the same epoch.
+        assert!(!s.wants_probe());
+        assert_eq!(s.on_probe(t0 + ms(350), false), SuspicionAction::Wait);
+    }
+
+    #[test]
+    fn log_progress_keeps_a_leader_that_does_not_answer_probes() {
+        // A slow leader under load, or a blip between this replica and the
+        // leader: probes fail but entries keep arriving.
+        let (mut s, t0) = suspicion();
+        s.on_leader(t0, Some(7));
+        for t in (0..2000).step_by(50) {
+            if t % 100 == 0 {
+                s.on_progress();
+            }
+            assert_eq!(
+                s.on_probe(t0 + ms(t), false),
+                SuspicionAction::Wait,
+                "at {t} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn an_answering_leader_of_a_paused_store_is_kept() {
+        // etcd paused: no progress at all, but the leader answers its probes.
+        let (mut s, t0) = suspicion();
+        s.on_leader(t0, Some(7));
+        for t in (0..5000).step_by(50) {
+            // A probe now and then fails (a hiccup), never three in a row.
+            let ok = t % 150 != 0;
+            assert_eq!(
+                s.on_probe(t0 + ms(t), ok),
+                SuspicionAction::Wait,
+                "at {t} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn a_short_blip_is_not_enough() {
+        // Two misses, then an answer: the count starts over.
+        let (mut s, t0) = suspicion();
+        s.on_leader(t0, Some(7));
+        assert_eq!(fail_probes(&mut s, t0, 0, 50), vec![]);
+        assert_eq!(s.on_probe(t0 + ms(100), true), SuspicionAction::Wait);
+        assert_eq!(fail_probes(&mut s, t0, 150, 200), vec![]);
+        assert_eq!(
+            fail_probes(&mut s, t0, 250, 250),
+            vec![(250, SuspicionAction::Depose(7))]
+        );
+    }
+
+    #[test]
+    fn three_quick_misses_wait_for_the_window() {
+        // Probes answered with an error at once (connection refused) may come
+        // faster than the period; the window still has to pass.
+        let (mut s, t0) = suspicion();
+        s.on_leader(t0, Some(7));
+        for t in [0, 10, 20, 30, 90] {
+            assert_eq!(
+                s.on_probe(t0 + ms(t), false),
+                SuspicionAction::Wait,
+                "at {t} ms"
+            );
+        }
+        assert_eq!(s.on_probe(t0 + ms(100), false), SuspicionAction::Depose(7));
+    }
+
+    #[test]
+    fn each_deposition_doubles_the_window_up_to_the_ttl_and_calm_resets_it() {
+        let (mut s, t0) = suspicion();
+        let mut t = 0;
+        let mut windows = Vec::new();
+        for epoch in 1..=7 {
+            s.on_leader(t0 + ms(t), Some(epoch));
+            let first = t;
+            loop {
+                if let SuspicionAction::Depose(e) = s.on_probe(t0 + ms(t), false) {
+                    assert_eq!(e, epoch);
+                    windows.push(t - first);
+                    break;
+                }
+                t += 50;
+            }
+            t += 50;
+        }
+        assert_eq!(windows, vec![100, 200, 400, 800, 1600, 2000, 2000]);
+        // 30 s without a deposition: back to the first window.
+        s.on_leader(t0 + ms(t + 30_000), Some(8));
+        assert_eq!(s.window(), ms(100));
+    }
+
+    #[test]
+    fn no_suspicion_without_another_leader() {
+        let (mut s, t0) = suspicion();
+        // Nobody leads, or this replica does.
+        s.on_leader(t0, None);
+        assert!(!s.wants_probe());
+        assert_eq!(fail_probes(&mut s, t0, 0, 1000), vec![]);
+        // A new term forgets the misses of the old one.
+        s.on_leader(t0, Some(3));
+        assert_eq!(fail_probes(&mut s, t0, 0, 50), vec![]);
+        s.on_leader(t0 + ms(60), Some(4));
+        assert_eq!(fail_probes(&mut s, t0, 100, 150), vec![]);
+        assert_eq!(
+            fail_probes(&mut s, t0, 200, 200),
+            vec![(200, SuspicionAction::Depose(4))]
         );
     }
 }

@@ -148,6 +148,10 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// 8. **Deletes are ranges**: `delete_log_below(i)` removes entries `< i` and
 ///    nothing else; `delete_snapshots_below(i)` likewise for snapshots.
 /// 9. **Members are lease-bound**: a member record vanishes with its lease.
+/// 10. **Deposition is exact**: `depose(e)` deletes the leader key only if it
+///     holds epoch `e` (checked atomically with the delete) and says whether it
+///     did; afterwards every `append(e, ..)` fails the fence (requirement 3).
+///     The deposed leader's lease and member record are left alone.
 pub trait Store: Send + Sync + 'static {
     /// Create the group's meta if absent; return whatever meta is stored.
     fn init_meta(&self, meta: &Meta) -> impl Future<Output = StoreResult<Meta>> + Send;
@@ -170,6 +174,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<Option<Epoch>>> + Send;
     /// The current leadership, if any.
     fn leader(&self) -> impl Future<Output = StoreResult<Option<Leadership>>> + Send;
+    /// Delete the leader key if it still holds `epoch`: `true` if this call
+    /// deleted it (see requirement 10). A follower that finds the leader gone
+    /// calls this instead of waiting for its lease to expire.
+    fn depose(&self, epoch: Epoch) -> impl Future<Output = StoreResult<bool>> + Send;
     /// Current leadership, then every change (see requirement 6).
     fn watch_leader(&self) -> BoxStream<'static, StoreResult<Option<Leadership>>>;
 

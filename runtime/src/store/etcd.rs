@@ -945,6 +945,18 @@ impl Store for EtcdStore {
             .transpose()
     }
 
+    async fn depose(&self, epoch: Epoch) -> StoreResult<bool> {
+        let key = self.keys.leader();
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                epoch,
+            )])
+            .and_then([TxnOp::delete(key, None)]);
+        Ok(self.txn("depose", None, txn).await?.succeeded())
+    }
+
     fn watch_leader(&self) -> BoxStream<'static, StoreResult<Option<Leadership>>> {
         let watcher = LeaderWatcher {
             store: self.clone(),

@@ -484,6 +484,16 @@ impl Store for MemoryStore {
             .transpose()
     }
 
+    async fn depose(&self, epoch: Epoch) -> StoreResult<bool> {
+        let mut st = self.checked()?;
+        let key = self.keys.leader();
+        if st.kvs.get(&key).map(|kv| kv.create_revision) != Some(epoch) {
+            return Ok(false);
+        }
+        st.delete_range(&key, &format!("{key}\0"));
+        Ok(true)
+    }
+
     fn watch_leader(&self) -> BoxStream<'static, StoreResult<Option<Leadership>>> {
         let mut st = match self.checked() {
             Ok(st) => st,

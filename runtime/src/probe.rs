@@ -1,0 +1,91 @@
+//! Probing the leader directly, so a follower can tell a dead leader from a
+//! quiet one without waiting for its lease (`dorado_core::decide::Suspicion`
+//! decides what the answers mean; this only asks).
+//!
+//! Why a direct probe rather than heartbeats through etcd: heartbeats would
+//! add writes and watch fan-out to the store that the protocol works to keep
+//! small, and a paused etcd would silence them and depose healthy leaders.
+//! A probe answers "is the process there?": after `kill -9` the port refuses
+//! at once, so suspicion builds in milliseconds; a leader that is merely busy
+//! keeps appending, and the decision counts log progress as proof of life.
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use dorado_core::LeaderRecord;
+use futures::future::BoxFuture;
+
+/// Asks whether a leader's process answers. Implementations bound their own
+/// time: a probe that cannot answer within its timeout counts as failed.
+pub trait LeaderProbe: Debug + Send + Sync + 'static {
+    /// `true` if `leader` answered.
+    fn probe(&self, leader: &LeaderRecord) -> BoxFuture<'static, bool>;
+}
+
+/// `GET http://<address>/healthz` with a short timeout.
+#[derive(Debug, Clone)]
+pub struct HttpProbe {
+    http: reqwest::Client,
+}
+
+impl HttpProbe {
+    /// Each probe gets `timeout` for connect and answer together.
+    pub fn new(timeout: Duration) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .no_proxy()
+            .build()?;
+        Ok(HttpProbe { http })
+    }
+}
+
+impl LeaderProbe for HttpProbe {
+    fn probe(&self, leader: &LeaderRecord) -> BoxFuture<'static, bool> {
+        let request = self.http.get(format!("http://{}/healthz", leader.address));
+        Box::pin(async move {
+            match request.send().await {
+                Ok(r) => r.status().is_success(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "leader probe failed");
+                    false
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(address: String) -> LeaderRecord {
+        LeaderRecord {
+            replica: "r".into(),
+            address,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_listening_api_answers_and_a_closed_port_does_not() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" }));
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let probe = HttpProbe::new(Duration::from_millis(500)).unwrap();
+        assert!(probe.probe(&record(addr.to_string())).await);
+        server.abort();
+        let _ = server.await;
+        // The port is closed now: refused.
+        assert!(!probe.probe(&record(addr.to_string())).await);
+    }
+
+    #[tokio::test]
+    async fn a_silent_peer_times_out() {
+        // Accepts connections but never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let probe = HttpProbe::new(Duration::from_millis(100)).unwrap();
+        assert!(!probe.probe(&record(addr.to_string())).await);
+        drop(listener);
+    }
+}
