@@ -257,6 +257,26 @@ pub fn webhook_config() -> &'static dorado_webhook::MutationConfig {
     &CONFIG
 }
 
+/// What [`check_patch`] reads of a pod (before and after the patch), as
+/// typed views of the raw JSON (the containers themselves stay raw: they are
+/// compared whole).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct PodLists {
+    spec: Option<SpecLists>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct SpecLists {
+    containers: Option<Vec<serde_json::Value>>,
+    /// `Some` when present, even as `null`.
+    #[serde(deserialize_with = "dorado_webhook::view::present")]
+    init_containers: Option<serde_json::Value>,
+    #[serde(deserialize_with = "dorado_webhook::view::present")]
+    ephemeral_containers: Option<serde_json::Value>,
+}
+
 /// Checks what must hold for every patch the webhook produces for `pod`, and
 /// returns the patched pod:
 /// * the patch applies cleanly (every path exists or has its parent added);
@@ -268,30 +288,47 @@ pub fn webhook_config() -> &'static dorado_webhook::MutationConfig {
 ///   (`already mutated`), as `reinvocationPolicy: IfNeeded` requires.
 pub fn check_patch(pod: &serde_json::Value, patch: &json_patch::Patch) -> serde_json::Value {
     use dorado_webhook::{Skip, Verdict, mutate_pod};
+    use serde::Deserialize as _;
+    use serde::de::IgnoredAny;
+    use std::collections::{BTreeMap, BTreeSet};
     let mut patched = pod.clone();
     if let Err(e) = json_patch::patch(&mut patched, patch) {
         panic!("the webhook's patch does not apply: {e}\npatch: {patch:?}");
     }
-    if let Some(fields) = pod.as_object() {
-        for key in fields.keys() {
-            assert!(
-                patched.get(key).is_some(),
-                "patch dropped top-level field {key:?}"
-            );
-        }
+    // The top-level field names, when the pod is an object.
+    let fields = |v: &serde_json::Value| {
+        BTreeMap::<String, IgnoredAny>::deserialize(v)
+            .ok()
+            .map(|m| m.into_keys().collect::<BTreeSet<_>>())
+    };
+    if let Some(before) = fields(pod) {
+        let after = fields(&patched).unwrap_or_default();
+        let dropped: Vec<&String> = before.difference(&after).collect();
+        assert!(
+            dropped.is_empty(),
+            "patch dropped top-level fields {dropped:?}"
+        );
     }
-    for list in ["/spec/initContainers", "/spec/ephemeralContainers"] {
-        assert_eq!(pod.pointer(list), patched.pointer(list), "{list} changed");
-    }
-    let before = pod.pointer("/spec/containers").and_then(|c| c.as_array());
-    let after = patched
-        .pointer("/spec/containers")
-        .and_then(|c| c.as_array());
-    let (Some(before), Some(after)) = (before, after) else {
+    let lists = |v: &serde_json::Value| {
+        PodLists::deserialize(v)
+            .unwrap_or_else(|e| panic!("a mutated pod has a spec of the wrong shape: {e}"))
+            .spec
+            .unwrap_or_default()
+    };
+    let (before, after) = (lists(pod), lists(&patched));
+    assert_eq!(
+        before.init_containers, after.init_containers,
+        "initContainers changed"
+    );
+    assert_eq!(
+        before.ephemeral_containers, after.ephemeral_containers,
+        "ephemeralContainers changed"
+    );
+    let (Some(before), Some(after)) = (before.containers, after.containers) else {
         panic!("a mutated pod must have spec.containers before and after");
     };
     assert_eq!(before.len(), after.len(), "containers added or removed");
-    let changed = before.iter().zip(after).filter(|(a, b)| a != b).count();
+    let changed = before.iter().zip(&after).filter(|(a, b)| a != b).count();
     assert!(
         changed <= 1,
         "{changed} containers changed; only the target may"

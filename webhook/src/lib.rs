@@ -4,7 +4,9 @@
 //! container runs the Dorado runtime (`dorado run`), configured entirely through
 //! environment variables. The decision is a pure function ([`review::review`] over the
 //! raw request body, [`mutate::mutate_pod`] over the raw pod JSON); [`server`] only glues
-//! it to HTTPS, metrics and certificate hot-reload.
+//! it to HTTPS, metrics and certificate hot-reload. Decisions read the pod through the
+//! typed views of [`view`]; the patch is written against the raw JSON (read typed, write
+//! raw: see [`mutate`]).
 //!
 //! - [`serve`] runs the HTTPS webhook and the admin endpoints until a shutdown future
 //!   resolves;
@@ -21,6 +23,7 @@ pub mod review;
 pub mod server;
 pub mod tls;
 pub mod validate;
+pub mod view;
 
 pub use config::{LogFormat, MutationConfig, ResourceDefaults, ServeConfig, TlsFiles};
 pub use mutate::{Decision, Skip, Verdict, mutate_pod};

@@ -1,10 +1,15 @@
 //! The pure mutation: a pod as raw JSON in, a [`Decision`] out (a JSON patch, a skip or a
 //! denial, plus admission warnings). No I/O, no clock, no global state.
 //!
-//! The pod is never converted into typed structs: the patch is computed on the raw
-//! [`serde_json::Value`], so fields this crate does not know (newer Kubernetes versions,
-//! alpha fields) are never dropped. The rewritten container is a copy of the original
-//! container object with Dorado's fields set, so its unknown fields survive as well.
+//! **Read typed, write raw.** Every decision reads the pod through the typed views of
+//! [`crate::view`] (annotations, owner references, containers, ports, mounts, volumes, ...);
+//! nothing here looks up a key in a [`serde_json::Value`]. The patch, on the other hand, is
+//! computed against the raw `Value` and never from typed structs, so fields this crate
+//! does not know (newer Kubernetes versions, alpha fields) are never dropped: the rewritten
+//! container is a copy of the original container's raw JSON with Dorado's fields set, and
+//! the volumes, ports, mounts and env entries it keeps are copied verbatim
+//! ([`crate::view::Verbatim`]). A pod whose views cannot be read (hostile input: the API
+//! server only sends pods it decoded itself) is denied with the reason.
 //!
 //! What a rewrite does, on a pod annotated `dorado.io/replicate: "true"`:
 //!
@@ -47,7 +52,7 @@
 //!
 //! Mount paths in other containers and ports of plain init containers never collide.
 
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 
 use json_patch::jsonptr::{PointerBuf, Token};
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
@@ -57,6 +62,10 @@ use crate::annotations as ann;
 use crate::config::{LogFormat, MAX_LEASE_TTL_SECS, MIN_LEASE_TTL_SECS, MutationConfig};
 use crate::quantity::Quantity;
 use crate::validate;
+use crate::view::{
+    Container, ContainerPort, ObjectMeta, Pod, PodMeta, PodSpec, ResourceRequirements,
+    SecurityContext, Text, Verbatim,
+};
 
 /// Name of the pod volume holding the module ConfigMap.
 pub const MODULE_VOLUME: &str = "dorado-module";
@@ -159,12 +168,11 @@ struct Settings {
 /// Decides what to do with `pod` (the raw `request.object` of a pod CREATE).
 pub fn mutate_pod(pod: &Value, cfg: &MutationConfig) -> Decision {
     let mut warnings = Vec::new();
-    let annotations = pod
-        .pointer("/metadata/annotations")
-        .and_then(Value::as_object);
-    let Some(annotations) = annotations else {
-        return skip(Skip::NotOptedIn, warnings);
+    let meta = match ObjectMeta::of(pod) {
+        Ok(meta) => meta,
+        Err(e) => return deny(unreadable(&e), warnings),
     };
+    let annotations = &meta.annotations;
 
     match annotations.get(ann::REPLICATE) {
         None => {
@@ -182,8 +190,8 @@ pub fn mutate_pod(pod: &Value, cfg: &MutationConfig) -> Decision {
             }
             return skip(Skip::NotOptedIn, warnings);
         }
-        Some(Value::String(v)) if v == "false" => return skip(Skip::OptedOut, warnings),
-        Some(Value::String(v)) if v == "true" => {}
+        Some(Text::Str(v)) if v == "false" => return skip(Skip::OptedOut, warnings),
+        Some(Text::Str(v)) if v == "true" => {}
         Some(other) => {
             return deny(
                 format!(
@@ -196,7 +204,7 @@ pub fn mutate_pod(pod: &Value, cfg: &MutationConfig) -> Decision {
     }
 
     match annotations.get(ann::STATUS) {
-        Some(Value::String(v)) if v == ann::STATUS_MUTATED => {
+        Some(Text::Str(v)) if v == ann::STATUS_MUTATED => {
             return skip(Skip::AlreadyMutated, warnings);
         }
         Some(other) => warnings.push(format!(
@@ -215,19 +223,30 @@ pub fn mutate_pod(pod: &Value, cfg: &MutationConfig) -> Decision {
         }
     }
 
-    let settings = match resolve(pod, annotations, cfg, &mut warnings) {
+    // The rest is read only once the pod opts in: a pod the webhook leaves alone is never
+    // refused for its shape.
+    let view = match Pod::of(pod) {
+        Ok(view) => view,
+        Err(e) => return deny(unreadable(&e), warnings),
+    };
+    let settings = match resolve(annotations, &view, cfg, &mut warnings) {
         Ok(s) => s,
         Err(errors) => return deny(errors.join("; "), warnings),
     };
-    let collisions = collisions(pod, &settings);
+    let collisions = collisions(&view.spec, &settings);
     if !collisions.is_empty() {
         return deny(collisions.join("; "), warnings);
     }
-    let patch = build_patch(pod, &settings, cfg, &mut warnings);
+    let patch = build_patch(&view, &settings, cfg, &mut warnings);
     Decision {
         verdict: Verdict::Mutate(patch),
         warnings,
     }
+}
+
+/// The denial of a pod whose views cannot be read.
+fn unreadable(e: &serde_json::Error) -> String {
+    format!("the pod cannot be read ({e}); expected a v1 Pod as the API server sends it")
 }
 
 fn skip(reason: Skip, warnings: Vec<String>) -> Decision {
@@ -245,18 +264,21 @@ fn deny(message: String, warnings: Vec<String>) -> Decision {
 }
 
 /// Reads one annotation as a string; a non-string value is an error.
-fn get_str<'a>(annotations: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, String> {
+fn get_str<'a>(
+    annotations: &'a BTreeMap<String, Text>,
+    key: &str,
+) -> Result<Option<&'a str>, String> {
     match annotations.get(key) {
         None => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(Text::Str(s)) => Ok(Some(s.as_str())),
         Some(other) => Err(format!("annotation {key}: got {other}; expected a string")),
     }
 }
 
 /// Resolves every setting, collecting all problems so one denial lists them all.
 fn resolve(
-    pod: &Value,
-    annotations: &Map<String, Value>,
+    annotations: &BTreeMap<String, Text>,
+    pod: &Pod,
     cfg: &MutationConfig,
     warnings: &mut Vec<String>,
 ) -> Result<Settings, Vec<String>> {
@@ -324,7 +346,7 @@ fn resolve(
                 None
             }
         },
-        None => match group_from_owner(pod) {
+        None => match group_from_owner(&pod.metadata) {
             Ok((g, warning)) => {
                 warnings.extend(warning);
                 Some(g)
@@ -350,9 +372,10 @@ fn resolve(
         },
     };
 
-    let container = select_container(pod, container, warnings).map_err(|e| errors.push(e));
+    let container =
+        select_container(&pod.spec.containers, container, warnings).map_err(|e| errors.push(e));
     if let (Ok(idx), Some(port)) = (&container, port)
-        && let Some(user) = port_user(pod, *idx, port)
+        && let Some(user) = port_user(&pod.spec, *idx, port)
     {
         errors.push(format!(
             "annotation {}: port {port} is already declared by {user}; expected a free \
@@ -621,34 +644,36 @@ fn parse_module(value: &str) -> Result<(String, String, bool), String> {
     }
 }
 
+/// The label a ReplicaSet's pods carry, holding the suffix of the ReplicaSet's name.
+const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
+
 /// The group from the controlling owner: a StatefulSet's name, or the Deployment name of
 /// a ReplicaSet (its name without the pod-template-hash suffix).
-fn group_from_owner(pod: &Value) -> Result<(String, Option<String>), String> {
+fn group_from_owner(meta: &PodMeta) -> Result<(String, Option<String>), String> {
     let ask = format!(
         "set annotation {} to the replica group's name (a DNS-1123 label)",
         ann::GROUP
     );
-    let owner = pod
-        .pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
-        .and_then(|refs| {
-            refs.iter()
-                .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
-        });
+    let owner = meta
+        .owner_references
+        .iter()
+        .find(|r| r.controller == Some(true));
     let Some(owner) = owner else {
         return Err(format!(
             "cannot derive the group: the pod has no controlling owner; {ask}"
         ));
     };
-    let kind = owner.get("kind").and_then(Value::as_str).unwrap_or("");
-    let name = owner.get("name").and_then(Value::as_str).unwrap_or("");
+    let kind = owner.kind.as_deref().unwrap_or("");
+    let name = owner.name.as_deref().unwrap_or("");
     let mut warning = None;
     let group = match kind {
         "StatefulSet" => name.to_owned(),
         "ReplicaSet" => {
-            let hash = pod
-                .pointer("/metadata/labels/pod-template-hash")
-                .and_then(Value::as_str);
+            let hash = meta
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(POD_TEMPLATE_HASH_LABEL))
+                .and_then(Text::as_str);
             let by_hash = hash.and_then(|h| {
                 name.strip_suffix(h)
                     .and_then(|p| p.strip_suffix('-'))
@@ -689,22 +714,17 @@ fn group_from_owner(pod: &Value) -> Result<(String, Option<String>), String> {
 
 /// Index of the target container.
 fn select_container(
-    pod: &Value,
+    containers: &[Verbatim<Container>],
     requested: Option<&str>,
     warnings: &mut Vec<String>,
 ) -> Result<usize, String> {
-    let containers = pod
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| {
+    if containers.is_empty() {
+        return Err(
             "pod has no containers; expected at least one in spec.containers to become the runtime"
-                .to_owned()
-        })?;
-    let names: Vec<&str> = containers
-        .iter()
-        .map(|c| c.get("name").and_then(Value::as_str).unwrap_or(""))
-        .collect();
+                .to_owned(),
+        );
+    }
+    let names: Vec<&str> = containers.iter().map(|c| name_of(&c.view)).collect();
     let idx = match requested {
         Some(wanted) => names.iter().position(|n| *n == wanted).ok_or_else(|| {
             format!(
@@ -724,58 +744,76 @@ fn select_container(
             0
         }
     };
-    if !containers[idx].is_object() {
-        return Err(format!("container {:?} is not an object", names[idx]));
-    }
     Ok(idx)
+}
+
+/// A container's name, `""` when it has none (the API server would reject it later).
+fn name_of(c: &Container) -> &str {
+    c.name.as_deref().unwrap_or("")
+}
+
+/// The three lists of containers of a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum List {
+    Containers,
+    InitContainers,
+    EphemeralContainers,
+}
+
+impl List {
+    /// The field's name in `spec`, for messages.
+    fn field(self) -> &'static str {
+        match self {
+            List::Containers => "containers",
+            List::InitContainers => "initContainers",
+            List::EphemeralContainers => "ephemeralContainers",
+        }
+    }
+}
+
+/// Every container of the pod (regular, then init, then ephemeral) with its list and index.
+fn all_containers(spec: &PodSpec) -> impl Iterator<Item = (List, usize, &Container)> {
+    let regular = spec.containers.iter().map(|c| &c.view);
+    let init = spec.init_containers.iter().map(|c| &**c);
+    let ephemeral = spec.ephemeral_containers.iter().map(|c| &**c);
+    regular
+        .enumerate()
+        .map(|(i, c)| (List::Containers, i, c))
+        .chain(init.enumerate().map(|(i, c)| (List::InitContainers, i, c)))
+        .chain(
+            ephemeral
+                .enumerate()
+                .map(|(i, c)| (List::EphemeralContainers, i, c)),
+        )
 }
 
 /// The containers other than the target that share the pod's network and port names:
 /// every regular container and the sidecars (init containers with `restartPolicy:
 /// Always`), as `(field path, container)`. Plain init containers have exited before the
 /// runtime starts, and Kubernetes does not count their ports either.
-fn neighbours(pod: &Value, target: usize) -> Vec<(String, &Value)> {
-    let list = |key: &str| {
-        pod.pointer(&format!("/spec/{key}"))
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-    };
-    let regular = list("containers")
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != target)
-        .map(|(i, c)| (format!("spec.containers[{i}]"), c));
-    let sidecars = list("initContainers")
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.get("restartPolicy").and_then(Value::as_str) == Some("Always"))
-        .map(|(i, c)| (format!("spec.initContainers[{i}]"), c));
-    regular.chain(sidecars).collect()
+fn neighbours(spec: &PodSpec, target: usize) -> Vec<(String, &Container)> {
+    all_containers(spec)
+        .filter(|(list, i, c)| match list {
+            List::Containers => *i != target,
+            List::InitContainers => c.restart_policy.as_deref() == Some("Always"),
+            List::EphemeralContainers => false,
+        })
+        .map(|(list, i, c)| (format!("spec.{}[{i}]", list.field()), c))
+        .collect()
 }
 
 /// The declared ports of `container`, as `(index, port)`.
-fn ports_of(container: &Value) -> impl Iterator<Item = (usize, &Value)> {
-    container
-        .get("ports")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
+fn ports_of(container: &Container) -> impl Iterator<Item = (usize, &ContainerPort)> {
+    container.ports.iter().map(|p| &p.view).enumerate()
 }
 
 /// The first port of another container (or sidecar) that already declares `port`, as
 /// `spec.containers[1].ports[0] (container "sidecar")`.
-fn port_user(pod: &Value, target: usize, port: u16) -> Option<String> {
-    neighbours(pod, target).into_iter().find_map(|(path, c)| {
+fn port_user(spec: &PodSpec, target: usize, port: u16) -> Option<String> {
+    neighbours(spec, target).into_iter().find_map(|(path, c)| {
         ports_of(c)
-            .find(|(_, p)| p.get("containerPort").and_then(Value::as_u64) == Some(port.into()))
-            .map(|(i, _)| {
-                format!(
-                    "{path}.ports[{i}] (container {:?})",
-                    name_of(c).unwrap_or("")
-                )
-            })
+            .find(|(_, p)| p.number() == Some(port.into()))
+            .map(|(i, _)| format!("{path}.ports[{i}] (container {:?})", name_of(c)))
     })
 }
 
@@ -784,7 +822,7 @@ fn port_user(pod: &Value, target: usize, port: u16) -> Option<String> {
 /// path and name and what to change. The target container's own mounts at the runtime's
 /// paths and its own ports named `dorado` or numbered like the client port are not
 /// collisions: the container becomes the runtime and they are replaced (with a warning).
-fn collisions(pod: &Value, s: &Settings) -> Vec<String> {
+fn collisions(spec: &PodSpec, s: &Settings) -> Vec<String> {
     let mut errors = Vec::new();
     // Volume names are unique per pod. A volume with one of our names that another
     // container mounts is the user's, and replacing it would change what that container
@@ -792,11 +830,12 @@ fn collisions(pod: &Value, s: &Settings) -> Vec<String> {
     // `build_patch`: the target becomes the runtime, whose mounts of our names are ours,
     // so nothing else changes (a stale copy of a mutated pod looks like that).
     let ours = runtime_volumes(s);
-    let volumes = pod.pointer("/spec/volumes").and_then(Value::as_array);
-    for (i, v) in volumes.into_iter().flatten().enumerate() {
-        let Some(name) = name_of(v) else { continue };
-        if ours.iter().any(|o| name_of(o) == Some(name))
-            && let Some(user) = mounted_elsewhere(pod, s.container, name)
+    for (i, v) in spec.volumes.iter().flatten().enumerate() {
+        let Some(name) = v.view.name.as_deref() else {
+            continue;
+        };
+        if ours.iter().any(|(o, _)| *o == name)
+            && let Some(user) = mounted_elsewhere(spec, s.container, name)
         {
             errors.push(format!(
                 "spec.volumes[{i}]: volume name {name:?} is used by the Dorado rewrite for {}, \
@@ -809,35 +848,31 @@ fn collisions(pod: &Value, s: &Settings) -> Vec<String> {
     // Port names must be unique per container only, but Services and probes that name a
     // port use the first container declaring it (Kubernetes warns about duplicates), so a
     // second "dorado" port would make `targetPort: dorado` ambiguous.
-    for (path, c) in neighbours(pod, s.container) {
-        for (i, _) in ports_of(c).filter(|(_, p)| name_of(p) == Some(PORT_NAME)) {
+    for (path, c) in neighbours(spec, s.container) {
+        for (i, _) in ports_of(c).filter(|(_, p)| p.name.as_deref() == Some(PORT_NAME)) {
             errors.push(format!(
                 "{path}.ports[{i}] (container {:?}): port name {PORT_NAME:?} is used by the \
                  Dorado rewrite for the runtime's client port; rename this port",
-                name_of(c).unwrap_or("")
+                name_of(c)
             ));
         }
     }
     // A block device at one of the runtime's mount paths is invalid (a path is either a
     // mount or a device) and the runtime has no use for it; removing it silently would
-    // hide a mistake, so the user moves it.
-    let target = &pod["spec"]["containers"][s.container];
-    let our_paths: Vec<&str> = RUNTIME_MOUNTS
-        .iter()
-        .filter(|(name, ..)| *name != ETCD_TLS_VOLUME || s.etcd_client_secret.is_some())
-        .map(|(_, path, _)| *path)
-        .collect();
-    let devices = target.get("volumeDevices").and_then(Value::as_array);
-    for (i, d) in devices.into_iter().flatten().enumerate() {
-        let path = d.get("devicePath").and_then(Value::as_str).unwrap_or("");
+    // hide a mistake, so the user moves it. (`select_container` chose an index into the
+    // non-empty list.)
+    let target = &spec.containers[s.container].view;
+    let our_paths: Vec<&str> = runtime_mount_specs(s).map(|(_, path, _)| *path).collect();
+    for (i, d) in target.volume_devices.iter().enumerate() {
+        let path = d.device_path.as_deref().unwrap_or("");
         if our_paths.contains(&path) {
             errors.push(format!(
                 "spec.containers[{}].volumeDevices[{i}] (container {:?}, device {:?}): \
                  devicePath {path} is where the Dorado runtime mounts a volume; move the \
                  device to another path or another container",
                 s.container,
-                name_of(target).unwrap_or(""),
-                name_of(d).unwrap_or("")
+                name_of(target),
+                d.name.as_deref().unwrap_or("")
             ));
         }
     }
@@ -862,11 +897,18 @@ const RUNTIME_MOUNTS: &[(&str, &str, bool)] = &[
     (ETCD_TLS_VOLUME, ETCD_TLS_MOUNT_PATH, true),
 ];
 
-/// The volume mounts the runtime container gets.
-fn runtime_mounts(s: &Settings) -> Vec<Value> {
+/// The entries of [`RUNTIME_MOUNTS`] this pod's runtime gets.
+fn runtime_mount_specs(
+    s: &Settings,
+) -> impl Iterator<Item = &'static (&'static str, &'static str, bool)> {
     RUNTIME_MOUNTS
         .iter()
         .filter(|(name, ..)| *name != ETCD_TLS_VOLUME || s.etcd_client_secret.is_some())
+}
+
+/// The volume mounts the runtime container gets.
+fn runtime_mounts(s: &Settings) -> Vec<Value> {
+    runtime_mount_specs(s)
         .map(|(name, path, read_only)| {
             if *read_only {
                 json!({ "name": name, "mountPath": path, "readOnly": true })
@@ -877,28 +919,37 @@ fn runtime_mounts(s: &Settings) -> Vec<Value> {
         .collect()
 }
 
-/// The pod volumes the rewrite adds.
-fn runtime_volumes(s: &Settings) -> Vec<Value> {
+/// The pod volumes the rewrite adds, by name.
+fn runtime_volumes(s: &Settings) -> Vec<(&'static str, Value)> {
     let mut volumes = vec![
-        json!({
-            "name": MODULE_VOLUME,
-            "configMap": {
-                "name": s.module_name,
-                "items": [{ "key": s.module_key, "path": s.module_key }],
-                "defaultMode": MODULE_FILE_MODE,
-            },
-        }),
-        json!({ "name": TMP_VOLUME, "emptyDir": { "sizeLimit": TMP_SIZE_LIMIT } }),
+        (
+            MODULE_VOLUME,
+            json!({
+                "name": MODULE_VOLUME,
+                "configMap": {
+                    "name": s.module_name,
+                    "items": [{ "key": s.module_key, "path": s.module_key }],
+                    "defaultMode": MODULE_FILE_MODE,
+                },
+            }),
+        ),
+        (
+            TMP_VOLUME,
+            json!({ "name": TMP_VOLUME, "emptyDir": { "sizeLimit": TMP_SIZE_LIMIT } }),
+        ),
     ];
     if let Some(secret) = &s.etcd_client_secret {
         let items: Vec<Value> = ETCD_TLS_FILES
             .iter()
             .map(|(key, _)| json!({ "key": key, "path": key }))
             .collect();
-        volumes.push(json!({
-            "name": ETCD_TLS_VOLUME,
-            "secret": { "secretName": secret, "items": items, "defaultMode": ETCD_TLS_FILE_MODE },
-        }));
+        volumes.push((
+            ETCD_TLS_VOLUME,
+            json!({
+                "name": ETCD_TLS_VOLUME,
+                "secret": { "secretName": secret, "items": items, "defaultMode": ETCD_TLS_FILE_MODE },
+            }),
+        ));
     }
     volumes
 }
@@ -920,12 +971,11 @@ fn replace(path: PointerBuf, value: Value) -> PatchOperation {
     PatchOperation::Replace(ReplaceOperation { path, value })
 }
 
-fn build_patch(
-    pod: &Value,
-    s: &Settings,
-    cfg: &MutationConfig,
-    warnings: &mut Vec<String>,
-) -> Patch {
+fn build_patch(pod: &Pod, s: &Settings, cfg: &MutationConfig, warnings: &mut Vec<String>) -> Patch {
+    let Pod {
+        metadata: meta,
+        spec,
+    } = pod;
     let mut ops = Vec::new();
 
     ops.push(add(
@@ -933,10 +983,10 @@ fn build_patch(
         json!(ann::STATUS_MUTATED),
     ));
 
-    match pod.pointer("/metadata/labels").and_then(Value::as_object) {
+    match &meta.labels {
         Some(labels) => {
             let current = labels.get(ann::GROUP_LABEL);
-            if current != Some(&json!(s.group)) {
+            if current.and_then(Text::as_str) != Some(s.group.as_str()) {
                 if let Some(current) = current {
                     warnings.push(format!(
                         "label {} {current} replaced by {:?}",
@@ -956,7 +1006,7 @@ fn build_patch(
         )),
     }
 
-    let automount_explicit = pod.pointer("/spec/automountServiceAccountToken").is_some();
+    let automount_explicit = spec.automount_service_account_token.is_some();
     if !automount_explicit {
         ops.push(add(
             pointer([tok("spec"), tok("automountServiceAccountToken")]),
@@ -964,50 +1014,51 @@ fn build_patch(
         ));
     }
 
-    let volumes = runtime_volumes(s);
     // Service-account token volumes the ServiceAccount admission plugin injected because
     // the pod did not set automountServiceAccountToken: the runtime needs no API access, so
     // its mounts go, and so does the volume unless another container still mounts it.
     let token_volumes = if automount_explicit {
         Vec::new()
     } else {
-        injected_token_volumes(pod)
+        injected_token_volumes(spec)
     };
-    let existing = pod.pointer("/spec/volumes").and_then(Value::as_array);
-    let mut new_volumes: Vec<Value> = existing
-        .into_iter()
+    // The pod's volumes, copied verbatim, by name.
+    let mut new_volumes: Vec<(Option<&str>, Value)> = spec
+        .volumes
+        .iter()
         .flatten()
         .filter(|v| {
-            let name = name_of(v).unwrap_or("");
+            let name = v.view.name.as_deref().unwrap_or("");
             !token_volumes.iter().any(|t| t == name)
-                || mounted_elsewhere(pod, s.container, name).is_some()
+                || mounted_elsewhere(spec, s.container, name).is_some()
         })
-        .cloned()
+        .map(|v| (v.view.name.as_deref(), v.raw.clone()))
         .collect();
-    for v in volumes {
-        match new_volumes.iter().position(|e| name_of(e) == name_of(&v)) {
+    for (name, v) in runtime_volumes(s) {
+        match new_volumes.iter().position(|(n, _)| *n == Some(name)) {
             Some(i) => {
-                if new_volumes[i] != v {
+                if new_volumes[i].1 != v {
                     warnings.push(format!(
-                        "volume {:?} replaced by the runtime's ({}); no other container \
+                        "volume {name:?} replaced by the runtime's ({}); no other container \
                          mounts it",
-                        name_of(&v).unwrap_or(""),
-                        volume_purpose(name_of(&v).unwrap_or(""))
+                        volume_purpose(name)
                     ));
                 }
-                new_volumes[i] = v;
+                new_volumes[i] = (Some(name), v);
             }
-            None => new_volumes.push(v),
+            None => new_volumes.push((Some(name), v)),
         }
     }
+    let new_volumes = new_volumes.into_iter().map(|(_, v)| v).collect();
     let volumes_path = pointer([tok("spec"), tok("volumes")]);
-    ops.push(if existing.is_some() {
+    ops.push(if spec.volumes.is_some() {
         replace(volumes_path, Value::Array(new_volumes))
     } else {
         add(volumes_path, Value::Array(new_volumes))
     });
 
-    let original = &pod["spec"]["containers"][s.container];
+    // `select_container` chose an index into the non-empty list.
+    let original = &spec.containers[s.container];
     let container = rewrite_container(original, s, cfg, &token_volumes, warnings);
     ops.push(replace(
         pointer([tok("spec"), tok("containers"), Token::from(s.container)]),
@@ -1017,71 +1068,70 @@ fn build_patch(
 }
 
 /// Names of `kube-api-access-*` projected volumes carrying a service-account token.
-fn injected_token_volumes(pod: &Value) -> Vec<String> {
-    pod.pointer("/spec/volumes")
-        .and_then(Value::as_array)
-        .into_iter()
+fn injected_token_volumes(spec: &PodSpec) -> Vec<String> {
+    spec.volumes
+        .iter()
         .flatten()
+        .map(|v| &v.view)
         .filter(|v| {
-            let sources = v.pointer("/projected/sources").and_then(Value::as_array);
-            name_of(v).is_some_and(|n| n.starts_with("kube-api-access-"))
-                && sources.is_some_and(|s| s.iter().any(|s| s.get("serviceAccountToken").is_some()))
+            let sources = v.projected.as_ref().map(|p| p.sources.as_slice());
+            v.name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("kube-api-access-"))
+                && sources.is_some_and(|s| s.iter().any(|s| s.service_account_token.is_some()))
         })
-        .filter_map(|v| name_of(v).map(str::to_owned))
+        .filter_map(|v| v.name.clone())
         .collect()
 }
 
 /// The first container other than the target (any kind: regular, init, ephemeral) that
 /// mounts volume `name`, as `spec.containers[0] (container "sidecar")`.
-fn mounted_elsewhere(pod: &Value, target: usize, name: &str) -> Option<String> {
-    let mounts = |c: &Value| {
-        c.get("volumeMounts")
-            .and_then(Value::as_array)
-            .is_some_and(|ms| ms.iter().any(|m| name_of(m) == Some(name)))
-    };
-    [
-        ("containers", Some(target)),
-        ("initContainers", None),
-        ("ephemeralContainers", None),
-    ]
-    .into_iter()
-    .find_map(|(key, skip)| {
-        let list = pod
-            .pointer(&format!("/spec/{key}"))
-            .and_then(Value::as_array)?;
-        list.iter()
-            .enumerate()
-            .find(|(i, c)| Some(*i) != skip && mounts(c))
-            .map(|(i, c)| format!("spec.{key}[{i}] (container {:?})", name_of(c).unwrap_or("")))
-    })
+fn mounted_elsewhere(spec: &PodSpec, target: usize, name: &str) -> Option<String> {
+    all_containers(spec)
+        .find(|(list, i, c)| {
+            (*list, *i) != (List::Containers, target)
+                && c.volume_mounts
+                    .iter()
+                    .any(|m| m.view.name.as_deref() == Some(name))
+        })
+        .map(|(list, i, c)| format!("spec.{}[{i}] (container {:?})", list.field(), name_of(c)))
 }
 
 fn field_ref(path: &str) -> Value {
     json!({ "fieldRef": { "apiVersion": "v1", "fieldPath": path } })
 }
 
-/// The runtime's environment, in dependency order (`$(POD_NAME)` and `$(POD_IP)` are
-/// expanded by the kubelet, so they come first).
-fn runtime_env(s: &Settings) -> Vec<Value> {
+/// The runtime's environment, by name, in dependency order (`$(POD_NAME)` and `$(POD_IP)`
+/// are expanded by the kubelet, so they come first).
+fn runtime_env(s: &Settings) -> Vec<(&'static str, Value)> {
+    let value = |name: &'static str, value: String| (name, json!({ "name": name, "value": value }));
+    let from = |name: &'static str, path: &str| {
+        (name, json!({ "name": name, "valueFrom": field_ref(path) }))
+    };
     let mut env = vec![
-        json!({ "name": "POD_NAME", "valueFrom": field_ref("metadata.name") }),
-        json!({ "name": "POD_NAMESPACE", "valueFrom": field_ref("metadata.namespace") }),
-        json!({ "name": "POD_IP", "valueFrom": field_ref("status.podIP") }),
-        json!({ "name": "DORADO_GROUP", "value": s.group }),
-        json!({ "name": "DORADO_NAMESPACE", "valueFrom": field_ref("metadata.namespace") }),
-        json!({ "name": "DORADO_REPLICA", "value": "$(POD_NAME)" }),
-        json!({ "name": "DORADO_MODULE", "value": format!("{MODULE_MOUNT_PATH}/{}", s.module_key) }),
-        json!({ "name": "DORADO_ETCD_ENDPOINTS", "value": s.etcd_endpoints.join(",") }),
-        json!({ "name": "DORADO_LISTEN", "value": format!("0.0.0.0:{}", s.port) }),
-        json!({ "name": "DORADO_ADVERTISE", "value": format!("$(POD_IP):{}", s.port) }),
-        json!({ "name": "DORADO_LEASE_TTL", "value": s.lease_ttl.to_string() }),
-        json!({ "name": "DORADO_SNAPSHOT_EVERY", "value": s.snapshot_every.to_string() }),
-        json!({ "name": "DORADO_LOG_FORMAT", "value": s.log_format.as_str() }),
+        from("POD_NAME", "metadata.name"),
+        from("POD_NAMESPACE", "metadata.namespace"),
+        from("POD_IP", "status.podIP"),
+        value("DORADO_GROUP", s.group.clone()),
+        from("DORADO_NAMESPACE", "metadata.namespace"),
+        value("DORADO_REPLICA", "$(POD_NAME)".into()),
+        value(
+            "DORADO_MODULE",
+            format!("{MODULE_MOUNT_PATH}/{}", s.module_key),
+        ),
+        value("DORADO_ETCD_ENDPOINTS", s.etcd_endpoints.join(",")),
+        value("DORADO_LISTEN", format!("0.0.0.0:{}", s.port)),
+        value("DORADO_ADVERTISE", format!("$(POD_IP):{}", s.port)),
+        value("DORADO_LEASE_TTL", s.lease_ttl.to_string()),
+        value("DORADO_SNAPSHOT_EVERY", s.snapshot_every.to_string()),
+        value("DORADO_LOG_FORMAT", s.log_format.as_str().into()),
     ];
     if s.etcd_client_secret.is_some() {
-        env.extend(ETCD_TLS_FILES.iter().map(
-            |(key, var)| json!({ "name": var, "value": format!("{ETCD_TLS_MOUNT_PATH}/{key}") }),
-        ));
+        env.extend(
+            ETCD_TLS_FILES
+                .iter()
+                .map(|(key, var)| value(var, format!("{ETCD_TLS_MOUNT_PATH}/{key}"))),
+        );
     }
     env
 }
@@ -1096,20 +1146,17 @@ fn http_probe(path: &str, period: u32, failures: u32) -> Value {
     })
 }
 
-fn name_of(v: &Value) -> Option<&str> {
-    v.get("name").and_then(Value::as_str)
-}
-
 /// A copy of `original` turned into the runtime container; unknown fields are kept.
 fn rewrite_container(
-    original: &Value,
+    original: &Verbatim<Container>,
     s: &Settings,
     cfg: &MutationConfig,
     token_volumes: &[String],
     warnings: &mut Vec<String>,
 ) -> Value {
-    let mut c = original.as_object().cloned().unwrap_or_default();
-    let cname = name_of(original).unwrap_or("").to_owned();
+    let read = &original.view;
+    let mut c = original.raw.as_object().cloned().unwrap_or_default();
+    let cname = name_of(read).to_owned();
 
     c.insert("image".into(), json!(cfg.runtime_image));
     if let Some(policy) = &cfg.image_pull_policy {
@@ -1117,8 +1164,12 @@ fn rewrite_container(
     }
     c.insert("command".into(), json!([RUNTIME_COMMAND]));
     c.insert("args".into(), json!(RUNTIME_ARGS));
-    for dropped in ["workingDir", "lifecycle"] {
-        if c.remove(dropped).is_some() {
+    for (dropped, present) in [
+        ("workingDir", read.working_dir.is_some()),
+        ("lifecycle", read.lifecycle.is_some()),
+    ] {
+        if present {
+            c.remove(dropped);
             warnings.push(format!(
                 "container {cname:?}: {dropped} removed (it belonged to the replaced image)"
             ));
@@ -1127,22 +1178,19 @@ fn rewrite_container(
 
     // Environment: ours first (dependency order), then the container's other entries.
     let ours = runtime_env(s);
-    let our_names: HashSet<&str> = ours.iter().filter_map(name_of).collect();
-    let mut env = ours.clone();
-    if let Some(existing) = c.get("env").and_then(Value::as_array) {
-        for e in existing {
-            match name_of(e) {
-                Some(n) if our_names.contains(n) => {
-                    let new = ours.iter().find(|o| name_of(o) == Some(n));
-                    if n.starts_with("DORADO_") && new != Some(e) {
-                        warnings.push(format!(
-                            "container {cname:?}: env {n} replaced; configure the runtime \
-                             with dorado.io/* annotations"
-                        ));
-                    }
+    let mut env: Vec<Value> = ours.iter().map(|(_, e)| e.clone()).collect();
+    for e in &read.env {
+        let name = e.view.name.as_deref();
+        match ours.iter().find(|(n, _)| Some(*n) == name) {
+            Some((n, new)) => {
+                if n.starts_with("DORADO_") && *new != e.raw {
+                    warnings.push(format!(
+                        "container {cname:?}: env {n} replaced; configure the runtime \
+                         with dorado.io/* annotations"
+                    ));
                 }
-                _ => env.push(e.clone()),
             }
+            None => env.push(e.raw.clone()),
         }
     }
     c.insert("env".into(), Value::Array(env));
@@ -1151,21 +1199,16 @@ fn rewrite_container(
     // replaced (port names are unique per container).
     let our_port = json!({ "name": PORT_NAME, "containerPort": s.port, "protocol": "TCP" });
     let mut ports = vec![our_port.clone()];
-    for p in c
-        .get("ports")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let clashes = name_of(p) == Some(PORT_NAME)
-            || p.get("containerPort").and_then(Value::as_u64) == Some(s.port.into());
+    for p in &read.ports {
+        let clashes =
+            p.view.name.as_deref() == Some(PORT_NAME) || p.view.number() == Some(s.port.into());
         if !clashes {
-            ports.push(p.clone());
-        } else if *p != our_port {
+            ports.push(p.raw.clone());
+        } else if p.raw != our_port {
             warnings.push(format!(
                 "container {cname:?}: port {} replaced by the runtime's port {PORT_NAME:?} \
                  ({}/TCP)",
-                describe_port(p),
+                describe_port(&p.view),
                 s.port
             ));
         }
@@ -1176,30 +1219,22 @@ fn rewrite_container(
     // volumes are replaced (mount paths are unique per container; the runtime owns these
     // paths), and the injected service-account token is unmounted.
     let our_mounts = runtime_mounts(s);
-    let mount_names: Vec<&str> = our_mounts.iter().filter_map(name_of).collect();
-    let mount_paths: Vec<&str> = our_mounts
-        .iter()
-        .filter_map(|m| m.get("mountPath").and_then(Value::as_str))
-        .collect();
+    let mount_names: Vec<&str> = runtime_mount_specs(s).map(|(name, ..)| *name).collect();
+    let mount_paths: Vec<&str> = runtime_mount_specs(s).map(|(_, path, _)| *path).collect();
     let mut mounts = our_mounts.clone();
-    for m in c
-        .get("volumeMounts")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let path = m.get("mountPath").and_then(Value::as_str).unwrap_or("");
-        let name = name_of(m).unwrap_or("");
+    for m in &read.volume_mounts {
+        let path = m.view.mount_path.as_deref().unwrap_or("");
+        let name = m.view.name.as_deref().unwrap_or("");
         if token_volumes.iter().any(|t| t == name) {
             continue;
         }
         if !mount_names.contains(&name) && !mount_paths.contains(&path) {
-            mounts.push(m.clone());
-        } else if !our_mounts.contains(m) {
+            mounts.push(m.raw.clone());
+        } else if !our_mounts.contains(&m.raw) {
             warnings.push(format!(
                 "container {cname:?}: volumeMount of {name:?} at {path} replaced by the \
                  runtime's mounts ({})",
-                describe_mounts(&our_mounts)
+                describe_mounts(s)
             ));
         }
     }
@@ -1213,51 +1248,49 @@ fn rewrite_container(
 
     c.insert(
         "securityContext".into(),
-        security_context(c.get("securityContext"), cfg.run_as_user),
+        security_context(read.security_context.as_deref(), cfg.run_as_user),
     );
-    let resources = resources(c.get("resources"), s, &cname, warnings);
+    let resources = resources(read.resources.as_ref(), s, &cname, warnings);
     c.insert("resources".into(), resources);
     Value::Object(c)
 }
 
 /// `"http" (8080/TCP)` for messages.
-fn describe_port(p: &Value) -> String {
+fn describe_port(p: &ContainerPort) -> String {
     let number = p
-        .get("containerPort")
-        .map_or("?".to_owned(), Value::to_string);
-    let protocol = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
-    match name_of(p) {
+        .container_port
+        .as_ref()
+        .map_or("?".to_owned(), ToString::to_string);
+    let protocol = p.protocol.as_deref().unwrap_or("TCP");
+    match &p.name {
         Some(name) => format!("{name:?} ({number}/{protocol})"),
         None => format!("{number}/{protocol}"),
     }
 }
 
 /// `dorado-module at /etc/dorado/module, ...` for messages.
-fn describe_mounts(mounts: &[Value]) -> String {
-    mounts
-        .iter()
-        .map(|m| {
-            let path = m.get("mountPath").and_then(Value::as_str).unwrap_or("");
-            format!("{} at {path}", name_of(m).unwrap_or(""))
-        })
+fn describe_mounts(s: &Settings) -> String {
+    runtime_mount_specs(s)
+        .map(|(name, path, _)| format!("{name} at {path}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
 
 /// A securityContext that satisfies the *restricted* Pod Security Standard. Only
 /// SELinux/AppArmor settings and a `Localhost` seccomp profile of the original are kept.
-fn security_context(original: Option<&Value>, uid: i64) -> Value {
+fn security_context(original: Option<&SecurityContext>, uid: i64) -> Value {
     let mut sc = Map::new();
-    if let Some(old) = original.and_then(Value::as_object) {
-        for keep in ["seLinuxOptions", "appArmorProfile"] {
-            if let Some(v) = old.get(keep) {
-                sc.insert(keep.into(), v.clone());
-            }
+    if let Some(old) = original {
+        if let Some(v) = &old.se_linux_options {
+            sc.insert("seLinuxOptions".into(), v.clone());
         }
-        if let Some(p) = old.get("seccompProfile")
-            && p.get("type").and_then(Value::as_str) == Some("Localhost")
+        if let Some(v) = &old.app_armor_profile {
+            sc.insert("appArmorProfile".into(), v.clone());
+        }
+        if let Some(p) = &old.seccomp_profile
+            && p.view.profile_type.as_deref() == Some("Localhost")
         {
-            sc.insert("seccompProfile".into(), p.clone());
+            sc.insert("seccompProfile".into(), p.raw.clone());
         }
     }
     sc.insert("allowPrivilegeEscalation".into(), json!(false));
@@ -1275,28 +1308,40 @@ fn security_context(original: Option<&Value>, uid: i64) -> Value {
 /// Sets cpu/memory requests and limits; other resource names (ephemeral-storage, devices)
 /// and `claims` are kept.
 fn resources(
-    original: Option<&Value>,
+    original: Option<&Verbatim<ResourceRequirements>>,
     s: &Settings,
     cname: &str,
     warnings: &mut Vec<String>,
 ) -> Value {
     let mut res = original
-        .and_then(Value::as_object)
+        .and_then(|r| r.raw.as_object())
         .cloned()
         .unwrap_or_default();
-    for (section, cpu, memory) in [
-        ("requests", Some(&s.cpu_request), Some(&s.memory_request)),
-        ("limits", s.cpu_limit.as_ref(), s.memory_limit.as_ref()),
+    let none = BTreeMap::new();
+    let (requests, limits) =
+        original.map_or((&none, &none), |r| (&r.view.requests, &r.view.limits));
+    for (section, current, cpu, memory) in [
+        (
+            "requests",
+            requests,
+            Some(&s.cpu_request),
+            Some(&s.memory_request),
+        ),
+        (
+            "limits",
+            limits,
+            s.cpu_limit.as_ref(),
+            s.memory_limit.as_ref(),
+        ),
     ] {
-        let mut map = res
-            .get(section)
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
+        let mut map: Map<String, Value> = current
+            .iter()
+            .map(|(name, q)| (name.clone(), Value::from(q.clone())))
+            .collect();
         for (name, q) in [("cpu", cpu), ("memory", memory)] {
-            let old = map.remove(name);
-            if let Some(old) = &old
-                && q.map(|q| json!(q.as_str())).as_ref() != Some(old)
+            map.remove(name);
+            if let Some(old) = current.get(name)
+                && q.is_none_or(|q| old.as_str() != Some(q.as_str()))
             {
                 let new = q.map_or("nothing".to_owned(), |q| format!("{:?}", q.as_str()));
                 warnings.push(format!(
@@ -1315,7 +1360,6 @@ fn resources(
     }
     Value::Object(res)
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1356,19 +1400,22 @@ mod tests {
                 { "kind": "ReplicaSet", "name": "web-api-7d4b9c8f6", "controller": true }
             ]
         }});
-        assert_eq!(group_from_owner(&pod).unwrap(), ("web-api".into(), None));
+        assert_eq!(
+            group_from_owner(&Pod::of(&pod).unwrap().metadata).unwrap(),
+            ("web-api".into(), None)
+        );
         // Without the label, the last suffix is dropped and a warning says so.
         let pod = json!({ "metadata": { "ownerReferences": [
             { "kind": "ReplicaSet", "name": "web-api-7d4b9c8f6", "controller": true }
         ]}});
-        let (g, w) = group_from_owner(&pod).unwrap();
+        let (g, w) = group_from_owner(&Pod::of(&pod).unwrap().metadata).unwrap();
         assert_eq!(g, "web-api");
         assert!(w.unwrap().contains("dorado.io/group"));
         let pod = json!({ "metadata": { "ownerReferences": [
             { "kind": "ReplicaSet", "name": "plain", "controller": true }
         ]}});
         assert!(
-            group_from_owner(&pod)
+            group_from_owner(&Pod::of(&pod).unwrap().metadata)
                 .unwrap_err()
                 .contains("dorado.io/group")
         );
@@ -1411,6 +1458,63 @@ mod tests {
         // A container without a name still works (the API server would reject it later).
         let d = mutate_pod(&base(json!({ "containers": [ {} ] })), &cfg());
         assert!(matches!(d.verdict, Verdict::Mutate(_)), "{d:?}");
+    }
+
+    #[test]
+    fn unreadable_pods_are_denied_with_the_reason() {
+        let opted_in = json!({ "dorado.io/replicate": "true", "dorado.io/module": "kv/kv.wasm" });
+        for (pod, reason) in [
+            (
+                json!("x"),
+                "invalid type: string \"x\", expected a JSON object",
+            ),
+            (
+                json!({ "metadata": { "annotations": [] } }),
+                "expected a map",
+            ),
+            // An array is not a spec, even one that reads as "the first field is
+            // containers" (a patch written for it would not apply).
+            (
+                json!({ "metadata": { "annotations": opted_in }, "spec": [[{}]] }),
+                "expected a JSON object (PodSpec)",
+            ),
+            (
+                json!({ "metadata": { "annotations": opted_in },
+                        "spec": { "containers": [ { "ports": "x" } ] } }),
+                "invalid type: string \"x\", expected a sequence",
+            ),
+            (
+                json!({ "metadata": { "annotations": opted_in, "labels": "x" },
+                        "spec": { "containers": [ {} ] } }),
+                "expected a map",
+            ),
+        ] {
+            let Verdict::Deny(msg) = mutate_pod(&pod, &cfg()).verdict else {
+                panic!("{pod}: expected a denial")
+            };
+            assert!(msg.starts_with("the pod cannot be read ("), "{msg}");
+            assert!(
+                msg.contains(reason) && msg.contains("expected a v1 Pod"),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn pods_left_alone_are_not_read_further() {
+        // Only the annotations are read before the pod opts in.
+        for annotations in [
+            json!(null),
+            json!({}),
+            json!({ "dorado.io/replicate": "false" }),
+        ] {
+            let pod = json!({
+                "metadata": { "annotations": annotations, "labels": 1, "ownerReferences": "x" },
+                "spec": [[{}]]
+            });
+            let d = mutate_pod(&pod, &cfg());
+            assert!(matches!(d.verdict, Verdict::Skip(_)), "{pod}: {d:?}");
+        }
     }
 
     #[test]

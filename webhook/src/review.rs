@@ -1,9 +1,14 @@
 //! AdmissionReview in, AdmissionReview out: a pure function over the request body.
 //!
-//! The envelope (uid, kind, operation, dryRun, ...) is read with
-//! `kube::core::admission` types; `request.object` is taken out first and handed to
-//! [`crate::mutate::mutate_pod`] as raw JSON, so the pod never passes through typed
-//! structs. The response is built with [`AdmissionResponse::from`], which echoes the uid.
+//! The body is parsed once into a [`serde_json::Value`]; everything after reads typed
+//! views of that value, never a key of it. First `kind` and `apiVersion`, then the request,
+//! which must be an object: these decide the HTTP 400 answers. The request is then split
+//! by a typed view: its uid (echoed, also by an `invalid` answer), `request.object` kept as
+//! raw JSON (the base the patch is computed against, see [`crate::mutate::mutate_pod`]),
+//! and the rest (operation, kind, dryRun, ...), which is read with `kube::core::admission`
+//! types. kube never sees the pod: its typed `ObjectMeta` would refuse pods the webhook
+//! reads fine (see [`crate::view`]). The response is built with
+//! [`AdmissionResponse::from`], which echoes the uid.
 //!
 //! `dryRun` needs no special handling because the webhook has no side effects
 //! (`sideEffects: None`): a dry-run request gets exactly the response a real one would.
@@ -13,10 +18,13 @@ use kube::core::DynamicObject;
 use kube::core::admission::{
     AdmissionRequest, AdmissionResponse, AdmissionReview, META_API_VERSION_V1, META_KIND, Operation,
 };
-use serde_json::Value;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::{Map, Value};
 
 use crate::config::MutationConfig;
 use crate::mutate::{self, Verdict};
+use crate::view::{Obj, ObjectMeta, Text, present};
 
 /// How a well-formed review was answered (for metrics and logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,39 +88,91 @@ pub enum ReviewError {
     NoRequest,
 }
 
+/// What decides whether a body is an AdmissionReview v1 at all; read first, borrowed (the
+/// rest of the body is skipped, not copied). Every field accepts any JSON, so reading it
+/// cannot fail: the checks below say what was wrong.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Head {
+    #[serde(default)]
+    kind: Option<Text>,
+    #[serde(default)]
+    api_version: Option<Text>,
+}
+
+/// The body of a review whose kind and apiVersion are right, taken apart by value.
+#[derive(Deserialize)]
+struct Body {
+    /// Only an object is a request (reading anything else fails).
+    #[serde(default)]
+    request: Option<Obj<SplitRequest>>,
+    /// Handed on to kube, which refuses a malformed one.
+    #[serde(default)]
+    response: Option<Value>,
+}
+
+/// A request split into its uid, the object (kept raw: the base the patch is computed
+/// against), and the rest, for kube.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SplitRequest {
+    /// Any JSON (even `null`, handed on to kube as sent); not a string reads as no uid.
+    #[serde(default, deserialize_with = "present")]
+    uid: Option<Text>,
+    #[serde(default)]
+    object: Value,
+    /// Dropped unread: the webhook only admits CREATEs, which have none.
+    #[serde(default, rename = "oldObject")]
+    _old_object: IgnoredAny,
+    #[serde(flatten)]
+    rest: Map<String, Value>,
+}
+
+/// The string, or `""` when absent or not a string.
+fn text_or_empty(text: Option<&Text>) -> String {
+    text.and_then(Text::as_str).unwrap_or("").to_owned()
+}
+
 /// Answers one AdmissionReview request body.
 pub fn review(body: &[u8], cfg: &MutationConfig) -> Result<Reviewed, ReviewError> {
-    let mut doc: Value = serde_json::from_slice(body).map_err(ReviewError::NotJson)?;
-    let top = doc.as_object_mut().ok_or(ReviewError::NotAnObject)?;
-    let field = |v: Option<&Value>| v.and_then(Value::as_str).unwrap_or("").to_owned();
-    let kind = field(top.get("kind"));
+    let doc: Value = serde_json::from_slice(body).map_err(ReviewError::NotJson)?;
+    if !doc.is_object() {
+        return Err(ReviewError::NotAnObject);
+    }
+    let head = Head::deserialize(&doc).map_err(|_| ReviewError::NotAnObject)?;
+    let kind = text_or_empty(head.kind.as_ref());
     if kind != META_KIND {
         return Err(ReviewError::WrongKind(kind));
     }
-    let api_version = field(top.get("apiVersion"));
+    let api_version = text_or_empty(head.api_version.as_ref());
     if api_version != META_API_VERSION_V1 {
         return Err(ReviewError::WrongApiVersion(api_version));
     }
-    let request = match top.get_mut("request") {
-        Some(r @ Value::Object(_)) => r,
-        _ => return Err(ReviewError::NoRequest),
+    let body = Body::deserialize(doc).map_err(|_| ReviewError::NoRequest)?;
+    let Some(Obj(request)) = body.request else {
+        return Err(ReviewError::NoRequest);
     };
-    let uid = field(request.get("uid"));
-    // Keep the pod raw; the typed envelope sees `null` in its place.
-    let object = request
-        .get_mut("object")
-        .map(Value::take)
-        .unwrap_or(Value::Null);
-    if let Some(old) = request.get_mut("oldObject") {
-        *old = Value::Null;
-    }
+    let uid = text_or_empty(request.uid.as_ref());
 
-    let parsed = serde_json::from_value::<AdmissionReview<DynamicObject>>(doc)
-        .map_err(|e| e.to_string())
-        .and_then(|r| {
-            let req: Result<AdmissionRequest<DynamicObject>, _> = r.try_into();
-            req.map_err(|e| e.to_string())
-        });
+    // kube reads the review without the pod, which stays raw.
+    let mut rest = request.rest;
+    if let Some(uid) = request.uid {
+        rest.insert("uid".into(), uid.into());
+    }
+    let mut without_object = Map::new();
+    without_object.insert("kind".into(), kind.into());
+    without_object.insert("apiVersion".into(), api_version.into());
+    without_object.insert("request".into(), Value::Object(rest));
+    if let Some(response) = body.response {
+        without_object.insert("response".into(), response);
+    }
+    let parsed =
+        serde_json::from_value::<AdmissionReview<DynamicObject>>(Value::Object(without_object))
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                let req: Result<AdmissionRequest<DynamicObject>, _> = r.try_into();
+                req.map_err(|e| e.to_string())
+            });
     let req = match parsed {
         Ok(req) => req,
         Err(e) => {
@@ -121,19 +181,17 @@ pub fn review(body: &[u8], cfg: &MutationConfig) -> Result<Reviewed, ReviewError
             return Ok(finish(resp, Outcome::Invalid, uid, e).about(String::new()));
         }
     };
-    Ok(admit(&req, &object, cfg))
+    Ok(admit(&req, &request.object, cfg))
 }
 
 fn subject(req: &AdmissionRequest<DynamicObject>, object: &Value) -> String {
     let ns = req.namespace.as_deref().unwrap_or("");
-    let meta = |k: &str| {
-        object
-            .pointer(k)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-    };
-    let name = meta("/metadata/name")
-        .or_else(|| meta("/metadata/generateName"))
+    // Only for logs: metadata that cannot be read names nothing.
+    let meta = ObjectMeta::of(object).unwrap_or_default();
+    let name = [&meta.name, &meta.generate_name]
+        .into_iter()
+        .filter_map(|t| t.as_ref().and_then(Text::as_str))
+        .find(|s| !s.is_empty())
         .unwrap_or(req.name.as_str());
     format!("{ns}/{name}")
 }

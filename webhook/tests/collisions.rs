@@ -8,7 +8,13 @@ mod common;
 
 use std::collections::HashSet;
 
+use common::typed_pod;
 use dorado_webhook::{MutationConfig, Verdict, mutate_pod};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EmptyDirVolumeSource, Pod, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 fn http_cfg() -> MutationConfig {
@@ -21,19 +27,30 @@ fn https_cfg() -> MutationConfig {
 
 /// An opted-in pod with `spec`; `container` selects the target when given.
 fn pod(container: Option<&str>, spec: Value) -> Value {
-    let mut annotations = json!({
+    let mut pod = json!({ "metadata": { "name": "p", "annotations": {
         "dorado.io/replicate": "true",
         "dorado.io/module": "kv/kv.wasm",
         "dorado.io/group": "kv",
-    });
+    }}, "spec": spec });
     if let Some(c) = container {
-        annotations["dorado.io/container"] = json!(c);
+        common::set(
+            &mut pod,
+            &["metadata", "annotations", "dorado.io/container"],
+            json!(c),
+        );
     }
-    json!({ "metadata": { "name": "p", "annotations": annotations }, "spec": spec })
+    pod
 }
 
 fn app() -> Value {
     json!({ "name": "app", "image": "registry.invalid/app:1" })
+}
+
+/// [`app`] with `fields` merged in (a JSON merge patch).
+fn app_with(fields: Value) -> Value {
+    let mut app = app();
+    json_patch::merge(&mut app, &fields);
+    app
 }
 
 /// The denial message, or a panic saying what happened instead.
@@ -44,24 +61,43 @@ fn denial(pod: &Value, cfg: &MutationConfig) -> String {
     }
 }
 
-/// The patched pod and the warnings, or a panic saying what happened instead.
-fn rewritten(pod: &Value, cfg: &MutationConfig) -> (Value, Vec<String>) {
+/// The patched pod (raw and typed) and the warnings, or a panic saying what happened
+/// instead.
+fn rewritten(pod: &Value, cfg: &MutationConfig) -> (Value, Pod, Vec<String>) {
     let decision = mutate_pod(pod, cfg);
     let Verdict::Mutate(patch) = decision.verdict else {
         panic!("expected a rewrite, got {:?}", decision.verdict)
     };
     let mut out = pod.clone();
     json_patch::patch(&mut out, &patch).expect("the patch applies");
-    assert_no_duplicates(&out);
-    (out, decision.warnings)
+    let typed = typed_pod(&out);
+    assert_no_duplicates(&typed);
+    (out, typed, decision.warnings)
 }
 
-fn names<'a>(list: Option<&'a Value>, key: &str) -> Vec<&'a str> {
-    list.and_then(Value::as_array)
-        .into_iter()
+fn spec(pod: &Pod) -> &k8s_openapi::api::core::v1::PodSpec {
+    pod.spec.as_ref().expect("a spec")
+}
+
+fn volume_names(pod: &Pod) -> Vec<&str> {
+    spec(pod)
+        .volumes
+        .iter()
         .flatten()
-        .filter_map(|v| v.get(key).and_then(Value::as_str))
+        .map(|v| v.name.as_str())
         .collect()
+}
+
+fn mounts(c: &Container) -> &[VolumeMount] {
+    c.volume_mounts.as_deref().unwrap_or_default()
+}
+
+fn mount_paths(c: &Container) -> Vec<&str> {
+    mounts(c).iter().map(|m| m.mount_path.as_str()).collect()
+}
+
+fn ports(c: &Container) -> &[ContainerPort] {
+    c.ports.as_deref().unwrap_or_default()
 }
 
 fn duplicates<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
@@ -73,72 +109,66 @@ fn duplicates<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<&'a str> {
 /// container, mounts of missing volumes) and what it warns about (port names and
 /// containerPort/protocol shared by containers and sidecars, env names defined twice in
 /// the runtime container).
-fn assert_no_duplicates(pod: &Value) {
-    let spec = &pod["spec"];
-    let volumes = names(spec.get("volumes"), "name");
+fn assert_no_duplicates(pod: &Pod) {
+    let spec = spec(pod);
+    let volumes = volume_names(pod);
     assert!(
         duplicates(volumes.clone()).is_empty(),
-        "duplicate volumes in {spec}"
+        "duplicate volumes in {spec:?}"
     );
     let mut pod_port_names = Vec::new();
     let mut pod_port_numbers = Vec::new();
-    for key in ["containers", "initContainers"] {
-        for c in spec
-            .get(key)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let cname = c["name"].as_str().unwrap_or("");
-            let paths = names(c.get("volumeMounts"), "mountPath");
+    let regular = spec.containers.iter().map(|c| (true, c));
+    let init = spec.init_containers.iter().flatten().map(|c| (false, c));
+    for (is_regular, c) in regular.chain(init) {
+        let cname = &c.name;
+        assert!(
+            duplicates(mount_paths(c)).is_empty(),
+            "{cname}: duplicate mountPaths: {c:?}"
+        );
+        for m in mounts(c) {
             assert!(
-                duplicates(paths).is_empty(),
-                "{cname}: duplicate mountPaths: {c}"
+                volumes.contains(&m.name.as_str()),
+                "{cname}: mount of missing volume {}: {pod:?}",
+                m.name
             );
-            for m in names(c.get("volumeMounts"), "name") {
-                assert!(
-                    volumes.contains(&m),
-                    "{cname}: mount of missing volume {m}: {pod}"
-                );
-            }
-            let ports = names(c.get("ports"), "name");
-            assert!(
-                duplicates(ports.clone()).is_empty(),
-                "{cname}: duplicate port names: {c}"
-            );
-            if key == "containers" || c["restartPolicy"] == "Always" {
-                pod_port_names.extend(ports);
-                for p in c
-                    .get("ports")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let protocol = p["protocol"].as_str().unwrap_or("TCP");
-                    pod_port_numbers.push(format!("{}/{protocol}", p["containerPort"]));
-                }
+        }
+        let port_names: Vec<&str> = ports(c).iter().filter_map(|p| p.name.as_deref()).collect();
+        assert!(
+            duplicates(port_names.clone()).is_empty(),
+            "{cname}: duplicate port names: {c:?}"
+        );
+        if is_regular || c.restart_policy.as_deref() == Some("Always") {
+            pod_port_names.extend(port_names);
+            for p in ports(c) {
+                let protocol = p.protocol.as_deref().unwrap_or("TCP");
+                pod_port_numbers.push(format!("{}/{protocol}", p.container_port));
             }
         }
     }
     assert!(
         duplicates(pod_port_names).is_empty(),
-        "port names shared: {spec}"
+        "port names shared: {spec:?}"
     );
     let numbers = duplicates(pod_port_numbers.iter().map(String::as_str));
-    assert!(numbers.is_empty(), "ports {numbers:?} shared: {spec}");
+    assert!(numbers.is_empty(), "ports {numbers:?} shared: {spec:?}");
     let target = target(pod);
-    let env = names(target.get("env"), "name");
-    assert!(duplicates(env).is_empty(), "duplicate env: {target}");
+    let env = target.env.iter().flatten().map(|e| e.name.as_str());
+    assert!(duplicates(env).is_empty(), "duplicate env: {target:?}");
 }
 
 /// The runtime container of a rewritten pod.
-fn target(pod: &Value) -> &Value {
-    pod["spec"]["containers"]
-        .as_array()
-        .unwrap()
+fn target(pod: &Pod) -> &Container {
+    spec(pod)
+        .containers
         .iter()
-        .find(|c| c["command"] == json!(["dorado"]))
+        .find(|c| c.command.as_deref() == Some(&["dorado".to_owned()]))
         .expect("a runtime container")
+}
+
+/// The name of a volume given as JSON.
+fn name_of(volume: &Value) -> String {
+    Volume::deserialize(volume).expect("a volume").name
 }
 
 #[test]
@@ -161,8 +191,9 @@ fn a_volume_named_like_one_of_ours_is_denied() {
         ),
     ];
     for (volume, purpose, cfg) in cases {
+        let name = name_of(&volume);
         let sidecar = json!({ "name": "cache", "image": "x",
-            "volumeMounts": [{ "name": volume["name"], "mountPath": "/cache" }] });
+            "volumeMounts": [{ "name": name, "mountPath": "/cache" }] });
         let p = pod(
             Some("app"),
             json!({ "containers": [app(), sidecar], "volumes": [ { "name": "data", "emptyDir": {} }, volume ] }),
@@ -171,10 +202,9 @@ fn a_volume_named_like_one_of_ours_is_denied() {
         assert_eq!(
             msg,
             format!(
-                "spec.volumes[1]: volume name {} is used by the Dorado rewrite for {purpose}, \
-                 but spec.containers[1] (container \"cache\") mounts this volume; rename the \
-                 volume and the volumeMounts that refer to it",
-                volume["name"]
+                "spec.volumes[1]: volume name {name:?} is used by the Dorado rewrite for \
+                 {purpose}, but spec.containers[1] (container \"cache\") mounts this volume; \
+                 rename the volume and the volumeMounts that refer to it"
             )
         );
     }
@@ -184,7 +214,7 @@ fn a_volume_named_like_one_of_ours_is_denied() {
         "volumeMounts": [{ "name": "dorado-tmp", "mountPath": "/scratch" }] });
     for key in ["initContainers", "ephemeralContainers"] {
         let mut spec = json!({ "containers": [app()], "volumes": [volume.clone()] });
-        spec[key] = json!([mounting.clone()]);
+        common::set(&mut spec, &[key], json!([mounting.clone()]));
         let msg = denial(&pod(None, spec), &http_cfg());
         assert!(
             msg.contains(&format!(
@@ -198,8 +228,8 @@ fn a_volume_named_like_one_of_ours_is_denied() {
 #[test]
 fn a_volume_named_like_one_of_ours_that_only_the_target_mounts_is_replaced() {
     // A stale copy of a mutated pod: the old volume goes, the runtime's takes its place.
-    let mut container = app();
-    container["volumeMounts"] = json!([{ "name": "dorado-tmp", "mountPath": "/scratch" }]);
+    let container =
+        app_with(json!({ "volumeMounts": [{ "name": "dorado-tmp", "mountPath": "/scratch" }] }));
     let volumes = json!([
         { "name": "dorado-tmp", "emptyDir": { "medium": "Memory" } },
         { "name": "dorado-module", "configMap": { "name": "stale" } },
@@ -208,14 +238,20 @@ fn a_volume_named_like_one_of_ours_that_only_the_target_mounts_is_replaced() {
         None,
         json!({ "containers": [container], "volumes": volumes }),
     );
-    let (out, warnings) = rewritten(&p, &http_cfg());
-    let tmp = out["spec"]["volumes"]
-        .as_array()
-        .unwrap()
+    let (_, out, warnings) = rewritten(&p, &http_cfg());
+    let tmp = spec(&out)
+        .volumes
         .iter()
-        .find(|v| v["name"] == "dorado-tmp")
+        .flatten()
+        .find(|v| v.name == "dorado-tmp")
         .unwrap();
-    assert_eq!(tmp["emptyDir"], json!({ "sizeLimit": "64Mi" }));
+    assert_eq!(
+        tmp.empty_dir,
+        Some(EmptyDirVolumeSource {
+            medium: None,
+            size_limit: Some(Quantity("64Mi".into())),
+        })
+    );
     for (name, purpose) in [
         ("dorado-tmp", "the runtime's /tmp"),
         ("dorado-module", "the module ConfigMap"),
@@ -228,7 +264,7 @@ fn a_volume_named_like_one_of_ours_that_only_the_target_mounts_is_replaced() {
             "{expected:?} not in {warnings:?}"
         );
     }
-    let paths = names(target(&out).get("volumeMounts"), "mountPath");
+    let paths = mount_paths(target(&out));
     assert!(!paths.contains(&"/scratch"), "{paths:?}");
 }
 
@@ -237,15 +273,17 @@ fn the_etcd_volume_name_is_free_when_no_certificate_is_mounted() {
     // With http:// endpoints the rewrite adds no dorado-etcd-client volume, so the pod's
     // own volume of that name, and the target's mount of it, stay.
     let volume = json!({ "name": "dorado-etcd-client", "secret": { "secretName": "mine" } });
-    let mut container = app();
-    container["volumeMounts"] = json!([{ "name": "dorado-etcd-client", "mountPath": "/certs" }]);
+    let container = app_with(
+        json!({ "volumeMounts": [{ "name": "dorado-etcd-client", "mountPath": "/certs" }] }),
+    );
     let p = pod(
         None,
         json!({ "containers": [container], "volumes": [volume.clone()] }),
     );
-    let (out, _) = rewritten(&p, &http_cfg());
-    assert!(out["spec"]["volumes"].as_array().unwrap().contains(&volume));
-    let mounts = names(target(&out).get("volumeMounts"), "mountPath");
+    let (_, out, _) = rewritten(&p, &http_cfg());
+    let volume = Volume::deserialize(&volume).unwrap();
+    assert!(spec(&out).volumes.iter().flatten().any(|v| *v == volume));
+    let mounts = mount_paths(target(&out));
     assert!(mounts.contains(&"/certs"), "{mounts:?}");
 }
 
@@ -254,13 +292,10 @@ fn volumes_of_an_earlier_pass_are_kept() {
     // The marker stripped, the webhook runs again: its own volumes are not collisions.
     for cfg in [http_cfg(), https_cfg()] {
         let p = pod(None, json!({ "containers": [app()] }));
-        let (mut once, _) = rewritten(&p, &cfg);
-        once["metadata"]["annotations"]
-            .as_object_mut()
-            .unwrap()
-            .remove("dorado.io/status");
-        let (twice, _) = rewritten(&once, &cfg);
-        assert_eq!(once["spec"], twice["spec"]);
+        let (mut once, _, _) = rewritten(&p, &cfg);
+        common::remove(&mut once, &["metadata", "annotations", "dorado.io/status"]);
+        let (_, twice, _) = rewritten(&once, &cfg);
+        assert_eq!(typed_pod(&once).spec, twice.spec);
     }
 }
 
@@ -311,22 +346,24 @@ fn the_client_port_in_another_container_is_denied() {
 
 #[test]
 fn the_target_containers_own_ports_are_replaced_with_a_warning() {
-    let mut container = app();
-    container["ports"] = json!([
+    let container = app_with(json!({ "ports": [
         { "name": "dorado", "containerPort": 8080, "protocol": "TCP" },
         { "name": "http", "containerPort": 7070, "protocol": "TCP" },
         { "name": "admin", "containerPort": 9000, "protocol": "TCP" },
-    ]);
-    let (out, warnings) = rewritten(
+    ]}));
+    let (_, out, warnings) = rewritten(
         &pod(None, json!({ "containers": [container] })),
         &http_cfg(),
     );
+    let port = |name: &str, number| ContainerPort {
+        name: Some(name.into()),
+        container_port: number,
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    };
     assert_eq!(
-        target(&out)["ports"],
-        json!([
-            { "name": "dorado", "containerPort": 7070, "protocol": "TCP" },
-            { "name": "admin", "containerPort": 9000, "protocol": "TCP" },
-        ])
+        ports(target(&out)),
+        [port("dorado", 7070), port("admin", 9000)]
     );
     for replaced in ["\"dorado\" (8080/TCP)", "\"http\" (7070/TCP)"] {
         let expected = format!(
@@ -341,13 +378,12 @@ fn the_target_containers_own_ports_are_replaced_with_a_warning() {
 
 #[test]
 fn the_target_containers_own_mounts_at_our_paths_are_replaced_with_a_warning() {
-    let mut container = app();
-    container["volumeMounts"] = json!([
+    let container = app_with(json!({ "volumeMounts": [
         { "name": "scratch", "mountPath": "/tmp" },
         { "name": "config", "mountPath": "/etc/dorado/module", "readOnly": true },
         { "name": "certs", "mountPath": "/etc/dorado/etcd-tls" },
         { "name": "data", "mountPath": "/data" },
-    ]);
+    ]}));
     let volumes = json!([
         { "name": "scratch", "emptyDir": {} },
         { "name": "config", "emptyDir": {} },
@@ -358,19 +394,24 @@ fn the_target_containers_own_mounts_at_our_paths_are_replaced_with_a_warning() {
         None,
         json!({ "containers": [container], "volumes": volumes }),
     );
-    let (out, warnings) = rewritten(&p, &https_cfg());
-    let mounts = &target(&out)["volumeMounts"];
+    let (_, out, warnings) = rewritten(&p, &https_cfg());
+    let mount = |name: &str, path: &str, read_only| VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only,
+        ..Default::default()
+    };
     assert_eq!(
-        mounts,
-        &json!([
-            { "name": "dorado-module", "mountPath": "/etc/dorado/module", "readOnly": true },
-            { "name": "dorado-tmp", "mountPath": "/tmp" },
-            { "name": "dorado-etcd-client", "mountPath": "/etc/dorado/etcd-tls", "readOnly": true },
-            { "name": "data", "mountPath": "/data" },
-        ])
+        mounts(target(&out)),
+        [
+            mount("dorado-module", "/etc/dorado/module", Some(true)),
+            mount("dorado-tmp", "/tmp", None),
+            mount("dorado-etcd-client", "/etc/dorado/etcd-tls", Some(true)),
+            mount("data", "/data", None),
+        ]
     );
     // The user's volumes stay (another container may mount them; unmounted is valid).
-    let volumes = names(out["spec"].get("volumes"), "name");
+    let volumes = volume_names(&out);
     for v in ["scratch", "config", "certs", "data", "dorado-tmp"] {
         assert!(volumes.contains(&v), "{v} missing from {volumes:?}");
     }
@@ -390,8 +431,8 @@ fn the_target_containers_own_mounts_at_our_paths_are_replaced_with_a_warning() {
         );
     }
     // With http:// endpoints /etc/dorado/etcd-tls is not ours: the mount stays.
-    let (out, _) = rewritten(&p, &http_cfg());
-    let paths = names(target(&out).get("volumeMounts"), "mountPath");
+    let (_, out, _) = rewritten(&p, &http_cfg());
+    let paths = mount_paths(target(&out));
     assert!(paths.contains(&"/etc/dorado/etcd-tls"), "{paths:?}");
 }
 
@@ -403,14 +444,17 @@ fn another_containers_mount_at_tmp_is_no_collision() {
         Some("app"),
         json!({ "containers": [app(), shell.clone()], "volumes": [ { "name": "scratch", "emptyDir": {} } ] }),
     );
-    let (out, _) = rewritten(&p, &http_cfg());
-    assert_eq!(out["spec"]["containers"][1], shell);
+    let (_, out, _) = rewritten(&p, &http_cfg());
+    assert_eq!(
+        spec(&out).containers[1],
+        Container::deserialize(&shell).unwrap()
+    );
 }
 
 #[test]
 fn a_block_device_at_one_of_our_paths_is_denied() {
-    let mut container = app();
-    container["volumeDevices"] = json!([ { "name": "raw", "devicePath": "/tmp" } ]);
+    let container =
+        app_with(json!({ "volumeDevices": [ { "name": "raw", "devicePath": "/tmp" } ] }));
     let volumes =
         json!([ { "name": "raw", "persistentVolumeClaim": { "claimName": "raw-block" } } ]);
     let p = pod(
@@ -427,20 +471,19 @@ fn a_block_device_at_one_of_our_paths_is_denied() {
 
 #[test]
 fn the_target_containers_own_env_is_not_duplicated() {
-    let mut container = app();
-    container["env"] = json!([
+    let container = app_with(json!({ "env": [
         { "name": "POD_NAME", "value": "fixed" },
         { "name": "DORADO_GROUP", "value": "other" },
         { "name": "APP_MODE", "value": "replica" },
-    ]);
-    let (out, warnings) = rewritten(
+    ]}));
+    let (_, out, warnings) = rewritten(
         &pod(None, json!({ "containers": [container] })),
         &http_cfg(),
     );
-    let env = target(&out)["env"].as_array().unwrap();
-    let group = env.iter().find(|e| e["name"] == "DORADO_GROUP").unwrap();
-    assert_eq!(group["value"], "kv");
-    assert!(env.iter().any(|e| e["name"] == "APP_MODE"));
+    let env = target(&out).env.as_deref().unwrap();
+    let group = env.iter().find(|e| e.name == "DORADO_GROUP").unwrap();
+    assert_eq!(group.value.as_deref(), Some("kv"));
+    assert!(env.iter().any(|e| e.name == "APP_MODE"));
     assert!(
         warnings
             .iter()
@@ -516,9 +559,10 @@ fn fixtures_get_what_their_readme_promises() {
     let cfg = common::config();
     for (file, pod) in &fixtures {
         let expected = FIXTURES.iter().find(|(f, _)| f == file).unwrap().1;
-        assert_eq!(pod["apiVersion"], "v1", "{file}");
-        assert_eq!(pod["kind"], "Pod", "{file}");
-        assert!(pod["metadata"].get("namespace").is_none(), "{file}");
+        let types = kube::core::TypeMeta::deserialize(pod).unwrap();
+        assert_eq!(types.api_version, "v1", "{file}");
+        assert_eq!(types.kind, "Pod", "{file}");
+        assert!(typed_pod(pod).metadata.namespace.is_none(), "{file}");
         let row = readme
             .lines()
             .find(|l| l.starts_with(&format!("| `{file}`")))

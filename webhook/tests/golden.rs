@@ -7,8 +7,15 @@
 
 mod common;
 
-use common::{CaseOutput, cases, golden_dir, read_json, request, run};
+use common::{CaseOutput, cases, golden_dir, read_json, review, run};
 use dorado_webhook::Outcome;
+use json_patch::PatchOperation;
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, KeyToPath, Pod, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 fn check_or_update(name: &str, actual: &Value, failures: &mut Vec<String>) {
@@ -60,14 +67,14 @@ fn golden_cases_match() {
 #[test]
 fn uid_is_always_echoed() {
     for case in cases() {
-        let req = request(&case);
         let out = run(&case);
         assert_eq!(
-            out.response["response"]["uid"], req["request"]["uid"],
+            out.answer.response.uid,
+            review(&case).uid,
             "{case}: uid not echoed"
         );
-        assert_eq!(out.response["kind"], "AdmissionReview", "{case}");
-        assert_eq!(out.response["apiVersion"], "admission.k8s.io/v1", "{case}");
+        assert_eq!(out.answer.kind, "AdmissionReview", "{case}");
+        assert_eq!(out.answer.api_version, "admission.k8s.io/v1", "{case}");
     }
 }
 
@@ -94,9 +101,8 @@ fn case_names_state_their_outcome() {
             Outcome::Mutated
         };
         assert_eq!(out.outcome, expected, "{case}: {:#}", out.response);
-        let allowed = out.response["response"]["allowed"].as_bool().unwrap();
         assert_eq!(
-            allowed,
+            out.answer.response.allowed,
             matches!(expected, Outcome::Mutated | Outcome::Skipped),
             "{case}"
         );
@@ -106,7 +112,11 @@ fn case_names_state_their_outcome() {
             "{case}: patch presence"
         );
         if out.patch.is_some() {
-            assert_eq!(out.response["response"]["patchType"], "JSONPatch", "{case}");
+            assert_eq!(
+                out.answer.response.patch_type.as_deref(),
+                Some("JSONPatch"),
+                "{case}"
+            );
         }
     }
 }
@@ -132,9 +142,12 @@ fn a_second_pass_yields_no_patch() {
             again.patch.is_none(),
             "{case}: second pass produced a patch"
         );
-        assert_eq!(again.response["response"]["allowed"], true);
+        assert!(again.answer.response.allowed, "{case}");
     }
 }
+
+/// Where the webhook's marker annotation is.
+const STATUS_ANNOTATION: [&str; 3] = ["metadata", "annotations", "dorado.io/status"];
 
 #[test]
 fn mutation_is_stable_without_the_marker() {
@@ -144,20 +157,14 @@ fn mutation_is_stable_without_the_marker() {
         let Some(mut pod) = run(&case).mutated else {
             continue;
         };
-        pod["metadata"]["annotations"]
-            .as_object_mut()
-            .unwrap()
-            .remove("dorado.io/status");
+        common::remove(&mut pod, &STATUS_ANNOTATION);
         let body = common::review_for(&pod, "again");
         let again = common::run_body(&body, Some(&pod));
         let mut twice = again.mutated.expect("mutated again");
         let mut once = run(&case).mutated.unwrap();
         // Warnings may differ; the pods must not.
         for p in [&mut once, &mut twice] {
-            p["metadata"]["annotations"]
-                .as_object_mut()
-                .unwrap()
-                .remove("dorado.io/status");
+            common::remove(p, &STATUS_ANNOTATION);
         }
         assert_eq!(
             once, twice,
@@ -171,95 +178,181 @@ fn dry_run_gets_the_same_answer() {
     // The webhook has no side effects (sideEffects: None), so dryRun changes nothing.
     let real = run("opt-in-statefulset").response;
     let dry = run("dry-run").response;
-    assert_eq!(request("dry-run")["request"]["dryRun"], true);
+    assert!(review("dry-run").dry_run);
     let strip = |mut v: Value| {
-        v["response"]["uid"] = Value::Null;
+        common::set(&mut v, &["response", "uid"], Value::Null);
         v
     };
     assert_eq!(strip(real), strip(dry));
 }
 
+/// Fields of Kubernetes versions newer than the one `k8s_openapi` is built for here, and
+/// `creationTimestamp: null` (absent and `null` are the same to `k8s_openapi`).
+#[derive(Deserialize)]
+struct Newer {
+    metadata: NewerMeta,
+    spec: NewerSpec,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewerMeta {
+    #[serde(default, deserialize_with = "dorado_webhook::view::present")]
+    creation_timestamp: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewerSpec {
+    hostname_override: Option<String>,
+    containers: Vec<NewerContainer>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewerContainer {
+    #[serde(default)]
+    restart_policy_rules: Vec<RestartRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RestartRule {
+    exit_codes: ExitCodes,
+}
+
+#[derive(Deserialize)]
+struct ExitCodes {
+    values: Vec<i32>,
+}
+
 #[test]
 fn unknown_fields_survive() {
-    let pod = run("unknown-fields-preserved").mutated.unwrap();
-    assert_eq!(pod["spec"]["hostnameOverride"], "kv-zero");
+    let out = run("unknown-fields-preserved");
+    let newer = Newer::deserialize(out.mutated.as_ref().unwrap()).unwrap();
+    assert_eq!(newer.spec.hostname_override.as_deref(), Some("kv-zero"));
     assert_eq!(
-        pod["spec"]["containers"][0]["restartPolicyRules"][0]["exitCodes"]["values"],
-        json!([42])
+        newer.spec.containers[0].restart_policy_rules[0]
+            .exit_codes
+            .values,
+        [42]
     );
-    assert_eq!(
-        pod["spec"]["containers"][0]["resizePolicy"][0]["resourceName"],
-        "cpu"
-    );
-    assert_eq!(pod["metadata"]["creationTimestamp"], Value::Null);
-    assert!(pod["metadata"].get("creationTimestamp").is_some());
+    let pod = out.pod();
+    let resize = pod.spec.unwrap().containers[0]
+        .resize_policy
+        .clone()
+        .unwrap();
+    assert_eq!(resize[0].resource_name, "cpu");
+    assert_eq!(newer.metadata.creation_timestamp, Some(Value::Null));
+}
+
+/// `(op, path)` of every operation of the patch.
+fn ops(out: &CaseOutput) -> Vec<(&'static str, String)> {
+    let ops = &out.patch.as_ref().expect("a patch").0;
+    ops.iter()
+        .map(|op| {
+            let name = match op {
+                PatchOperation::Add(_) => "add",
+                PatchOperation::Remove(_) => "remove",
+                PatchOperation::Replace(_) => "replace",
+                PatchOperation::Move(_) => "move",
+                PatchOperation::Copy(_) => "copy",
+                PatchOperation::Test(_) => "test",
+            };
+            (name, op.path().to_string())
+        })
+        .collect()
 }
 
 #[test]
 fn keys_with_slash_and_tilde_are_escaped_and_kept() {
     let out = run("keys-with-slash-and-tilde");
-    let patch = serde_json::to_value(out.patch.unwrap()).unwrap();
-    let paths: Vec<&str> = patch
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|op| op["path"].as_str().unwrap())
-        .collect();
+    let paths: Vec<String> = ops(&out).into_iter().map(|(_, path)| path).collect();
     assert!(
-        paths.contains(&"/metadata/annotations/dorado.io~1status"),
+        paths.contains(&"/metadata/annotations/dorado.io~1status".into()),
         "{paths:?}"
     );
     assert!(
-        paths.contains(&"/metadata/labels/dorado.io~1group"),
+        paths.contains(&"/metadata/labels/dorado.io~1group".into()),
         "{paths:?}"
     );
-    let pod = out.mutated.unwrap();
-    let a = &pod["metadata"]["annotations"];
-    assert_eq!(a["example.com/owner~team"], "storage");
-    assert_eq!(a["a/b~c/d"], "x~y/z");
-    assert_eq!(a["dorado.io/status"], "mutated");
+    let meta = out.pod().metadata;
+    let a = meta.annotations.unwrap();
+    let l = meta.labels.unwrap();
+    let get = |map: &std::collections::BTreeMap<String, String>, key: &str| map.get(key).cloned();
     assert_eq!(
-        pod["metadata"]["labels"]["team.example.com/cost~center"],
-        "db"
+        get(&a, "example.com/owner~team").as_deref(),
+        Some("storage")
     );
-    assert_eq!(pod["metadata"]["labels"]["dorado.io/group"], "kv");
+    assert_eq!(get(&a, "a/b~c/d").as_deref(), Some("x~y/z"));
+    assert_eq!(get(&a, "dorado.io/status").as_deref(), Some("mutated"));
+    assert_eq!(
+        get(&l, "team.example.com/cost~center").as_deref(),
+        Some("db")
+    );
+    assert_eq!(get(&l, "dorado.io/group").as_deref(), Some("kv"));
 }
 
 #[test]
 fn missing_parents_are_added() {
     let out = run("missing-parents");
-    let patch = serde_json::to_value(out.patch.unwrap()).unwrap();
-    let ops: Vec<(&str, &str)> = patch
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|op| (op["op"].as_str().unwrap(), op["path"].as_str().unwrap()))
-        .collect();
-    assert!(ops.contains(&("add", "/metadata/labels")), "{ops:?}");
-    assert!(ops.contains(&("add", "/spec/volumes")), "{ops:?}");
-    let pod = out.mutated.unwrap();
-    assert_eq!(pod["metadata"]["labels"]["dorado.io/group"], "kv");
-    assert_eq!(pod["spec"]["volumes"][0]["name"], "dorado-module");
+    let ops = ops(&out);
+    assert!(ops.contains(&("add", "/metadata/labels".into())), "{ops:?}");
+    assert!(ops.contains(&("add", "/spec/volumes".into())), "{ops:?}");
+    let pod = out.pod();
+    assert_eq!(label(&pod, "dorado.io/group"), Some("kv"));
+    assert_eq!(volumes(&pod)[0].name, "dorado-module");
 }
 
-fn env_of(container: &Value) -> Vec<(String, Value)> {
-    container["env"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["name"].as_str().unwrap().to_owned(), e.clone()))
-        .collect()
+fn label<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+fn spec(pod: &Pod) -> &k8s_openapi::api::core::v1::PodSpec {
+    pod.spec.as_ref().expect("a spec")
+}
+
+fn volumes(pod: &Pod) -> &[Volume] {
+    spec(pod).volumes.as_deref().unwrap_or_default()
+}
+
+fn volume<'a>(pod: &'a Pod, name: &str) -> Option<&'a Volume> {
+    volumes(pod).iter().find(|v| v.name == name)
+}
+
+fn mounts(c: &Container) -> &[VolumeMount] {
+    c.volume_mounts.as_deref().unwrap_or_default()
+}
+
+fn quantity<'a>(
+    list: Option<&'a std::collections::BTreeMap<String, Quantity>>,
+    name: &str,
+) -> Option<&'a str> {
+    list?.get(name).map(|q| q.0.as_str())
+}
+
+fn env_of(container: &Container) -> Vec<EnvVar> {
+    container.env.clone().expect("an env")
+}
+
+fn env_value<'a>(env: &'a [EnvVar], name: &str) -> Option<&'a str> {
+    env.iter().find(|e| e.name == name)?.value.as_deref()
+}
+
+fn env_field_path<'a>(env: &'a [EnvVar], name: &str) -> Option<&'a str> {
+    let from = env.iter().find(|e| e.name == name)?.value_from.as_ref()?;
+    Some(from.field_ref.as_ref()?.field_path.as_str())
 }
 
 #[test]
 fn runtime_container_follows_the_contract() {
-    let pod = run("opt-in-statefulset").mutated.unwrap();
-    let c = &pod["spec"]["containers"][0];
-    assert_eq!(c["image"], "dorado/dorado:0.1.0");
-    assert_eq!(c["command"], json!(["dorado"]));
-    assert_eq!(c["args"], json!(["run"]));
+    let pod = run("opt-in-statefulset").pod();
+    let c = &spec(&pod).containers[0];
+    assert_eq!(c.image.as_deref(), Some("dorado/dorado:0.1.0"));
+    assert_eq!(c.command, Some(vec!["dorado".to_owned()]));
+    assert_eq!(c.args, Some(vec!["run".to_owned()]));
     let env = env_of(c);
-    let names: Vec<&str> = env.iter().map(|(n, _)| n.as_str()).collect();
+    let names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(
         names,
         [
@@ -278,79 +371,92 @@ fn runtime_container_follows_the_contract() {
             "DORADO_LOG_FORMAT",
         ]
     );
-    let value = |n: &str| env.iter().find(|(k, _)| k == n).unwrap().1.clone();
-    assert_eq!(value("DORADO_GROUP")["value"], "kv");
-    assert_eq!(value("DORADO_REPLICA")["value"], "$(POD_NAME)");
+    assert_eq!(env_value(&env, "DORADO_GROUP"), Some("kv"));
+    assert_eq!(env_value(&env, "DORADO_REPLICA"), Some("$(POD_NAME)"));
     assert_eq!(
-        value("DORADO_MODULE")["value"],
-        "/etc/dorado/module/kv.wasm"
+        env_value(&env, "DORADO_MODULE"),
+        Some("/etc/dorado/module/kv.wasm")
     );
-    assert_eq!(value("DORADO_LISTEN")["value"], "0.0.0.0:7070");
-    assert_eq!(value("DORADO_ADVERTISE")["value"], "$(POD_IP):7070");
+    assert_eq!(env_value(&env, "DORADO_LISTEN"), Some("0.0.0.0:7070"));
+    assert_eq!(env_value(&env, "DORADO_ADVERTISE"), Some("$(POD_IP):7070"));
     assert_eq!(
-        value("DORADO_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
-        "metadata.namespace"
+        env_field_path(&env, "DORADO_NAMESPACE"),
+        Some("metadata.namespace")
+    );
+    assert_eq!(env_field_path(&env, "POD_IP"), Some("status.podIP"));
+    assert_eq!(
+        c.ports.as_ref().unwrap()[0],
+        ContainerPort {
+            name: Some("dorado".into()),
+            container_port: 7070,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }
+    );
+    let http_get = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
+        probe.as_ref().unwrap().http_get.clone().unwrap()
+    };
+    assert_eq!(
+        http_get(&c.readiness_probe).path.as_deref(),
+        Some("/readyz")
     );
     assert_eq!(
-        value("POD_IP")["valueFrom"]["fieldRef"]["fieldPath"],
-        "status.podIP"
+        http_get(&c.liveness_probe).path.as_deref(),
+        Some("/healthz")
     );
     assert_eq!(
-        c["ports"][0],
-        json!({"name": "dorado", "containerPort": 7070, "protocol": "TCP"})
+        http_get(&c.readiness_probe).port,
+        IntOrString::String("dorado".into())
     );
-    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
-    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
-    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "dorado");
-    let sc = &c["securityContext"];
-    assert_eq!(sc["runAsNonRoot"], true);
-    assert_eq!(sc["allowPrivilegeEscalation"], false);
-    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
-    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
-    assert_eq!(sc["readOnlyRootFilesystem"], true);
-    let mounts = c["volumeMounts"].as_array().unwrap();
-    assert!(mounts.contains(
-        &json!({"name": "dorado-module", "mountPath": "/etc/dorado/module", "readOnly": true})
-    ));
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop,
+        Some(vec!["ALL".to_owned()])
+    );
+    assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    let mounts = mounts(c);
+    assert!(mounts.contains(&VolumeMount {
+        name: "dorado-module".into(),
+        mount_path: "/etc/dorado/module".into(),
+        read_only: Some(true),
+        ..Default::default()
+    }));
     // The service-account token the ServiceAccount plugin injected is gone.
     assert!(
         !mounts
             .iter()
-            .any(|m| m["name"].as_str().unwrap().starts_with("kube-api-access-"))
+            .any(|m| m.name.starts_with("kube-api-access-"))
     );
-    assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
-    let module = pod["spec"]["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "dorado-module")
-        .unwrap();
-    assert_eq!(module["configMap"]["name"], "kv");
+    assert_eq!(spec(&pod).automount_service_account_token, Some(false));
+    let module = volume(&pod, "dorado-module").unwrap();
+    let config_map = module.config_map.as_ref().unwrap();
+    assert_eq!(config_map.name, "kv");
     assert_eq!(
-        module["configMap"]["items"],
-        json!([{"key": "kv.wasm", "path": "kv.wasm"}])
+        config_map.items,
+        Some(vec![KeyToPath {
+            key: "kv.wasm".into(),
+            path: "kv.wasm".into(),
+            mode: None
+        }])
     );
-    assert_eq!(c["resources"]["requests"]["cpu"], "100m");
-    assert_eq!(c["resources"]["limits"]["memory"], "512Mi");
+    let resources = c.resources.as_ref().unwrap();
+    assert_eq!(quantity(resources.requests.as_ref(), "cpu"), Some("100m"));
+    assert_eq!(quantity(resources.limits.as_ref(), "memory"), Some("512Mi"));
 }
 
-fn etcd_tls_parts(pod: &Value) -> (Option<Value>, Option<Value>, Vec<(String, Value)>) {
-    let volume = pod["spec"]["volumes"]
-        .as_array()
-        .unwrap()
+fn etcd_tls_parts(pod: &Pod) -> (Option<Volume>, Option<VolumeMount>, Vec<EnvVar>) {
+    let volume = volume(pod, "dorado-etcd-client").cloned();
+    let c = &spec(pod).containers[0];
+    let mount = mounts(c)
         .iter()
-        .find(|v| v["name"] == "dorado-etcd-client")
-        .cloned();
-    let c = &pod["spec"]["containers"][0];
-    let mount = c["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == "dorado-etcd-client")
+        .find(|m| m.name == "dorado-etcd-client")
         .cloned();
     let env = env_of(c)
         .into_iter()
-        .filter(|(n, _)| n.starts_with("DORADO_ETCD_") && n != "DORADO_ETCD_ENDPOINTS")
+        .filter(|e| e.name.starts_with("DORADO_ETCD_") && e.name != "DORADO_ETCD_ENDPOINTS")
         .collect();
     (volume, mount, env)
 }
@@ -361,32 +467,36 @@ fn https_endpoints_mount_the_etcd_client_secret() {
         ("etcd-tls-default-secret", "dorado-etcd-client"),
         ("etcd-tls-named-secret", "kv-etcd-client"),
     ] {
-        let pod = run(case).mutated.unwrap();
+        let pod = run(case).pod();
         let (volume, mount, env) = etcd_tls_parts(&pod);
         let volume = volume.unwrap_or_else(|| panic!("{case}: no secret volume"));
-        assert_eq!(volume["secret"]["secretName"], secret, "{case}");
+        let source = volume.secret.unwrap();
+        assert_eq!(source.secret_name.as_deref(), Some(secret), "{case}");
+        let item = |key: &str| KeyToPath {
+            key: key.into(),
+            path: key.into(),
+            mode: None,
+        };
         assert_eq!(
-            volume["secret"]["items"],
-            json!([
-                {"key": "ca.crt", "path": "ca.crt"},
-                {"key": "tls.crt", "path": "tls.crt"},
-                {"key": "tls.key", "path": "tls.key"}
-            ]),
+            source.items,
+            Some(vec![item("ca.crt"), item("tls.crt"), item("tls.key")]),
             "{case}"
         );
         // A whole-volume, read-only mount (no subPath: subPath mounts never see a rotation).
         assert_eq!(
             mount,
-            Some(
-                json!({"name": "dorado-etcd-client", "mountPath": "/etc/dorado/etcd-tls", "readOnly": true})
-            ),
+            Some(VolumeMount {
+                name: "dorado-etcd-client".into(),
+                mount_path: "/etc/dorado/etcd-tls".into(),
+                read_only: Some(true),
+                ..Default::default()
+            }),
             "{case}"
         );
         let value = |n: &str| {
-            env.iter()
-                .find(|(k, _)| k == n)
-                .map(|(_, e)| e["value"].clone())
+            env_value(&env, n)
                 .unwrap_or_else(|| panic!("{case}: no {n}"))
+                .to_owned()
         };
         assert_eq!(value("DORADO_ETCD_CA"), "/etc/dorado/etcd-tls/ca.crt");
         assert_eq!(value("DORADO_ETCD_CERT"), "/etc/dorado/etcd-tls/tls.crt");
@@ -394,18 +504,13 @@ fn https_endpoints_mount_the_etcd_client_secret() {
     }
     // http:// endpoints (the golden configuration's default): nothing TLS is added.
     for case in ["opt-in-statefulset", "etcd-client-secret-ignored-on-http"] {
-        let (volume, mount, env) = etcd_tls_parts(&run(case).mutated.unwrap());
+        let (volume, mount, env) = etcd_tls_parts(&run(case).pod());
         assert!(
             volume.is_none() && mount.is_none() && env.is_empty(),
             "{case}"
         );
     }
-    let deny = |case: &str| {
-        run(case).response["response"]["status"]["message"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let deny = |case: &str| run(case).message().to_owned();
     let msg = deny("deny-etcd-client-secret-invalid");
     assert!(
         msg.contains("dorado.io/etcd-client-secret") && msg.contains("DNS-1123 subdomain"),
@@ -423,62 +528,62 @@ fn group_comes_from_the_owner() {
         ("replicaset-without-hash-label", "web-api"),
         ("explicit-group-bare-pod", "orders"),
     ] {
-        let pod = run(case).mutated.unwrap();
-        let env = env_of(&pod["spec"]["containers"][0]);
-        let g = env.iter().find(|(n, _)| n == "DORADO_GROUP").unwrap();
-        assert_eq!(g.1["value"], group, "{case}");
-        assert_eq!(
-            pod["metadata"]["labels"]["dorado.io/group"], group,
-            "{case}"
-        );
+        let pod = run(case).pod();
+        let env = env_of(&spec(&pod).containers[0]);
+        assert_eq!(env_value(&env, "DORADO_GROUP"), Some(group), "{case}");
+        assert_eq!(label(&pod, "dorado.io/group"), Some(group), "{case}");
     }
+}
+
+/// The containers of a pod, raw.
+#[derive(Deserialize)]
+struct RawContainers {
+    spec: RawContainersSpec,
+}
+
+#[derive(Deserialize)]
+struct RawContainersSpec {
+    containers: Vec<Value>,
 }
 
 #[test]
 fn merge_keeps_other_containers_and_entries() {
-    let req = request("merge-into-existing-container");
-    let pod = run("merge-into-existing-container").mutated.unwrap();
+    let raw = |pod: &Value| RawContainers::deserialize(pod).unwrap().spec.containers;
+    let out = run("merge-into-existing-container");
     // The sidecar is byte-for-byte untouched.
     assert_eq!(
-        pod["spec"]["containers"][0],
-        req["request"]["object"]["spec"]["containers"][0]
+        raw(out.mutated.as_ref().unwrap())[0],
+        raw(&review("merge-into-existing-container").object)[0]
     );
-    let app = &pod["spec"]["containers"][1];
+    let pod = out.pod();
+    let app = &spec(&pod).containers[1];
     let env = env_of(app);
     assert_eq!(
-        env.iter().filter(|(n, _)| n == "DORADO_LEASE_TTL").count(),
+        env.iter().filter(|e| e.name == "DORADO_LEASE_TTL").count(),
         1
     );
-    assert_eq!(env.iter().filter(|(n, _)| n == "POD_NAME").count(), 1);
-    assert!(env.iter().any(|(n, _)| n == "RUST_LOG"));
-    let ports: Vec<&str> = app["ports"]
-        .as_array()
-        .unwrap()
+    assert_eq!(env.iter().filter(|e| e.name == "POD_NAME").count(), 1);
+    assert!(env.iter().any(|e| e.name == "RUST_LOG"));
+    let ports: Vec<&str> = app
+        .ports
         .iter()
-        .map(|p| p["name"].as_str().unwrap())
+        .flatten()
+        .map(|p| p.name.as_deref().unwrap())
         .collect();
     assert_eq!(ports, ["dorado", "admin"]);
-    assert_eq!(app["resources"]["requests"]["ephemeral-storage"], "1Gi");
+    let resources = app.resources.as_ref().unwrap();
     assert_eq!(
-        app["securityContext"]["seLinuxOptions"]["level"],
-        "s0:c123,c456"
+        quantity(resources.requests.as_ref(), "ephemeral-storage"),
+        Some("1Gi")
     );
-    assert_eq!(app["securityContext"]["runAsUser"], 65532);
-    assert!(app.get("workingDir").is_none());
+    let sc = app.security_context.as_ref().unwrap();
+    let se_linux = sc.se_linux_options.as_ref().unwrap();
+    assert_eq!(se_linux.level.as_deref(), Some("s0:c123,c456"));
+    assert_eq!(sc.run_as_user, Some(65532));
+    assert!(app.working_dir.is_none());
     // The token volume is still mounted by the sidecar, so it stays.
-    assert!(
-        pod["spec"]["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|v| v["name"] == "kube-api-access-x7k2p")
-    );
-    let volumes: Vec<&str> = pod["spec"]["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["name"].as_str().unwrap())
-        .collect();
+    assert!(volume(&pod, "kube-api-access-x7k2p").is_some());
+    let volumes: Vec<&str> = volumes(&pod).iter().map(|v| v.name.as_str()).collect();
     assert_eq!(
         volumes.iter().filter(|v| **v == "dorado-module").count(),
         1,
@@ -490,10 +595,7 @@ fn merge_keeps_other_containers_and_entries() {
 fn every_denial_names_the_problem_and_the_expected_form() {
     for case in cases().into_iter().filter(|c| c.starts_with("deny-")) {
         let out = run(&case);
-        let msg = out.response["response"]["status"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
+        let msg = out.message();
         assert!(!msg.is_empty(), "{case}: empty denial message");
         let names_something = msg.contains("dorado.io/") || msg.contains("spec.containers");
         assert!(
@@ -505,8 +607,8 @@ fn every_denial_names_the_problem_and_the_expected_form() {
             "{case}: message gives no expected form: {msg}"
         );
     }
-    let several = run("deny-several-problems").response;
-    let msg = several["response"]["status"]["message"].as_str().unwrap();
+    let several = run("deny-several-problems");
+    let msg = several.message();
     for key in ["dorado.io/module", "dorado.io/port", "dorado.io/log-format"] {
         assert!(msg.contains(key), "all problems are listed at once: {msg}");
     }
@@ -535,43 +637,37 @@ fn every_warning_case_warns() {
         ),
     ] {
         let out = run(case);
-        let warnings = out.response["response"]["warnings"]
-            .as_array()
+        let warnings = out
+            .answer
+            .response
+            .warnings
             .unwrap_or_else(|| panic!("{case}: no warnings"));
         assert!(
-            warnings
-                .iter()
-                .any(|w| w.as_str().unwrap().contains(needle)),
+            warnings.iter().any(|w| w.contains(needle)),
             "{case}: no warning containing {needle:?} in {warnings:?}"
         );
     }
     // A plain opt-in draws no warning.
-    assert!(
-        run("opt-in-statefulset").response["response"]
-            .get("warnings")
-            .is_none()
-    );
+    assert!(run("opt-in-statefulset").answer.response.warnings.is_none());
 }
 
 #[test]
 fn invalid_request_echoes_the_uid() {
     let out = run("invalid-request-missing-operation");
     assert_eq!(out.outcome, Outcome::Invalid);
-    assert_eq!(out.response["response"]["allowed"], false);
+    assert!(!out.answer.response.allowed);
     assert_eq!(
-        out.response["response"]["uid"],
-        request("invalid-request-missing-operation")["request"]["uid"]
+        out.answer.response.uid,
+        review("invalid-request-missing-operation").uid
     );
-    let msg = out.response["response"]["status"]["message"]
-        .as_str()
-        .unwrap();
+    let msg = out.message();
     assert!(msg.contains("operation"), "{msg}");
 }
 
 #[test]
 fn undecodable_bodies_are_errors_not_panics() {
     let cfg = common::config();
-    let valid = serde_json::to_vec(&request("opt-in-statefulset")).unwrap();
+    let valid = serde_json::to_vec(&common::request("opt-in-statefulset")).unwrap();
     let mut bodies: Vec<Vec<u8>> = vec![
         b"".to_vec(),
         b"not json".to_vec(),
@@ -651,14 +747,18 @@ fn fuzzed_annotations_never_panic() {
         "dorado.io/memory-limit",
         "dorado.io/status",
     ];
-    let base = request("opt-in-statefulset")["request"]["object"].clone();
+    let base = review("opt-in-statefulset").object;
     let cfg = common::config();
     for (i, key) in keys.iter().enumerate() {
         for (j, value) in values.iter().enumerate() {
             let mut pod = base.clone();
-            pod["metadata"]["annotations"][*key] = json!(value);
+            common::set(&mut pod, &["metadata", "annotations", key], json!(value));
             if (i + j) % 3 == 0 {
-                pod["spec"]["containers"] = json!([{ "name": value }]);
+                common::set(
+                    &mut pod,
+                    &["spec", "containers"],
+                    json!([{ "name": value }]),
+                );
             }
             let d = dorado_webhook::mutate_pod(&pod, &cfg);
             if let dorado_webhook::Verdict::Mutate(patch) = d.verdict {

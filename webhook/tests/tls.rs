@@ -56,9 +56,9 @@ async fn mutate(client: &reqwest::Client, base: &str) -> Result<Vec<u8>, String>
         return Err(format!("status {}", resp.status()));
     }
     let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
-    let (review, patch) = common::decode_response(&bytes);
-    if review["response"]["allowed"] != true || patch.is_none() {
-        return Err(format!("unexpected review {review}"));
+    let decoded = common::decode_response(&bytes);
+    if !decoded.answer.response.allowed || decoded.patch.is_none() {
+        return Err(format!("unexpected review {}", decoded.json));
     }
     Ok(info)
 }

@@ -88,10 +88,15 @@ fn mutated_golden_pods_pass_kubernetes_validate() {
         // Pods of a ReplicaSet arrive with only generateName (the API server picks the name
         // after admission); the validator needs a name, so fill it in as the API server will.
         let mut pod = pod.clone();
-        if pod["metadata"].get("name").is_none()
-            && let Some(prefix) = pod["metadata"]["generateName"].as_str()
+        let meta = common::typed_pod(&pod).metadata;
+        if meta.name.is_none()
+            && let Some(prefix) = meta.generate_name
         {
-            pod["metadata"]["name"] = format!("{prefix}x7k2q").into();
+            common::set(
+                &mut pod,
+                &["metadata", "name"],
+                format!("{prefix}x7k2q").into(),
+            );
         }
         let pod = &pod;
         let path = dir.path().join(format!("{case}.json"));

@@ -1,10 +1,19 @@
 //! Helpers shared by the integration tests.
+//!
+//! Tests read like the webhook does: typed. Requests and answers are read through the small
+//! views below, patched pods as `k8s_openapi` [`Pod`]s (or, for fields newer than the
+//! Kubernetes version it is built for, a test's own view). Raw JSON is what is sent, what
+//! a patch is applied to, and what the golden files compare whole; it is changed only
+//! through JSON pointers ([`set`], [`remove`]).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use dorado_webhook::{MutationConfig, Outcome};
+use json_patch::jsonptr::PointerBuf;
+use k8s_openapi::api::core::v1::Pod;
+use serde::Deserialize;
 use serde_json::Value;
 
 /// The configuration every golden case is evaluated with.
@@ -42,14 +51,96 @@ pub fn read_json(path: &Path) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
+/// The request of a golden case, as sent.
 pub fn request(case: &str) -> Value {
     read_json(&golden_dir().join(format!("{case}.request.json")))
+}
+
+/// What the tests read of an AdmissionReview request.
+#[derive(Debug, Deserialize)]
+pub struct Review {
+    pub request: ReviewRequest,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewRequest {
+    pub uid: String,
+    #[serde(default)]
+    pub dry_run: bool,
+    /// The pod, raw: what a patch applies to.
+    #[serde(default)]
+    pub object: Value,
+}
+
+/// The request of a golden case, read.
+pub fn review(case: &str) -> ReviewRequest {
+    Review::deserialize(&request(case))
+        .unwrap_or_else(|e| panic!("{case}: not an AdmissionReview request: {e}"))
+        .request
+}
+
+/// An AdmissionReview response as the API server reads it. kube's `AdmissionResponse`
+/// cannot read it: it takes `patch` for a JSON array of bytes, where the API server (and
+/// so the webhook) has base64 text, and its `patchType` is private.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Answer {
+    pub kind: String,
+    pub api_version: String,
+    pub response: AnswerResponse,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnswerResponse {
+    pub uid: String,
+    pub allowed: bool,
+    #[serde(default)]
+    pub status: kube::core::Status,
+    /// Base64 of the JSON patch.
+    pub patch: Option<String>,
+    pub patch_type: Option<String>,
+    pub warnings: Option<Vec<String>>,
+}
+
+/// A serialized review, decoded.
+#[derive(Debug)]
+pub struct Decoded {
+    /// As the API server reads it.
+    pub answer: Answer,
+    /// As JSON, with `response.patch` shown decoded (what the golden files hold).
+    pub json: Value,
+    /// The JSON patch, if any.
+    pub patch: Option<json_patch::Patch>,
+}
+
+/// Decodes a serialized review; `patch` must be a base64 string when present.
+pub fn decode_response(body: &[u8]) -> Decoded {
+    let mut json: Value = serde_json::from_slice(body).expect("response is JSON");
+    let answer = Answer::deserialize(&json).expect("response is an AdmissionReview");
+    let mut patch = None;
+    if let Some(b64) = &answer.response.patch {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("patch is valid base64");
+        let decoded: Value = serde_json::from_slice(&raw).expect("patch is JSON");
+        patch = Some(serde_json::from_value(decoded.clone()).expect("patch is a JSON patch"));
+        set(&mut json, &["response", "patch"], decoded);
+    }
+    Decoded {
+        answer,
+        json,
+        patch,
+    }
 }
 
 /// Outcome of one case.
 #[derive(Debug)]
 pub struct CaseOutput {
     pub outcome: Outcome,
+    /// The AdmissionReview response as the API server reads it.
+    pub answer: Answer,
     /// The AdmissionReview response, with `response.patch` decoded into JSON.
     pub response: Value,
     /// The JSON patch, if any.
@@ -58,25 +149,30 @@ pub struct CaseOutput {
     pub mutated: Option<Value>,
 }
 
-/// Decodes a serialized review; `patch` must be a base64 string when present.
-pub fn decode_response(body: &[u8]) -> (Value, Option<json_patch::Patch>) {
-    let mut response: Value = serde_json::from_slice(body).expect("response is JSON");
-    let mut patch = None;
-    if let Some(p) = response.pointer_mut("/response/patch") {
-        let b64 = p.as_str().expect("patch must be a base64 string");
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(b64)
-            .expect("patch is valid base64");
-        let decoded: Value = serde_json::from_slice(&raw).expect("patch is JSON");
-        patch = Some(serde_json::from_value(decoded.clone()).expect("patch is a JSON patch"));
-        *p = decoded;
+impl CaseOutput {
+    /// The patched pod, typed; panics if there was no patch.
+    pub fn pod(&self) -> Pod {
+        typed_pod(self.mutated.as_ref().expect("a patched pod"))
     }
-    (response, patch)
+
+    /// The denial (or `invalid`) message; empty when there is none.
+    pub fn message(&self) -> &str {
+        &self.answer.response.status.message
+    }
+}
+
+/// A pod (a request object, or a patched one) as the API's type.
+pub fn typed_pod(pod: &Value) -> Pod {
+    Pod::deserialize(pod).unwrap_or_else(|e| panic!("not a Kubernetes Pod ({e}): {pod}"))
 }
 
 pub fn run_body(body: &[u8], object: Option<&Value>) -> CaseOutput {
     let reviewed = dorado_webhook::review(body, &config()).expect("review answers");
-    let (response, patch) = decode_response(&reviewed.body);
+    let Decoded {
+        answer,
+        json: response,
+        patch,
+    } = decode_response(&reviewed.body);
     let mutated = match (&patch, object) {
         (Some(patch), Some(object)) => {
             let mut pod = object.clone();
@@ -87,6 +183,7 @@ pub fn run_body(body: &[u8], object: Option<&Value>) -> CaseOutput {
     };
     CaseOutput {
         outcome: reviewed.outcome,
+        answer,
         response,
         patch,
         mutated,
@@ -94,17 +191,28 @@ pub fn run_body(body: &[u8], object: Option<&Value>) -> CaseOutput {
 }
 
 pub fn run(case: &str) -> CaseOutput {
-    let req = request(case);
-    let body = serde_json::to_vec(&req).unwrap();
-    run_body(&body, req.pointer("/request/object"))
+    let body = serde_json::to_vec(&request(case)).unwrap();
+    run_body(&body, Some(&review(case).object))
 }
 
 /// Wraps `pod` into a CREATE AdmissionReview with `uid`.
 pub fn review_for(pod: &Value, uid: &str) -> Vec<u8> {
     let mut req = request("opt-in-statefulset");
-    req["request"]["uid"] = Value::String(uid.into());
-    req["request"]["object"] = pod.clone();
+    set(&mut req, &["request", "uid"], uid.into());
+    set(&mut req, &["request", "object"], pod.clone());
     serde_json::to_vec(&req).unwrap()
+}
+
+/// Sets the value at `path` (raw tokens, escaped here), adding missing parents.
+pub fn set(doc: &mut Value, path: &[&str], value: Value) {
+    PointerBuf::from_tokens(path.iter().copied())
+        .assign(doc, value)
+        .unwrap_or_else(|e| panic!("cannot set {path:?}: {e}"));
+}
+
+/// Removes the value at `path` (raw tokens, escaped here), if there is one.
+pub fn remove(doc: &mut Value, path: &[&str]) {
+    PointerBuf::from_tokens(path.iter().copied()).delete(doc);
 }
 
 /// The directory of the collision fixtures (Pod manifests in YAML).
