@@ -40,6 +40,7 @@ use dorado::api::{self, ApiState, DEFAULT_MAX_COMMAND_BYTES};
 use dorado::client::{Client, ClientError, fetch_status};
 use dorado::host::{Host, HostConfig, HostError, LoadError};
 use dorado::node::{self, NodeConfig};
+use dorado::probe::HttpProbe;
 use dorado::store::MemoryStore;
 use dorado::trace::TraceWriter;
 use dorado::wire::Status;
@@ -1405,6 +1406,12 @@ impl Launcher for TaskLauncher {
         config.snapshot_every = self.snapshot_every;
         config.module_sha256 = self.module.sha256().to_string();
         config.abi_version = self.module.abi_version();
+        // As `dorado run` does: followers depose a crashed leader at once.
+        let probe = HttpProbe::new(Duration::from_millis(100)).map_err(|e| DemoError::Replica {
+            name: r.name.clone(),
+            message: format!("leader probe http client: {e}"),
+        })?;
+        config.leader_probe = Some(Arc::new(probe));
         let instance = self.module.instantiate()?;
         let store = self.store.clone();
         let state = ApiState::new(DEFAULT_MAX_COMMAND_BYTES).map_err(|e| DemoError::Replica {

@@ -170,6 +170,14 @@ fn meta(sha: &str) -> Meta {
     }
 }
 
+fn member(applied: Index) -> MemberRecord {
+    MemberRecord {
+        address: "10.0.0.1:7070".into(),
+        applied_index: applied,
+        hash: format!("{applied:064x}"),
+    }
+}
+
 fn entry(i: Index) -> Vec<u8> {
     format!("entry-{i}").into_bytes()
 }
@@ -806,11 +814,6 @@ async fn delete_snapshots_below_deletes_exactly_the_range<S: TestStore>(s: S) {
 }
 
 async fn members_vanish_with_their_lease<S: TestStore>(s: S) {
-    let member = |applied: Index| MemberRecord {
-        address: "10.0.0.1:7070".into(),
-        applied_index: applied,
-        hash: format!("{applied:064x}"),
-    };
     let la = s.grant_lease(LONG_TTL).await.unwrap();
     let lb = s.grant_lease(Duration::from_secs(1)).await.unwrap();
     s.publish_member(la, "r-a", &member(1)).await.unwrap();

@@ -128,9 +128,12 @@ impl Link {
 /// Broken invariants of the store contract seen by the fault layer.
 pub type Violations = Arc<Mutex<Vec<String>>>;
 
+/// Called with (deposer, deposed leader, epoch) after every deposition.
+pub type DeposeHook = dyn Fn(&str, &str, Epoch) + Send + Sync;
+
 /// Told of every deposition: who deposed, whom, which epoch.
 #[derive(Clone)]
-pub struct OnDepose(pub Arc<dyn Fn(&str, &str, Epoch) + Send + Sync>);
+pub struct OnDepose(pub Arc<DeposeHook>);
 
 impl std::fmt::Debug for OnDepose {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
