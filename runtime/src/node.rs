@@ -234,6 +234,12 @@ struct Shared {
     /// The election task won and is reading the log before leading.
     preparing: AtomicBool,
     resubscribe: Notify,
+    /// This replica started or stopped leading (see `learner_task`).
+    role: Notify,
+    /// The index from which this replica's current term applies entries it
+    /// read or wrote itself; below it the learner must still deliver
+    /// (a snapshot to restore).
+    lead_base: std::sync::atomic::AtomicU64,
     /// The newest leadership the leader watch (or a won election) reported.
     view: std::sync::Mutex<Option<Leadership>>,
 }
@@ -336,6 +342,8 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
         stuck: AtomicBool::new(false),
         preparing: AtomicBool::new(false),
         resubscribe: Notify::new(),
+        role: Notify::new(),
+        lead_base: std::sync::atomic::AtomicU64::new(0),
         view: std::sync::Mutex::new(None),
     });
     let tasks = TaskSet::new(&shutdown);
@@ -666,11 +674,17 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
                     tracing::warn!("append fenced: another replica leads now; stepping down");
                     self.engine = None;
                     self.replies.on_step_down();
-                    self.health.set_leading(false);
+                    self.set_leading(false);
                     self.publish_status();
                 }
             }
         }
+    }
+
+    /// Leading starts or ends: the learner stops or resumes its log watch.
+    fn set_leading(&self, leading: bool) {
+        self.health.set_leading(leading);
+        self.shared.role.notify_one();
     }
 
     fn step_down(&mut self) {
@@ -679,7 +693,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
             self.perform(actions);
         }
         self.replies.on_step_down();
-        self.health.set_leading(false);
+        self.set_leading(false);
         self.publish_status();
         self.check_drained();
     }
@@ -723,7 +737,8 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
             LeaderEngine::start(epoch, self.health.config.leader, from, last, &present);
         tracing::info!(epoch, last, gaps = actions.len(), "leading");
         self.engine = Some(engine);
-        self.health.set_leading(true);
+        self.shared.lead_base.store(from, Ordering::Release);
+        self.set_leading(true);
         self.health.metrics.elections_won.inc();
         self.health.note_commit(last);
         self.perform(actions);
@@ -1103,6 +1118,23 @@ async fn learner_task<S: Store>(
     let health = &shared.health;
     let mut attempt = 0;
     while !stop.is_cancelled() {
+        // A leader learns its own appends from their answers (the engine's
+        // `Committed`) and the entries above its base from its election's
+        // read; after its election nobody else can append. Once it applied up
+        // to that base (restoring a snapshot if it was behind one), the watch
+        // would only send every batch back to the replica that wrote it, so
+        // the leader stops watching, and resumes from what it applied when
+        // its term ends.
+        let settled =
+            || health.is_leading() && health.applied() >= shared.lead_base.load(Ordering::Acquire);
+        if settled() {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                _ = shared.role.notified() => {}
+            }
+            continue;
+        }
         let mut from = health.applied() + 1;
         // A replica behind the newest snapshot restores it instead of replaying
         // (the entries below it may be gone).
@@ -1147,11 +1179,22 @@ async fn learner_task<S: Store>(
             }
         }
         let mut stream = store.watch_log(from);
+        let mut recheck = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => return,
                 _ = shared.resubscribe.notified() => break,
+                _ = shared.role.notified() => {
+                    if settled() {
+                        break;
+                    }
+                }
+                _ = recheck.tick() => {
+                    if settled() {
+                        break;
+                    }
+                }
                 item = stream.next() => match item {
                     Some(Ok((index, bytes))) => {
                         attempt = 0;
