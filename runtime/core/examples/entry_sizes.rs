@@ -13,7 +13,10 @@
 //! - `bench`: `x` repeated, what `dorado-bench` sends (the best case);
 //! - `words`: words drawn from a 64-word vocabulary (text-like data);
 //! - `random`: random base64 characters (the worst case a JSON command can
-//!   be: 6 bits of entropy per byte, nothing for LZ4 to repeat).
+//!   be: 6 bits of entropy per byte, nothing for LZ4 to repeat);
+//! - `binary`: not a kv put at all, 100 random bytes (what a guest with a
+//!   binary command encoding and high-entropy data would send): only the
+//!   entry's own framing and the client ids can shrink.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -43,6 +46,7 @@ enum Kind {
     Bench,
     Words,
     Random,
+    Binary,
 }
 
 const WORDS: [&str; 64] = [
@@ -57,6 +61,14 @@ const WORDS: [&str; 64] = [
 const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 fn command(rng: &mut Rng, kind: Kind, client: usize, seq: u64) -> Command {
+    let client = Some(ClientTag {
+        id: format!("bench-5f3a9c21-dorado-c120-{client}"),
+        seq,
+    });
+    if let Kind::Binary = kind {
+        let payload = (0..100).map(|_| rng.next() as u8).collect();
+        return Command { client, payload };
+    }
     let key = format!("k{:08}", rng.below(100_000));
     let base = format!(r#"{{"op":"put","key":"{key}","value":""}}"#);
     let pad = 100 - base.len();
@@ -69,18 +81,13 @@ fn command(rng: &mut Rng, kind: Kind, client: usize, seq: u64) -> Command {
                 value.push(' ');
             }
             Kind::Random => value.push(BASE64[rng.below(64)] as char),
+            Kind::Binary => unreachable!("binary payloads are not kv puts"),
         }
     }
     value.truncate(pad);
     let payload = format!(r#"{{"op":"put","key":"{key}","value":"{value}"}}"#).into_bytes();
     assert_eq!(payload.len(), 100);
-    Command {
-        client: Some(ClientTag {
-            id: format!("bench-5f3a9c21-dorado-c120-{client}"),
-            seq,
-        }),
-        payload,
-    }
+    Command { client, payload }
 }
 
 fn batch(kind: Kind, n: usize, seed: u64) -> Entry {
@@ -110,6 +117,7 @@ fn main() {
         ("bench", Kind::Bench),
         ("words", Kind::Words),
         ("random", Kind::Random),
+        ("binary", Kind::Binary),
     ];
     println!("## 120 commands of 100 B (kv puts, one client each)\n");
     println!(
@@ -144,8 +152,10 @@ fn main() {
     }
 
     println!("\n## by batch size (threshold: compressed above {COMPRESS_ABOVE} B)\n");
-    println!("| commands | bench: v1 → stored | words: v1 → stored | random: v1 → stored |");
-    println!("|---:|---|---|---|");
+    println!(
+        "| commands | bench: v1 → stored | words: v1 → stored | random: v1 → stored | binary: v1 → stored |"
+    );
+    println!("|---:|---|---|---|---|");
     for n in [1, 2, 3, 4, 8, 16, 32, 120, 1000] {
         let cells: Vec<String> = kinds
             .iter()
