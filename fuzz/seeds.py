@@ -45,6 +45,50 @@ def batch(commands):
     return b"DE\x01\x01" + u32(len(commands)) + b"".join(commands)
 
 
+def lz4_block(data):
+    """A greedy LZ4 block-format compressor (what version-2 entries hold).
+    Any valid LZ4 block decodes; it need not be lz4_flex's own output."""
+    out = bytearray()
+
+    def length(v):
+        while v >= 255:
+            out.append(255)
+            v -= 255
+        out.append(v)
+
+    def literals(lit, match_nibble):
+        out.append((min(len(lit), 15) << 4) | match_nibble)
+        if len(lit) >= 15:
+            length(len(lit) - 15)
+        out.extend(lit)
+
+    n, i, anchor, seen = len(data), 0, 0, {}
+    # The last 5 bytes are literals; the last match starts 12 bytes before the end.
+    while i < n - 12:
+        key = data[i:i + 4]
+        cand = seen.get(key)
+        seen[key] = i
+        if cand is None or i - cand > 65535:
+            i += 1
+            continue
+        m = 4
+        while i + m < n - 5 and data[cand + m] == data[i + m]:
+            m += 1
+        literals(data[anchor:i], min(m - 4, 15))
+        out.extend(struct.pack("<H", i - cand))
+        if m - 4 >= 15:
+            length(m - 4 - 15)
+        i += m
+        anchor = i
+    literals(data[anchor:], 0)
+    return bytes(out)
+
+
+def compressed(entry):
+    """The version-2 form of a version-1 entry."""
+    return b"DE\x02\x01" + u32(len(entry)) + lz4_block(entry)
+
+
 def snapshot(index, hash_, sha, sessions, state, keep_order=False):
     out = b"DS\x01" + u64(index) + hash_ + u16(len(sha)) + sha.encode()
     out += u32(len(sessions))
@@ -68,6 +112,19 @@ def entries():
         command(("web-1", 2), b'{"op":"get","key":"a"}'),
         command(("web-2", 1), b'{"op":"delete","key":"a"}'),
     ]))
+    # Version 2: compressed batches (above 256 bytes uncompressed).
+    puts = [command(("bench-c%d" % i, 1000 + i),
+                    b'{"op":"put","key":"k%08d","value":"%s"}' % (i, b"x" * 58))
+            for i in range(8)]
+    write("entry_decode", "v2-batch-eight", compressed(batch(puts)))
+    write("entry_decode", "v2-batch-mixed", compressed(batch([
+        command(None, b"free text " * 30),
+        command(("web-1", 3), put * 4),
+    ])))
+    # Hostile: a length no replica may allocate; a stream shorter than declared.
+    write("entry_decode", "v2-huge-length", b"DE\x02\x01\xff\xff\xff\xff" + bytes(8))
+    eight = batch(puts)
+    write("entry_decode", "v2-short-stream", b"DE\x02\x01" + u32(len(eight) + 1) + lz4_block(eight))
 
 
 def snapshots():

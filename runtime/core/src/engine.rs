@@ -77,10 +77,22 @@ impl Learner {
 pub struct LeaderConfig {
     /// Appends allowed in flight at once.
     pub max_inflight: usize,
-    /// A batch closes when its encoding would exceed this many bytes.
+    /// A batch closes when its uncompressed (version-1) encoding,
+    /// [`Entry::uncompressed_len`], would exceed this many bytes; a batch
+    /// always takes at least one command, so a single larger command makes a
+    /// batch of its own. This bounds both what is stored (a compressed entry
+    /// is written only when shorter) and what replicas decompress. Compressed
+    /// entries are only written up to [`crate::entry::MAX_DECOMPRESSED_ENTRY`]
+    /// of uncompressed encoding; bigger batches are stored uncompressed.
     pub max_batch_bytes: usize,
     /// A batch closes at this many commands.
     pub max_batch_commands: usize,
+    /// Store big batches compressed (entry format version 2, see
+    /// [`Entry::encode`]). Off writes only version 1, which every build
+    /// reads: for a rolling upgrade from a build that predates version 2
+    /// (such a build refuses version-2 entries as corrupt), or to keep a
+    /// rollback to it possible.
+    pub compress_entries: bool,
 }
 
 /// One append in flight is the default: commands that arrive meanwhile queue
@@ -95,6 +107,7 @@ impl Default for LeaderConfig {
             max_inflight: 1,
             max_batch_bytes: 1024 * 1024,
             max_batch_commands: 4096,
+            compress_entries: true,
         }
     }
 }
@@ -351,7 +364,7 @@ impl<T> LeaderEngine<T> {
     fn cut_batches(&mut self) -> Vec<LeaderAction<T>> {
         let mut actions = Vec::new();
         while self.inflight.len() < self.config.max_inflight && !self.queue.is_empty() {
-            let mut size = 8; // entry header + count
+            let mut size = 8; // version-1 entry header + count
             let mut commands = Vec::new();
             let mut waiters = Vec::new();
             while let Some((_, cmd)) = self.queue.front() {
@@ -389,7 +402,12 @@ impl<T> LeaderEngine<T> {
         entry: Entry,
         waiters: Vec<(u32, T)>,
     ) -> Vec<LeaderAction<T>> {
-        let bytes = match entry.encode() {
+        let encoded = if self.config.compress_entries {
+            entry.encode()
+        } else {
+            entry.encode_uncompressed()
+        };
+        let bytes = match encoded {
             Ok(b) => Arc::new(b),
             Err(error) => {
                 return waiters
@@ -551,6 +569,7 @@ mod tests {
             max_inflight: 1,
             max_batch_bytes: 350,
             max_batch_commands: 100,
+            ..LeaderConfig::default()
         };
         let (mut e, _) = LeaderEngine::start(1, cfg, 0, 0, &[]);
         e.submit(0, cmd(0));
@@ -564,6 +583,37 @@ mod tests {
         let n = Entry::decode(bytes).unwrap().len();
         assert_eq!(n, 2, "a 115-byte command x3 would exceed 350 bytes");
         assert!(bytes.len() <= 350);
+    }
+
+    /// The byte limit applies to the uncompressed length, so it bounds both
+    /// what is stored and what followers decompress; big batches are stored
+    /// compressed unless `compress_entries` is off.
+    #[test]
+    fn the_byte_limit_bounds_the_uncompressed_batch_and_big_batches_are_compressed() {
+        for compress_entries in [true, false] {
+            let cfg = LeaderConfig {
+                max_batch_bytes: 2000,
+                compress_entries,
+                ..LeaderConfig::default()
+            };
+            let (mut e, _) = LeaderEngine::start(1, cfg, 0, 0, &[]);
+            for t in 0..=40 {
+                e.submit(t, cmd(t as u64));
+            }
+            let actions = e.on_append(1, Ok(AppendOutcome::Appended));
+            let LeaderAction::Append { bytes, .. } = &actions[1] else {
+                panic!("expected an append, got {actions:?}");
+            };
+            let entry = Entry::decode(bytes).unwrap();
+            assert_eq!(entry.len(), 17, "(2000 - 8) / 115 commands");
+            assert!(entry.uncompressed_len() <= 2000);
+            if compress_entries {
+                assert_eq!(bytes[2], 2, "a 1963-byte batch of x's is compressed");
+                assert!(bytes.len() < entry.uncompressed_len() / 2);
+            } else {
+                assert_eq!(**bytes, entry.encode_uncompressed().unwrap());
+            }
+        }
     }
 
     #[test]

@@ -3,29 +3,104 @@
 //! Why a hand-written format instead of serde: these bytes are hashed,
 //! compared byte-for-byte by a leader retrying an append, and decoded from a
 //! store that other processes write. The format must therefore be canonical
-//! (one encoding per value), versioned, and decodable without trusting any
-//! length field. Every decoder checks bounds and returns [`DecodeError`];
-//! nothing here can panic on hostile input (fuzzed in `fuzz/`).
+//! (one encoding per value, see below for what that means for compressed
+//! entries), versioned, and decodable without trusting any length field.
+//! Every decoder checks bounds and returns [`DecodeError`]; nothing here can
+//! panic on hostile input (fuzzed in `fuzz/`).
 //!
 //! All integers are big-endian.
 //!
 //! ```text
-//! entry    = "DE" version:u8 kind:u8 (noop: nothing | batch: count:u32 command*)
+//! entry    = entry_v1 | entry_v2
+//! entry_v1 = "DE" 1:u8 kind:u8 (noop: 0 | batch: 1 count:u32 command*)
+//! entry_v2 = "DE" 2:u8 codec:u8 raw_len:u32 packed
+//!            codec 1 = LZ4 block format; packed decompresses to exactly
+//!            raw_len bytes, which are an entry_v1 (a compressed v1 entry)
 //! command  = id_len:u16 id seq:u64 payload_len:u32 payload
 //! snapshot = "DS" version:u8 index:u64 hash:[32] sha_len:u16 sha
 //!            session_count:u32 session* state_len:u64 state
 //! session  = id_len:u16 id seq:u64 last_index:u64 outcome
 //! outcome  = 0:u8 len:u32 reply | 1:u8 len:u32 reason
 //! ```
+//!
+//! # Compressed entries (version 2)
+//!
+//! A batch of client commands repeats itself: client ids, JSON keys, the
+//! state machine's command vocabulary. Every entry is written to etcd once and
+//! sent to every watching replica, so its size is paid several times over.
+//! [`Entry::encode`] therefore writes an entry whose version-1 encoding is
+//! longer than [`COMPRESS_ABOVE`] bytes (and at most
+//! [`MAX_DECOMPRESSED_ENTRY`]) as version 2, the version-1 bytes compressed
+//! with LZ4 — **if** that is strictly shorter; otherwise (small entries,
+//! no-ops, incompressible payloads, anything above the limit) it writes
+//! version 1. [`Entry::decode`] reads both, forever: logs written before
+//! version 2 existed stay readable (`fixtures/entry-v1/` holds such bytes).
+//!
+//! What "canonical" means with two versions:
+//! - the encoder is deterministic: one entry, one byte string, in one build
+//!   (what a leader retrying an append compares);
+//! - a version-1 entry decodes only if it re-encodes (version 1) to exactly
+//!   the same bytes, as before;
+//! - a version-2 entry decodes only if it is what the encoder could have
+//!   written: known codec, `raw_len` above [`COMPRESS_ABOVE`] and at most
+//!   [`MAX_DECOMPRESSED_ENTRY`], strictly shorter than `raw_len`, the packed
+//!   bytes decompress to exactly `raw_len` bytes, and those are a canonical
+//!   version-1 entry. The packed bytes themselves are *not* required to be
+//!   this build's compressor output: LZ4 allows many streams for the same
+//!   data and another lz4_flex release may choose differently, and an upgrade
+//!   must never make its own group's log unreadable. Two stored entries with
+//!   the same value can thus differ in their packed bytes; everything
+//!   replicated (the hash chain, sessions, snapshots) is computed from the
+//!   decoded commands, never from entry bytes.
+//! - Version-1 encodings of batches the encoder now writes as version 2 are
+//!   accepted (they are the old logs).
+//!
+//! Which limit applies to which length: [`MAX_DECOMPRESSED_ENTRY`] bounds
+//! `raw_len`, checked before anything is allocated, so a hostile entry cannot
+//! make a replica allocate more than that. The leader's batch limit
+//! (`LeaderConfig::max_batch_bytes`) is applied to the version-1 length
+//! ([`Entry::uncompressed_len`], the sum of [`Command::encoded_len`]); what
+//! is stored is never longer than that, and what a replica decompresses is
+//! exactly that.
 
 use crate::session::{Outcome, Session, Sessions};
 use crate::store::Index;
 
 const ENTRY_MAGIC: &[u8; 2] = b"DE";
 const SNAPSHOT_MAGIC: &[u8; 2] = b"DS";
-const VERSION: u8 = 1;
+/// Entries: uncompressed.
+const ENTRY_V1: u8 = 1;
+/// Entries: a compressed version-1 entry.
+const ENTRY_V2: u8 = 2;
+const SNAPSHOT_VERSION: u8 = 1;
 const KIND_NOOP: u8 = 0;
 const KIND_BATCH: u8 = 1;
+/// Codec of a version-2 entry: the LZ4 block format (no frame, no checksum;
+/// etcd already checksums what it stores).
+const CODEC_LZ4: u8 = 1;
+/// Magic, version, codec, raw_len.
+const V2_HEADER: usize = 2 + 1 + 1 + 4;
+
+/// Entries whose version-1 encoding is at most this long are never
+/// compressed.
+///
+/// 256 bytes is about two commands of 100 bytes. Below it LZ4 finds little
+/// to remove (there is hardly a repeat inside one command, and the version-2
+/// header costs 5 bytes more), and a lightly loaded leader, whose batches hold
+/// one or two commands, spends no time compressing. The measurement in
+/// `docs/benchmarks.md` ("Entry compression") shows where it starts to pay.
+pub const COMPRESS_ABOVE: usize = 256;
+
+/// The largest `raw_len` a version-2 entry may declare; above it the encoder
+/// writes version 1 and the decoder refuses the entry before allocating.
+///
+/// 1.5 MiB is etcd's default request limit, which no uncompressed entry
+/// could ever exceed, and it is above the largest batch `dorado run` builds:
+/// its leader closes a batch at `max(1 MiB, --max-command-bytes + 4096)`
+/// bytes of version-1 encoding, and `--max-command-bytes` is at most
+/// 1,400,000. Part of the format: raising it needs a new version, since an
+/// older build would refuse the larger entries.
+pub const MAX_DECOMPRESSED_ENTRY: usize = 1536 * 1024;
 
 /// Who sent a command, for exactly-once delivery.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -74,7 +149,9 @@ pub enum DecodeError {
         expected: &'static str,
     },
     /// A format version this build does not know.
-    #[error("unsupported format version {0} (this build reads version 1)")]
+    #[error(
+        "unsupported format version {0} (this build reads entry versions 1 and 2, snapshot version 1)"
+    )]
     Version(u8),
     /// An enum tag outside its range.
     #[error("invalid {what} tag {tag}")]
@@ -95,6 +172,19 @@ pub enum DecodeError {
     /// decoding stays the exact inverse of encoding.
     #[error("not canonical: {0}")]
     NotCanonical(&'static str),
+    /// A compressed entry declares a decompressed length above
+    /// [`MAX_DECOMPRESSED_ENTRY`] (refused before allocating).
+    #[error("compressed entry declares {len} bytes; at most {max} allowed")]
+    TooLarge {
+        /// The declared length.
+        len: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// The packed bytes of a compressed entry are not a valid LZ4 block of
+    /// the declared length.
+    #[error("compressed entry is corrupt: {0}")]
+    Decompress(String),
 }
 
 /// Why a value cannot be encoded.
@@ -115,11 +205,22 @@ pub enum EncodeError {
 pub const MAX_CLIENT_ID: usize = 255;
 
 impl Entry {
-    /// Canonical bytes of this entry.
+    /// Bytes to store for this entry: version 2 (compressed) for an entry
+    /// whose version-1 encoding is longer than [`COMPRESS_ABOVE`] and at most
+    /// [`MAX_DECOMPRESSED_ENTRY`] bytes when compression makes it shorter,
+    /// version 1 otherwise. Never longer than [`Entry::uncompressed_len`];
+    /// deterministic (the same entry gives the same bytes).
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
-        let mut out = Vec::with_capacity(self.encoded_len());
+        Ok(compress(self.encode_uncompressed()?))
+    }
+
+    /// The version-1 (uncompressed) encoding: what [`Entry::encode`] writes
+    /// for small entries, and what a version-2 entry decompresses to. For
+    /// tests and tools that need the uncompressed form.
+    pub fn encode_uncompressed(&self) -> Result<Vec<u8>, EncodeError> {
+        let mut out = Vec::with_capacity(self.uncompressed_len());
         out.extend_from_slice(ENTRY_MAGIC);
-        out.push(VERSION);
+        out.push(ENTRY_V1);
         match self {
             Entry::Noop => out.push(KIND_NOOP),
             Entry::Batch(commands) => {
@@ -134,40 +235,25 @@ impl Entry {
         Ok(out)
     }
 
-    /// Size of [`Entry::encode`]'s output, without encoding.
-    pub fn encoded_len(&self) -> usize {
+    /// Size of [`Entry::encode_uncompressed`]'s output, without encoding: an
+    /// upper bound of [`Entry::encode`]'s, and exactly what decoding a stored
+    /// entry produces before it is parsed. Batch size limits apply to it.
+    pub fn uncompressed_len(&self) -> usize {
         4 + match self {
             Entry::Noop => 0,
             Entry::Batch(cs) => 4 + cs.iter().map(Command::encoded_len).sum::<usize>(),
         }
     }
 
-    /// Decode bytes produced by [`Entry::encode`].
+    /// Decode bytes produced by [`Entry::encode`] (either version) or by
+    /// [`Entry::encode_uncompressed`].
     pub fn decode(bytes: &[u8]) -> Result<Entry, DecodeError> {
         let mut r = Reader::new(bytes);
-        r.magic(ENTRY_MAGIC, "DE")?;
-        let entry = match r.u8("entry kind")? {
-            KIND_NOOP => Entry::Noop,
-            KIND_BATCH => {
-                let n = r.u32("command count")? as usize;
-                // Each command needs at least 14 bytes; refuse counts the input cannot hold.
-                let mut commands = Vec::with_capacity(n.min(r.remaining() / 14));
-                for _ in 0..n {
-                    let client = r.client()?;
-                    let payload = r.bytes32("payload")?.to_vec();
-                    commands.push(Command { client, payload });
-                }
-                Entry::Batch(commands)
-            }
-            tag => {
-                return Err(DecodeError::BadTag {
-                    what: "entry kind",
-                    tag,
-                });
-            }
-        };
-        r.finish()?;
-        Ok(entry)
+        match r.magic(ENTRY_MAGIC, "DE")? {
+            ENTRY_V1 => decode_v1(r),
+            ENTRY_V2 => decode_v2(r),
+            v => Err(DecodeError::Version(v)),
+        }
     }
 
     /// Number of commands (0 for a no-op).
@@ -199,9 +285,106 @@ impl Command {
         len_u32(self.payload.len()).map(|_| ())
     }
 
-    /// Bytes this command takes inside an encoded batch.
+    /// Bytes this command takes inside a version-1 (uncompressed) batch;
+    /// see [`Entry::uncompressed_len`].
     pub fn encoded_len(&self) -> usize {
         2 + self.client.as_ref().map_or(0, |c| c.id.len()) + 8 + 4 + self.payload.len()
+    }
+}
+
+/// The rest of a version-1 entry, after its version byte.
+fn decode_v1(mut r: Reader<'_>) -> Result<Entry, DecodeError> {
+    let entry = match r.u8("entry kind")? {
+        KIND_NOOP => Entry::Noop,
+        KIND_BATCH => {
+            let n = r.u32("command count")? as usize;
+            // Each command needs at least 14 bytes; refuse counts the input cannot hold.
+            let mut commands = Vec::with_capacity(n.min(r.remaining() / 14));
+            for _ in 0..n {
+                let client = r.client()?;
+                let payload = r.bytes32("payload")?.to_vec();
+                commands.push(Command { client, payload });
+            }
+            Entry::Batch(commands)
+        }
+        tag => {
+            return Err(DecodeError::BadTag {
+                what: "entry kind",
+                tag,
+            });
+        }
+    };
+    r.finish()?;
+    Ok(entry)
+}
+
+/// The rest of a version-2 entry, after its version byte. Every check that
+/// needs no allocation comes first.
+fn decode_v2(mut r: Reader<'_>) -> Result<Entry, DecodeError> {
+    let codec = r.u8("codec")?;
+    if codec != CODEC_LZ4 {
+        return Err(DecodeError::BadTag {
+            what: "codec",
+            tag: codec,
+        });
+    }
+    let raw_len = r.u32("uncompressed length")?;
+    let raw_len_usize = usize::try_from(raw_len).unwrap_or(usize::MAX);
+    if raw_len_usize > MAX_DECOMPRESSED_ENTRY {
+        return Err(DecodeError::TooLarge {
+            len: u64::from(raw_len),
+            max: MAX_DECOMPRESSED_ENTRY,
+        });
+    }
+    if raw_len_usize <= COMPRESS_ABOVE {
+        return Err(DecodeError::NotCanonical(
+            "compressed entry small enough to be stored uncompressed",
+        ));
+    }
+    if r.buf.len() >= raw_len_usize {
+        return Err(DecodeError::NotCanonical(
+            "compressed entry no shorter than its uncompressed form",
+        ));
+    }
+    let packed = r.take(r.remaining(), "packed entry")?;
+    let mut raw = vec![0u8; raw_len_usize];
+    let written = lz4_flex::block::decompress_into(packed, &mut raw)
+        .map_err(|e| DecodeError::Decompress(e.to_string()))?;
+    if written != raw_len_usize {
+        return Err(DecodeError::Decompress(format!(
+            "{written} bytes decompressed, {raw_len} declared"
+        )));
+    }
+    let mut inner = Reader::new(&raw);
+    match inner.magic(ENTRY_MAGIC, "DE")? {
+        ENTRY_V1 => decode_v1(inner),
+        _ => Err(DecodeError::NotCanonical(
+            "a compressed entry must hold a version-1 entry",
+        )),
+    }
+}
+
+/// Version 2 for `raw` (a version-1 entry) if the rules in the module docs
+/// allow it and it is strictly shorter; `raw` itself otherwise.
+fn compress(raw: Vec<u8>) -> Vec<u8> {
+    if raw.len() <= COMPRESS_ABOVE || raw.len() > MAX_DECOMPRESSED_ENTRY {
+        return raw;
+    }
+    let Ok(raw_len) = u32::try_from(raw.len()) else {
+        return raw;
+    };
+    let mut out = vec![0u8; V2_HEADER + lz4_flex::block::get_maximum_output_size(raw.len())];
+    out[..2].copy_from_slice(ENTRY_MAGIC);
+    out[2] = ENTRY_V2;
+    out[3] = CODEC_LZ4;
+    out[4..V2_HEADER].copy_from_slice(&raw_len.to_be_bytes());
+    match lz4_flex::block::compress_into(&raw, &mut out[V2_HEADER..]) {
+        Ok(n) if V2_HEADER + n < raw.len() => {
+            out.truncate(V2_HEADER + n);
+            out
+        }
+        // Incompressible (or, impossibly, a buffer too small): stay uncompressed.
+        _ => raw,
     }
 }
 
@@ -226,7 +409,7 @@ impl SnapshotData {
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         let mut out = Vec::with_capacity(64 + self.state.len());
         out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.push(VERSION);
+        out.push(SNAPSHOT_VERSION);
         put_u64(&mut out, self.index);
         out.extend_from_slice(&self.hash);
         put_bytes16(&mut out, self.module_sha256.as_bytes())?;
@@ -254,7 +437,10 @@ impl SnapshotData {
     /// Decode bytes produced by [`SnapshotData::encode`].
     pub fn decode(bytes: &[u8]) -> Result<SnapshotData, DecodeError> {
         let mut r = Reader::new(bytes);
-        r.magic(SNAPSHOT_MAGIC, "DS")?;
+        match r.magic(SNAPSHOT_MAGIC, "DS")? {
+            SNAPSHOT_VERSION => {}
+            v => return Err(DecodeError::Version(v)),
+        }
         let index = r.u64("snapshot index")?;
         let mut hash = [0u8; 32];
         hash.copy_from_slice(r.take(32, "hash")?);
@@ -386,14 +572,12 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    fn magic(&mut self, magic: &[u8; 2], name: &'static str) -> Result<(), DecodeError> {
+    /// Check the magic; returns the version byte that follows it.
+    fn magic(&mut self, magic: &[u8; 2], name: &'static str) -> Result<u8, DecodeError> {
         if self.take(2, "magic")? != magic {
             return Err(DecodeError::BadMagic { expected: name });
         }
-        match self.u8("version")? {
-            VERSION => Ok(()),
-            v => Err(DecodeError::Version(v)),
-        }
+        self.u8("version")
     }
 
     fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
@@ -478,7 +662,8 @@ mod tests {
     fn entries_round_trip_and_report_their_length() {
         for e in [Entry::Noop, sample_batch(), Entry::Batch(vec![])] {
             let bytes = e.encode().unwrap();
-            assert_eq!(bytes.len(), e.encoded_len());
+            assert_eq!(bytes.len(), e.uncompressed_len());
+            assert_eq!(bytes, e.encode_uncompressed().unwrap(), "small: version 1");
             assert_eq!(Entry::decode(&bytes).unwrap(), e);
         }
     }
@@ -500,7 +685,8 @@ mod tests {
             Entry::decode(b"XX\x01\x00"),
             Err(DecodeError::BadMagic { expected: "DE" })
         );
-        assert_eq!(Entry::decode(b"DE\x02\x00"), Err(DecodeError::Version(2)));
+        assert_eq!(Entry::decode(b"DE\x03\x00"), Err(DecodeError::Version(3)));
+        assert_eq!(Entry::decode(b"DE\x00\x00"), Err(DecodeError::Version(0)));
         assert!(matches!(
             Entry::decode(b"DE\x01\x07"),
             Err(DecodeError::BadTag { tag: 7, .. })
@@ -511,6 +697,268 @@ mod tests {
         );
         // A count of 4 billion commands in a 12-byte input must not allocate or loop long.
         assert!(Entry::decode(b"DE\x01\x01\xff\xff\xff\xff\x00\x00").is_err());
+    }
+
+    /// The log in `fixtures/entry-v1/` (written by the version-1 encoder
+    /// before version 2 existed): four entries for the `kv` example.
+    fn legacy_log() -> Vec<Entry> {
+        let tagged = |id: &str, seq: u64, payload: String| Command {
+            client: Some(ClientTag { id: id.into(), seq }),
+            payload: payload.into_bytes(),
+        };
+        let big = (1..=120u64)
+            .map(|seq| {
+                let key = format!("k{:08}", seq % 40);
+                let base = format!(r#"{{"op":"put","key":"{key}","value":""}}"#);
+                let value = format!("v{seq}-{}", "legacy entry ".repeat(8));
+                let value = &value[..100 - base.len()];
+                tagged(
+                    "legacy-writer",
+                    seq,
+                    format!(r#"{{"op":"put","key":"{key}","value":"{value}"}}"#),
+                )
+            })
+            .collect();
+        vec![
+            Entry::Batch(big),
+            Entry::Noop,
+            Entry::Batch(vec![
+                Command {
+                    client: None,
+                    payload: br#"{"op":"put","key":"anon","value":"a"}"#.to_vec(),
+                },
+                tagged(
+                    "legacy-writer",
+                    121,
+                    r#"{"op":"delete","key":"k00000003"}"#.into(),
+                ),
+                tagged(
+                    "legacy-writer",
+                    120,
+                    r#"{"op":"put","key":"retried","value":"x"}"#.into(),
+                ),
+            ]),
+            Entry::Batch(vec![tagged("other", 1, r#"{"op":"nope"}"#.into())]),
+        ]
+    }
+
+    const LEGACY_BYTES: [&[u8]; 4] = [
+        include_bytes!("../fixtures/entry-v1/1.bin"),
+        include_bytes!("../fixtures/entry-v1/2.bin"),
+        include_bytes!("../fixtures/entry-v1/3.bin"),
+        include_bytes!("../fixtures/entry-v1/4.bin"),
+    ];
+
+    /// Version-1 bytes checked in before version 2 existed still decode to
+    /// the same entries, and the version-1 encoder still writes exactly them.
+    #[test]
+    fn checked_in_version_1_entries_still_decode() {
+        for ((bytes, entry), i) in LEGACY_BYTES.iter().zip(legacy_log()).zip(1..) {
+            assert_eq!(bytes[2], 1, "fixture {i} is version 1");
+            assert_eq!(Entry::decode(bytes).as_ref(), Ok(&entry), "fixture {i}");
+            assert_eq!(entry.encode_uncompressed().unwrap(), *bytes, "fixture {i}");
+            assert_eq!(entry.uncompressed_len(), bytes.len());
+        }
+        // Today's encoder compresses the big batch and keeps the rest as they were.
+        let now: Vec<_> = legacy_log().iter().map(|e| e.encode().unwrap()).collect();
+        assert_eq!(now[0][..3], *b"DE\x02");
+        assert!(now[0].len() < LEGACY_BYTES[0].len() / 2, "{}", now[0].len());
+        assert_eq!(now[1..], LEGACY_BYTES[1..]);
+    }
+
+    /// The hash chain is over commands, not bytes: a log read as version 1
+    /// and the same log read as version 2 apply to the same state and chain.
+    #[test]
+    fn version_1_and_version_2_encodings_give_equal_entries_and_hash_chains() {
+        use crate::apply::ReplicaState;
+        use crate::apply::testing::ListMachine;
+        let replay = |log: &[Vec<u8>]| {
+            let mut state = ReplicaState::new(0);
+            let mut sm = ListMachine::default();
+            let mut hashes = Vec::new();
+            for (i, bytes) in log.iter().enumerate() {
+                let entry = Entry::decode(bytes).unwrap();
+                hashes.push(state.apply(i as u64 + 1, &entry, &mut sm).unwrap().hash);
+            }
+            (state, sm, hashes)
+        };
+        let v1: Vec<Vec<u8>> = LEGACY_BYTES.iter().map(|b| b.to_vec()).collect();
+        let now: Vec<Vec<u8>> = legacy_log().iter().map(|e| e.encode().unwrap()).collect();
+        assert_ne!(v1, now);
+        for (a, b) in v1.iter().zip(&now) {
+            assert_eq!(Entry::decode(a), Entry::decode(b));
+        }
+        let (s1, m1, h1) = replay(&v1);
+        let (s2, m2, h2) = replay(&now);
+        assert_eq!(h1, h2);
+        assert_eq!((s1, m1), (s2, m2));
+    }
+
+    /// A batch of `n` commands of `size`-byte payloads, `pseudo_random`
+    /// payloads from a fixed xorshift (incompressible) or repeated text.
+    fn batch(n: usize, size: usize, pseudo_random: bool) -> Entry {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        Entry::Batch(
+            (0..n)
+                .map(|i| Command {
+                    client: Some(ClientTag {
+                        id: "client".into(),
+                        seq: i as u64 + 1,
+                    }),
+                    payload: (0..size)
+                        .map(|j| {
+                            if pseudo_random {
+                                x ^= x << 13;
+                                x ^= x >> 7;
+                                x ^= x << 17;
+                                x as u8
+                            } else {
+                                b"put key value "[j % 14]
+                            }
+                        })
+                        .collect(),
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn only_big_compressible_entries_are_compressed() {
+        // 8 + 20 + 228 = 256 bytes: at the threshold, version 1.
+        let at = batch(1, 228, false);
+        assert_eq!(at.uncompressed_len(), COMPRESS_ABOVE);
+        assert_eq!(at.encode().unwrap(), at.encode_uncompressed().unwrap());
+        // One byte more: version 2, and shorter.
+        let above = batch(1, 229, false);
+        let bytes = above.encode().unwrap();
+        assert_eq!(bytes[..4], *b"DE\x02\x01");
+        assert_eq!(bytes[4..8], 257u32.to_be_bytes());
+        assert!(bytes.len() < 257);
+        assert_eq!(Entry::decode(&bytes).unwrap(), above);
+        // Incompressible: version 1, whatever the size. (The command headers
+        // of a batch of many random payloads still compress a little.)
+        let random = batch(1, 20_000, true);
+        let bytes = random.encode().unwrap();
+        assert!(bytes == random.encode_uncompressed().unwrap(), "compressed");
+        // Above the limit: version 1 (and decodable, however big).
+        let huge = batch(1, MAX_DECOMPRESSED_ENTRY, false);
+        let bytes = huge.encode().unwrap();
+        assert_eq!(bytes[2], 1);
+        assert_eq!(Entry::decode(&bytes).unwrap(), huge);
+        // Just below it: version 2.
+        let most = batch(1, MAX_DECOMPRESSED_ENTRY - 28, false);
+        assert_eq!(most.uncompressed_len(), MAX_DECOMPRESSED_ENTRY);
+        let bytes = most.encode().unwrap();
+        assert_eq!(bytes[2], 2);
+        assert_eq!(Entry::decode(&bytes).unwrap(), most);
+        // Deterministic.
+        assert!(bytes == most.encode().unwrap(), "two encodings differ");
+    }
+
+    /// A version-2 entry around `raw`, compressed with lz4_flex directly.
+    fn v2(raw: &[u8], declared: u32) -> Vec<u8> {
+        let mut out = b"DE\x02\x01".to_vec();
+        out.extend_from_slice(&declared.to_be_bytes());
+        out.extend_from_slice(&lz4_flex::block::compress(raw));
+        out
+    }
+
+    #[test]
+    fn non_canonical_or_hostile_compressed_entries_are_refused() {
+        let big = batch(10, 100, false);
+        let raw = big.encode_uncompressed().unwrap();
+        let len = raw.len() as u32;
+        assert_eq!(Entry::decode(&v2(&raw, len)), Ok(big.clone()));
+
+        // A length no replica would ever allocate is refused from 8 bytes.
+        assert_eq!(
+            Entry::decode(b"DE\x02\x01\xff\xff\xff\xff"),
+            Err(DecodeError::TooLarge {
+                len: u64::from(u32::MAX),
+                max: MAX_DECOMPRESSED_ENTRY
+            })
+        );
+        let over = MAX_DECOMPRESSED_ENTRY as u32 + 1;
+        assert!(matches!(
+            Entry::decode(&v2(&raw, over)),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        // Unknown codec.
+        let mut bad = v2(&raw, len);
+        bad[3] = 2;
+        assert_eq!(
+            Entry::decode(&bad),
+            Err(DecodeError::BadTag {
+                what: "codec",
+                tag: 2
+            })
+        );
+        // Small entries are stored uncompressed: a compressed one is not canonical.
+        let small = sample_batch().encode_uncompressed().unwrap();
+        assert!(matches!(
+            Entry::decode(&v2(&small, small.len() as u32)),
+            Err(DecodeError::NotCanonical(_))
+        ));
+        // A compressed entry no shorter than the uncompressed one is not canonical.
+        let random = batch(1, 400, true).encode_uncompressed().unwrap();
+        let packed = v2(&random, random.len() as u32);
+        assert!(packed.len() >= random.len());
+        assert!(matches!(
+            Entry::decode(&packed),
+            Err(DecodeError::NotCanonical(_))
+        ));
+        // The declared length must be exact.
+        for declared in [len - 1, len + 1] {
+            assert!(matches!(
+                Entry::decode(&v2(&raw, declared)),
+                Err(DecodeError::Decompress(_))
+            ));
+        }
+        // What it decompresses to must be a canonical version-1 entry.
+        let mut inner_v2 = raw.clone();
+        inner_v2[2] = 2;
+        assert!(matches!(
+            Entry::decode(&v2(&inner_v2, len)),
+            Err(DecodeError::NotCanonical(_))
+        ));
+        let mut trailing = raw.clone();
+        trailing.push(0);
+        assert_eq!(
+            Entry::decode(&v2(&trailing, len + 1)),
+            Err(DecodeError::Trailing(1))
+        );
+        let mut long_id = b"DE\x01\x01\x00\x00\x00\x01\x01\x00".to_vec();
+        long_id.extend_from_slice(&[b'x'; 256]);
+        long_id.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
+        assert_eq!(
+            Entry::decode(&v2(&long_id, long_id.len() as u32)),
+            Err(DecodeError::NotCanonical("client id longer than 255 bytes"))
+        );
+    }
+
+    /// What the fuzz target checks, over every truncation and every one-byte
+    /// change of a compressed entry: no panic, and whatever still decodes
+    /// round-trips.
+    #[test]
+    fn damaged_compressed_entries_never_panic() {
+        let bytes = batch(4, 100, false).encode().unwrap();
+        assert_eq!(bytes[2], 2);
+        for cut in 0..bytes.len() {
+            assert!(
+                Entry::decode(&bytes[..cut]).is_err(),
+                "prefix {cut} decoded"
+            );
+        }
+        for i in 0..bytes.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut b = bytes.clone();
+                b[i] ^= flip;
+                if let Ok(e) = Entry::decode(&b) {
+                    assert!(b.len() < e.uncompressed_len());
+                    assert_eq!(Entry::decode(&e.encode().unwrap()), Ok(e));
+                }
+            }
+        }
     }
 
     /// Found by `fuzz/fuzz_targets/entry_decode.rs`: a 256-byte client id
