@@ -107,6 +107,12 @@ pub struct RunArgs {
     /// append in flight and leave together; raise it when etcd is far away).
     #[arg(long, env = "DORADO_MAX_INFLIGHT", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub max_inflight: u64,
+    /// Store big batches compressed (log entry format version 2,
+    /// docs/entry-format.md). Turn off while any replica of the group still
+    /// runs a build that predates version 2 (it refuses such entries), or to
+    /// keep a rollback to one possible.
+    #[arg(long, env = "DORADO_ENTRY_COMPRESSION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub entry_compression: bool,
 }
 
 /// `--max-command-bytes`: within what one etcd request can carry.
@@ -171,6 +177,7 @@ pub async fn run_replica(args: RunArgs, starter: impl Starter<EtcdStore>) -> Res
     node.log_format = args.log_format;
     node.session_expiry_entries = args.session_expiry;
     node.leader.max_inflight = args.max_inflight as usize;
+    node.leader.compress_entries = args.entry_compression;
     node.leader.max_batch_bytes = (1024 * 1024).max(args.max_command_bytes + 4096);
     let probe = HttpProbe::new(LEADER_PROBE_TIMEOUT).map_err(|e| CliError::Probe(e.to_string()))?;
     node.leader_probe = Some(Arc::new(probe));
