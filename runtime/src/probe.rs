@@ -32,6 +32,10 @@ impl HttpProbe {
     /// Each probe gets `timeout` for connect and answer together.
     pub fn new(timeout: Duration) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
+            // Plain HTTP only: without this the builder loads the platform's
+            // CA roots and fails in the runtime image, which has none (found
+            // by the control-plane test: every replica exited at startup).
+            .tls_certs_only(Vec::new())
             .timeout(timeout)
             .no_proxy()
             .build()?;
