@@ -126,8 +126,28 @@ pick_engine() {
   die "none of podman, buildah or docker (with a reachable daemon) is installed"
 }
 
-# build_image ENGINE CONTEXT NAME: build CONTEXT/Containerfile as NAME.
+# build_image ENGINE CONTEXT NAME: build CONTEXT/Containerfile as NAME. The image
+# NAME pointed at before is removed when nothing else uses it: every rebuild would
+# otherwise leave a dangling image behind, and repeated runs fill the disk.
 build_image() {
+  local engine="$1" ctx="$2" name="$3" old new
+  old="$(image_id "$engine" "$name")"
+  build_image_as "$engine" "$ctx" "$name"
+  new="$(image_id "$engine" "$name")"
+  if [ -n "$old" ] && [ "$old" != "$new" ]; then
+    "$engine" rmi "$old" >/dev/null 2>&1 || true
+  fi
+}
+
+# image_id ENGINE NAME: the id NAME points at, empty when there is none.
+image_id() {
+  case "$1" in
+    buildah) buildah inspect --type image --format '{{.FromImageID}}' "$2" 2>/dev/null || true ;;
+    *) "$1" image inspect --format '{{.Id}}' "$2" 2>/dev/null || true ;;
+  esac
+}
+
+build_image_as() {
   local engine="$1" ctx="$2" name="$3"
   case "$engine" in
     # FROM scratch with COPY only: no RUN step, no container is started.
