@@ -23,7 +23,7 @@ use serde::Deserialize;
 
 use crate::node::{Consistency, Node, QueryError, SubmitError, SubmitReply};
 use crate::replica::Replica;
-use crate::wire::{ErrorBody, ErrorCode};
+use crate::wire::{ErrorBody, ErrorCode, UpgradeRequest};
 
 /// Header carrying the client id for exactly-once delivery.
 pub const CLIENT_ID: &str = "dorado-client-id";
@@ -173,6 +173,7 @@ impl IntoResponse for ApiError {
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/v1/commands", post(submit))
+        .route("/v1/upgrade", post(upgrade))
         .route("/v1/query", post(query))
         .route("/v1/status", get(status))
         .route("/v1/snapshot", get(snapshot))
@@ -316,8 +317,36 @@ async fn submit(
     match node.submit(command).await {
         Ok(r) => Ok(reply_response(r)),
         Err(SubmitError::Forward(addr)) if !headers.contains_key(FORWARDED) => {
-            forward(&state, node, &addr, client.as_ref(), payload).await
+            forward(&state, node, &addr, "/v1/commands", client.as_ref(), payload).await
         }
+        Err(e) => Err(submit_error(e)),
+    }
+}
+
+/// `POST /v1/upgrade` with `{"module":"<sha256>"}`: order a switch of the
+/// group to a module already in the store. Answered like a command: once
+/// the upgrade entry is applied here, with its outcome.
+async fn upgrade(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let payload = read_body(body, 64 * 1024, "upgrade request").await?;
+    let request: UpgradeRequest = serde_json::from_slice(&payload).map_err(|e| {
+        ApiError::new(
+            ErrorCode::UnknownModule,
+            format!(
+                "the upgrade request is not valid ({e}); expected {{\"module\":\"<sha256 of a module in the store, 64 lowercase hex digits>\"}}"
+            ),
+        )
+    })?;
+    let node = state.started()?;
+    match node.propose_upgrade(request.module).await {
+        Ok(r) => Ok(reply_response(r)),
+        Err(SubmitError::Forward(addr)) if !headers.contains_key(FORWARDED) => {
+            forward(&state, node, &addr, "/v1/upgrade", None, payload).await
+        }
+        Err(SubmitError::Invalid(e)) => Err(ApiError::new(ErrorCode::UnknownModule, e.to_string())),
         Err(e) => Err(submit_error(e)),
     }
 }
@@ -331,6 +360,8 @@ fn submit_error(e: SubmitError) -> ApiError {
         SubmitError::ShuttingDown => ErrorCode::ShuttingDown,
         SubmitError::Timeout(_) => ErrorCode::Timeout,
         SubmitError::Invalid(_) => ErrorCode::InvalidCommand,
+        SubmitError::UnknownModule(_) => ErrorCode::UnknownModule,
+        SubmitError::Unsupported(_) => ErrorCode::Unsupported,
     };
     let mut err = ApiError::new(code, e.to_string());
     if let SubmitError::Forward(addr) = e {
@@ -345,12 +376,13 @@ async fn forward(
     state: &ApiState,
     node: &Arc<dyn Replica>,
     leader: &str,
+    path: &str,
     client: Option<&ClientTag>,
     payload: Bytes,
 ) -> Result<Response, ApiError> {
     let mut req = state
         .http
-        .post(format!("http://{leader}/v1/commands"))
+        .post(format!("http://{leader}{path}"))
         .header(FORWARDED, node.replica_id())
         .body(payload);
     if let Some(c) = client {

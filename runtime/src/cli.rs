@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use dorado_core::UpgradeMode;
 use crate::host::{DEFAULT_FUEL_PER_COMMAND, DEFAULT_MEMORY_LIMIT, HostConfig};
 use crate::node::NodeConfig;
 use crate::probe::HttpProbe;
@@ -113,6 +114,29 @@ pub struct RunArgs {
     /// keep a rollback to one possible.
     #[arg(long, env = "DORADO_ENTRY_COMPRESSION", default_value_t = true, action = clap::ArgAction::Set)]
     pub entry_compression: bool,
+    /// What a replica started with a module the group does not run does:
+    /// `auto` proposes an upgrade to it (the first pod of a rollout does),
+    /// `manual` stays not ready until `dorado upgrade` switches the group.
+    #[arg(long, env = "DORADO_UPGRADE", value_enum, default_value_t = UpgradeArg::Auto)]
+    pub upgrade: UpgradeArg,
+}
+
+/// `--upgrade` (`dorado.io/upgrade` in a pod template).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UpgradeArg {
+    /// Propose this replica's module when the group runs another.
+    Auto,
+    /// Never propose; wait for `dorado upgrade`.
+    Manual,
+}
+
+impl From<UpgradeArg> for UpgradeMode {
+    fn from(a: UpgradeArg) -> Self {
+        match a {
+            UpgradeArg::Auto => UpgradeMode::Auto,
+            UpgradeArg::Manual => UpgradeMode::Manual,
+        }
+    }
 }
 
 /// `--max-command-bytes`: within what one etcd request can carry.
@@ -178,6 +202,7 @@ pub async fn run_replica(args: RunArgs, starter: impl Starter<EtcdStore>) -> Res
     node.session_expiry_entries = args.session_expiry;
     node.leader.max_inflight = args.max_inflight as usize;
     node.leader.compress_entries = args.entry_compression;
+    node.upgrade = args.upgrade.into();
     node.leader.max_batch_bytes = (1024 * 1024).max(args.max_command_bytes + 4096);
     let probe = HttpProbe::new(LEADER_PROBE_TIMEOUT).map_err(|e| CliError::Probe(e.to_string()))?;
     node.leader_probe = Some(Arc::new(probe));

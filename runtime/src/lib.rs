@@ -15,6 +15,7 @@ pub mod runner;
 pub mod store;
 pub mod tools;
 pub mod trace;
+pub mod upgrade;
 pub mod wire;
 
 /// Make sure rustls has its (ring) crypto provider before an HTTP client is

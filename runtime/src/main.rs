@@ -5,7 +5,9 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use dorado::client::{Client, generated_client_id};
-use dorado::host::{DEFAULT_FUEL_PER_COMMAND, DEFAULT_MEMORY_LIMIT, Host, HostConfig};
+use dorado::host::{
+    DEFAULT_FUEL_PER_COMMAND, DEFAULT_MEMORY_LIMIT, Host, HostConfig, Module, ModuleSet, Switching,
+};
 use dorado::store::{EtcdStore, EtcdStoreOptions, EtcdTlsArgs};
 use dorado::tools;
 use dorado::trace::LogFormat;
@@ -42,6 +44,65 @@ enum Command {
     Status(StatusArgs),
     /// Re-execute a group's stored history offline and report the first index whose hash differs.
     Replay(ReplayArgs),
+    /// Switch a running group to another module (or back), ordered through its log.
+    Upgrade(UpgradeArgs),
+}
+
+/// Which group in which store (shared by the commands that read the store).
+#[derive(Debug, Args)]
+struct GroupArgs {
+    /// etcd endpoints, comma-separated URLs.
+    #[arg(
+        long,
+        env = "DORADO_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        required = true
+    )]
+    etcd: Vec<String>,
+    #[command(flatten)]
+    etcd_tls: EtcdTlsArgs,
+    /// Group name.
+    #[arg(long, env = "DORADO_GROUP")]
+    group: String,
+    /// Namespace of the group.
+    #[arg(long, env = "DORADO_NAMESPACE", default_value = "default")]
+    namespace: String,
+}
+
+impl GroupArgs {
+    async fn connect(&self) -> anyhow::Result<EtcdStore> {
+        let options = EtcdStoreOptions {
+            tls: self.etcd_tls.resolve(&self.etcd)?,
+            ..EtcdStoreOptions::default()
+        };
+        EtcdStore::try_connect(&self.etcd, &self.namespace, &self.group, options)
+            .await
+            .context("cannot connect to etcd")
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["module", "to"])))]
+struct UpgradeArgs {
+    #[command(flatten)]
+    group: GroupArgs,
+    /// The new module (.wasm); stored under modules/<sha256> first.
+    #[arg(long)]
+    module: Option<PathBuf>,
+    /// sha256 of a module already in the store (e.g. the one before the last
+    /// upgrade, to roll back).
+    #[arg(long)]
+    to: Option<String>,
+    /// First replay the history since the newest snapshot against the new
+    /// module, offline, and propose only if every reply and the final state agree.
+    #[arg(long)]
+    verify: bool,
+    /// With --verify: only report, never propose (is this a behaviour-preserving build?).
+    #[arg(long, requires = "verify")]
+    dry_run: bool,
+    /// How long to look for a leader before giving up, in seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout: u64,
 }
 
 #[derive(Debug, Args)]
@@ -83,25 +144,12 @@ struct StatusArgs {
 
 #[derive(Debug, Args)]
 struct ReplayArgs {
-    /// etcd endpoints, comma-separated URLs.
-    #[arg(
-        long,
-        env = "DORADO_ETCD_ENDPOINTS",
-        value_delimiter = ',',
-        required = true
-    )]
-    etcd: Vec<String>,
     #[command(flatten)]
-    etcd_tls: EtcdTlsArgs,
-    /// Group name.
-    #[arg(long, env = "DORADO_GROUP")]
-    group: String,
-    /// Namespace of the group.
-    #[arg(long, env = "DORADO_NAMESPACE", default_value = "default")]
-    namespace: String,
-    /// Module to execute the history with.
+    group: GroupArgs,
+    /// Module files to use where the store lacks a module the history ran
+    /// (replay fetches every module from the store and follows upgrades).
     #[arg(long)]
-    module: PathBuf,
+    module: Vec<PathBuf>,
     /// Also compare with a saved trace (human or JSON lines, e.g. from `kubectl logs`).
     #[arg(long)]
     trace: Option<PathBuf>,
@@ -164,6 +212,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Query(args) => runtime()?.block_on(query(args))?,
         Command::Status(args) => runtime()?.block_on(status(args))?,
         Command::Replay(args) => runtime()?.block_on(replay(args))?,
+        Command::Upgrade(args) => runtime()?.block_on(upgrade(args))?,
     }
     Ok(())
 }
@@ -230,6 +279,15 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
         ("snapshot_index", s.snapshot_index.to_string()),
         ("hash", s.hash),
         ("module_sha256", s.module_sha256),
+        ("group_module", s.group_module),
+        (
+            "module_state",
+            match s.module_state {
+                dorado::wire::ModuleState::Serving => "serving".into(),
+                dorado::wire::ModuleState::Proposing => "proposing an upgrade".into(),
+                dorado::wire::ModuleState::Waiting(why) => format!("waiting: {why}"),
+            },
+        ),
         ("ready", s.ready.to_string()),
         ("store_error", opt(s.store_error)),
     ];
@@ -243,8 +301,13 @@ async fn status(args: StatusArgs) -> anyhow::Result<()> {
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     dorado::cli::init_logging(LogFormat::Human);
     let host = Host::new(HostConfig::default())?;
-    let module = tools::load_file(&host, &args.module)?;
-    let mut instance = module.instantiate()?;
+    let modules = ModuleSet::new(host.clone());
+    let mut first = None;
+    for path in &args.module {
+        let module = tools::load_file(&host, path)?;
+        first.get_or_insert_with(|| module.clone());
+        modules.insert(module);
+    }
     let traced = match &args.trace {
         None => Vec::new(),
         Some(path) => std::fs::read_to_string(path)
@@ -253,18 +316,79 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             .filter_map(dorado::trace::parse_trace_line)
             .collect(),
     };
-    let options = EtcdStoreOptions {
-        tls: args.etcd_tls.resolve(&args.etcd)?,
-        ..EtcdStoreOptions::default()
+    let store = args.group.connect().await?;
+    let start = match first {
+        Some(m) => m,
+        None => start_module(&host, &store).await?,
     };
-    let store = EtcdStore::try_connect(&args.etcd, &args.namespace, &args.group, options)
-        .await
-        .context("cannot connect to etcd")?;
-    let report = dorado::replay::replay(&store, &mut instance, &traced).await?;
+    let mut sm = Switching::new(modules.clone(), start.instantiate()?);
+    let report = dorado::replay::replay(&store, &mut sm, modules.as_ref(), &traced).await?;
     print_bytes(report.to_string().as_bytes())?;
     if report.divergence.is_some() {
         anyhow::bail!("history diverges from the reference hashes");
     }
+    Ok(())
+}
+
+/// The group's first module, from the store (replay switches from there).
+async fn start_module(host: &Host, store: &EtcdStore) -> anyhow::Result<Module> {
+    use dorado_core::Store;
+    let meta = store
+        .meta()
+        .await?
+        .context("the group has no meta record; is the group name right?")?;
+    let bytes = store.get_module(&meta.module_sha256).await?.with_context(|| {
+        format!(
+            "the group's first module {} is not in the store; pass it with --module FILE",
+            meta.module_sha256
+        )
+    })?;
+    Ok(host.load(&bytes)?)
+}
+
+async fn upgrade(args: UpgradeArgs) -> anyhow::Result<()> {
+    use dorado_core::Store;
+    dorado::cli::init_logging(LogFormat::Human);
+    let host = Host::new(HostConfig::default())?;
+    let store = args.group.connect().await?;
+    let (module, bytes) = match (&args.module, &args.to) {
+        (Some(path), _) => {
+            let (module, bytes) = tools::read_module(&host, path)?;
+            (module, Some(bytes))
+        }
+        (None, Some(sha)) => {
+            let bytes = store
+                .get_module(sha)
+                .await?
+                .with_context(|| format!("module {sha} is not in the store; pass --module FILE"))?;
+            (host.load(&bytes)?, None)
+        }
+        (None, None) => anyhow::bail!("give --module FILE or --to SHA256"),
+    };
+    let sha = module.sha256().to_owned();
+    if args.verify {
+        let modules = ModuleSet::new(host.clone());
+        let report = dorado::replay::verify_upgrade(&store, &modules, module.clone()).await?;
+        print_bytes(format!("{report}\n").as_bytes())?;
+        if !report.agrees() {
+            anyhow::bail!("the new module does not behave like the running one; nothing proposed");
+        }
+        if args.dry_run {
+            return Ok(());
+        }
+    }
+    if let Some(bytes) = &bytes {
+        store.put_module(&sha, bytes).await?;
+    }
+    let reply =
+        dorado::upgrade::propose(&store, &sha, Duration::from_secs(args.timeout)).await?;
+    print_bytes(
+        format!(
+            "index {}: {} (module {} -> {})\n",
+            reply.index, reply.result, reply.from, reply.to
+        )
+        .as_bytes(),
+    )?;
     Ok(())
 }
 

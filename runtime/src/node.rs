@@ -42,6 +42,7 @@ use dorado_core::decide::{
 };
 use dorado_core::engine::LeaderConfig;
 use dorado_core::entry::EncodeError;
+use dorado_core::upgrade::{ModulePlan, UpgradeMode, UpgradeResult, plan as module_plan};
 use dorado_core::{
     Abandoned, AppliedEntry, Command, Entry, Epoch, Index, LeaderAction, LeaderEngine,
     LeaderRecord, Leadership, Learner, LeaseId, Meta, Outcome, Route, SnapshotData, StateMachine,
@@ -52,9 +53,9 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::driver::{
-    Applier, CatchUp, CoreInputs, CoreLoop, DrainWaiters, Health, Lifecycle, Probe, ReadBound,
-    ReplicaHandle, Spawner, TaskSet, backoff, health_task, lease_task, retry_unreachable, run_core,
-    until_stopped,
+    Applier, CatchUp, CoreInputs, CoreLoop, DrainWaiters, Health, Lifecycle, ModuleCatalog, Probe,
+    ReadBound, ReplicaHandle, Spawner, TaskSet, backoff, health_task, lease_task,
+    retry_unreachable, run_core, until_stopped,
 };
 use crate::probe::LeaderProbe;
 use crate::read_index::ReadIndex;
@@ -95,6 +96,12 @@ pub struct NodeConfig {
     /// (`decide::Suspicion`) instead of waiting for its lease. `None`: the
     /// lease alone ends a dead leader's term.
     pub leader_probe: Option<Arc<dyn LeaderProbe>>,
+    /// Whether this replica proposes its own module when the group runs
+    /// another (see `dorado_core::upgrade::plan`).
+    pub upgrade: UpgradeMode,
+    /// The modules the state machine can switch to; `None`: it runs only
+    /// this replica's module, and every upgrade entry is rejected.
+    pub modules: Option<Arc<dyn ModuleCatalog>>,
 }
 
 impl NodeConfig {
@@ -115,6 +122,8 @@ impl NodeConfig {
             catch_up_timeout: Duration::from_secs(5),
             submit_timeout: Duration::from_secs(10),
             leader_probe: None,
+            upgrade: UpgradeMode::Auto,
+            modules: None,
         }
     }
 }
@@ -122,17 +131,18 @@ impl NodeConfig {
 /// Why a node could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    /// The group's `meta` names another module: applying would diverge.
+    /// The group runs a module this replica cannot obtain or run: it is not
+    /// in the store, or the state machine cannot switch modules.
     #[error(
-        "module mismatch for group {group}: this replica loaded sha256 {ours} but the group was created with sha256 {theirs}; refusing to apply (deploy the group's module or use a new group)"
+        "group {group} runs module {module}, which this replica cannot run: {reason}"
     )]
-    ModuleMismatch {
+    ModuleUnavailable {
         /// Group name.
         group: String,
-        /// Our module's hash.
-        ours: String,
-        /// The hash recorded in the group's meta.
-        theirs: String,
+        /// The module the group runs at the recovery point.
+        module: String,
+        /// Why not.
+        reason: String,
     },
     /// The group uses another ordering protocol.
     #[error("group {group} was created with protocol {theirs}, this replica runs {ours}")]
@@ -190,6 +200,15 @@ pub enum SubmitError {
     /// than 255 bytes); it was not appended, and retrying it unchanged fails alike.
     #[error("command refused: {0}")]
     Invalid(EncodeError),
+    /// An upgrade names a module the store does not hold; nothing was
+    /// ordered. Store the module first (`dorado upgrade` does).
+    #[error(
+        "module {0} is not in the store; upload it first (`dorado upgrade --module FILE` does)"
+    )]
+    UnknownModule(String),
+    /// The replica cannot do this at all (e.g. an upgrade under the classic protocol).
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
 }
 
 /// Read consistency.
@@ -261,6 +280,11 @@ enum Msg {
         entries: Vec<(Index, Vec<u8>)>,
     },
     LeaseLost,
+    /// A module fetch from the store ended (`Ok`: it is in the catalog now).
+    ModuleFetched {
+        sha256: String,
+        result: Result<(), String>,
+    },
 }
 
 enum Learned {
@@ -309,13 +333,6 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
         session_expiry_entries: config.session_expiry_entries,
     };
     let stored = retry_unreachable("init meta", || store.init_meta(&meta)).await?;
-    if stored.module_sha256 != config.module_sha256 {
-        return Err(NodeError::ModuleMismatch {
-            group: config.group.clone(),
-            ours: config.module_sha256.clone(),
-            theirs: stored.module_sha256,
-        });
-    }
     if stored.protocol != meta.protocol {
         return Err(NodeError::ProtocolMismatch {
             group: config.group.clone(),
@@ -324,15 +341,51 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
         });
     }
     let health = Arc::new(Health::new(config.clone(), Protocol::Dorado));
-    let mut applier = Applier::new(stored.session_expiry_entries, sm, trace, health.clone());
+    // Not ready before the group's module is known to be this replica's.
+    health.set_module_plan(ModulePlan::Wait("catching up with the group's history".into()));
+    let genesis = stored.module_sha256.clone();
+    let mut applier = Applier::new(
+        stored.session_expiry_entries,
+        genesis.clone(),
+        sm,
+        trace,
+        health.clone(),
+    );
 
-    // Recovery = newest snapshot + tail (the tail arrives through the learner).
+    // Recovery = newest snapshot + tail (the tail arrives through the learner),
+    // on the module the group ran at the snapshot (or its first module).
     let newest = retry_unreachable("read snapshots", || store.newest_snapshot()).await?;
-    if let Some((index, bytes)) = newest {
-        let snap = SnapshotData::decode(&bytes)
-            .map_err(|e| NodeError::Recovery(format!("snapshot at index {index}: {e}")))?;
-        applier.restore(&snap).map_err(NodeError::Recovery)?;
+    let snapshot = match newest {
+        Some((index, bytes)) => Some(
+            SnapshotData::decode(&bytes)
+                .map_err(|e| NodeError::Recovery(format!("snapshot at index {index}: {e}")))?,
+        ),
+        None => None,
+    };
+    let start_module = snapshot
+        .as_ref()
+        .map_or(genesis.clone(), |s| s.module_sha256.clone());
+    if let Some(catalog) = &config.modules
+        && !catalog.has(&start_module)
+    {
+        let fetched = retry_unreachable("read module", || store.get_module(&start_module)).await?;
+        let added = match fetched {
+            Some(bytes) => catalog.add(&start_module, &bytes),
+            None => Err("it is not in the store (modules/<sha256>); start a replica that has it, or store it with `dorado upgrade --module FILE`".into()),
+        };
+        added.map_err(|reason| NodeError::ModuleUnavailable {
+            group: config.group.clone(),
+            module: start_module.clone(),
+            reason,
+        })?;
     }
+    match &snapshot {
+        Some(snap) => applier.restore(snap).map_err(NodeError::Recovery)?,
+        None => {
+            applier.start_at_genesis().map_err(NodeError::Recovery)?;
+            false
+        }
+    };
     let applied = applier.applied();
     health.note_commit(applied);
 
@@ -386,6 +439,9 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
         progress: Progress::default(),
         orphan: Orphan::new((config.lease_ttl * 2).max(Duration::from_secs(1))),
         spawner: spawner.clone(),
+        fetching: BTreeMap::new(),
+        local_rejection: None,
+        module_settled: false,
     };
     let inputs = CoreInputs {
         msgs: rx,
@@ -478,6 +534,14 @@ struct Core<S: Store, M> {
     /// Where the append and snapshot tasks this loop spawns go: they stop
     /// with the replica, so after shutdown or abort it never writes again.
     spawner: Spawner,
+    /// Modules being fetched from the store, with the upgrade proposals
+    /// (tokens in `waiters`) that wait for them.
+    fetching: BTreeMap<String, Vec<u64>>,
+    /// Why the group rejected this replica's own module, if it did.
+    local_rejection: Option<String>,
+    /// This replica served with its own module once: later upgrades of the
+    /// group do not make it not ready (see `dorado_core::upgrade::plan`).
+    module_settled: bool,
 }
 
 impl<S: Store, M: StateMachine + Send + 'static> CoreLoop for Core<S, M> {
@@ -495,6 +559,14 @@ impl<S: Store, M: StateMachine + Send + 'static> CoreLoop for Core<S, M> {
         reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
     ) {
         self.submit_command(command, reply);
+    }
+
+    fn propose_upgrade(
+        &mut self,
+        to: String,
+        reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
+    ) {
+        self.propose(to, reply);
     }
 
     fn learn(&mut self, item: Learned) {
@@ -580,6 +652,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
                     self.step_down();
                 }
             }
+            Msg::ModuleFetched { sha256, result } => self.module_fetched(sha256, result),
         }
     }
 
@@ -782,7 +855,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
     }
 
     fn apply_ready(&mut self) {
-        while self.applier.can_apply()
+        while self.applier.can_apply() && self.next_module_ready()
             && let Some((index, entry)) = self.learner.pop_ready()
         {
             match self.applier.apply(index, &entry) {
@@ -800,13 +873,27 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         if let Err(e) = self.applier.finish() {
             self.fatal(e);
         }
+        self.update_module_plan();
         self.publish_status();
     }
 
     fn answer(&mut self, applied: AppliedEntry) {
         let index = applied.index;
-        let replies = || {
-            applied
+        if let Some(u) = &applied.upgrade
+            && u.to == self.health.config.module_sha256
+        {
+            self.local_rejection = match &u.result {
+                UpgradeResult::Rejected(reason) => Some(reason.clone()),
+                _ => None,
+            };
+        }
+        let replies = || match &applied.upgrade {
+            Some(u) => vec![SubmitReply {
+                index,
+                outcome: crate::wire::UpgradeReply::outcome(index, u),
+                duplicate: false,
+            }],
+            None => applied
                 .commands
                 .iter()
                 .map(|c| SubmitReply {
@@ -814,7 +901,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
                     outcome: c.outcome.clone(),
                     duplicate: c.duplicate,
                 })
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>(),
         };
         let inflight = self.engine.as_ref().is_some_and(|e| e.is_inflight(index));
         let answers = self.replies.on_applied(index, replies, inflight);
@@ -877,6 +964,152 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         }
     }
 
+    /// False while the next entry is an upgrade to a module this replica
+    /// has not loaded: its fetch is started, and applying resumes when it
+    /// ends ([`Msg::ModuleFetched`]). Having the module is a fact about this
+    /// process, never part of the upgrade's outcome.
+    fn next_module_ready(&mut self) -> bool {
+        let Some(Entry::Upgrade { to }) = self.learner.peek_ready() else {
+            return true;
+        };
+        let Some(catalog) = &self.health.config.modules else {
+            return true; // cannot switch: the state machine rejects it deterministically
+        };
+        if catalog.has(to) {
+            return true;
+        }
+        let to = to.clone();
+        self.fetch_module(to);
+        false
+    }
+
+    /// Fetch module `sha256` from the store into the catalog (once at a time).
+    fn fetch_module(&mut self, sha256: String) {
+        if self.fetching.contains_key(&sha256) {
+            return;
+        }
+        self.fetching.insert(sha256.clone(), Vec::new());
+        let Some(catalog) = self.health.config.modules.clone() else {
+            return;
+        };
+        let store = self.store.clone();
+        let tx = self.tx.clone();
+        self.spawner.spawn_until_stopped(async move {
+            let mut attempt = 0u32;
+            let result = loop {
+                match store.get_module(&sha256).await {
+                    Ok(Some(bytes)) => break catalog.add(&sha256, &bytes),
+                    Ok(None) => break Err("it is not in the store (modules/<sha256>)".to_string()),
+                    Err(StoreError::Unavailable(_)) => {
+                        tokio::time::sleep(backoff(attempt)).await;
+                        attempt += 1;
+                    }
+                    Err(e) => break Err(e.to_string()),
+                }
+            };
+            let _ = tx.send(Msg::ModuleFetched { sha256, result });
+        });
+    }
+
+    fn module_fetched(&mut self, sha256: String, result: Result<(), String>) {
+        let proposals = self.fetching.remove(&sha256).unwrap_or_default();
+        match &result {
+            Ok(()) => {
+                for token in proposals {
+                    self.order_upgrade(token, sha256.clone());
+                }
+                self.apply_ready();
+            }
+            Err(reason) => {
+                tracing::warn!(module = %sha256, %reason, "cannot load module");
+                for token in proposals {
+                    if let Some(w) = self.waiters.remove(&token) {
+                        let _ = w.send(Err(SubmitError::UnknownModule(sha256.clone())));
+                    }
+                }
+                if matches!(self.learner.peek_ready(), Some(Entry::Upgrade { to }) if *to == sha256)
+                {
+                    self.fatal(format!(
+                        "log entry {} upgrades the group to module {sha256}, which this replica cannot load: {reason}",
+                        self.learner.next()
+                    ));
+                }
+            }
+        }
+    }
+
+    /// An upgrade proposal from a client (`POST /v1/upgrade`): ordered by
+    /// the leader once the module is known to be in the store.
+    fn propose(&mut self, to: String, reply: oneshot::Sender<Result<SubmitReply, SubmitError>>) {
+        if self.health.is_draining() {
+            let _ = reply.send(Err(SubmitError::ShuttingDown));
+            return;
+        }
+        if dorado_core::upgrade::sha256_bytes(&to).is_none() {
+            let _ = reply.send(Err(SubmitError::Invalid(EncodeError::BadModuleHash(to))));
+            return;
+        }
+        let leader = self.leader_view.as_ref().map(|l| &l.leader);
+        match route(&self.health.config.replica, self.engine.is_some(), leader) {
+            Route::Forward(addr) => {
+                let _ = reply.send(Err(SubmitError::Forward(addr)));
+            }
+            Route::NoLeader => {
+                let _ = reply.send(Err(SubmitError::NoLeader));
+            }
+            Route::Local => {
+                let token = self.next_token;
+                self.next_token += 1;
+                self.waiters.insert(token, reply);
+                let has = self.health.config.modules.as_ref().is_none_or(|c| c.has(&to));
+                if has {
+                    self.order_upgrade(token, to);
+                } else {
+                    self.fetch_module(to.clone());
+                    if let Some(waiting) = self.fetching.get_mut(&to) {
+                        waiting.push(token);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hand a proposal whose module is loaded to the leader engine (or
+    /// tell its client that leadership ended meanwhile).
+    fn order_upgrade(&mut self, token: u64, to: String) {
+        match self.engine.as_mut() {
+            Some(engine) => {
+                let actions = engine.propose_upgrade(token, to);
+                self.perform(actions);
+            }
+            None => {
+                if let Some(w) = self.waiters.remove(&token) {
+                    let _ = w.send(Err(SubmitError::NotOrdered));
+                }
+            }
+        }
+    }
+
+    /// Once caught up: does the group run this replica's module, should it
+    /// propose it, or must it wait (see `dorado_core::upgrade::plan`)?
+    fn update_module_plan(&mut self) {
+        if self.module_settled || !self.health.caught_up() || self.health.is_fatal() {
+            return;
+        }
+        let state = self.applier.state();
+        let plan = module_plan(
+            &self.health.config.module_sha256,
+            &state.module,
+            state.previous_module.as_deref(),
+            self.health.config.upgrade,
+            self.local_rejection.as_deref(),
+        );
+        if plan == ModulePlan::Serve {
+            self.module_settled = true;
+        }
+        self.health.set_module_plan(plan);
+    }
+
     fn on_tick(&mut self) {
         self.apply_ready();
         let next = self.learner.next();
@@ -907,7 +1140,11 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         let leading = self.engine.is_some();
         let view = self.leader_view.as_ref();
         let commit = self.health.commit();
+        let group_module = &self.applier.state().module;
         self.health.publish(|s| {
+            if s.group_module != *group_module {
+                s.group_module.clone_from(group_module);
+            }
             s.commit_index = commit;
             s.role = Role::of(leading);
             s.leader = view.map(|l| l.leader.replica.clone());

@@ -22,6 +22,9 @@ use dorado_core::{Command, Index};
 pub trait Replica: Send + Sync + 'static {
     /// Order and apply a command.
     fn submit(&self, command: Command) -> BoxFuture<'_, Result<SubmitReply, SubmitError>>;
+    /// Order a switch of the group to module `to` (sha256 hex, already in the
+    /// store) and answer with the upgrade entry's outcome once applied here.
+    fn propose_upgrade(&self, to: String) -> BoxFuture<'_, Result<SubmitReply, SubmitError>>;
     /// Run a read-only query.
     fn query(
         &self,

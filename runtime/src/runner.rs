@@ -18,8 +18,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
-use crate::host::{Host, HostConfig, HostError, Instance};
+use crate::driver::retry_unreachable;
+use crate::host::{Host, HostConfig, HostError, ModuleSet, Switching};
 use crate::node::{self, NodeConfig, NodeError};
+use crate::wire::{ModuleState, UpgradeRequest};
 use crate::replica::Replica;
 use crate::tools::{self, ToolError};
 use crate::trace::TraceWriter;
@@ -92,11 +94,11 @@ impl std::fmt::Debug for Started {
 ///   that the replica never touches the store again (build on
 ///   [`crate::driver`], whose `TaskSet` and `Lifecycle` guarantee it).
 pub trait Starter<S: Store>: Send {
-    /// Start a replica of `node`'s group over `store`, applying to `instance`.
+    /// Start a replica of `node`'s group over `store`, applying to `sm`.
     fn start(
         self,
         store: S,
-        instance: Instance,
+        sm: Switching,
         node: NodeConfig,
         trace: TraceWriter,
         shutdown: CancellationToken,
@@ -111,12 +113,12 @@ impl<S: Store> Starter<S> for Dorado {
     async fn start(
         self,
         store: S,
-        instance: Instance,
+        sm: Switching,
         node: NodeConfig,
         trace: TraceWriter,
         shutdown: CancellationToken,
     ) -> Result<Started, RunError> {
-        let running = node::start(store, instance, node, trace, shutdown).await?;
+        let running = node::start(store, sm, node, trace, shutdown).await?;
         Ok(Started {
             replica: Arc::new(running.node.clone()),
             shutdown: Box::new(move |drain| Box::pin(running.shutdown(drain))),
@@ -139,8 +141,10 @@ where
     Fut: Future<Output = Result<S, StoreError>>,
 {
     let host = Host::new(options.host)?;
-    let module = tools::load_file(&host, &options.module)?;
-    let instance = module.instantiate()?;
+    let (module, module_bytes) = tools::read_module(&host, &options.module)?;
+    let modules = ModuleSet::new(host.clone());
+    let sm = Switching::new(modules.clone(), module.instantiate()?);
+    options.node.modules = Some(modules);
     options.node.module_sha256 = module.sha256().to_string();
     options.node.abi_version = module.abi_version();
     tracing::info!(
@@ -152,6 +156,7 @@ where
     );
 
     let state = Arc::new(ApiState::new(options.max_command_bytes)?);
+    let api_addr = own_api_address(&listener)?;
     let http_stop = CancellationToken::new();
     let stop = http_stop.clone();
     let server = tokio::spawn(api::serve(
@@ -160,7 +165,12 @@ where
         async move { stop.cancelled().await },
     ));
 
-    let result = serve_replica(options, instance, &state, &mut connect, starter, shutdown).await;
+    let replica = ReplicaParts {
+        sm,
+        module_bytes,
+        api_addr,
+    };
+    let result = serve_replica(options, replica, &state, &mut connect, starter, shutdown).await;
     http_stop.cancel();
     let served = server.await;
     result?;
@@ -170,9 +180,27 @@ where
     }
 }
 
+/// What [`serve_replica`] starts the replica with.
+struct ReplicaParts {
+    sm: Switching,
+    /// The module file's bytes, stored under `modules/<sha256>`.
+    module_bytes: Vec<u8>,
+    /// Where this process's own client API answers (for upgrade proposals).
+    api_addr: std::net::SocketAddr,
+}
+
+/// The address this process reaches its own API at.
+fn own_api_address(listener: &TcpListener) -> std::io::Result<std::net::SocketAddr> {
+    let mut addr = listener.local_addr()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok(addr)
+}
+
 async fn serve_replica<S, F, Fut>(
     options: RunOptions,
-    instance: Instance,
+    replica: ReplicaParts,
     state: &ApiState,
     connect: &mut F,
     starter: impl Starter<S>,
@@ -211,21 +239,107 @@ where
             }
         }
     };
+    // Any replica and `dorado replay` may need this module later (a replica
+    // that catches up across an upgrade to it), so it goes into the store
+    // before this replica can propose it.
+    let sha256 = options.node.module_sha256.clone();
+    tokio::select! {
+        biased;
+        _ = &mut shutdown => return Ok(()),
+        r = retry_unreachable("store the module", || store.put_module(&sha256, &replica.module_bytes)) => {
+            r.map_err(RunError::Store)?;
+        }
+    }
     // Whatever way this future ends (also dropped), the replica's tasks stop.
     let replica_stop = CancellationToken::new();
     let _stop_replica = replica_stop.clone().drop_guard();
     let started = tokio::select! {
         biased;
         _ = &mut shutdown => return Ok(()),
-        r = starter.start(store, instance, options.node.clone(), TraceWriter::stdout(), replica_stop.clone()) => r?,
+        r = starter.start(store, replica.sm, options.node.clone(), TraceWriter::stdout(), replica_stop.clone()) => r?,
     };
+    let running: Arc<dyn Replica> = started.replica.clone();
     state.attach_replica(started.replica);
     tracing::info!("replica started");
+    let proposer = tokio::spawn(propose_own_module(
+        running,
+        replica.api_addr,
+        sha256,
+        replica_stop.clone(),
+    ));
     shutdown.await;
+    proposer.abort();
     tracing::info!("shutting down: draining, then resigning");
     (started.shutdown)(options.drain_timeout).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// While the replica says `proposing` (the group runs another module and
+/// upgrades are automatic), ask the group to switch to this replica's module
+/// through this process's own API, which forwards to the leader. Stops once
+/// the replica serves, or when `stop` is cancelled.
+async fn propose_own_module(
+    replica: Arc<dyn Replica>,
+    api: std::net::SocketAddr,
+    module: String,
+    stop: CancellationToken,
+) {
+    let Ok(http) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .tls_certs_only(Vec::new())
+        .build()
+    else {
+        tracing::error!("cannot build the http client that proposes upgrades");
+        return;
+    };
+    let mut attempt = 0u32;
+    loop {
+        let wait = if attempt == 0 {
+            Duration::from_millis(200)
+        } else {
+            crate::driver::backoff(attempt)
+        };
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let status = replica.status();
+        match status.module_state {
+            ModuleState::Serving => return,
+            ModuleState::Waiting(_) => continue,
+            ModuleState::Proposing => {}
+        }
+        tracing::info!(
+            from = %status.group_module,
+            to = %module,
+            "the group runs another module; proposing an upgrade to this replica's module"
+        );
+        let sent = http
+            .post(format!("http://{api}/v1/upgrade"))
+            .json(&UpgradeRequest {
+                module: module.clone(),
+            })
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() || r.status().as_u16() == 422 => {
+                // Ordered (switched, or rejected: the replica's state says which).
+                attempt = 0;
+            }
+            Ok(r) => {
+                let code = r.status();
+                let body = r.text().await.unwrap_or_default();
+                tracing::warn!(%code, %body, "upgrade proposal not ordered; retrying");
+                attempt += 1;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "upgrade proposal failed; retrying");
+                attempt += 1;
+            }
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C (what Kubernetes and a terminal send).

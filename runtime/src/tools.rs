@@ -54,14 +54,21 @@ pub enum ToolError {
 
 /// Reads and validates a module file.
 pub fn load_file(host: &Host, path: &Path) -> Result<Module, ToolError> {
+    read_module(host, path).map(|(module, _)| module)
+}
+
+/// Reads and validates a module file; also returns its bytes (to store them
+/// under `modules/<sha256>`).
+pub fn read_module(host: &Host, path: &Path) -> Result<(Module, Vec<u8>), ToolError> {
     let bytes = std::fs::read(path).map_err(|source| ToolError::Read {
         path: path.to_owned(),
         source,
     })?;
-    host.load(&bytes).map_err(|source| ToolError::Load {
+    let module = host.load(&bytes).map_err(|source| ToolError::Load {
         path: path.to_owned(),
         source,
-    })
+    })?;
+    Ok((module, bytes))
 }
 
 /// What `dorado inspect` reports; `Display` renders the printed report.

@@ -55,6 +55,33 @@ impl TraceFormatter {
 
     /// Append the lines for one applied entry to `out`.
     pub fn entry(&self, e: &AppliedEntry, out: &mut String) {
+        if let Some(u) = &e.upgrade {
+            match self.format {
+                LogFormat::Human => {
+                    let _ = writeln!(
+                        out,
+                        "idx={} upgrade module {} -> {} {} hash={}",
+                        e.index,
+                        u.from,
+                        u.to,
+                        u.result.describe(),
+                        e.hash.short()
+                    );
+                }
+                LogFormat::Json => json_line(
+                    out,
+                    &JsonTraceLine::Upgrade {
+                        from: u.from.clone(),
+                        hash: e.hash.to_string(),
+                        index: e.index,
+                        result: u.result.describe(),
+                        to: u.to.clone(),
+                        upgrade: true,
+                    },
+                ),
+            }
+            return;
+        }
         if e.noop {
             match self.format {
                 LogFormat::Human => {
@@ -159,6 +186,21 @@ pub enum JsonTraceLine {
         /// Always `true`.
         noop: bool,
     },
+    /// A module upgrade entry: both module hashes and what happened.
+    Upgrade {
+        /// The module before the entry.
+        from: String,
+        /// Hash chain value after it.
+        hash: String,
+        /// Entry index.
+        index: u64,
+        /// `switched`, `already running` or `rejected: <reason>`.
+        result: String,
+        /// The module the entry asked for.
+        to: String,
+        /// Always `true`.
+        upgrade: bool,
+    },
     /// The replica restored a snapshot.
     Restored {
         /// Hash chain value at the snapshot.
@@ -249,7 +291,9 @@ pub fn parse_trace_line(line: &str) -> Option<TracedHash> {
                 index: c.index,
                 hash: c.hash,
             }),
-            JsonTraceLine::Noop { index, hash, .. } => Some(TracedHash { index, hash }),
+            JsonTraceLine::Noop { index, hash, .. } | JsonTraceLine::Upgrade { index, hash, .. } => {
+                Some(TracedHash { index, hash })
+            }
             JsonTraceLine::Restored { .. } => None,
         };
     }

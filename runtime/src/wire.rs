@@ -103,8 +103,15 @@ pub struct Status {
     pub commit_index: Index,
     /// Hash chain after `applied_index`.
     pub hash: String,
-    /// sha256 of the loaded module.
+    /// sha256 of the module this replica was started with (its ConfigMap's).
     pub module_sha256: String,
+    /// sha256 of the module the group runs after `applied_index` (differs
+    /// from `module_sha256` during a rollout, or while an upgrade waits).
+    #[serde(default)]
+    pub group_module: String,
+    /// Where this replica stands with its own module (see README "Upgrades").
+    #[serde(default)]
+    pub module_state: ModuleState,
     /// Whether `/readyz` says ready.
     pub ready: bool,
     /// Last store problem, if the store is failing now.
@@ -113,6 +120,75 @@ pub struct Status {
     pub snapshot_index: Index,
     /// Ordering protocol.
     pub protocol: Protocol,
+}
+
+/// Where a replica stands with the module it was started with.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "reason")]
+pub enum ModuleState {
+    /// The group runs it (or did once since this replica started): serving.
+    #[default]
+    Serving,
+    /// The group runs another module; this replica proposes its own.
+    Proposing,
+    /// Not ready until the group runs this module; the reason says why and
+    /// what to do.
+    Waiting(String),
+}
+
+impl From<dorado_core::ModulePlan> for ModuleState {
+    fn from(plan: dorado_core::ModulePlan) -> Self {
+        match plan {
+            dorado_core::ModulePlan::Serve => ModuleState::Serving,
+            dorado_core::ModulePlan::Propose => ModuleState::Proposing,
+            dorado_core::ModulePlan::Wait(reason) => ModuleState::Waiting(reason),
+        }
+    }
+}
+
+/// `POST /v1/upgrade` request body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeRequest {
+    /// sha256 (64 lowercase hex digits) of a module already in the store.
+    pub module: String,
+}
+
+/// The reply to an upgrade that was ordered and not rejected (a rejected
+/// one is an error body with code `rejected` and the entry's `index`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeReply {
+    /// Index of the upgrade entry.
+    pub index: Index,
+    /// The module before it.
+    pub from: String,
+    /// The module it asked for.
+    pub to: String,
+    /// `switched` or `already running`.
+    pub result: String,
+}
+
+impl UpgradeReply {
+    /// The outcome a waiting proposer gets for an applied upgrade entry.
+    pub fn outcome(index: Index, u: &dorado_core::AppliedUpgrade) -> dorado_core::Outcome {
+        match &u.result {
+            dorado_core::UpgradeResult::Rejected(reason) => {
+                dorado_core::Outcome::Rejected(format!(
+                    "upgrade from module {} to {} rejected: {reason}",
+                    u.from, u.to
+                ))
+            }
+            other => {
+                let reply = UpgradeReply {
+                    index,
+                    from: u.from.clone(),
+                    to: u.to.clone(),
+                    result: other.describe(),
+                };
+                dorado_core::Outcome::Reply(serde_json::to_vec(&reply).unwrap_or_default())
+            }
+        }
+    }
 }
 
 impl Status {
@@ -171,6 +247,12 @@ pub enum ErrorCode {
     Timeout,
     /// 500 (`/v1/snapshot`): the state machine could not produce a snapshot.
     SnapshotFailed,
+    /// 400 (`/v1/upgrade`): the body names no module, or a module the store
+    /// does not hold; never ordered.
+    UnknownModule,
+    /// 501: the replica's ordering protocol cannot do this (an upgrade under
+    /// the classic baseline).
+    Unsupported,
     /// Never sent by a server: a client's name for a code it does not know
     /// (a newer server) or for an error body that is not Dorado's JSON.
     #[serde(other)]
@@ -179,7 +261,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of the README's table.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::Empty,
         ErrorCode::BadHeader,
         ErrorCode::BadParameter,
@@ -200,6 +282,8 @@ impl ErrorCode {
         ErrorCode::UnknownOutcome,
         ErrorCode::Timeout,
         ErrorCode::SnapshotFailed,
+        ErrorCode::UnknownModule,
+        ErrorCode::Unsupported,
         ErrorCode::Unknown,
     ];
 
@@ -226,6 +310,8 @@ impl ErrorCode {
             ErrorCode::UnknownOutcome => "unknown_outcome",
             ErrorCode::Timeout => "timeout",
             ErrorCode::SnapshotFailed => "snapshot_failed",
+            ErrorCode::UnknownModule => "unknown_module",
+            ErrorCode::Unsupported => "unsupported",
             ErrorCode::Unknown => "unknown",
         }
     }
@@ -236,7 +322,8 @@ impl ErrorCode {
             ErrorCode::Empty
             | ErrorCode::BadHeader
             | ErrorCode::BadParameter
-            | ErrorCode::InvalidCommand => 400,
+            | ErrorCode::InvalidCommand
+            | ErrorCode::UnknownModule => 400,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::TooLarge => 413,
@@ -253,6 +340,7 @@ impl ErrorCode {
             | ErrorCode::StoreUnavailable
             | ErrorCode::UnknownOutcome => 503,
             ErrorCode::Timeout => 504,
+            ErrorCode::Unsupported => 501,
         }
     }
 

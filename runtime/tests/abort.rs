@@ -162,6 +162,14 @@ impl Store for Recording {
         self.probe.reached("put_snapshot");
         self.inner.put_snapshot(index, bytes).await
     }
+    async fn put_module(&self, sha256: &str, bytes: &[u8]) -> StoreResult<()> {
+        self.probe.reached("put_module");
+        self.inner.put_module(sha256, bytes).await
+    }
+    async fn get_module(&self, sha256: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.probe.reached("get_module");
+        self.inner.get_module(sha256).await
+    }
     async fn newest_snapshot_index(&self) -> StoreResult<Option<Index>> {
         self.probe.reached("newest_snapshot_index");
         self.inner.newest_snapshot_index().await

@@ -482,27 +482,44 @@ async fn bad_requests_are_refused_and_never_reach_the_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_replica_with_another_module_refuses_to_join_naming_both_hashes() {
+async fn a_replica_with_another_module_in_manual_mode_stays_not_ready_naming_both_hashes() {
     let etcd = etcd().await;
     let mut c = Cluster::new(BIN, etcd.client_urls(), dorado_testkit::examples::KV, 2, 0);
     c.start(0);
     c.wait_ready(0).await;
     let other = c.tmp.path().join("counter.wasm");
     std::fs::write(&other, dorado_testkit::examples::COUNTER).unwrap();
+    c.replicas[1].extra = vec!["--upgrade".into(), "manual".into()];
     c.start_with_module(1, &other);
-    let code = c.replicas[1].wait_exit(Duration::from_secs(20)).await;
-    assert_eq!(
-        code,
-        Some(1),
-        "the mismatched replica did not exit with an error"
-    );
-    let err = c.replicas[1].stderr();
     let kv_sha = sha256_hex(dorado_testkit::examples::KV);
     let counter_sha = sha256_hex(dorado_testkit::examples::COUNTER);
+    // It runs (no crash loop), follows the group on kv, and says why it is
+    // not ready, naming both modules.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reason = loop {
+        if let Some(dorado::wire::ModuleState::Waiting(r)) =
+            c.status(1).await.map(|s| s.module_state)
+        {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the replica never said why it waits");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
-        err.contains(&kv_sha) && err.contains(&counter_sha),
-        "stderr: {err}"
+        reason.contains(&kv_sha[..12]) && reason.contains(&counter_sha[..12]) && reason.contains("manual"),
+        "{reason}"
     );
+    assert!(!c.ready(1).await, "a replica with another module is ready");
+    let status = c.status(1).await.unwrap();
+    assert_eq!(status.group_module, kv_sha);
+    assert_eq!(status.module_sha256, counter_sha);
+    assert_eq!(
+        c.replicas[1].wait_exit(Duration::from_millis(200)).await,
+        None,
+        "the replica exited"
+    );
+    // The group never switched.
+    assert_eq!(c.status(0).await.unwrap().group_module, kv_sha);
 }
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -599,21 +616,28 @@ async fn cli_submit_query_status_and_replay_work_against_a_group() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("reference hashes match"), "{text}");
-    // Replaying with another module diverges at the first command.
+    // Checking another build against the history finds the first command
+    // it answers differently, and proposes nothing.
     let counter = c.tmp.path().join("c.wasm");
     std::fs::write(&counter, dorado_testkit::examples::COUNTER).unwrap();
     let out = run(&[
-        &base[..],
-        &[
-            counter.to_str().unwrap(),
-            "--trace",
-            trace_file.to_str().unwrap(),
-        ],
-    ]
-    .concat());
+        "upgrade",
+        "--etcd",
+        &c.etcd_urls[0],
+        "--group",
+        &c.group,
+        "--namespace",
+        &c.namespace,
+        "--module",
+        counter.to_str().unwrap(),
+        "--verify",
+        "--dry-run",
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success());
-    assert!(text.contains("DIVERGENCE at index 1"), "{text}");
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("FIRST DIFFERENCE at index 1.0"), "{text}");
+    let status = c.status(leader).await.expect("status");
+    assert_eq!(status.group_module, sha256_hex(dorado_testkit::examples::KV));
 }
 
 /// etcd unreachable when the pod starts (e.g. etcd still scheduling): the

@@ -142,6 +142,7 @@ conformance!(
     watch_log_ignores_deletions,
     watch_leader_reports_create_and_delete,
     large_snapshot_round_trips,
+    modules_are_content_addressed_write_once_and_chunked,
     partial_snapshot_is_invisible,
     newest_snapshot_picks_highest_index,
     delete_log_below_deletes_exactly_the_range,
@@ -700,6 +701,38 @@ async fn large_snapshot_round_trips<S: TestStore>(s: S) {
     assert_eq!(s.newest_snapshot().await.unwrap().map(|(i, _)| i), Some(10));
     s.put_snapshot(11, b"").await.unwrap();
     assert_eq!(s.newest_snapshot().await.unwrap(), Some((11, Vec::new())));
+}
+
+async fn modules_are_content_addressed_write_once_and_chunked<S: TestStore>(s: S) {
+    use sha2::{Digest, Sha256};
+    let bytes = pseudo_random_bytes(2 * 1024 * 1024 + 77, 7);
+    let sha = hex::encode(Sha256::digest(&bytes));
+    assert_eq!(s.get_module(&sha).await.unwrap(), None);
+    // Bytes under someone else's hash are refused, and nothing is stored.
+    let wrong = "00".repeat(32);
+    assert!(matches!(
+        s.put_module(&wrong, &bytes).await,
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert_eq!(s.get_module(&wrong).await.unwrap(), None);
+    s.put_module(&sha, &bytes).await.unwrap();
+    let read = s.get_module(&sha).await.unwrap().expect("the module");
+    assert!(read == bytes, "module bytes differ");
+    let keys = s.raw_keys(&format!("modules/{sha}/")).await;
+    assert!(keys.len() >= 3, "expected chunks and a manifest, got {keys:?}");
+    // Writing it again is a no-op; snapshot and log deletions never touch it.
+    s.put_module(&sha, &bytes).await.unwrap();
+    assert_eq!(s.raw_keys(&format!("modules/{sha}/")).await, keys);
+    s.delete_snapshots_below(u64::MAX).await.unwrap();
+    s.delete_log_below(u64::MAX).await.unwrap();
+    assert!(s.get_module(&sha).await.unwrap() == Some(bytes));
+    // A module whose chunks were tampered with is reported, never returned.
+    let chunk = keys.iter().find(|k| k.contains("/chunks-")).expect("a chunk key");
+    s.put_raw(chunk, &[0; 16]).await;
+    assert!(matches!(
+        s.get_module(&sha).await,
+        Err(StoreError::Corrupt { .. })
+    ));
 }
 
 async fn partial_snapshot_is_invisible<S: TestStore>(s: S) {

@@ -6,17 +6,56 @@
 //! violation) is recorded in the replicated state itself and every replica
 //! reports it the same way. Queries: `get <key>`, `dups` (values applied more
 //! than once, one per line), `seen <value>` (`1`/`0`).
+//!
+//! It also stands for three *modules*, so that the simulation can order
+//! upgrades between them: [`MODULE_A`] and [`MODULE_B`] differ in their reply
+//! to a put (`ok` / `ok-b`), so replicas that switched at different indexes
+//! would diverge in their hash chains; switching to [`MODULE_TRAP`] is
+//! refused like a migration that traps.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use dorado_core::{RejectKind, Rejection, StateMachine};
 
+/// The group's first module.
+pub const MODULE_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+/// A second module: replies `ok-b` to a put.
+pub const MODULE_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+/// A module whose migration always fails.
+pub const MODULE_TRAP: &str = "eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee";
+
+/// Every module a simulated replica can run is at hand (nothing to fetch).
+#[derive(Debug)]
+pub struct NativeModules;
+
+impl dorado::driver::ModuleCatalog for NativeModules {
+    fn has(&self, _sha256: &str) -> bool {
+        true
+    }
+
+    fn add(&self, _sha256: &str, _bytes: &[u8]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// The audited register map.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct Kv {
+    module: String,
     regs: BTreeMap<String, String>,
     seen: BTreeSet<String>,
     dups: BTreeSet<String>,
+}
+
+impl Default for Kv {
+    fn default() -> Self {
+        Kv {
+            module: MODULE_A.into(),
+            regs: BTreeMap::new(),
+            seen: BTreeSet::new(),
+            dups: BTreeSet::new(),
+        }
+    }
 }
 
 fn reject(message: String) -> Rejection {
@@ -41,7 +80,7 @@ impl StateMachine for Kv {
                     self.dups.insert(v.to_string());
                 }
                 self.regs.insert(k.to_string(), v.to_string());
-                Ok(b"ok".to_vec())
+                Ok(if self.module == MODULE_B { &b"ok-b"[..] } else { b"ok" }.to_vec())
             }
             _ => Err(reject(format!("unknown command {text:?}"))),
         }
@@ -99,7 +138,27 @@ impl StateMachine for Kv {
                 _ => return Err(reject(format!("bad snapshot line {line:?}"))),
             }
         }
+        kv.module = std::mem::take(&mut self.module);
         *self = kv;
+        Ok(())
+    }
+
+    fn upgrade(&mut self, from: &str, to: &str) -> Result<(), Rejection> {
+        if from != self.module {
+            return Err(reject(format!("asked to upgrade from {from} while running {}", self.module)));
+        }
+        if to == MODULE_TRAP || (to != MODULE_A && to != MODULE_B) {
+            return Err(reject(format!("module {to} refuses the migration")));
+        }
+        self.module = to.into();
+        Ok(())
+    }
+
+    fn load(&mut self, module: &str, snapshot: Option<&[u8]>) -> Result<(), Rejection> {
+        if let Some(s) = snapshot {
+            self.restore(s)?;
+        }
+        self.module = module.into();
         Ok(())
     }
 }

@@ -388,6 +388,14 @@ impl Store for FaultStore {
         self.call(self.inner.newest_snapshot_index()).await
     }
 
+    async fn put_module(&self, sha256: &str, bytes: &[u8]) -> StoreResult<()> {
+        self.call(self.inner.put_module(sha256, bytes)).await
+    }
+
+    async fn get_module(&self, sha256: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.call(self.inner.get_module(sha256)).await
+    }
+
     async fn newest_snapshot(&self) -> StoreResult<Option<(Index, Vec<u8>)>> {
         self.call(self.inner.newest_snapshot()).await
     }

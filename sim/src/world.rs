@@ -16,7 +16,7 @@ use dorado::node::{self, Consistency, Node, NodeConfig, RunningNode, SubmitError
 use dorado::probe::LeaderProbe;
 use dorado::store::MemoryStore;
 use dorado::trace::TraceWriter;
-use dorado_core::{ClientTag, Command, LeaderRecord, Store};
+use dorado_core::{ClientTag, Command, LeaderRecord, Store, UpgradeMode};
 use dorado_faults::checker::{self, Budget, Completion, KvOp, KvResult, Operation};
 use futures::future::BoxFuture;
 use rand::SeedableRng;
@@ -228,6 +228,7 @@ async fn run_world(seed: u64, log: Log) -> Result<Report, Failure> {
     let clients: Vec<_> = (0..params.clients)
         .map(|c| tokio::spawn(client(world.clone(), c, params.ops_per_client)))
         .collect();
+    let upgrader = tokio::spawn(upgrader(world.clone()));
     let faults = nemesis(world.clone()).await;
     world.heal_all().await;
     world.calm.store(true, Ordering::Release);
@@ -239,6 +240,10 @@ async fn run_world(seed: u64, log: Log) -> Result<Report, Failure> {
                 .map_err(|e| fail(format!("client panicked: {e}"), &log))?,
         );
     }
+    let upgrades = upgrader
+        .await
+        .map_err(|e| fail(format!("upgrader panicked: {e}"), &log))?;
+    log.ev(format!("{upgrades} upgrade proposals answered"));
     let result = world.check(&history).await;
     let virtual_secs = log.now_ns() / 1_000_000_000;
     world.stop_all().await;
@@ -359,7 +364,10 @@ impl World {
         config.lease_ttl = TTL;
         config.snapshot_every = self.params.snapshot_every;
         config.leader.max_inflight = self.params.max_inflight;
-        config.module_sha256 = "sim-kv".into();
+        config.module_sha256 = kv::MODULE_A.into();
+        config.modules = Some(Arc::new(kv::NativeModules));
+        // Upgrades come from the upgrader task only.
+        config.upgrade = UpgradeMode::Manual;
         config.submit_timeout = Duration::from_secs(3);
         config.catch_up_timeout = Duration::from_secs(2);
         let world = self.clone();
@@ -484,13 +492,15 @@ impl World {
                 .unwrap_or(0);
             let states: Vec<_> = (0..self.slots.len())
                 .map(|i| {
-                    self.node(i)
-                        .map(|n| (n.status().applied_index, n.status().hash))
+                    self.node(i).map(|n| {
+                        let s = n.status();
+                        (s.applied_index, s.hash, s.group_module.get(..4).unwrap_or_default().to_string())
+                    })
                 })
                 .collect();
             let all_there = states
                 .iter()
-                .all(|s| s.as_ref().is_some_and(|(a, _)| *a >= last));
+                .all(|s| s.as_ref().is_some_and(|(a, _, _)| *a >= last));
             if all_there {
                 let first = &states[0];
                 if let Some(bad) = states.iter().position(|s| s != first) {
@@ -503,7 +513,7 @@ impl World {
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "no convergence within 20 s: the store's last index is {last}, replicas (applied, hash): {states:?}"
+                    "no convergence within 20 s: the store's last index is {last}, replicas (applied, hash, module): {states:?}"
                 ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -643,8 +653,8 @@ async fn put(world: &World, command: &Command, target: &mut Option<usize>) -> Co
             }
             // Definitely not ordered by this attempt.
             Err(SubmitError::NoLeader | SubmitError::NotOrdered) => {}
-            Err(SubmitError::Invalid(e)) => {
-                world.log.ev(format!("refused as invalid: {e}"));
+            Err(e @ (SubmitError::Invalid(_) | SubmitError::UnknownModule(_) | SubmitError::Unsupported(_))) => {
+                world.log.ev(format!("refused: {e}"));
                 return Completion::Fail;
             }
             // Unknown, timed out, or the replica died holding it.
@@ -671,6 +681,60 @@ async fn read(world: &World, key: &str) -> Option<Option<String>> {
         .await
         .ok()?;
     Some((!q.is_empty()).then(|| String::from_utf8_lossy(&q).into_owned()))
+}
+
+/// Proposes module upgrades during the fault phase, every 0.5–2 s, to a
+/// random module (including the one whose migration fails, and the one
+/// running), through a random replica, following redirects like a client.
+/// Returns how many proposals got an answer. What the checks then prove:
+/// every replica switched (or refused) at the same index, since the two
+/// modules reply differently and the hash chains must still be equal.
+async fn upgrader(world: Arc<World>) -> usize {
+    let mut answered = 0;
+    while !world.calm.load(Ordering::Acquire) {
+        tokio::time::sleep(Duration::from_millis(draw(&world.dice, 500..=2000))).await;
+        let to = [kv::MODULE_A, kv::MODULE_B, kv::MODULE_TRAP][draw(&world.dice, 0..=2) as usize];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut target: Option<usize> = None;
+        while Instant::now() < deadline {
+            let up = world.up();
+            let i = match target {
+                Some(i) => i,
+                None if up.is_empty() => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                None => up[draw(&world.dice, 0..=(up.len() as u64 - 1)) as usize],
+            };
+            let Some(node) = world.node(i) else {
+                target = None;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            };
+            match node.propose_upgrade(to.to_string()).await {
+                Ok(r) => {
+                    world.log.ev(format!(
+                        "upgrade to {} at index {}: {:?}",
+                        &to[..4],
+                        r.index,
+                        r.outcome
+                    ));
+                    answered += 1;
+                    break;
+                }
+                Err(SubmitError::Forward(addr)) => {
+                    target = world.by_address(&addr);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err(e) => {
+                    world.log.ev(format!("upgrade to {}: {e}", &to[..4]));
+                    target = None;
+                    tokio::time::sleep(Duration::from_millis(draw(&world.dice, 20..=120))).await;
+                }
+            }
+        }
+    }
+    answered
 }
 
 /// The fault schedule: random faults every 0.2–1.2 s for the fault phase,

@@ -175,12 +175,21 @@ pub struct ReadyInputs {
     pub caught_up: bool,
     /// Shutdown began.
     pub draining: bool,
+    /// The group runs this replica's module, or did once since it started
+    /// (see [`crate::upgrade::plan`]).
+    pub module_ok: bool,
 }
 
 impl ReadyInputs {
-    /// Ready: a live, healthy, caught-up member that is not shutting down.
+    /// Ready: a live, healthy, caught-up member that is not shutting down
+    /// and runs the module it was started with.
     pub fn ready(&self) -> bool {
-        self.lease_held && self.store_ok && !self.fatal && self.caught_up && !self.draining
+        self.lease_held
+            && self.store_ok
+            && !self.fatal
+            && self.caught_up
+            && !self.draining
+            && self.module_ok
     }
 }
 
@@ -735,6 +744,7 @@ mod tests {
             fatal: false,
             caught_up: true,
             draining: false,
+            module_ok: true,
         };
         assert!(ok.ready());
         for bad in [
@@ -753,6 +763,10 @@ mod tests {
             },
             ReadyInputs {
                 draining: true,
+                ..ok
+            },
+            ReadyInputs {
+                module_ok: false,
                 ..ok
             },
         ] {
@@ -842,7 +856,7 @@ mod tests {
                         .iter()
                         .map(|c| String::from_utf8(c.payload.clone()).unwrap())
                         .collect(),
-                    Entry::Noop => Vec::new(),
+                    Entry::Noop | Entry::Upgrade { .. } => Vec::new(),
                 };
                 answered.extend(replies.on_applied(index, || outs, engine.is_inflight(index)));
             }

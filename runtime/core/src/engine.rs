@@ -53,6 +53,12 @@ impl Learner {
         Some((index, entry))
     }
 
+    /// The next entry to apply, if it has arrived, without taking it (the
+    /// driver looks before an upgrade entry: its module must be loaded first).
+    pub fn peek_ready(&self) -> Option<&Entry> {
+        self.buffered.get(&self.next)
+    }
+
     /// The index the replica waits for.
     pub fn next(&self) -> Index {
         self.next
@@ -165,6 +171,15 @@ pub enum LeaderAction<T> {
     StepDown,
 }
 
+/// What waits in the leader's queue: client commands, which leave in
+/// batches, and upgrade proposals, which leave alone as their own entry, in
+/// arrival order.
+#[derive(Debug)]
+enum Queued {
+    Command(Command),
+    Upgrade(String),
+}
+
 #[derive(Debug)]
 struct Inflight<T> {
     bytes: Arc<Vec<u8>>,
@@ -181,7 +196,7 @@ pub struct LeaderEngine<T> {
     epoch: Epoch,
     config: LeaderConfig,
     next_index: Index,
-    queue: VecDeque<(T, Command)>,
+    queue: VecDeque<(T, Queued)>,
     inflight: BTreeMap<Index, Inflight<T>>,
     stepped_down: bool,
 }
@@ -258,7 +273,29 @@ impl<T> LeaderEngine<T> {
                 why: Abandoned::NotOrdered,
             }];
         }
-        self.queue.push_back((token, command));
+        self.queue.push_back((token, Queued::Command(command)));
+        self.cut_batches()
+    }
+
+    /// A proposal to switch the group to module `to` (a sha256 in hex). It
+    /// is ordered after every command submitted before it and before every
+    /// command submitted after it, as an [`Entry::Upgrade`] of its own; its
+    /// waiter is answered at position 0 of that entry. Refused when `to` is
+    /// not a sha256.
+    pub fn propose_upgrade(&mut self, token: T, to: String) -> Vec<LeaderAction<T>> {
+        if crate::upgrade::sha256_bytes(&to).is_none() {
+            return vec![LeaderAction::Refuse {
+                token,
+                error: EncodeError::BadModuleHash(to),
+            }];
+        }
+        if self.stepped_down {
+            return vec![LeaderAction::Abandon {
+                tokens: vec![token],
+                why: Abandoned::NotOrdered,
+            }];
+        }
+        self.queue.push_back((token, Queued::Upgrade(to)));
         self.cut_batches()
     }
 
@@ -364,26 +401,32 @@ impl<T> LeaderEngine<T> {
     fn cut_batches(&mut self) -> Vec<LeaderAction<T>> {
         let mut actions = Vec::new();
         while self.inflight.len() < self.config.max_inflight && !self.queue.is_empty() {
-            let mut size = 8; // version-1 entry header + count
-            let mut commands = Vec::new();
-            let mut waiters = Vec::new();
-            while let Some((_, cmd)) = self.queue.front() {
-                let len = cmd.encoded_len();
-                if !commands.is_empty()
-                    && (size + len > self.config.max_batch_bytes
-                        || commands.len() >= self.config.max_batch_commands)
-                {
-                    break;
+            let (entry, waiters) = match self.queue.pop_front() {
+                Some((token, Queued::Upgrade(to))) => (Entry::Upgrade { to }, vec![(0, token)]),
+                Some((token, Queued::Command(first))) => {
+                    let mut size = 8 + first.encoded_len(); // version-1 header + count
+                    let mut commands = vec![first];
+                    let mut waiters = vec![(0, token)];
+                    while let Some((_, Queued::Command(cmd))) = self.queue.front() {
+                        let len = cmd.encoded_len();
+                        if size + len > self.config.max_batch_bytes
+                            || commands.len() >= self.config.max_batch_commands
+                        {
+                            break;
+                        }
+                        let Some((token, Queued::Command(cmd))) = self.queue.pop_front() else {
+                            break;
+                        };
+                        size += len;
+                        waiters.push((commands.len() as u32, token));
+                        commands.push(cmd);
+                    }
+                    (Entry::Batch(commands), waiters)
                 }
-                let Some((token, cmd)) = self.queue.pop_front() else {
-                    break;
-                };
-                size += len;
-                waiters.push((commands.len() as u32, token));
-                commands.push(cmd);
-            }
+                None => break,
+            };
             let index = self.next_index;
-            let launched = self.launch(index, Entry::Batch(commands), waiters);
+            let launched = self.launch(index, entry, waiters);
             if matches!(launched[..], [LeaderAction::Append { .. }]) {
                 self.next_index += 1;
             }
@@ -491,6 +534,57 @@ mod tests {
             ..LeaderConfig::default()
         };
         LeaderEngine::start(7, cfg, 0, 0, &[]).0
+    }
+
+    fn committed<T: Clone>(actions: &[LeaderAction<T>]) -> Vec<(Entry, Vec<(u32, T)>)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                LeaderAction::Committed { entry, waiters, .. } => Some((entry.clone(), waiters.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_upgrade_is_ordered_between_the_commands_around_it_as_its_own_entry() {
+        let mut e = engine(1);
+        let to = "ab".repeat(32);
+        assert_eq!(appends(&e.submit(1, cmd(1))), vec![1]);
+        assert!(appends(&e.submit(2, cmd(2))).is_empty(), "one in flight");
+        assert!(e.propose_upgrade(3, to.clone()).is_empty());
+        assert!(e.submit(4, cmd(3)).is_empty());
+        let mut seen = Vec::new();
+        for index in 1..=3 {
+            let actions = e.on_append(index, Ok(AppendOutcome::Appended));
+            seen.extend(committed(&actions));
+        }
+        let entries: Vec<Entry> = seen.iter().map(|(e, _)| e.clone()).collect();
+        assert_eq!(
+            entries,
+            vec![
+                Entry::Batch(vec![cmd(1)]),
+                Entry::Batch(vec![cmd(2)]),
+                Entry::Upgrade { to: to.clone() },
+            ]
+        );
+        assert_eq!(seen[2].1, vec![(0, 3)], "the proposer waits at position 0");
+        let actions = e.on_append(4, Ok(AppendOutcome::Appended));
+        assert_eq!(committed(&actions)[0].0, Entry::Batch(vec![cmd(3)]));
+        assert!(e.is_idle());
+    }
+
+    #[test]
+    fn an_upgrade_to_something_that_is_not_a_sha256_is_refused() {
+        let mut e = engine(1);
+        assert_eq!(
+            e.propose_upgrade(1, "v2".into()),
+            vec![LeaderAction::Refuse {
+                token: 1,
+                error: EncodeError::BadModuleHash("v2".into())
+            }]
+        );
+        assert!(e.is_idle());
     }
 
     #[test]

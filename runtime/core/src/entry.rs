@@ -12,12 +12,14 @@
 //!
 //! ```text
 //! entry    = entry_v1 | entry_v2
-//! entry_v1 = "DE" 1:u8 kind:u8 (noop: 0 | batch: 1 count:u32 command*)
+//! entry_v1 = "DE" 1:u8 kind:u8 (noop: 0 | batch: 1 count:u32 command*
+//!                               | upgrade: 2 to:[32])
 //! entry_v2 = "DE" 2:u8 codec:u8 raw_len:u32 packed
 //!            codec 1 = LZ4 block format; packed decompresses to exactly
 //!            raw_len bytes, which are an entry_v1 (a compressed v1 entry)
 //! command  = id_len:u16 id seq:u64 payload_len:u32 payload
 //! snapshot = "DS" version:u8 index:u64 hash:[32] sha_len:u16 sha
+//!            (version 2 only: prev_len:u16 previous_sha)
 //!            session_count:u32 session* state_len:u64 state
 //! session  = id_len:u16 id seq:u64 last_index:u64 outcome
 //! outcome  = 0:u8 len:u32 reply | 1:u8 len:u32 reason
@@ -72,9 +74,16 @@ const SNAPSHOT_MAGIC: &[u8; 2] = b"DS";
 const ENTRY_V1: u8 = 1;
 /// Entries: a compressed version-1 entry.
 const ENTRY_V2: u8 = 2;
-const SNAPSHOT_VERSION: u8 = 1;
+/// Snapshots of a group that never upgraded its module.
+const SNAPSHOT_V1: u8 = 1;
+/// Snapshots that also name the module the group upgraded away from last.
+const SNAPSHOT_V2: u8 = 2;
 const KIND_NOOP: u8 = 0;
 const KIND_BATCH: u8 = 1;
+/// An ordered module upgrade (see `crate::upgrade`). Entries of this kind
+/// are refused as corrupt by builds that predate upgrades: upgrade every
+/// replica's runtime before proposing the first module upgrade.
+const KIND_UPGRADE: u8 = 2;
 /// Codec of a version-2 entry: the LZ4 block format (no frame, no checksum;
 /// etcd already checksums what it stores).
 const CODEC_LZ4: u8 = 1;
@@ -127,6 +136,13 @@ pub enum Entry {
     Noop,
     /// Client commands, applied in order.
     Batch(Vec<Command>),
+    /// Switch the group to the module whose sha256 is `to` (64 lowercase hex
+    /// digits): every replica switches at this index, or every replica
+    /// rejects the switch (see [`crate::upgrade`]).
+    Upgrade {
+        /// sha256 of the new module.
+        to: String,
+    },
 }
 
 /// Why bytes could not be decoded.
@@ -150,7 +166,7 @@ pub enum DecodeError {
     },
     /// A format version this build does not know.
     #[error(
-        "unsupported format version {0} (this build reads entry versions 1 and 2, snapshot version 1)"
+        "unsupported format version {0} (this build reads entry versions 1 and 2, snapshot versions 1 and 2)"
     )]
     Version(u8),
     /// An enum tag outside its range.
@@ -199,6 +215,9 @@ pub enum EncodeError {
     /// A client tag with an empty id (a tag needs an id; untagged commands carry none).
     #[error("client id is empty; 1 to 255 bytes required")]
     EmptyClientId,
+    /// An upgrade names something other than a module sha256.
+    #[error("module hash {0:?} is not a sha256 (64 lowercase hex digits)")]
+    BadModuleHash(String),
 }
 
 /// Longest client id accepted anywhere (HTTP header, entry, snapshot).
@@ -223,6 +242,12 @@ impl Entry {
         out.push(ENTRY_V1);
         match self {
             Entry::Noop => out.push(KIND_NOOP),
+            Entry::Upgrade { to } => {
+                out.push(KIND_UPGRADE);
+                let raw = crate::upgrade::sha256_bytes(to)
+                    .ok_or_else(|| EncodeError::BadModuleHash(to.clone()))?;
+                out.extend_from_slice(&raw);
+            }
             Entry::Batch(commands) => {
                 out.push(KIND_BATCH);
                 put_u32(&mut out, len_u32(commands.len())?);
@@ -241,6 +266,7 @@ impl Entry {
     pub fn uncompressed_len(&self) -> usize {
         4 + match self {
             Entry::Noop => 0,
+            Entry::Upgrade { .. } => 32,
             Entry::Batch(cs) => 4 + cs.iter().map(Command::encoded_len).sum::<usize>(),
         }
     }
@@ -256,15 +282,15 @@ impl Entry {
         }
     }
 
-    /// Number of commands (0 for a no-op).
+    /// Number of commands (0 for a no-op or an upgrade).
     pub fn len(&self) -> usize {
         match self {
-            Entry::Noop => 0,
+            Entry::Noop | Entry::Upgrade { .. } => 0,
             Entry::Batch(c) => c.len(),
         }
     }
 
-    /// True for no-ops and empty batches.
+    /// True for no-ops, upgrades and empty batches.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -296,6 +322,12 @@ impl Command {
 fn decode_v1(mut r: Reader<'_>) -> Result<Entry, DecodeError> {
     let entry = match r.u8("entry kind")? {
         KIND_NOOP => Entry::Noop,
+        KIND_UPGRADE => {
+            let raw = r.take(32, "module hash")?;
+            Entry::Upgrade {
+                to: hex::encode(raw),
+            }
+        }
         KIND_BATCH => {
             let n = r.u32("command count")? as usize;
             // Each command needs at least 14 bytes; refuse counts the input cannot hold.
@@ -398,6 +430,11 @@ pub struct SnapshotData {
     pub hash: [u8; 32],
     /// sha256 of the module that produced `state`.
     pub module_sha256: String,
+    /// The module the group upgraded away from last, if it ever upgraded
+    /// (replicated: it decides which modules a starting replica may propose;
+    /// see [`crate::upgrade::plan`]). Written as snapshot version 2; `None`
+    /// is written as version 1, which builds before upgrades read.
+    pub previous_module: Option<String>,
     /// Exactly-once session table.
     pub sessions: Sessions,
     /// The guest's own snapshot bytes.
@@ -409,10 +446,17 @@ impl SnapshotData {
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         let mut out = Vec::with_capacity(64 + self.state.len());
         out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.push(SNAPSHOT_VERSION);
+        out.push(if self.previous_module.is_some() {
+            SNAPSHOT_V2
+        } else {
+            SNAPSHOT_V1
+        });
         put_u64(&mut out, self.index);
         out.extend_from_slice(&self.hash);
         put_bytes16(&mut out, self.module_sha256.as_bytes())?;
+        if let Some(previous) = &self.previous_module {
+            put_bytes16(&mut out, previous.as_bytes())?;
+        }
         put_u32(&mut out, len_u32(self.sessions.len())?);
         for (id, s) in self.sessions.iter() {
             put_bytes16(&mut out, id.as_bytes())?;
@@ -437,14 +481,19 @@ impl SnapshotData {
     /// Decode bytes produced by [`SnapshotData::encode`].
     pub fn decode(bytes: &[u8]) -> Result<SnapshotData, DecodeError> {
         let mut r = Reader::new(bytes);
-        match r.magic(SNAPSHOT_MAGIC, "DS")? {
-            SNAPSHOT_VERSION => {}
+        let version = match r.magic(SNAPSHOT_MAGIC, "DS")? {
+            v @ (SNAPSHOT_V1 | SNAPSHOT_V2) => v,
             v => return Err(DecodeError::Version(v)),
-        }
+        };
         let index = r.u64("snapshot index")?;
         let mut hash = [0u8; 32];
         hash.copy_from_slice(r.take(32, "hash")?);
         let module_sha256 = r.string16("module sha256")?;
+        let previous_module = if version == SNAPSHOT_V2 {
+            Some(r.string16("previous module sha256")?)
+        } else {
+            None
+        };
         let n = r.u32("session count")? as usize;
         let mut sessions = Sessions::default();
         let mut previous: Option<String> = None;
@@ -494,6 +543,7 @@ impl SnapshotData {
             index,
             hash,
             module_sha256,
+            previous_module,
             sessions,
             state,
         })
@@ -660,12 +710,38 @@ mod tests {
 
     #[test]
     fn entries_round_trip_and_report_their_length() {
-        for e in [Entry::Noop, sample_batch(), Entry::Batch(vec![])] {
+        let upgrade = Entry::Upgrade {
+            to: "0f".repeat(32),
+        };
+        for e in [Entry::Noop, sample_batch(), Entry::Batch(vec![]), upgrade] {
             let bytes = e.encode().unwrap();
             assert_eq!(bytes.len(), e.uncompressed_len());
             assert_eq!(bytes, e.encode_uncompressed().unwrap(), "small: version 1");
             assert_eq!(Entry::decode(&bytes).unwrap(), e);
         }
+    }
+
+    #[test]
+    fn upgrades_name_a_sha256_and_nothing_else() {
+        for bad in ["", "0F".repeat(32).as_str(), &"0f".repeat(31)] {
+            assert_eq!(
+                Entry::Upgrade { to: bad.into() }.encode(),
+                Err(EncodeError::BadModuleHash(bad.into()))
+            );
+        }
+        let bytes = Entry::Upgrade {
+            to: "0f".repeat(32),
+        }
+        .encode()
+        .unwrap();
+        assert_eq!(&bytes[..4], b"DE\x01\x02");
+        assert_eq!(bytes.len(), 36);
+        for cut in 0..bytes.len() {
+            assert!(Entry::decode(&bytes[..cut]).is_err(), "prefix {cut} decoded");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(Entry::decode(&longer), Err(DecodeError::Trailing(1)));
     }
 
     #[test]
@@ -773,7 +849,7 @@ mod tests {
         use crate::apply::ReplicaState;
         use crate::apply::testing::ListMachine;
         let replay = |log: &[Vec<u8>]| {
-            let mut state = ReplicaState::new(0);
+            let mut state = ReplicaState::new(0, String::new());
             let mut sm = ListMachine::default();
             let mut hashes = Vec::new();
             for (i, bytes) in log.iter().enumerate() {
@@ -1072,11 +1148,23 @@ mod tests {
             index: 42,
             hash: [7; 32],
             module_sha256: "ab".repeat(32),
+            previous_module: None,
             sessions,
             state: b"state".to_vec(),
         };
         let bytes = s.encode().unwrap();
+        assert_eq!(bytes[2], SNAPSHOT_V1, "a group that never upgraded writes version 1");
         assert_eq!(SnapshotData::decode(&bytes).unwrap(), s);
+        for cut in 0..bytes.len() {
+            assert!(SnapshotData::decode(&bytes[..cut]).is_err());
+        }
+        let upgraded = SnapshotData {
+            previous_module: Some("cd".repeat(32)),
+            ..s
+        };
+        let bytes = upgraded.encode().unwrap();
+        assert_eq!(bytes[2], SNAPSHOT_V2);
+        assert_eq!(SnapshotData::decode(&bytes).unwrap(), upgraded);
         for cut in 0..bytes.len() {
             assert!(SnapshotData::decode(&bytes[..cut]).is_err());
         }

@@ -1,7 +1,9 @@
 //! The hash chain that makes divergence visible.
 //!
 //! `h(i) = sha256(h(i-1) || index || position || client || command || outcome)`
-//! per command, and `sha256(h(i-1) || index || "noop")` for a no-op entry.
+//! per command, `sha256(h(i-1) || index || "noop")` for a no-op entry, and
+//! `sha256(h(i-1) || index || "upgrade" || from || to || outcome)` for a
+//! module upgrade (so the switch, and whether it happened, is covered too).
 //! Replicas publish it in `members/` and print it in every trace line; two
 //! replicas with the same applied position and a different hash have diverged,
 //! and `dorado replay` finds the first index where that happened.
@@ -11,6 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::entry::Command;
 use crate::session::Outcome;
 use crate::store::Index;
+use crate::upgrade::UpgradeResult;
 
 /// A hash chain value.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -72,6 +75,19 @@ impl ChainHash {
         ChainHash(h.finalize().into())
     }
 
+    /// Extend the chain with a module upgrade entry and its outcome.
+    pub fn upgrade(&self, index: Index, from: &str, to: &str, result: &UpgradeResult) -> Self {
+        let mut h = Sha256::new();
+        h.update(self.0);
+        h.update(index.to_be_bytes());
+        h.update(b"upgrade");
+        for part in [from, to, &result.describe()] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        ChainHash(h.finalize().into())
+    }
+
     /// First 12 hex digits, for human traces.
     pub fn short(&self) -> String {
         hex::encode(&self.0[..6])
@@ -117,6 +133,12 @@ mod tests {
             g.command(1, 0, &cmd(b"x"), &Outcome::Rejected("r".into()))
         );
         assert_ne!(base, base.noop(2).noop(3));
+        let up = base.upgrade(2, "a", "b", &UpgradeResult::Switched);
+        assert_ne!(up, base.upgrade(2, "a", "c", &UpgradeResult::Switched));
+        assert_ne!(up, base.upgrade(2, "c", "b", &UpgradeResult::Switched));
+        assert_ne!(up, base.upgrade(3, "a", "b", &UpgradeResult::Switched));
+        assert_ne!(up, base.upgrade(2, "a", "b", &UpgradeResult::Rejected("x".into())));
+        assert_ne!(up, base.noop(2));
         assert_eq!(base, g.command(1, 0, &cmd(b"x"), &ok));
     }
 

@@ -10,6 +10,8 @@
 //! - [`hash`]: the hash chain that makes divergence visible.
 //! - [`apply`]: [`ReplicaState`], the only code that feeds commands to a state machine.
 //! - [`engine`]: the leader's batching/append pipeline and the learner's ordering buffer.
+//! - [`upgrade`]: module upgrades ordered through the log, and which module a
+//!   starting replica proposes.
 //! - [`decide`]: the replica driver's other decisions (stuck detection and
 //!   campaigning, readiness, matching replies to clients, snapshot policy, a
 //!   new leader's recovery base, lease renewal timing).
@@ -25,8 +27,10 @@ pub mod hash;
 pub mod session;
 pub mod sm;
 pub mod store;
+pub mod upgrade;
 
 pub use apply::{AppliedCommand, AppliedEntry, ReplicaState};
+pub use upgrade::{AppliedUpgrade, ModulePlan, UpgradeMode, UpgradeResult};
 pub use engine::{Abandoned, LeaderAction, LeaderConfig, LeaderEngine, Learner, Route};
 pub use entry::{ClientTag, Command, Entry, SnapshotData};
 pub use hash::ChainHash;

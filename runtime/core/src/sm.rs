@@ -21,6 +21,10 @@ pub enum RejectKind {
     MemoryLimit,
     /// The guest returned a malformed reply (out-of-bounds pointer, bad status).
     BadReply,
+    /// A module to upgrade to cannot run here at all: it does not compile,
+    /// lacks an export, speaks another ABI version, or the state machine
+    /// cannot switch modules.
+    BadModule,
 }
 
 impl RejectKind {
@@ -31,6 +35,7 @@ impl RejectKind {
             RejectKind::OutOfFuel => "out of fuel",
             RejectKind::MemoryLimit => "memory limit",
             RejectKind::BadReply => "bad reply",
+            RejectKind::BadModule => "bad module",
         }
     }
 }
@@ -84,4 +89,37 @@ pub trait StateMachine {
     fn snapshot(&mut self) -> Result<Vec<u8>, Rejection>;
     /// Replace the whole state with a snapshot taken by [`StateMachine::snapshot`].
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), Rejection>;
+
+    /// Switch from module `from` (the one running) to module `to`, keeping
+    /// the state: snapshot, instantiate `to`, hand it the snapshot (its
+    /// migration hook if it has one, else its restore). Called at an ordered
+    /// upgrade entry, with `to != from`.
+    ///
+    /// Requirements: deterministic like `apply` (every replica gets the same
+    /// result for the same history), and on `Err` nothing changed: the old
+    /// module keeps running with its state. The driver makes `to` available
+    /// before the call; a module it could not obtain is never a rejection
+    /// (another replica might have obtained it).
+    fn upgrade(&mut self, from: &str, to: &str) -> Result<(), Rejection> {
+        let _ = (from, to);
+        Err(Rejection {
+            kind: RejectKind::BadModule,
+            message: "this state machine cannot switch modules".into(),
+        })
+    }
+
+    /// Become module `module` with `snapshot` (taken by that module) as its
+    /// state: restoring a snapshot from before or after an upgrade. `None`
+    /// is the module's initial state, asked only of a machine that has
+    /// applied nothing (a replica of a group that has no snapshot yet starts
+    /// from the group's first module). Machines that cannot switch modules
+    /// run only the module they were built with, which the driver checks; the
+    /// default restores the snapshot, or keeps the initial state.
+    fn load(&mut self, module: &str, snapshot: Option<&[u8]>) -> Result<(), Rejection> {
+        let _ = module;
+        match snapshot {
+            Some(s) => self.restore(s),
+            None => Ok(()),
+        }
+    }
 }

@@ -152,6 +152,12 @@ pub type StoreResult<T> = Result<T, StoreError>;
 ///     holds epoch `e` (checked atomically with the delete) and says whether it
 ///     did; afterwards every `append(e, ..)` fails the fence (requirement 3).
 ///     The deposed leader's lease and member record are left alone.
+/// 11. **Modules are content-addressed and permanent**: `put_module(h, b)`
+///     refuses bytes whose sha256 is not `h`, stores them whole (atomic to
+///     readers, like snapshots) if `h` is absent and is a no-op otherwise;
+///     `get_module(h)` returns exactly those bytes, checked against `h`, or
+///     `None`. Modules are never deleted: an upgrade entry in the log, and
+///     every replay of it, needs its module.
 pub trait Store: Send + Sync + 'static {
     /// Create the group's meta if absent; return whatever meta is stored.
     fn init_meta(&self, meta: &Meta) -> impl Future<Output = StoreResult<Meta>> + Send;
@@ -213,6 +219,11 @@ pub trait Store: Send + Sync + 'static {
         index: Index,
         bytes: &[u8],
     ) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Store module `bytes` under their sha256 `sha256` (hex) if absent
+    /// (see requirement 11).
+    fn put_module(&self, sha256: &str, bytes: &[u8]) -> impl Future<Output = StoreResult<()>> + Send;
+    /// The module with this sha256, if stored (see requirement 11).
+    fn get_module(&self, sha256: &str) -> impl Future<Output = StoreResult<Option<Vec<u8>>>> + Send;
     /// Index of the newest complete snapshot.
     fn newest_snapshot_index(&self) -> impl Future<Output = StoreResult<Option<Index>>> + Send;
     /// The newest complete snapshot.

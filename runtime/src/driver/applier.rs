@@ -56,11 +56,20 @@ impl<M> std::fmt::Debug for Applier<M> {
 }
 
 impl<M: StateMachine> Applier<M> {
-    /// An empty replica whose sessions expire after `session_expiry` entries.
-    pub fn new(session_expiry: u64, sm: M, trace: TraceWriter, health: Arc<Health>) -> Self {
+    /// An empty replica of a group that started with module `genesis`,
+    /// whose sessions expire after `session_expiry` entries. `sm` runs this
+    /// replica's own module; [`Applier::start_at_genesis`] switches it to
+    /// `genesis` when they differ.
+    pub fn new(
+        session_expiry: u64,
+        genesis: String,
+        sm: M,
+        trace: TraceWriter,
+        health: Arc<Health>,
+    ) -> Self {
         let fmt = TraceFormatter::new(health.config.log_format);
         Applier {
-            state: ReplicaState::new(session_expiry),
+            state: ReplicaState::new(session_expiry, genesis),
             sm,
             trace,
             fmt,
@@ -140,21 +149,42 @@ impl<M: StateMachine> Applier<M> {
         }
     }
 
+    /// Before anything is applied: run the group's first module in its
+    /// initial state (a replica whose own module came with a later upgrade
+    /// replays the history from the start). `Err` is fatal.
+    pub fn start_at_genesis(&mut self) -> Result<(), String> {
+        let genesis = self.state.module.clone();
+        self.check_can_run(&genesis, "the group started with")?;
+        self.sm
+            .load(&genesis, None)
+            .map_err(|e| format!("starting the group's first module {genesis}: {e}"))
+    }
+
+    /// A state machine that cannot switch modules (no module catalog) runs
+    /// only this replica's own module.
+    fn check_can_run(&self, module: &str, what: &str) -> Result<(), String> {
+        let ours = &self.health.config.module_sha256;
+        if self.health.config.modules.is_none() && module != ours {
+            return Err(format!(
+                "{what} module {module} but this replica runs {ours} and cannot switch modules"
+            ));
+        }
+        Ok(())
+    }
+
     /// Replace the state with a snapshot newer than what is applied (a
-    /// replica behind the log's truncation point). `Ok(false)` when the
-    /// snapshot is not newer; `Err` is fatal (another module, or a snapshot
-    /// the state machine cannot restore).
+    /// replica behind the log's truncation point), switching to the module
+    /// that took it. `Ok(false)` when the snapshot is not newer; `Err` is
+    /// fatal (a module this replica cannot run, or a snapshot the state
+    /// machine cannot restore).
     pub fn restore(&mut self, snap: &SnapshotData) -> Result<bool, String> {
         if snap.index <= self.state.applied {
             return Ok(false);
         }
-        let ours = &self.health.config.module_sha256;
-        if &snap.module_sha256 != ours {
-            return Err(format!(
-                "snapshot {} was taken with module {} but this replica runs {ours}",
-                snap.index, snap.module_sha256
-            ));
-        }
+        self.check_can_run(
+            &snap.module_sha256,
+            &format!("snapshot {} was taken with", snap.index),
+        )?;
         self.state = ReplicaState::restore(snap, self.state.session_expiry, &mut self.sm)
             .map_err(|e| format!("restoring snapshot {}: {e}", snap.index))?;
         self.snapshot_index = snap.index;
@@ -178,7 +208,7 @@ impl<M: StateMachine> Applier<M> {
 
     fn encoded_snapshot(&mut self) -> Result<Vec<u8>, String> {
         self.state
-            .snapshot(&mut self.sm, &self.health.config.module_sha256)
+            .snapshot(&mut self.sm)
             .map_err(|e| e.to_string())
             .and_then(|s| s.encode().map_err(|e| e.to_string()))
     }

@@ -48,6 +48,18 @@ pub trait CoreLoop {
         command: Command,
         reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
     );
+    /// Order a switch to module `to` and answer `reply` once it is applied
+    /// here. Protocols without module upgrades refuse.
+    fn propose_upgrade(
+        &mut self,
+        to: String,
+        reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
+    ) {
+        let _ = to;
+        let _ = reply.send(Err(SubmitError::Unsupported(
+            "this ordering protocol does not order module upgrades",
+        )));
+    }
     /// One item learned from the store.
     fn learn(&mut self, item: Self::Learned);
     /// After a batch of [`CoreLoop::learn`] calls: apply what became ready.
@@ -134,6 +146,7 @@ pub async fn run_core<C: CoreLoop>(
 fn serve<C: CoreLoop>(core: &mut C, request: Request) {
     match request {
         Request::Submit { command, reply } => core.submit(command, reply),
+        Request::ProposeUpgrade { to, reply } => core.propose_upgrade(to, reply),
         Request::Drain { reply } => {
             core.drains().0.push(reply);
             core.check_drained();

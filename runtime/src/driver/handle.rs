@@ -25,6 +25,14 @@ pub enum Request {
         /// Where its outcome goes.
         reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
     },
+    /// Order a switch of the group to module `to` (sha256 hex) and answer
+    /// once the upgrade entry is applied here.
+    ProposeUpgrade {
+        /// The module's sha256; the module must be in the store.
+        to: String,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
+    },
     /// Answer once no command of this replica is still being ordered.
     Drain {
         /// Answered (or dropped) then.
@@ -112,6 +120,24 @@ impl ReplicaHandle {
         let (reply, rx) = oneshot::channel();
         self.requests
             .send(Request::Submit { command, reply })
+            .map_err(|_| SubmitError::ShuttingDown)?;
+        let timeout = self.health.config.submit_timeout;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(SubmitError::ShuttingDown),
+            Err(_) => Err(SubmitError::Timeout(timeout)),
+        }
+    }
+
+    /// Propose switching the group to module `to` (sha256 hex, already in
+    /// the store) and wait for the upgrade entry's outcome, like a command's.
+    pub async fn propose_upgrade(&self, to: String) -> Result<SubmitReply, SubmitError> {
+        if self.health.is_draining() {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request::ProposeUpgrade { to, reply })
             .map_err(|_| SubmitError::ShuttingDown)?;
         let timeout = self.health.config.submit_timeout;
         match tokio::time::timeout(timeout, rx).await {
@@ -221,6 +247,10 @@ impl ReplicaHandle {
 impl Replica for ReplicaHandle {
     fn submit(&self, command: Command) -> BoxFuture<'_, Result<SubmitReply, SubmitError>> {
         Box::pin(ReplicaHandle::submit(self, command))
+    }
+
+    fn propose_upgrade(&self, to: String) -> BoxFuture<'_, Result<SubmitReply, SubmitError>> {
+        Box::pin(ReplicaHandle::propose_upgrade(self, to))
     }
 
     fn query(

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dorado_core::ModulePlan;
 use dorado_core::decide::{Readiness, ReadyInputs};
 use dorado_core::{Index, MemberRecord, StoreError, StoreResult};
 use futures::future::BoxFuture;
@@ -35,6 +36,8 @@ pub struct Health {
     draining: AtomicBool,
     leading: AtomicBool,
     lease_held: AtomicBool,
+    /// The group runs this replica's module (see [`Health::set_module_plan`]).
+    module_ok: AtomicBool,
     /// Why this replica stopped applying (corrupt entry, unwritable trace, ...).
     fatal: Mutex<Option<String>>,
     /// Asks the lease task to revoke the lease so that another replica leads
@@ -63,6 +66,8 @@ impl Health {
             commit_index: 0,
             hash: dorado_core::ChainHash::GENESIS.to_string(),
             module_sha256: config.module_sha256.clone(),
+            group_module: config.module_sha256.clone(),
+            module_state: crate::wire::ModuleState::Serving,
             ready: false,
             store_error: None,
             snapshot_index: 0,
@@ -78,6 +83,7 @@ impl Health {
             draining: AtomicBool::new(false),
             leading: AtomicBool::new(false),
             lease_held: AtomicBool::new(false),
+            module_ok: AtomicBool::new(true),
             fatal: Mutex::new(None),
             resign: tokio::sync::Notify::new(),
             status: Mutex::new(status),
@@ -154,6 +160,25 @@ impl Health {
         self.update_ready();
     }
 
+    /// What this replica does about its own module (see
+    /// `dorado_core::upgrade::plan`): only [`ModulePlan::Serve`] lets it be
+    /// ready. Protocols that never call this serve from the start.
+    pub fn set_module_plan(&self, plan: ModulePlan) {
+        let ok = plan == ModulePlan::Serve;
+        let state = crate::wire::ModuleState::from(plan);
+        {
+            let mut status = lock(&self.status);
+            if status.module_state != state {
+                if let crate::wire::ModuleState::Waiting(reason) = &state {
+                    tracing::warn!("not ready: {reason}");
+                }
+                status.module_state = state;
+            }
+        }
+        self.module_ok.store(ok, Ordering::Release);
+        self.update_ready();
+    }
+
     /// Whether the replica stopped applying for good.
     pub fn is_fatal(&self) -> bool {
         lock(&self.fatal).is_some()
@@ -199,6 +224,7 @@ impl Health {
             fatal: self.is_fatal(),
             caught_up: self.caught_up(),
             draining: self.is_draining(),
+            module_ok: self.module_ok.load(Ordering::Acquire),
         }
         .ready();
         self.ready.store(ready, Ordering::Release);

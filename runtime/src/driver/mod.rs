@@ -22,6 +22,8 @@
 //!   on abort, when the passed-in shutdown token is cancelled and when the
 //!   owner is dropped; after that the replica never touches the store again.
 //!
+//! - [`ModuleCatalog`]: the modules a state machine can switch to at an
+//!   upgrade entry, filled from the store before the entry is applied.
 //! - [`CoreLoop`] and [`run_core`]: the core loop's input priorities, request
 //!   dispatch and drain, so each protocol writes only its decisions.
 //!
@@ -35,11 +37,13 @@ mod core_loop;
 mod handle;
 mod health;
 mod lease;
+mod modules;
 mod tasks;
 
 pub use applier::Applier;
 pub use core_loop::{CoreInputs, CoreLoop, DrainWaiters, run_core};
 pub use handle::{Lifecycle, ReadBound, ReadRequest, ReplicaHandle, Request};
 pub use health::{CatchUp, Health, Probe, health_task};
+pub use modules::ModuleCatalog;
 pub use lease::{LeaseStore, backoff, lease_task, retry_unreachable};
 pub use tasks::{Spawner, TaskSet, until_stopped};

@@ -10,7 +10,9 @@
 //! - `instance.rs`: [`Instance`], the ABI calls, the mapping from wasm traps to
 //!   [`Rejection`]s, and rollback after a trap;
 //! - `error.rs`: [`LoadError`] (a module is refused) and [`HostError`] (the host
-//!   itself failed).
+//!   itself failed);
+//! - `switching.rs`: [`Switching`], the state machine a replica runs across
+//!   module upgrades, and [`ModuleSet`], the modules it may switch to.
 //!
 //! # Why it is built this way
 //! * **Replicas must agree.** Everything that could make two hosts execute the
@@ -45,6 +47,7 @@
 mod error;
 mod instance;
 mod module;
+mod switching;
 
 #[cfg(test)]
 mod tests;
@@ -52,6 +55,7 @@ mod tests;
 pub use error::{HostError, LoadError};
 pub use instance::Instance;
 pub use module::{ABI_VERSION, ExportInfo, Module};
+pub use switching::{ModuleSet, Switching};
 
 use std::fmt;
 use wasmtime::{Config, Engine, WasmFeatures};

@@ -43,8 +43,8 @@ use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
 use super::tls::{EtcdTls, EtcdTlsError, TlsMaterial};
 use super::{
-    KeySpace, SNAPSHOT_CHUNK_SIZE, SnapshotManifest, decode_json, encode_json, end_after_error,
-    new_snapshot_writer,
+    KeySpace, SNAPSHOT_CHUNK_SIZE, SnapshotManifest, check_module_bytes, decode_json, encode_json,
+    end_after_error, new_snapshot_writer,
 };
 
 /// Largest gRPC message this client accepts. Responses can legitimately
@@ -754,10 +754,30 @@ impl EtcdStore {
         manifest_key: Vec<u8>,
         revision: i64,
     ) -> StoreResult<Option<(Index, Vec<u8>)>> {
+        let keys = self.keys.clone();
+        let bytes = self
+            .read_chunked_at("snapshot", index, manifest_key, revision, |writer| {
+                keys.snap_chunk_dir(index, writer)
+            })
+            .await?;
+        Ok(bytes.map(|b| (index, b)))
+    }
+
+    /// Read a chunked value (a snapshot or a module) through its manifest at
+    /// `revision` (0: the newest), checking every chunk against it. `None`
+    /// when the manifest does not exist.
+    async fn read_chunked_at(
+        &self,
+        what: &'static str,
+        index: Index,
+        manifest_key: Vec<u8>,
+        revision: i64,
+        chunk_dir: impl Fn(&str) -> String,
+    ) -> StoreResult<Option<Vec<u8>>> {
         let rel = self.keys.relative_lossy(&manifest_key);
         let mut resp = self
             .kv_get(
-                "read snapshot manifest",
+                what,
                 manifest_key,
                 Some(GetOptions::new().with_revision(revision)),
             )
@@ -773,7 +793,7 @@ impl EtcdStore {
                 reason: format!("manifest names index {}", manifest.index),
             });
         }
-        let dir = self.keys.snap_chunk_dir(index, &manifest.writer);
+        let dir = chunk_dir(&manifest.writer);
         let end = prefix_end(dir.as_bytes());
         let mut start = dir.into_bytes();
         let mut bytes = Vec::with_capacity(usize::try_from(manifest.total_len).unwrap_or(0));
@@ -781,7 +801,7 @@ impl EtcdStore {
         loop {
             let page = self
                 .range_page(
-                    "read snapshot chunks",
+                    what,
                     start.clone(),
                     end.clone(),
                     SNAPSHOT_CHUNKS_PER_READ as usize,
@@ -799,7 +819,61 @@ impl EtcdStore {
             }
         }
         manifest.verify(&rel, found, &bytes)?;
-        Ok(Some((index, bytes)))
+        Ok(Some(bytes))
+    }
+
+    /// Write `bytes` as chunks under `chunk_dir(writer)` for a fresh writer
+    /// id, then the manifest at `manifest_key` if it is still absent. The
+    /// manifest is what readers look for, so a reader sees the whole value
+    /// or nothing. Values are deterministic (a snapshot of an index, a module
+    /// of a hash): when another writer got there first, ours is dropped.
+    async fn put_chunked(
+        &self,
+        what: &'static str,
+        index: Index,
+        manifest_key: String,
+        bytes: &[u8],
+        chunk_dir: impl Fn(&str) -> String,
+    ) -> StoreResult<()> {
+        if self.get(what, manifest_key.clone()).await?.is_some() {
+            return Ok(());
+        }
+        let writer = new_snapshot_writer();
+        let manifest = SnapshotManifest::describe(index, &writer, bytes)?;
+        let dir = chunk_dir(&writer);
+        // Owned futures (key, chunk copy, client handles): the borrow checker
+        // cannot prove a borrowing closure's futures `Send` for every lifetime.
+        let puts: Vec<_> = (0u32..)
+            .zip(bytes.chunks(SNAPSHOT_CHUNK_SIZE))
+            .map(|(n, chunk)| {
+                let key = format!("{dir}{n:08}");
+                let chunk = chunk.to_vec();
+                let store = self.clone();
+                async move { store.kv_put(what, None, key, chunk, None).await }
+            })
+            .collect();
+        let written: StoreResult<()> = stream::iter(puts)
+            .buffer_unordered(SNAPSHOT_WRITES_IN_FLIGHT)
+            .try_collect()
+            .await;
+        if let Err(e) = written {
+            self.delete_prefix_best_effort(&dir).await;
+            return Err(e);
+        }
+        let value = encode_json(what, &manifest)?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                manifest_key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(manifest_key, value, None)]);
+        let resp = self.txn(what, None, txn).await?;
+        if !resp.succeeded() {
+            // Another writer finished the same value first; ours is garbage.
+            self.delete_prefix_best_effort(&dir).await;
+        }
+        Ok(())
     }
 }
 
@@ -1108,55 +1182,42 @@ impl Store for EtcdStore {
     }
 
     async fn put_snapshot(&self, index: Index, bytes: &[u8]) -> StoreResult<()> {
-        let manifest_key = self.keys.snap_manifest(index);
-        if self
-            .get("read snapshot manifest", manifest_key.clone())
-            .await?
-            .is_some()
-        {
-            // Someone already stored this index; snapshots are deterministic.
-            return Ok(());
-        }
-        let writer = new_snapshot_writer();
-        let manifest = SnapshotManifest::describe(index, &writer, bytes)?;
-        // Owned futures (key, chunk copy, client handles): the borrow checker
-        // cannot prove a borrowing closure's futures `Send` for every lifetime.
-        let puts: Vec<_> = (0u32..)
-            .zip(bytes.chunks(SNAPSHOT_CHUNK_SIZE))
-            .map(|(n, chunk)| {
-                let key = self.keys.snap_chunk(index, &writer, n);
-                let chunk = chunk.to_vec();
-                let store = self.clone();
-                async move {
-                    store
-                        .kv_put("write snapshot chunk", None, key, chunk, None)
-                        .await
-                }
+        let keys = self.keys.clone();
+        self.put_chunked(
+            "write snapshot",
+            index,
+            self.keys.snap_manifest(index),
+            bytes,
+            |writer| keys.snap_chunk_dir(index, writer),
+        )
+        .await
+    }
+
+    async fn put_module(&self, sha256: &str, bytes: &[u8]) -> StoreResult<()> {
+        check_module_bytes(sha256, bytes)?;
+        let keys = self.keys.clone();
+        self.put_chunked(
+            "write module",
+            0,
+            self.keys.module_manifest(sha256),
+            bytes,
+            |writer| keys.module_chunk_dir(sha256, writer),
+        )
+        .await
+    }
+
+    async fn get_module(&self, sha256: &str) -> StoreResult<Option<Vec<u8>>> {
+        let keys = self.keys.clone();
+        let manifest = self.keys.module_manifest(sha256).into_bytes();
+        let bytes = self
+            .read_chunked_at("read module", 0, manifest, 0, |writer| {
+                keys.module_chunk_dir(sha256, writer)
             })
-            .collect();
-        let written: StoreResult<()> = stream::iter(puts)
-            .buffer_unordered(SNAPSHOT_WRITES_IN_FLIGHT)
-            .try_collect()
-            .await;
-        let chunk_dir = self.keys.snap_chunk_dir(index, &writer);
-        if let Err(e) = written {
-            self.delete_prefix_best_effort(&chunk_dir).await;
-            return Err(e);
+            .await?;
+        match bytes {
+            Some(b) => check_module_bytes(sha256, &b).map(|()| Some(b)),
+            None => Ok(None),
         }
-        let value = encode_json("snapshot manifest", &manifest)?;
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                manifest_key.clone(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then([TxnOp::put(manifest_key, value, None)]);
-        let resp = self.txn("write snapshot manifest", None, txn).await?;
-        if !resp.succeeded() {
-            // Another replica finished the same index first; ours is garbage.
-            self.delete_prefix_best_effort(&chunk_dir).await;
-        }
-        Ok(())
     }
 
     async fn newest_snapshot_index(&self) -> StoreResult<Option<Index>> {

@@ -32,8 +32,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{
-    KeySpace, SNAPSHOT_CHUNK_SIZE, SnapshotManifest, decode_json, encode_json, end_after_error,
-    new_snapshot_writer,
+    KeySpace, SNAPSHOT_CHUNK_SIZE, SnapshotManifest, check_module_bytes, decode_json, encode_json,
+    end_after_error, new_snapshot_writer,
 };
 
 /// In-memory store; cheap to clone, clones share one state.
@@ -615,17 +615,13 @@ impl Store for MemoryStore {
 
     async fn put_snapshot(&self, index: Index, bytes: &[u8]) -> StoreResult<()> {
         let mut st = self.checked()?;
-        let manifest_key = self.keys.snap_manifest(index);
-        if st.kvs.contains_key(&manifest_key) {
-            return Ok(());
-        }
-        let writer = new_snapshot_writer();
-        let manifest = SnapshotManifest::describe(index, &writer, bytes)?;
-        for (n, chunk) in (0u32..).zip(bytes.chunks(SNAPSHOT_CHUNK_SIZE)) {
-            st.put(self.keys.snap_chunk(index, &writer, n), Arc::from(chunk), 0)?;
-        }
-        let value = encode_json("snapshot manifest", &manifest)?;
-        st.put(manifest_key, value.into(), 0)
+        put_chunked(
+            &mut st,
+            index,
+            self.keys.snap_manifest(index),
+            bytes,
+            |writer| self.keys.snap_chunk_dir(index, writer),
+        )
     }
 
     async fn newest_snapshot_index(&self) -> StoreResult<Option<Index>> {
@@ -638,16 +634,36 @@ impl Store for MemoryStore {
         let Some(manifest) = self.newest_manifest(&st)? else {
             return Ok(None);
         };
-        let dir = self.keys.snap_chunk_dir(manifest.index, &manifest.writer);
-        let mut bytes = Vec::with_capacity(usize::try_from(manifest.total_len).unwrap_or(0));
-        let mut found = 0usize;
-        for (_, kv) in st.range(&dir, &format!("{dir}\u{7f}")) {
-            bytes.extend_from_slice(&kv.value);
-            found += 1;
-        }
         let key = self.keys.snap_manifest(manifest.index);
-        manifest.verify(self.keys.relative(&key), found, &bytes)?;
+        let dir = self.keys.snap_chunk_dir(manifest.index, &manifest.writer);
+        let bytes = read_chunks(&st, &manifest, self.keys.relative(&key), &dir)?;
         Ok(Some((manifest.index, bytes)))
+    }
+
+    async fn put_module(&self, sha256: &str, bytes: &[u8]) -> StoreResult<()> {
+        check_module_bytes(sha256, bytes)?;
+        let mut st = self.checked()?;
+        put_chunked(
+            &mut st,
+            0,
+            self.keys.module_manifest(sha256),
+            bytes,
+            |writer| self.keys.module_chunk_dir(sha256, writer),
+        )
+    }
+
+    async fn get_module(&self, sha256: &str) -> StoreResult<Option<Vec<u8>>> {
+        let st = self.checked()?;
+        let key = self.keys.module_manifest(sha256);
+        let rel = self.keys.relative(&key);
+        let Some(kv) = st.kvs.get(&key) else {
+            return Ok(None);
+        };
+        let manifest: SnapshotManifest = decode_json(rel, &kv.value)?;
+        let dir = self.keys.module_chunk_dir(sha256, &manifest.writer);
+        let bytes = read_chunks(&st, &manifest, rel, &dir)?;
+        check_module_bytes(sha256, &bytes)?;
+        Ok(Some(bytes))
     }
 
     async fn delete_snapshots_below(&self, below: Index) -> StoreResult<()> {
@@ -690,4 +706,38 @@ fn corrupt_log_key(keys: &KeySpace, key: &str) -> StoreError {
         key: keys.relative(key).to_owned(),
         reason: "not a log key (expected log/<20 digit index>)".into(),
     }
+}
+
+/// Chunks under `chunk_dir(writer)`, then the manifest, unless a manifest
+/// exists already (the value is deterministic; the first writer wins).
+fn put_chunked<'a>(
+    st: &mut State,
+    index: Index,
+    manifest_key: String,
+    bytes: &[u8],
+    chunk_dir: impl Fn(&str) -> String + 'a,
+) -> StoreResult<()> {
+    if st.kvs.contains_key(&manifest_key) {
+        return Ok(());
+    }
+    let writer = new_snapshot_writer();
+    let manifest = SnapshotManifest::describe(index, &writer, bytes)?;
+    let dir = chunk_dir(&writer);
+    for (n, chunk) in (0u32..).zip(bytes.chunks(SNAPSHOT_CHUNK_SIZE)) {
+        st.put(format!("{dir}{n:08}"), Arc::from(chunk), 0)?;
+    }
+    let value = encode_json("manifest", &manifest)?;
+    st.put(manifest_key, value.into(), 0)
+}
+
+/// The chunks in `dir`, checked against `manifest` (named `key` in errors).
+fn read_chunks(st: &State, manifest: &SnapshotManifest, key: &str, dir: &str) -> StoreResult<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(usize::try_from(manifest.total_len).unwrap_or(0));
+    let mut found = 0usize;
+    for (_, kv) in st.range(dir, &format!("{dir}\u{7f}")) {
+        bytes.extend_from_slice(&kv.value);
+        found += 1;
+    }
+    manifest.verify(key, found, &bytes)?;
+    Ok(bytes)
 }

@@ -22,6 +22,8 @@
 //! | `snap/<index, 20 digits>/chunks-<writer>/<n, 8 digits>` | snapshot chunks of one writer |
 //! | `snap/<index, 20 digits>/manifest` | JSON [`SnapshotManifest`], written **last** |
 //! | `members/<replica>` | JSON [`dorado_core::MemberRecord`], bound to the member's lease |
+//! | `modules/<sha256>/chunks-<writer>/<n, 8 digits>` | chunks of a wasm module, by content hash |
+//! | `modules/<sha256>/manifest` | JSON [`SnapshotManifest`] (index 0), written **last**, never deleted |
 //!
 //! Indexes are zero padded to 20 digits (the width of `u64::MAX`) so that the
 //! byte order of keys is the numeric order of indexes; range reads, range
@@ -38,6 +40,13 @@
 //! manifest wins and the loser deletes its chunks. A writer that crashes
 //! between chunks and manifest leaves chunks nobody reads; they are deleted
 //! with the rest of the index by `delete_snapshots_below`.
+//!
+//! Modules are stored the same way, keyed by their sha256, so that every
+//! module a group's history ever ran can be loaded by any replica and by
+//! `dorado replay` (a replica catching up across an upgrade may hold only the
+//! newer module in its ConfigMap). Both adapters refuse bytes whose sha256
+//! is not their key, on write and on read. They are never deleted: a module
+//! is small next to the history it explains.
 
 pub mod etcd;
 pub mod memory;
@@ -195,6 +204,16 @@ impl KeySpace {
         format!("{}snap/{}", self.prefix, format_index(below))
     }
 
+    /// `modules/<sha256>/manifest`: present once the module is complete.
+    pub fn module_manifest(&self, sha256: &str) -> String {
+        format!("{}modules/{sha256}/manifest", self.prefix)
+    }
+
+    /// `modules/<sha256>/chunks-<writer>/`: the chunks of one writer.
+    pub fn module_chunk_dir(&self, sha256: &str, writer: &str) -> String {
+        format!("{}modules/{sha256}/chunks-{writer}/", self.prefix)
+    }
+
     /// `snap/<index>/`: every key of that snapshot index starts with it.
     pub fn snap_dir(&self, index: Index) -> String {
         format!("{}snap/{}/", self.prefix, format_index(index))
@@ -264,7 +283,7 @@ impl KeySpace {
 /// The last key of a snapshot: proves its chunks are complete.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotManifest {
-    /// Index the snapshot was taken at (must match the key).
+    /// Index the snapshot was taken at (must match the key); 0 for a module.
     pub index: Index,
     /// Random id of the writer; its chunks live under `chunks-<writer>/`.
     pub writer: String,
@@ -323,6 +342,20 @@ impl SnapshotManifest {
         }
         Ok(())
     }
+}
+
+/// Refuse to store (or accept from the store) module bytes under a hash they
+/// do not have: a module's key is its content's sha256, which is what makes
+/// `modules/` safe to write once and read by anyone.
+pub fn check_module_bytes(sha256: &str, bytes: &[u8]) -> StoreResult<()> {
+    let actual = hex::encode(Sha256::digest(bytes));
+    if actual == sha256 {
+        return Ok(());
+    }
+    Err(StoreError::Corrupt {
+        key: format!("modules/{sha256}"),
+        reason: format!("the module's bytes have sha256 {actual}"),
+    })
 }
 
 /// A fresh random writer id for snapshot chunks.
