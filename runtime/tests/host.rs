@@ -100,12 +100,19 @@ fn examples_load_small_with_sha256_and_no_imports() {
             "dorado_snapshot",
             "dorado_restore",
             "dorado_last_panic",
+            "dorado_migrate",
         ] {
             assert!(
                 names.contains(&required),
                 "{name} lacks {required}: {names:?}"
             );
         }
+        assert!(module.has_migrate(), "{name}");
+        assert_eq!(
+            module.sha256_bytes(),
+            <[u8; 32]>::from(Sha256::digest(bytes)),
+            "{name}"
+        );
     }
     let kv_file = std::path::Path::new(examples::wasm_dir()).join("kv.wasm");
     assert_eq!(std::fs::read(kv_file).unwrap(), examples::KV);
@@ -212,6 +219,48 @@ fn wrong_export_signature_is_refused() {
 }
 
 #[test]
+fn wrong_migrate_signature_is_refused_naming_it() {
+    // dorado_migrate returning the packed i64 of apply instead of a status.
+    let bytes = wat_guest(
+        r#"(func (export "dorado_migrate") (param i32 i32) (result i64) (i64.const 0))"#,
+        1,
+        "(i64.const 0)",
+        None,
+    );
+    let err = host().load(&bytes).unwrap_err();
+    assert_eq!(
+        err,
+        LoadError::WrongExport {
+            name: "dorado_migrate".into(),
+            found: "func(i32, i32) -> i64".into(),
+            expected: "func(i32, i32) -> i32".into(),
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "export dorado_migrate is func(i32, i32) -> i64, expected func(i32, i32) -> i32"
+    );
+    // A global of that name is refused too.
+    let bytes = wat_guest(
+        r#"(global (export "dorado_migrate") i32 (i32.const 0))"#,
+        1,
+        "(i64.const 0)",
+        None,
+    );
+    let err = host().load(&bytes).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("export dorado_migrate is global(i32), expected "),
+        "{err}"
+    );
+    // Absent is fine: the export is optional.
+    let module = host()
+        .load(&wat_guest("", 1, "(i64.const 0)", None))
+        .unwrap();
+    assert!(!module.has_migrate());
+}
+
+#[test]
 fn wrong_abi_version_is_refused_with_both_versions() {
     let err = host()
         .load(&wat_guest("", 2, "(i64.const 0)", None))
@@ -283,7 +332,7 @@ fn bad_reply_pointer_is_rejected_and_instance_recovers() {
 
 fn history(name: &str) -> Vec<String> {
     match name {
-        "kv" => (0..50)
+        "kv" | "kv2" | "kv_migrate_trap" => (0..50)
             .map(|i| match i % 4 {
                 0 => format!(
                     r#"{{"op":"put","key":"k{}","value":{{"s":"v{i}","n":{i}}}}}"#,
@@ -328,7 +377,7 @@ fn history(name: &str) -> Vec<String> {
 
 fn probe(name: &str) -> &'static str {
     match name {
-        "kv" => r#"{"op":"len"}"#,
+        "kv" | "kv2" | "kv_migrate_trap" => r#"{"op":"len"}"#,
         "counter" | "faulty" => r#"{"op":"get"}"#,
         "bank" => r#"{"op":"total"}"#,
         other => panic!("no probe for {other}"),
@@ -735,4 +784,291 @@ fn fuel_used_by_a_put_is_far_below_the_default_budget() {
     let used = kv.last_fuel_used();
     let budget = HostConfig::default().fuel_per_command;
     assert!(used > 0 && used < budget / 1000, "a put used {used} fuel");
+}
+
+// ---------------------------------------------------------------- upgrades (migration)
+
+#[test]
+fn kv_upgrades_to_kv2_keeping_its_data_and_rolls_back_in_the_new_format() {
+    // A small command budget so that one big put runs out of fuel.
+    let host = host_with(HostConfig {
+        fuel_per_command: 2_000_000,
+        ..HostConfig::default()
+    });
+    let kv = host.load(examples::KV).unwrap();
+    let mut v1 = kv.instantiate().unwrap();
+    apply(&mut v1, r#"{"op":"put","key":"a","value":"x"}"#);
+    apply(&mut v1, r#"{"op":"put","key":"n","value":40}"#);
+    apply(
+        &mut v1,
+        r#"{"op":"put","key":"obj","value":{"deep":[1,2]}}"#,
+    );
+    // kv v1 does not know incr.
+    assert!(apply(&mut v1, r#"{"op":"incr","key":"n"}"#).contains("unknown op"));
+    let v1_snapshot = v1.snapshot().unwrap();
+    assert!(
+        v1_snapshot.starts_with(b"{"),
+        "kv v1 snapshots are bare JSON"
+    );
+
+    let kv2 = host.load(examples::KV2).unwrap();
+    assert!(kv2.has_migrate());
+    let mut v2 = kv2.instantiate().unwrap();
+    // kv2 restores only its own format: the v1 snapshot needs migrate.
+    let refused = v2.restore(&v1_snapshot).unwrap_err();
+    assert_eq!(refused.kind, RejectKind::Trap);
+    assert!(refused.message.contains("not a kv2 snapshot"), "{refused}");
+
+    v2.migrate_from(&kv.sha256_bytes(), &v1_snapshot).unwrap();
+    assert_eq!(query(&mut v2, r#"{"op":"len"}"#), r#"{"ok":true,"len":3}"#);
+    assert_eq!(
+        query(&mut v2, r#"{"op":"get","key":"a"}"#),
+        r#"{"ok":true,"value":"x"}"#
+    );
+    assert_eq!(
+        query(&mut v2, r#"{"op":"get","key":"obj"}"#),
+        r#"{"ok":true,"value":{"deep":[1,2]}}"#
+    );
+    assert_eq!(
+        apply(&mut v2, r#"{"op":"incr","key":"n","by":2}"#),
+        r#"{"ok":true,"value":42}"#
+    );
+    assert_eq!(
+        apply(&mut v2, r#"{"op":"incr","key":"fresh"}"#),
+        r#"{"ok":true,"value":1}"#
+    );
+    assert_eq!(
+        apply(&mut v2, r#"{"op":"incr","key":"a"}"#),
+        r#"{"ok":false,"error":"incr needs the value to be a signed 64-bit integer","current":"x"}"#
+    );
+
+    // No snapshot since the migration: rollback must rebuild from the
+    // checkpoint the migration left (which kv2's dorado_restore has to read)
+    // plus the two incrs logged since.
+    let big = format!(
+        r#"{{"op":"put","key":"big","value":"{}"}}"#,
+        "v".repeat(1 << 20)
+    );
+    let rejection = v2.apply(big.as_bytes()).unwrap_err();
+    assert_eq!(rejection.kind, RejectKind::OutOfFuel, "{rejection}");
+    assert_eq!(
+        query(&mut v2, r#"{"op":"get","key":"n"}"#),
+        r#"{"ok":true,"value":42}"#
+    );
+    assert_eq!(query(&mut v2, r#"{"op":"len"}"#), r#"{"ok":true,"len":4}"#);
+    assert_eq!(
+        apply(&mut v2, r#"{"op":"incr","key":"n"}"#),
+        r#"{"ok":true,"value":43}"#
+    );
+
+    // The state now snapshots in kv2's format and round-trips through restore.
+    let v2_snapshot = v2.snapshot().unwrap();
+    assert!(v2_snapshot.starts_with(b"kv2\n"), "{v2_snapshot:?}");
+    let mut other = kv2.instantiate().unwrap();
+    other.restore(&v2_snapshot).unwrap();
+    assert_eq!(other.snapshot().unwrap(), v2_snapshot);
+
+    // Every replica migrates to the same bytes.
+    let mut replica = host.load(examples::KV2).unwrap().instantiate().unwrap();
+    replica
+        .migrate_from(&kv.sha256_bytes(), &v1_snapshot)
+        .unwrap();
+    let mut reference = kv2.instantiate().unwrap();
+    reference
+        .migrate_from(&kv.sha256_bytes(), &v1_snapshot)
+        .unwrap();
+    assert_eq!(replica.snapshot().unwrap(), reference.snapshot().unwrap());
+}
+
+#[test]
+fn refused_migration_is_a_trap_with_the_panic_message_and_changes_nothing() {
+    let host = host();
+    let kv = host.load(examples::KV).unwrap();
+    let mut v1 = kv.instantiate().unwrap();
+    apply(&mut v1, r#"{"op":"put","key":"theirs","value":1}"#);
+    let v1_snapshot = v1.snapshot().unwrap();
+
+    let trap = host.load(examples::KV_MIGRATE_TRAP).unwrap();
+    assert!(trap.has_migrate());
+    let mut t = trap.instantiate().unwrap();
+    apply(&mut t, r#"{"op":"put","key":"mine","value":true}"#);
+    let before = t.snapshot().unwrap();
+    apply(&mut t, r#"{"op":"put","key":"logged","value":2}"#);
+
+    let rejection = t
+        .migrate_from(&kv.sha256_bytes(), &v1_snapshot)
+        .unwrap_err();
+    assert_eq!(rejection.kind, RejectKind::Trap);
+    assert!(rejection.message.contains("refuses"), "{rejection}");
+    assert!(
+        rejection
+            .message
+            .starts_with("guest panicked: kv_migrate_trap refuses every migration (at "),
+        "{rejection}"
+    );
+    // Unchanged: the state, and its checkpoint + log (a later trap rolls
+    // back to it, not to anything the migration touched).
+    assert_eq!(
+        query(&mut t, r#"{"op":"get","key":"theirs"}"#),
+        r#"{"ok":true,"value":null}"#
+    );
+    assert_eq!(
+        query(&mut t, r#"{"op":"get","key":"logged"}"#),
+        r#"{"ok":true,"value":2}"#
+    );
+    let mut reference = trap.instantiate().unwrap();
+    reference.restore(&before).unwrap();
+    apply(&mut reference, r#"{"op":"put","key":"logged","value":2}"#);
+    assert_eq!(t.snapshot().unwrap(), reference.snapshot().unwrap());
+
+    // The same refusal on every host; plain restore still works.
+    let mut elsewhere = host_with(HostConfig::default())
+        .load(examples::KV_MIGRATE_TRAP)
+        .unwrap()
+        .instantiate()
+        .unwrap();
+    assert_eq!(
+        elsewhere.migrate_from(&kv.sha256_bytes(), &v1_snapshot),
+        Err(rejection)
+    );
+    t.restore(&v1_snapshot).unwrap();
+    assert_eq!(
+        query(&mut t, r#"{"op":"get","key":"theirs"}"#),
+        r#"{"ok":true,"value":1}"#
+    );
+}
+
+#[test]
+fn downgrade_from_kv2_to_kv_is_refused() {
+    let host = host();
+    let kv2 = host.load(examples::KV2).unwrap();
+    let mut v2 = kv2.instantiate().unwrap();
+    apply(&mut v2, r#"{"op":"incr","key":"n"}"#);
+    let v2_snapshot = v2.snapshot().unwrap();
+    let mut v1 = instance(&host, examples::KV);
+    apply(&mut v1, r#"{"op":"put","key":"kept","value":1}"#);
+    // kv uses the SDK's default migrate, i.e. its restore, which cannot read
+    // kv2's format.
+    let rejection = v1
+        .migrate_from(&kv2.sha256_bytes(), &v2_snapshot)
+        .unwrap_err();
+    assert_eq!(rejection.kind, RejectKind::Trap);
+    assert!(
+        rejection.message.contains("corrupt kv snapshot"),
+        "{rejection}"
+    );
+    assert_eq!(query(&mut v1, r#"{"op":"len"}"#), r#"{"ok":true,"len":1}"#);
+}
+
+/// A WAT guest whose state is a byte string: `dorado_restore` (and the echo
+/// `dorado_migrate`) set it to their input, `dorado_query` and
+/// `dorado_snapshot` return it, `dorado_apply` always traps. `migrate` is the
+/// `dorado_migrate` export, or `None` for a module without one.
+fn wat_state_guest(migrate: Option<&str>) -> Vec<u8> {
+    let migrate = migrate
+        .map(|body| {
+            format!(r#"(func (export "dorado_migrate") (param i32 i32) (result i32) {body})"#)
+        })
+        .unwrap_or_default();
+    let source = format!(
+        r#"(module
+          (memory (export "memory") 1)
+          (func $set (param $ptr i32) (param $len i32)
+            (memory.copy (i32.const 0x100) (local.get $ptr) (local.get $len))
+            (i32.store (i32.const 0) (local.get $len)))
+          (func $state (result i64)
+            (i64.or (i64.shl (i64.const 0x100) (i64.const 32))
+                    (i64.extend_i32_u (i32.load (i32.const 0)))))
+          (func (export "dorado_abi_version") (result i32) (i32.const 1))
+          (func (export "dorado_alloc") (param i32) (result i32) (i32.const 0x8000))
+          (func (export "dorado_apply") (param i32 i32) (result i64) (unreachable))
+          (func (export "dorado_query") (param i32 i32) (result i64) (call $state))
+          (func (export "dorado_snapshot") (result i64) (call $state))
+          (func (export "dorado_restore") (param i32 i32) (result i32)
+            (call $set (local.get 0) (local.get 1)) (i32.const 0))
+          {migrate})"#
+    );
+    wat::parse_str(&source).expect("valid wat")
+}
+
+const ECHO_MIGRATE: &str = "(call $set (local.get 0) (local.get 1)) (i32.const 0)";
+
+#[test]
+fn module_without_dorado_migrate_falls_back_to_restore() {
+    let module = host().load(&wat_state_guest(None)).unwrap();
+    assert!(!module.has_migrate());
+    let mut i = module.instantiate().unwrap();
+    i.migrate_from(&[0xab; 32], b"old state").unwrap();
+    // dorado_restore got exactly the snapshot, without the hash.
+    assert_eq!(i.query(b"").unwrap(), b"old state");
+    assert_eq!(i.apply(b"x").unwrap_err().kind, RejectKind::Trap);
+    assert_eq!(i.query(b"").unwrap(), b"old state");
+}
+
+#[test]
+fn dorado_migrate_gets_the_old_hash_then_the_snapshot_and_rollback_uses_the_new_state() {
+    let module = host().load(&wat_state_guest(Some(ECHO_MIGRATE))).unwrap();
+    assert!(module.has_migrate());
+    let mut i = module.instantiate().unwrap();
+    let from: [u8; 32] = std::array::from_fn(|n| n as u8);
+    i.migrate_from(&from, b"old state").unwrap();
+    let mut expected = from.to_vec();
+    expected.extend_from_slice(b"old state");
+    assert_eq!(i.query(b"").unwrap(), expected);
+    // The trap forces a rebuild from the checkpoint through dorado_restore:
+    // it must be the migrated state, not the foreign snapshot.
+    assert_eq!(i.apply(b"x").unwrap_err().kind, RejectKind::Trap);
+    assert_eq!(i.query(b"").unwrap(), expected);
+    // An empty snapshot still carries the hash.
+    i.migrate_from(&from, b"").unwrap();
+    assert_eq!(i.query(b"").unwrap(), from);
+}
+
+#[test]
+fn migration_faults_are_classified_like_restore_and_change_nothing() {
+    let host = host_with(HostConfig {
+        fuel_per_snapshot: 1_000_000,
+        ..HostConfig::default()
+    });
+    for (body, kind, message) in [
+        (
+            "(loop $l (br $l)) (i32.const 0)",
+            RejectKind::OutOfFuel,
+            "fuel budget of 1000000 exhausted".to_owned(),
+        ),
+        (
+            "(drop (memory.grow (i32.const 0x8000))) (i32.const 0)",
+            RejectKind::MemoryLimit,
+            format!(
+                "guest memory would exceed the cap of {} bytes",
+                HostConfig::default().memory_limit
+            ),
+        ),
+        (
+            "(i32.const 1)",
+            RejectKind::BadReply,
+            "dorado_migrate returned status 1".to_owned(),
+        ),
+        (
+            "(unreachable)",
+            RejectKind::Trap,
+            "wasm `unreachable` instruction executed".to_owned(),
+        ),
+    ] {
+        let mut i = host
+            .load(&wat_state_guest(Some(body)))
+            .unwrap()
+            .instantiate()
+            .unwrap();
+        i.restore(b"before").unwrap();
+        let rejection = i.migrate_from(&[1; 32], b"old state").unwrap_err();
+        assert_eq!(
+            (rejection.kind, rejection.message),
+            (kind, message),
+            "{body}"
+        );
+        assert_eq!(i.query(b"").unwrap(), b"before", "{body}");
+        assert_eq!(i.apply(b"x").unwrap_err().kind, RejectKind::Trap);
+        assert_eq!(i.query(b"").unwrap(), b"before", "{body}");
+    }
 }

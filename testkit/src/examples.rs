@@ -6,6 +6,12 @@
 
 /// `kv`: JSON key-value store (put / get / delete / cas).
 pub const KV: &[u8] = include_bytes!(concat!(env!("DORADO_WASM_DIR"), "/kv.wasm"));
+/// `kv2`: kv plus `incr`, with its own snapshot format; migrates kv snapshots.
+pub const KV2: &[u8] = include_bytes!(concat!(env!("DORADO_WASM_DIR"), "/kv2.wasm"));
+/// `kv_migrate_trap`: kv whose migration hook refuses every upgrade (panics
+/// with "kv_migrate_trap refuses every migration").
+pub const KV_MIGRATE_TRAP: &[u8] =
+    include_bytes!(concat!(env!("DORADO_WASM_DIR"), "/kv_migrate_trap.wasm"));
 /// `counter`: JSON counter (add / get).
 pub const COUNTER: &[u8] = include_bytes!(concat!(env!("DORADO_WASM_DIR"), "/counter.wasm"));
 /// `bank`: accounts and transfers with conserved total.
@@ -14,8 +20,10 @@ pub const BANK: &[u8] = include_bytes!(concat!(env!("DORADO_WASM_DIR"), "/bank.w
 pub const FAULTY: &[u8] = include_bytes!(concat!(env!("DORADO_WASM_DIR"), "/faulty.wasm"));
 
 /// Every example as `(name, bytes)`.
-pub const ALL: [(&str, &[u8]); 4] = [
+pub const ALL: [(&str, &[u8]); 6] = [
     ("kv", KV),
+    ("kv2", KV2),
+    ("kv_migrate_trap", KV_MIGRATE_TRAP),
     ("counter", COUNTER),
     ("bank", BANK),
     ("faulty", FAULTY),

@@ -8,8 +8,14 @@
 //! `max(checkpoint_log_bytes, 2 × checkpoint size)`, which keeps both the
 //! amortised snapshot cost per command and the replay time after a trap
 //! bounded. A snapshot requested by the caller doubles as a checkpoint.
+//!
+//! Upgrades ([`Instance::migrate_from`]) hand a *foreign* snapshot to the
+//! module, via `dorado_migrate` if it has one. Rollback only speaks
+//! `dorado_restore`, i.e. the module's own format, so after a migration the
+//! checkpoint is a fresh snapshot of the migrated instance, never the foreign
+//! bytes.
 
-use super::module::{LAST_PANIC, Module, one_line};
+use super::module::{LAST_PANIC, MIGRATE, Module, one_line};
 use super::{HostConfig, HostError};
 use dorado_core::{RejectKind, Rejection, StateMachine};
 use std::fmt;
@@ -104,6 +110,7 @@ pub(crate) struct Live {
     snapshot: TypedFunc<(), u64>,
     restore: TypedFunc<(u32, u32), u32>,
     last_panic: Option<TypedFunc<(), u64>>,
+    migrate: Option<TypedFunc<(u32, u32), u32>>,
 }
 
 #[derive(Clone, Copy)]
@@ -134,6 +141,7 @@ impl Live {
             .get_memory(&mut store, "memory")
             .ok_or_else(|| wasmtime::format_err!("export memory is not a memory"))?;
         let last_panic = instance.get_typed_func(&mut store, LAST_PANIC.0).ok();
+        let migrate = instance.get_typed_func(&mut store, MIGRATE.0).ok();
         Ok(Live {
             abi_version: instance.get_typed_func(&mut store, "dorado_abi_version")?,
             alloc: instance.get_typed_func(&mut store, "dorado_alloc")?,
@@ -142,6 +150,7 @@ impl Live {
             snapshot: instance.get_typed_func(&mut store, "dorado_snapshot")?,
             restore: instance.get_typed_func(&mut store, "dorado_restore")?,
             last_panic,
+            migrate,
             memory,
             store,
         })
@@ -160,15 +169,24 @@ impl Live {
 
     /// Copies `input` into a buffer from `dorado_alloc`.
     fn write_input(&mut self, input: &[u8]) -> Result<(u32, u32), Fault> {
-        let len = u32::try_from(input.len()).map_err(|_| Fault::TooLarge(input.len()))?;
+        self.write_inputs(&[input])
+    }
+
+    /// Copies the concatenation of `parts` into one buffer from
+    /// `dorado_alloc`, without concatenating them on the host first.
+    fn write_inputs(&mut self, parts: &[&[u8]]) -> Result<(u32, u32), Fault> {
+        let total = parts.iter().map(|p| p.len()).sum::<usize>();
+        let len = u32::try_from(total).map_err(|_| Fault::TooLarge(total))?;
         let ptr = self.alloc.call(&mut self.store, len).map_err(Fault::Wasm)?;
-        self.memory
-            .write(&mut self.store, ptr as usize, input)
-            .map_err(|_| {
+        let mut at = ptr as usize;
+        for part in parts {
+            self.memory.write(&mut self.store, at, part).map_err(|_| {
                 Fault::BadReply(format!(
                     "dorado_alloc({len}) returned {ptr:#x}, outside the guest's memory"
                 ))
             })?;
+            at += part.len();
+        }
         Ok((ptr, len))
     }
 
@@ -220,6 +238,26 @@ impl Live {
             0 => Ok(()),
             status => Err(Fault::BadReply(format!(
                 "dorado_restore returned status {status}"
+            ))),
+        }
+    }
+
+    /// `dorado_migrate(from ++ snapshot)` if the module exports it, else
+    /// `dorado_restore(snapshot)`.
+    fn migrate_from(&mut self, from: &[u8; 32], snapshot: &[u8], fuel: u64) -> Result<(), Fault> {
+        let Some(migrate) = self.migrate.clone() else {
+            return self.restore_from(snapshot, fuel);
+        };
+        self.store.set_fuel(fuel).map_err(Fault::Wasm)?;
+        let (ptr, len) = self.write_inputs(&[from, snapshot])?;
+        match migrate
+            .call(&mut self.store, (ptr, len))
+            .map_err(Fault::Wasm)?
+        {
+            0 => Ok(()),
+            status => Err(Fault::BadReply(format!(
+                "{} returned status {status}",
+                MIGRATE.0
             ))),
         }
     }
@@ -430,6 +468,50 @@ impl Instance {
                 let _ = self.reject(fault, fuel);
                 self.next_checkpoint = self.log_cost().saturating_mul(2);
             }
+        }
+    }
+}
+
+impl Instance {
+    /// Replaces this instance's state with state migrated from another module's
+    /// snapshot: `dorado_migrate(from ++ snapshot)` if the module exports it,
+    /// else `dorado_restore(snapshot)`. On error the instance is unchanged.
+    ///
+    /// This is the module-upgrade step: `from_sha256` is the sha256 of the
+    /// module that wrote `snapshot` ([`Module::sha256_bytes`]), `self` runs the
+    /// new module. The migration runs in a fresh wasm instance with
+    /// `fuel_per_snapshot` and the memory cap, and its faults are classified
+    /// like [`StateMachine::restore`]'s: a guest that refuses (panics) is a
+    /// [`RejectKind::Trap`] with the panic message; out of fuel, memory cap and
+    /// a bad status (`BadReply`) as usual. On success the migrated state is
+    /// snapshotted again (also with `fuel_per_snapshot`; a fault there rejects
+    /// the migration too) and that snapshot, in the new module's own format,
+    /// becomes the rollback checkpoint.
+    pub fn migrate_from(
+        &mut self,
+        from_sha256: &[u8; 32],
+        snapshot: &[u8],
+    ) -> Result<(), Rejection> {
+        let config = self.config();
+        let fuel = config.fuel_per_snapshot;
+        let mut fresh = Live::new(self.module.pre(), &config).map_err(|e| Rejection {
+            kind: RejectKind::Trap,
+            message: format!(
+                "cannot instantiate the module: {}",
+                one_line(&format!("{e:#}"))
+            ),
+        })?;
+        let checkpoint = fresh
+            .migrate_from(from_sha256, snapshot, fuel)
+            .and_then(|()| fresh.take_snapshot(fuel));
+        match checkpoint {
+            Ok(checkpoint) => {
+                self.live = Some(fresh);
+                self.set_checkpoint(checkpoint);
+                Ok(())
+            }
+            // The old instance was never touched: nothing to roll back.
+            Err(fault) => Err(fresh.classify(fault, fuel, config.memory_limit)),
         }
     }
 }

@@ -5,10 +5,11 @@
 //! - this file: [`HostConfig`] and [`Host`], the one wasmtime `Engine` per
 //!   process and the determinism settings it is built with;
 //! - `module.rs`: [`Module`], load-time validation (no imports at all, the ABI
-//!   exports with their exact signatures, `dorado_abi_version() == 1`) and the
-//!   module's sha256;
+//!   exports with their exact signatures, including the optional
+//!   `dorado_last_panic` and `dorado_migrate` when present,
+//!   `dorado_abi_version() == 1`) and the module's sha256;
 //! - `instance.rs`: [`Instance`], the ABI calls, the mapping from wasm traps to
-//!   [`Rejection`]s, and rollback after a trap;
+//!   [`Rejection`]s, rollback after a trap, and [`Instance::migrate_from`];
 //! - `error.rs`: [`LoadError`] (a module is refused) and [`HostError`] (the host
 //!   itself failed);
 //! - `switching.rs`: [`Switching`], the state machine a replica runs across
@@ -31,6 +32,15 @@
 //!   command, only a copy of the command bytes into the log. The price is host
 //!   memory: one snapshot plus up to `max(checkpoint_log_bytes, 2 × snapshot)`
 //!   of logged commands per instance.
+//!
+//! * **Upgrades migrate, in the new module.** At an `Upgrade` entry the old
+//!   module's snapshot is handed to an instance of the new module with
+//!   [`Instance::migrate_from`]: `dorado_migrate(sha256(old) ++ snapshot)` if
+//!   the new module exports it, plain `dorado_restore(snapshot)` otherwise.
+//!   A guest refuses by trapping, which rejects the upgrade like any other
+//!   trap (the instance keeps its state). Rollback speaks only
+//!   `dorado_restore`, so the checkpoint after a migration is a snapshot
+//!   taken from the migrated instance, in the new module's format.
 //!
 //! # Known limit
 //! Fuel use and memory growth of a command depend slightly on the guest's heap

@@ -26,6 +26,11 @@ const REQUIRED_FUNCS: [(&str, &str); 6] = [
 /// Optional export: the guest's last panic message, used in trap rejections.
 pub(super) const LAST_PANIC: (&str, &str) = ("dorado_last_panic", "func() -> i64");
 
+/// Optional export: build the state from another module's snapshot at an
+/// upgrade (`sha256(old module) ++ old snapshot`); without it the host
+/// restores the old snapshot as is.
+pub(super) const MIGRATE: (&str, &str) = ("dorado_migrate", "func(i32, i32) -> i32");
+
 const MEMORY: (&str, &str) = ("memory", "32-bit unshared memory");
 
 /// One export of a module, for display (`dorado inspect`).
@@ -48,7 +53,9 @@ struct Inner {
     pre: InstancePre<GuestData>,
     config: HostConfig,
     sha256: String,
+    sha256_bytes: [u8; 32],
     size: usize,
+    has_migrate: bool,
     abi_version: u32,
     exports: Vec<ExportInfo>,
 }
@@ -69,7 +76,8 @@ impl Module {
         config: HostConfig,
         bytes: &[u8],
     ) -> Result<Self, LoadError> {
-        let sha256 = hex::encode(Sha256::digest(bytes));
+        let sha256_bytes: [u8; 32] = Sha256::digest(bytes).into();
+        let sha256 = hex::encode(sha256_bytes);
         let module = wasmtime::Module::from_binary(engine, bytes)
             .map_err(|e| LoadError::Invalid(one_line(&format!("{e:#}"))))?;
 
@@ -89,6 +97,7 @@ impl Module {
             })
             .collect();
         check_exports(&module)?;
+        let has_migrate = module.get_export(MIGRATE.0).is_some();
 
         let pre = Linker::new(engine)
             .instantiate_pre(&module)
@@ -110,7 +119,9 @@ impl Module {
                 pre,
                 config,
                 sha256,
+                sha256_bytes,
                 size: bytes.len(),
+                has_migrate,
                 abi_version,
                 exports,
             }),
@@ -121,6 +132,19 @@ impl Module {
     /// replicas running different modules refuse to apply.
     pub fn sha256(&self) -> &str {
         &self.inner.sha256
+    }
+
+    /// The raw sha256 of the module bytes (what [`Module::sha256`] spells in
+    /// hex), as passed to the next module's `dorado_migrate` at an upgrade.
+    pub fn sha256_bytes(&self) -> [u8; 32] {
+        self.inner.sha256_bytes
+    }
+
+    /// Whether the module exports the optional `dorado_migrate`. Without it,
+    /// [`Instance::migrate_from`](super::Instance::migrate_from) restores the
+    /// old module's snapshot as is.
+    pub fn has_migrate(&self) -> bool {
+        self.inner.has_migrate
     }
 
     /// Size of the module in bytes.
@@ -174,8 +198,10 @@ fn check_exports(module: &wasmtime::Module) -> Result<(), LoadError> {
     for (name, expected) in REQUIRED_FUNCS {
         check_func(module, name, expected, true)?;
     }
-    let (name, expected) = LAST_PANIC;
-    check_func(module, name, expected, false)
+    for (name, expected) in [LAST_PANIC, MIGRATE] {
+        check_func(module, name, expected, false)?;
+    }
+    Ok(())
 }
 
 fn check_func(

@@ -19,8 +19,9 @@
 //! The host talks to a guest through a handful of raw exports that pass
 //! pointers into linear memory. Getting those right needs `unsafe`, and every
 //! guest getting them right separately is how replicas diverge. This crate
-//! owns all of it, so a guest author writes only the four methods of
-//! [`StateMachine`], no `unsafe` and nothing ABI-related.
+//! owns all of it, so a guest author writes only the four required methods
+//! of [`StateMachine`] (and, for upgrades that change the snapshot format,
+//! `migrate`), no `unsafe` and nothing ABI-related.
 //!
 //! # The ABI (version [`ABI_VERSION`] = 1)
 //! All integers are wasm `i32`/`i64`; pointers are offsets into the guest's
@@ -36,6 +37,7 @@
 //! | `dorado_snapshot` | `() -> u64` | the serialised state, packed reply |
 //! | `dorado_restore` | `(ptr: u32, len: u32) -> u32` | replace the state; `0` = ok, `1` = `(ptr, len)` is not the last `dorado_alloc` buffer |
 //! | `dorado_last_panic` | `() -> u64` | *optional*: the last panic message (UTF-8), packed; `len == 0` if none |
+//! | `dorado_migrate` | `(ptr: u32, len: u32) -> u32` | *optional*: replace the state with one migrated from another module (see below); `0` = ok, `1` = `(ptr, len)` is not the last `dorado_alloc` buffer |
 //!
 //! A guest imports nothing: no WASI, no host functions. The host refuses any
 //! module with imports.
@@ -52,6 +54,18 @@
 //!   it out immediately.
 //!
 //! The host never frees anything, so there is no `dorado_free`.
+//!
+//! # Module upgrades: `dorado_migrate`
+//! When a group upgrades from module A to module B (an ordered `Upgrade` entry
+//! in the log), every replica takes A's snapshot, instantiates B and, if B
+//! exports `dorado_migrate`, writes into a `dorado_alloc(32 + n)` buffer the
+//! 32 raw bytes of A's sha256 followed by A's `n`-byte snapshot and calls
+//! `dorado_migrate(ptr, 32 + n)`. A module without the export gets
+//! `dorado_restore(snapshot)` instead. The export is optional, so the ABI
+//! version stays 1. A guest refuses a migration by trapping (panicking): the
+//! host rejects the upgrade, with the message from `dorado_last_panic`, and
+//! the group stays on A. [`export!`] always exports `dorado_migrate`, backed
+//! by [`StateMachine::migrate`].
 //!
 //! # Initial state, panics and traps
 //! * The initial state is [`Default::default`]; `restore` is only ever called
@@ -97,6 +111,21 @@ pub trait StateMachine: Default {
     /// May panic on bytes that no `snapshot` produced: the host turns that
     /// into a refused restore and keeps its previous state.
     fn restore(bytes: &[u8]) -> Self;
+
+    /// Builds the state from the snapshot of *another* module. Called once,
+    /// when the group upgrades to this module; `from_module` is the sha256 of
+    /// the module that wrote `snapshot` (and `snapshot` is in that module's
+    /// format). Afterwards the host only ever restores this module's own
+    /// snapshots.
+    ///
+    /// The default assumes the format did not change and calls
+    /// [`StateMachine::restore`]. Override it to read an older format and
+    /// convert. Panic to refuse the upgrade: the host rejects it with the
+    /// panic message and the group stays on the old module.
+    fn migrate(from_module: [u8; 32], snapshot: &[u8]) -> Self {
+        let _ = from_module;
+        Self::restore(snapshot)
+    }
 }
 
 /// Exports a [`StateMachine`] type as a Dorado wasm module (see the
@@ -146,6 +175,11 @@ macro_rules! export {
             #[unsafe(no_mangle)]
             extern "C" fn dorado_last_panic() -> u64 {
                 $crate::__private::last_panic()
+            }
+
+            #[unsafe(no_mangle)]
+            extern "C" fn dorado_migrate(ptr: u32, len: u32) -> u32 {
+                $crate::__private::migrate::<$ty>(&DORADO_STATE, ptr, len)
             }
         };
     };
@@ -310,6 +344,29 @@ pub mod __private {
         // Drop the old state before keeping the new one alive in the slot.
         *slot = None;
         *slot = Some(restored);
+        buffers.reply(Vec::new());
+        0
+    }
+
+    /// `dorado_migrate`: the input is the old module's 32-byte sha256
+    /// followed by its snapshot.
+    pub fn migrate<S: StateMachine>(cell: &GuestCell<Option<S>>, ptr: u32, len: u32) -> u32 {
+        let buffers = buffers();
+        // SAFETY: called once in this export; see `GuestCell::get`.
+        let slot = unsafe { cell.get() };
+        let Some(input) = buffers.input(ptr, len) else {
+            return 1;
+        };
+        let Some((from_module, snapshot)) = input.split_first_chunk::<32>() else {
+            panic!(
+                "dorado_migrate: input of {} bytes is shorter than the 32-byte module hash",
+                input.len()
+            );
+        };
+        let migrated = S::migrate(*from_module, snapshot);
+        // Drop the old state before keeping the new one alive in the slot.
+        *slot = None;
+        *slot = Some(migrated);
         buffers.reply(Vec::new());
         0
     }

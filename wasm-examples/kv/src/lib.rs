@@ -11,7 +11,7 @@
 
 mod logic;
 
-pub use logic::Kv;
+pub use logic::{Dialect, Kv};
 
 impl dorado_guest::StateMachine for Kv {
     fn apply(&mut self, command: &[u8]) -> Vec<u8> {

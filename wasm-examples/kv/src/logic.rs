@@ -3,6 +3,10 @@
 //! Kept in its own file so the host's benchmark can compile exactly this logic
 //! natively (`#[path]` include) and compare it with the same code running as a
 //! wasm guest. It depends only on `std`, `serde` and `serde_json`.
+//!
+//! The other kv guests (`kv2`, `kv_migrate_trap`) include this same file, so
+//! there is one copy of the store; [`Dialect`] selects the commands a build
+//! accepts.
 
 use serde::de::{Error, Visitor};
 use serde::{Deserialize, Deserializer};
@@ -15,6 +19,16 @@ use std::collections::BTreeMap;
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Kv {
     map: BTreeMap<String, Value>,
+}
+
+/// The commands a build of the store accepts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Dialect {
+    /// `kv.wasm`: put, get, delete, cas.
+    #[default]
+    V1,
+    /// `kv2.wasm`: V1 plus `incr`.
+    V2,
 }
 
 /// One command or query. A flat struct rather than a tagged enum: serde's
@@ -30,6 +44,9 @@ struct Request<'a> {
     value: Option<Value>,
     #[serde(default, deserialize_with = "present")]
     expected: Option<Value>,
+    /// `incr` only; any JSON value, so that V1 keeps ignoring the field.
+    #[serde(default, deserialize_with = "present")]
+    by: Option<Value>,
 }
 
 /// A key borrowed from the request when it has no escapes (the usual case),
@@ -67,6 +84,15 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
 impl Kv {
     /// Applies `{"op":"put"|"get"|"delete"|"cas",...}`; never panics.
     pub fn apply(&mut self, command: &[u8]) -> Vec<u8> {
+        self.apply_in(Dialect::V1, command)
+    }
+
+    /// Applies a command of `dialect`; never panics. [`Dialect::V2`] adds
+    /// `{"op":"incr","key":K,"by":N}`: adds the signed 64-bit integer N
+    /// (default 1) to the integer at K (a missing key counts as 0) and
+    /// replies with the new value. A value that is not an integer, a `by`
+    /// that is not one, or an overflow is an error reply and changes nothing.
+    pub fn apply_in(&mut self, dialect: Dialect, command: &[u8]) -> Vec<u8> {
         let request = match parse(command) {
             Ok(request) => request,
             Err(reply) => return reply,
@@ -104,16 +130,49 @@ impl Kv {
                 };
                 let current = self.map.get(key.as_ref()).unwrap_or(&Value::Null);
                 if *current != expected {
-                    let mut reply = br#"{"ok":false,"error":"cas mismatch","current":"#.to_vec();
-                    write_json(&mut reply, current);
-                    reply.push(b'}');
-                    return reply;
+                    return error_with_current("cas mismatch", current);
                 }
                 self.put(key, value);
                 br#"{"ok":true}"#.to_vec()
             }
+            "incr" if dialect >= Dialect::V2 => {
+                let Some(key) = key else {
+                    return error("incr needs a string \"key\"");
+                };
+                let by = match request.by.as_ref().map(Value::as_i64) {
+                    None => 1,
+                    Some(Some(by)) => by,
+                    Some(None) => return error("incr needs an integer \"by\" (signed 64-bit)"),
+                };
+                let current = match self.map.get(key.as_ref()) {
+                    None => 0,
+                    Some(value) => match value.as_i64() {
+                        Some(n) => n,
+                        None => {
+                            return error_with_current(
+                                "incr needs the value to be a signed 64-bit integer",
+                                value,
+                            );
+                        }
+                    },
+                };
+                let Some(next) = current.checked_add(by) else {
+                    return error_with_current(
+                        "incr overflows a signed 64-bit integer",
+                        &Value::from(current),
+                    );
+                };
+                let next = Value::from(next);
+                let reply = ok_field("value", &next);
+                self.put(key, next);
+                reply
+            }
             other => error(&format!(
-                "unknown op {other:?} (expected put, get, delete or cas)"
+                "unknown op {other:?} (expected {})",
+                match dialect {
+                    Dialect::V1 => "put, get, delete or cas",
+                    Dialect::V2 => "put, get, delete, cas or incr",
+                }
             )),
         }
     }
@@ -185,6 +244,16 @@ fn ok_field(name: &str, value: &Value) -> Vec<u8> {
     write_json(&mut out, name);
     out.push(b':');
     write_json(&mut out, value);
+    out.push(b'}');
+    out
+}
+
+/// `{"ok":false,"error":"<message>","current":<value>}`
+fn error_with_current(message: &str, current: &Value) -> Vec<u8> {
+    let mut out = br#"{"ok":false,"error":"#.to_vec();
+    write_json(&mut out, message);
+    out.extend_from_slice(br#","current":"#);
+    write_json(&mut out, current);
     out.push(b'}');
     out
 }
