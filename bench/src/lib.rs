@@ -19,7 +19,7 @@ pub mod demo;
 
 use std::sync::Arc;
 
-use dorado::host::Instance;
+use dorado::host::Switching;
 use dorado::node::NodeConfig;
 use dorado::runner::{RunError, Started, Starter};
 use dorado::store::EtcdStore;
@@ -67,7 +67,7 @@ impl Starter<EtcdStore> for Classic {
     async fn start(
         self,
         store: EtcdStore,
-        instance: Instance,
+        instance: Switching,
         node: NodeConfig,
         trace: TraceWriter,
         shutdown: CancellationToken,

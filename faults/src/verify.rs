@@ -146,6 +146,9 @@ pub fn parse_line(line: &str) -> Option<TraceLine> {
             noop: true,
         } => TraceLine::Noop(index, hash),
         JsonTraceLine::Noop { noop: false, .. } => return None,
+        // An entry without commands, like a no-op (the fault suite never
+        // upgrades; its hash still has to agree across replicas).
+        JsonTraceLine::Upgrade { index, hash, .. } => TraceLine::Noop(index, hash),
         JsonTraceLine::Command(c) => TraceLine::Command(
             c.index,
             c.pos,

@@ -318,9 +318,8 @@ async fn propose_own_module(
         );
         let sent = http
             .post(format!("http://{api}/v1/upgrade"))
-            .json(&UpgradeRequest {
-                module: module.clone(),
-            })
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(UpgradeRequest::body(&module))
             .send()
             .await;
         match sent {

@@ -457,6 +457,7 @@ mod tests {
         AppliedEntry {
             index: 5,
             noop: false,
+            upgrade: None,
             hash: h,
             commands: vec![
                 AppliedCommand {

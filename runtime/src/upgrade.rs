@@ -74,9 +74,8 @@ pub async fn propose<S: Store>(
         };
         let sent = http
             .post(format!("http://{}/v1/upgrade", leader.leader.address))
-            .json(&UpgradeRequest {
-                module: module.to_owned(),
-            })
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(UpgradeRequest::body(module))
             .send()
             .await;
         let resp = match sent {

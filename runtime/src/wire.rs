@@ -154,6 +154,16 @@ pub struct UpgradeRequest {
     pub module: String,
 }
 
+impl UpgradeRequest {
+    /// The JSON body of a request to switch to `module`.
+    pub fn body(module: &str) -> Vec<u8> {
+        serde_json::to_vec(&UpgradeRequest {
+            module: module.to_owned(),
+        })
+        .unwrap_or_default()
+    }
+}
+
 /// The reply to an upgrade that was ordered and not rejected (a rejected
 /// one is an error body with code `rejected` and the entry's `index`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -417,6 +427,8 @@ mod tests {
             commit_index: 501,
             hash: "6091c5727729".into(),
             module_sha256: "ab".repeat(32),
+            group_module: "ab".repeat(32),
+            module_state: ModuleState::Serving,
             ready: true,
             store_error: None,
             snapshot_index: 400,
@@ -440,6 +452,8 @@ mod tests {
             "commit_index": 501,
             "hash": "6091c5727729",
             "module_sha256": "ab".repeat(32),
+            "group_module": "ab".repeat(32),
+            "module_state": {"state": "serving"},
             "ready": true,
             "store_error": null,
             "snapshot_index": 400,
@@ -470,6 +484,8 @@ mod tests {
             "commit_index": 501,
             "hash": "6091c5727729",
             "module_sha256": "ab".repeat(32),
+            "group_module": "ab".repeat(32),
+            "module_state": {"state": "serving"},
             "ready": true,
             "store_error": "etcd unreachable",
             "snapshot_index": 400,
@@ -477,6 +493,23 @@ mod tests {
         });
         assert_eq!(serde_json::to_value(&follower).unwrap(), golden);
         assert_eq!(serde_json::from_value::<Status>(golden).unwrap(), follower);
+
+        // A waiting replica says why; a status from before upgrades existed
+        // (no module fields) still reads.
+        let waiting = Status {
+            module_state: ModuleState::Waiting("manual".into()),
+            ..status()
+        };
+        assert_eq!(
+            serde_json::to_value(&waiting.module_state).unwrap(),
+            json!({"state": "waiting", "reason": "manual"})
+        );
+        let mut old = serde_json::to_value(status()).unwrap();
+        let fields = old.as_object_mut().unwrap();
+        fields.remove("group_module");
+        fields.remove("module_state");
+        let read: Status = serde_json::from_value(old).unwrap();
+        assert_eq!((read.group_module.as_str(), read.module_state), ("", ModuleState::Serving));
     }
 
     #[test]

@@ -36,12 +36,9 @@ const SESSION_EXPIRY: u64 = 1_000_000;
 /// what every replica must report after recovering it.
 fn offline_hash(log: &[Vec<u8>]) -> ChainHash {
     let host = Host::new(HostConfig::default()).expect("host");
-    let mut kv = host
-        .load(examples::KV)
-        .expect("kv loads")
-        .instantiate()
-        .expect("kv instantiates");
-    let mut state = ReplicaState::new(SESSION_EXPIRY);
+    let kv_module = host.load(examples::KV).expect("kv loads");
+    let mut kv = kv_module.instantiate().expect("kv instantiates");
+    let mut state = ReplicaState::new(SESSION_EXPIRY, kv_module.sha256().to_owned());
     for (i, bytes) in log.iter().enumerate() {
         let entry = Entry::decode(bytes).expect("entry decodes");
         state

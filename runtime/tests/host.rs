@@ -789,7 +789,7 @@ fn fuel_used_by_a_put_is_far_below_the_default_budget() {
 // ---------------------------------------------------------------- upgrades (migration)
 
 #[test]
-fn kv_upgrades_to_kv2_keeping_its_data_and_rolls_back_in_the_new_format() {
+fn kv_upgrades_to_kv2_keeping_its_data_and_rolls_back_to_the_migrated_state() {
     // A small command budget so that one big put runs out of fuel.
     let host = host_with(HostConfig {
         fuel_per_command: 2_000_000,
@@ -814,10 +814,6 @@ fn kv_upgrades_to_kv2_keeping_its_data_and_rolls_back_in_the_new_format() {
     let kv2 = host.load(examples::KV2).unwrap();
     assert!(kv2.has_migrate());
     let mut v2 = kv2.instantiate().unwrap();
-    // kv2 restores only its own format: the v1 snapshot needs migrate.
-    let refused = v2.restore(&v1_snapshot).unwrap_err();
-    assert_eq!(refused.kind, RejectKind::Trap);
-    assert!(refused.message.contains("not a kv2 snapshot"), "{refused}");
 
     v2.migrate_from(&kv.sha256_bytes(), &v1_snapshot).unwrap();
     assert_eq!(query(&mut v2, r#"{"op":"len"}"#), r#"{"ok":true,"len":3}"#);
@@ -843,8 +839,7 @@ fn kv_upgrades_to_kv2_keeping_its_data_and_rolls_back_in_the_new_format() {
     );
 
     // No snapshot since the migration: rollback must rebuild from the
-    // checkpoint the migration left (which kv2's dorado_restore has to read)
-    // plus the two incrs logged since.
+    // checkpoint the migration left plus the two incrs logged since.
     let big = format!(
         r#"{{"op":"put","key":"big","value":"{}"}}"#,
         "v".repeat(1 << 20)
@@ -861,9 +856,9 @@ fn kv_upgrades_to_kv2_keeping_its_data_and_rolls_back_in_the_new_format() {
         r#"{"ok":true,"value":43}"#
     );
 
-    // The state now snapshots in kv2's format and round-trips through restore.
+    // The state snapshots in kv's format and round-trips through restore.
     let v2_snapshot = v2.snapshot().unwrap();
-    assert!(v2_snapshot.starts_with(b"kv2\n"), "{v2_snapshot:?}");
+    assert!(v2_snapshot.starts_with(b"{"), "{v2_snapshot:?}");
     let mut other = kv2.instantiate().unwrap();
     other.restore(&v2_snapshot).unwrap();
     assert_eq!(other.snapshot().unwrap(), v2_snapshot);
@@ -939,25 +934,23 @@ fn refused_migration_is_a_trap_with_the_panic_message_and_changes_nothing() {
 }
 
 #[test]
-fn downgrade_from_kv2_to_kv_is_refused() {
+fn downgrade_from_kv2_to_kv_keeps_the_data() {
     let host = host();
     let kv2 = host.load(examples::KV2).unwrap();
     let mut v2 = kv2.instantiate().unwrap();
     apply(&mut v2, r#"{"op":"incr","key":"n"}"#);
     let v2_snapshot = v2.snapshot().unwrap();
     let mut v1 = instance(&host, examples::KV);
-    apply(&mut v1, r#"{"op":"put","key":"kept","value":1}"#);
-    // kv uses the SDK's default migrate, i.e. its restore, which cannot read
-    // kv2's format.
-    let rejection = v1
-        .migrate_from(&kv2.sha256_bytes(), &v2_snapshot)
-        .unwrap_err();
-    assert_eq!(rejection.kind, RejectKind::Trap);
-    assert!(
-        rejection.message.contains("corrupt kv snapshot"),
-        "{rejection}"
-    );
+    apply(&mut v1, r#"{"op":"put","key":"gone","value":1}"#);
+    // kv uses the SDK's default migrate, i.e. its restore, and kv2 writes
+    // kv's format: a rollback keeps what kv2 wrote.
+    v1.migrate_from(&kv2.sha256_bytes(), &v2_snapshot).unwrap();
     assert_eq!(query(&mut v1, r#"{"op":"len"}"#), r#"{"ok":true,"len":1}"#);
+    assert_eq!(
+        query(&mut v1, r#"{"op":"get","key":"n"}"#),
+        r#"{"ok":true,"value":1}"#
+    );
+    assert!(apply(&mut v1, r#"{"op":"incr","key":"n"}"#).contains("unknown op"));
 }
 
 /// A WAT guest whose state is a byte string: `dorado_restore` (and the echo

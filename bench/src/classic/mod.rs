@@ -276,7 +276,15 @@ pub async fn start_classic<M: StateMachine + Send + 'static>(
         )),
         config: config.clone(),
     });
-    let applier = Applier::new(stored.session_expiry_entries, sm, trace, health.clone());
+    // The classic baseline never upgrades: its group runs the module it
+    // was created with (checked against `meta` above).
+    let applier = Applier::new(
+        stored.session_expiry_entries,
+        stored.module_sha256.clone(),
+        sm,
+        trace,
+        health.clone(),
+    );
 
     let store = Arc::new(store);
     let tasks = TaskSet::new(&shutdown);

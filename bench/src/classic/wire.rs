@@ -425,6 +425,7 @@ fn single_command(entry: Entry) -> Result<Command, String> {
             commands.len()
         )),
         Entry::Noop => Err("a request cannot be a no-op".into()),
+        Entry::Upgrade { .. } => Err("the classic protocol does not order upgrades".into()),
     }
 }
 

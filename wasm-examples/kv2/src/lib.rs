@@ -7,20 +7,25 @@
 //! or an overflow, is an error reply). Queries as in `kv`.
 //!
 //! # Snapshot format and migration
-//! kv v1 snapshots are a bare JSON object, so nothing in them says which
-//! format they are. kv2 snapshots start with [`SNAPSHOT_HEADER`] followed by
-//! the same JSON object, so that a later version can tell its inputs apart.
-//! `restore` reads only kv2 snapshots (the host restores a module's own
-//! snapshots only); `migrate`, called once when a group upgrades from kv to
-//! kv2, reads both: a kv2 snapshot as is, anything else as a kv v1 snapshot.
+//! kv2 adds an operation, not a kind of state (an `incr`ed value is a JSON
+//! integer like any other), so it keeps kv's snapshot format exactly. That is
+//! what makes both directions work: an upgrade from kv hands kv2 a snapshot
+//! it reads, a rollback to kv hands kv a snapshot *it* reads, and
+//! `dorado upgrade --verify` finds the states of both modules byte-identical
+//! on a history without `incr`. A version that changes the format would
+//! write a marker its successors can recognise, and could then not be rolled
+//! back to a version that predates it.
+//!
+//! `migrate` is the SDK's hook for the switch: it gets the old module's hash
+//! with its snapshot. kv2 uses it to refuse anything that is not a kv
+//! snapshot with a message naming the module it came from (a refusal is a
+//! trap: the upgrade is rejected on every replica and the group stays on the
+//! old module), where `restore` would only say "corrupt".
 
 #[path = "../../kv/src/logic.rs"]
 mod logic;
 
 pub use logic::{Dialect, Kv};
-
-/// First bytes of every kv2 snapshot.
-pub const SNAPSHOT_HEADER: &[u8] = b"kv2\n";
 
 /// Lower-case hex, for messages (the guest has no `hex` crate).
 fn hex(bytes: &[u8]) -> String {
@@ -41,26 +46,17 @@ impl dorado_guest::StateMachine for Kv {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        let mut out = SNAPSHOT_HEADER.to_vec();
-        out.extend_from_slice(&Kv::snapshot(self));
-        out
+        Kv::snapshot(self)
     }
 
     fn restore(bytes: &[u8]) -> Self {
-        let Some(json) = bytes.strip_prefix(SNAPSHOT_HEADER) else {
-            panic!("not a kv2 snapshot (no \"kv2\" header; kv v1 snapshots are read by migrate)");
-        };
-        Kv::from_snapshot(json).unwrap_or_else(|e| panic!("{e}"))
+        Kv::from_snapshot(bytes).unwrap_or_else(|e| panic!("{e}"))
     }
 
     fn migrate(from_module: [u8; 32], snapshot: &[u8]) -> Self {
-        let (format, json) = match snapshot.strip_prefix(SNAPSHOT_HEADER) {
-            Some(json) => ("kv2", json),
-            None => ("kv v1", snapshot),
-        };
-        Kv::from_snapshot(json).unwrap_or_else(|e| {
+        Kv::from_snapshot(snapshot).unwrap_or_else(|e| {
             panic!(
-                "kv2 cannot migrate the {format} snapshot of module {}: {e}",
+                "kv2 cannot migrate the snapshot of module {}: {e}",
                 hex(&from_module)
             )
         })
@@ -71,7 +67,7 @@ dorado_guest::export!(Kv);
 
 #[cfg(test)]
 mod tests {
-    use super::{Kv, SNAPSHOT_HEADER};
+    use super::Kv;
     use dorado_guest::StateMachine;
 
     fn s(bytes: Vec<u8>) -> String {
@@ -161,41 +157,31 @@ mod tests {
     }
 
     #[test]
-    fn migrate_reads_v1_snapshots_and_restore_only_its_own() {
+    fn migrate_reads_v1_snapshots_and_kv2_snapshots_are_v1_snapshots() {
         let mut v1 = Kv::default();
         v1.apply(br#"{"op":"put","key":"a","value":[1,2]}"#);
         v1.apply(br#"{"op":"put","key":"n","value":41}"#);
         let v1_snapshot = v1.snapshot();
-        assert!(v1_snapshot.starts_with(b"{"));
 
         let mut migrated = <Kv as StateMachine>::migrate([7; 32], &v1_snapshot);
         assert_eq!(migrated, v1);
+        assert_eq!(StateMachine::snapshot(&migrated), v1_snapshot);
         assert_eq!(
             apply(&mut migrated, r#"{"op":"incr","key":"n"}"#),
             r#"{"ok":true,"value":42}"#
         );
-
+        // What kv2 writes, kv reads (a rollback).
         let v2_snapshot = StateMachine::snapshot(&migrated);
-        assert!(v2_snapshot.starts_with(SNAPSHOT_HEADER));
+        assert_eq!(Kv::from_snapshot(&v2_snapshot).unwrap(), migrated);
         assert_eq!(<Kv as StateMachine>::restore(&v2_snapshot), migrated);
-        assert_eq!(
-            <Kv as StateMachine>::migrate([0; 32], &v2_snapshot),
-            migrated
-        );
         // The empty store: kv v1 may hand over "{}" or nothing at all.
         assert_eq!(<Kv as StateMachine>::migrate([0; 32], b""), Kv::default());
         assert_eq!(<Kv as StateMachine>::migrate([0; 32], b"{}"), Kv::default());
     }
 
     #[test]
-    #[should_panic(expected = "not a kv2 snapshot")]
-    fn restore_refuses_a_v1_snapshot() {
-        <Kv as StateMachine>::restore(br#"{"a":1}"#);
-    }
-
-    #[test]
     #[should_panic(
-        expected = "kv2 cannot migrate the kv v1 snapshot of module 0101010101010101010101010101010101010101010101010101010101010101: corrupt kv snapshot"
+        expected = "kv2 cannot migrate the snapshot of module 0101010101010101010101010101010101010101010101010101010101010101: corrupt kv snapshot"
     )]
     fn migrate_refuses_garbage_naming_the_module() {
         <Kv as StateMachine>::migrate([1; 32], b"garbage");
