@@ -17,11 +17,13 @@
 //! unavailable; one replica cut off the store; append outcome unknown (landed
 //! or not, answer lost); log and leader watches delayed, duplicated, or ended
 //! and resumed; compaction (snapshots every 8 or 32 entries, log truncated)
-//! under slow followers; clients retrying with the same id and seq.
+//! under slow followers; clients retrying with the same id and seq. Module
+//! upgrades (to a second module, back, or to one whose migration fails) are
+//! proposed among the client operations throughout.
 //!
 //! Checks per run: the fence (every append that lands was made under the
 //! epoch leading at that moment, checked by the fault layer), liveness once faults stop, equal hash chains on every
-//! replica, exactly once (nothing applied twice, no acknowledged write lost),
+//! replica (and the same group module), exactly once (nothing applied twice, no acknowledged write lost),
 //! and linearizability of the client history (the fault suite's checker,
 //! `dorado_faults::checker`).
 

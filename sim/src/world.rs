@@ -713,11 +713,14 @@ async fn upgrader(world: Arc<World>) -> usize {
             };
             match node.propose_upgrade(to.to_string()).await {
                 Ok(r) => {
+                    let outcome = match &r.outcome {
+                        dorado_core::Outcome::Reply(b) => String::from_utf8_lossy(b).into_owned(),
+                        dorado_core::Outcome::Rejected(reason) => reason.clone(),
+                    };
                     world.log.ev(format!(
-                        "upgrade to {} at index {}: {:?}",
+                        "upgrade to {} at index {}: {outcome}",
                         &to[..4],
-                        r.index,
-                        r.outcome
+                        r.index
                     ));
                     answered += 1;
                     break;
