@@ -15,6 +15,10 @@
 //! - `dorado`: N replicas of the embedded `kv` module, started as child
 //!   processes (`dorado run`), driven over the real HTTP client API with
 //!   exactly-once headers (one client id per client, seq 1, 2, 3, ...);
+//! - `dorado-pipelined`: the same `dorado` group, driven by clients that
+//!   share ONE HTTP/2 connection per replica (h2c with prior knowledge,
+//!   [`dorado::client::pipelined_http`]): every client's request is a stream
+//!   of it, so all commands are in flight on one connection;
 //! - `classic`: N replicas of the same module running the paper's 2016
 //!   scheme (`dorado run --protocol classic --replicas N`), same client API,
 //!   same driver, same headers.
@@ -24,7 +28,10 @@
 //! operations that complete inside the measurement window (after the
 //! warm-up) count. The driver also samples the CPU time of every process
 //! (etcd, each replica, the benchmark itself) over that window, so a result
-//! says where the time went and whether the client was the bottleneck.
+//! says where the time went and whether the client was the bottleneck, and
+//! takes a census of etcd's own `/metrics` at the window's edges (gRPC
+//! requests by method, streams started, bytes received and sent, etcd's CPU;
+//! [`dorado_testkit::etcd_metrics`]), reported per command.
 //!
 //! Results go to a JSON file (parameters, machine, every run), a Markdown
 //! table and SVG/PNG plots (throughput vs clients, latency CDF per client
@@ -85,8 +92,12 @@ use crate::Protocol;
 pub enum SystemKind {
     /// Plain etcd puts (the etcd ceiling).
     EtcdPut,
-    /// Dorado replicas over the HTTP client API.
+    /// Dorado replicas over the HTTP client API, one request per command
+    /// per connection (HTTP/1.1).
     Dorado,
+    /// The same Dorado replicas, every client multiplexed over one HTTP/2
+    /// connection per replica (h2c, prior knowledge).
+    DoradoPipelined,
     /// The paper's protocol (`--protocol classic`) over the same client API.
     Classic,
     /// One fenced append `Txn` per operation (Dorado's append, unbatched).
@@ -100,14 +111,16 @@ impl SystemKind {
             SystemKind::EtcdPut => "etcd-put",
             SystemKind::FencedTxn => "fenced-txn",
             SystemKind::Dorado => "dorado",
+            SystemKind::DoradoPipelined => "dorado-pipelined",
             SystemKind::Classic => "classic",
         }
     }
 
     /// Every system, in the order they run.
-    pub const ALL: [SystemKind; 4] = [
+    pub const ALL: [SystemKind; 5] = [
         SystemKind::EtcdPut,
         SystemKind::Dorado,
+        SystemKind::DoradoPipelined,
         SystemKind::Classic,
         SystemKind::FencedTxn,
     ];
@@ -115,7 +128,7 @@ impl SystemKind {
     /// The replica protocol this system runs, if it is a replica group.
     pub fn protocol(self) -> Option<Protocol> {
         match self {
-            SystemKind::Dorado => Some(Protocol::Dorado),
+            SystemKind::Dorado | SystemKind::DoradoPipelined => Some(Protocol::Dorado),
             SystemKind::Classic => Some(Protocol::Classic),
             SystemKind::EtcdPut | SystemKind::FencedTxn => None,
         }
@@ -818,13 +831,17 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
         config.clients.len() * config.systems.len(),
         config.warmup + config.duration,
     );
-    // One group per replica protocol measured; both stay up for the whole
-    // run (their CPU is sampled in every run, so idle cost is visible).
-    let mut groups: Vec<(SystemKind, cluster::Replicas)> = Vec::new();
+    // One group per replica protocol measured (`dorado` and
+    // `dorado-pipelined` share one); all stay up for the whole run (their
+    // CPU is sampled in every run, so idle cost is visible).
+    let mut groups: Vec<(Protocol, cluster::Replicas)> = Vec::new();
     for &system in &config.systems {
         let Some(protocol) = system.protocol() else {
             continue;
         };
+        if groups.iter().any(|(p, _)| *p == protocol) {
+            continue;
+        }
         progress.note(&format!(
             "starting {} replicas of the kv module ({})",
             config.replicas,
@@ -835,7 +852,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
             Protocol::Classic => "kv-classic",
         };
         let spec = env.spec(&config, protocol, group, config.snapshot_every);
-        groups.push((system, cluster::Replicas::start(spec).await?));
+        groups.push((protocol, cluster::Replicas::start(spec).await?));
     }
 
     let workload =
@@ -845,9 +862,9 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
         for &system in &config.systems {
             let mut procs = Vec::new();
             procs.extend(env.etcd_proc());
-            for (kind, group) in &mut groups {
+            for (protocol, group) in &mut groups {
                 group.check_alive()?;
-                if *kind == system {
+                if Some(*protocol) == system.protocol() {
                     // A previous run may have overloaded etcd enough to cost
                     // the group its leader: measure steady state, not the
                     // election.
@@ -865,10 +882,17 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
                 duration: config.duration,
                 read_ratio: config.read_ratio,
                 keys: config.keys,
+                // etcd serves /metrics on its client URL; a TLS etcd given
+                // with --etcd would need a client certificate: no census.
+                etcd_metrics: env
+                    .etcd_urls
+                    .first()
+                    .filter(|u| u.starts_with("http://"))
+                    .cloned(),
             };
             let group = groups
                 .iter()
-                .find(|(kind, _)| *kind == system)
+                .find(|(protocol, _)| Some(*protocol) == system.protocol())
                 .map(|(_, g)| g);
             let result = workload.run(&plan, group, &procs, &mut progress).await?;
             progress.finished(&result);

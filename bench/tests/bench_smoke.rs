@@ -44,9 +44,15 @@ fn tiny_bench_writes_json_markdown_and_plots() {
 
     assert_eq!(report.mode, "throughput");
     let runs = &report.runs;
-    assert_eq!(runs.len(), 8, "4 systems x 2 client counts: {runs:?}");
+    assert_eq!(runs.len(), 10, "5 systems x 2 client counts: {runs:?}");
     let mut pids = Vec::new();
-    for system in ["etcd-put", "fenced-txn", "dorado", "classic"] {
+    for system in [
+        "etcd-put",
+        "fenced-txn",
+        "dorado",
+        "dorado-pipelined",
+        "classic",
+    ] {
         // Each system must have done real work. Per system, not per run: a
         // single sub-second window can pass without a completion when the
         // machine stalls (an fsync behind other I/O), which says nothing
@@ -89,16 +95,33 @@ fn tiny_bench_writes_json_markdown_and_plots() {
             );
             pids.extend(run.cpu.iter().map(|c| u64::from(c.pid)));
             assert!(!run.cdf.is_empty());
-            if system == "dorado" || system == "classic" {
+            if system.starts_with("dorado") || system == "classic" {
                 assert!(run.dorado.is_some(), "{run:?}");
+            }
+            // etcd's census of the window (the throwaway etcd serves /metrics).
+            assert_eq!(run.etcd_census_error, None, "{run:?}");
+            let census = run.etcd_census.as_ref().expect("an etcd census");
+            if run.ops > 0 {
+                assert!(census.received_bytes > 0.0, "{census:?}");
+                assert!(census.cpu_seconds >= 0.0, "{census:?}");
+                let writes = match system {
+                    "etcd-put" => census.handled("Put") + census.handled("Range"),
+                    _ if system.starts_with("dorado") || system == "fenced-txn" => {
+                        census.handled("Txn") + census.handled("Range")
+                    }
+                    _ => 1.0,
+                };
+                assert!(writes > 0.0, "{system}: {census:?}");
             }
         }
     }
 
     let md = std::fs::read_to_string(&markdown).unwrap();
     assert!(md.contains("| system | clients | ops/s |"), "{md}");
-    assert_eq!(md.matches("\n| dorado |").count(), 2, "{md}");
-    assert_eq!(md.matches("\n| classic |").count(), 2, "{md}");
+    assert_eq!(md.matches("\n| dorado |").count(), 4, "two tables: {md}");
+    assert_eq!(md.matches("\n| dorado-pipelined |").count(), 4, "{md}");
+    assert!(md.contains("etcd Txn/cmd"), "{md}");
+    assert_eq!(md.matches("\n| classic |").count(), 4, "{md}");
     for name in ["throughput", "latency-cdf-1", "latency-cdf-4"] {
         let svg = plots.join(format!("{name}.svg"));
         assert!(

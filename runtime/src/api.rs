@@ -21,6 +21,9 @@ use dorado_core::entry::MAX_CLIENT_ID;
 use dorado_core::{ClientTag, Command, Outcome};
 use serde::Deserialize;
 
+use crate::forward::{
+    FORWARD_PATH, ForwardCommand, ForwardReply, Forwarded, Forwarder, MAX_BATCH_BYTES,
+};
 use crate::node::{Consistency, Node, QueryError, SubmitError, SubmitReply};
 use crate::replica::Replica;
 use crate::wire::{ErrorBody, ErrorCode, UpgradeRequest};
@@ -53,6 +56,8 @@ pub struct ApiState {
     pub http: reqwest::Client,
     /// Largest accepted command or query, in bytes.
     pub max_command_bytes: usize,
+    /// Batches the writes this replica forwards to the leader.
+    forwarder: Forwarder,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -84,6 +89,7 @@ impl ApiState {
         Ok(ApiState {
             started: OnceLock::new(),
             connect_error: std::sync::Mutex::new(None),
+            forwarder: Forwarder::new(http.clone()),
             http,
             max_command_bytes,
         })
@@ -174,6 +180,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/v1/commands", post(submit))
         .route("/v1/upgrade", post(upgrade))
+        .route(FORWARD_PATH, post(forward_batch))
         .route("/v1/query", post(query))
         .route("/v1/status", get(status))
         .route("/v1/snapshot", get(snapshot))
@@ -317,7 +324,7 @@ async fn submit(
     match node.submit(command).await {
         Ok(r) => Ok(reply_response(r)),
         Err(SubmitError::Forward(addr)) if !headers.contains_key(FORWARDED) => {
-            forward(&state, node, &addr, "/v1/commands", client.as_ref(), payload).await
+            forward_batched(&state, node, &addr, client, payload).await
         }
         Err(e) => Err(submit_error(e)),
     }
@@ -368,6 +375,146 @@ fn submit_error(e: SubmitError) -> ApiError {
         err.body.leader = Some(addr);
     }
     err
+}
+
+/// Forward a write to the leader in a batch with the other writes being
+/// forwarded ([`crate::forward`]), then answer only once this replica has
+/// applied it too (so a client that reads here next sees its write).
+async fn forward_batched(
+    state: &ApiState,
+    node: &Arc<dyn Replica>,
+    leader: &str,
+    client: Option<ClientTag>,
+    payload: Bytes,
+) -> Result<Response, ApiError> {
+    let command = ForwardCommand {
+        client: client.clone(),
+        payload: payload.clone(),
+    };
+    let reply = match state
+        .forwarder
+        .forward(node.replica_id(), leader, command)
+        .await
+    {
+        Forwarded::Reply(reply) => reply,
+        Forwarded::Fallback => {
+            return forward(
+                state,
+                node,
+                leader,
+                "/v1/commands",
+                client.as_ref(),
+                payload,
+            )
+            .await;
+        }
+        Forwarded::Unreachable { status, message } => {
+            let mut err = ApiError::new(
+                ErrorCode::LeaderUnreachable,
+                format!(
+                    "{message}; if the command was sent with a client id and seq, retrying it is safe"
+                ),
+            );
+            err.status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            err.body.leader = Some(leader.to_string());
+            return Err(err);
+        }
+    };
+    if let Some(index) = reply.index {
+        // Best effort: the leader has applied it; if we lag, still answer.
+        node.wait_applied(index).await;
+    }
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut resp = (status, reply.body).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(if status == StatusCode::OK {
+            "application/octet-stream"
+        } else {
+            "application/json"
+        }),
+    );
+    if let Some(i) = reply.index {
+        h.insert(INDEX, HeaderValue::from(i));
+    }
+    if reply.duplicate {
+        h.insert(DUPLICATE, HeaderValue::from_static("true"));
+    }
+    if let Some(l) = reply.leader.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        h.insert(LEADER, l);
+    }
+    Ok(resp)
+}
+
+/// `POST /v1/forward` (followers only): a batch of forwarded writes. Each is
+/// checked like `POST /v1/commands` checks one, all are submitted at once,
+/// and each gets its own answer (never forwarded again), in batch order.
+async fn forward_batch(
+    State(state): State<Arc<ApiState>>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let limit = MAX_BATCH_BYTES.max(state.max_command_bytes) * 2;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            ErrorCode::TooLarge,
+            format!("forwarded batch is larger than the limit of {limit} bytes"),
+        )
+    })?;
+    let commands = crate::forward::decode_request(bytes)
+        .map_err(|e| ApiError::new(ErrorCode::BadHeader, e.to_string()))?;
+    let node = state.started()?;
+    let max = state.max_command_bytes;
+    let answers = commands.into_iter().map(|c| async move {
+        if c.payload.is_empty() {
+            return error_reply(ApiError::new(ErrorCode::Empty, "command is empty"));
+        }
+        if c.payload.len() > max {
+            return error_reply(ApiError::new(
+                ErrorCode::TooLarge,
+                format!("command is larger than the limit of {max} bytes"),
+            ));
+        }
+        let command = Command {
+            client: c.client,
+            payload: c.payload.to_vec(),
+        };
+        match node.submit(command).await {
+            Ok(r) => match r.outcome {
+                Outcome::Reply(bytes) => ForwardReply {
+                    status: 200,
+                    index: Some(r.index),
+                    duplicate: r.duplicate,
+                    leader: None,
+                    body: Bytes::from(bytes),
+                },
+                Outcome::Rejected(reason) => {
+                    let mut e = ApiError::new(ErrorCode::Rejected, reason);
+                    e.body.index = Some(r.index);
+                    error_reply(e)
+                }
+            },
+            Err(e) => error_reply(submit_error(e)),
+        }
+    });
+    let replies = futures::future::join_all(answers).await;
+    Ok((
+        StatusCode::OK,
+        [(http::header::CONTENT_TYPE, "application/octet-stream")],
+        crate::forward::encode_replies(&replies),
+    )
+        .into_response())
+}
+
+/// An API error as a forwarded command's answer.
+fn error_reply(e: ApiError) -> ForwardReply {
+    ForwardReply {
+        status: e.status.as_u16(),
+        index: e.body.index,
+        duplicate: false,
+        leader: e.body.leader.clone(),
+        body: Bytes::from(serde_json::to_vec(&e.body).unwrap_or_default()),
+    }
 }
 
 /// Forward a write to the leader, then answer only once this replica has

@@ -5,6 +5,15 @@
 //! answers with the original reply instead of applying it again. So this
 //! client retries (another endpoint, or the leader named in `dorado-leader`)
 //! only when that holds or when the server said the command was never ordered.
+//!
+//! Two transports, the same API and retry rules:
+//! - [`Client::new`]: HTTP/1.1, one request per connection at a time (a
+//!   connection pool; concurrent requests open more connections);
+//! - [`Client::pipelined`]: HTTP/2 with prior knowledge (h2c) on the same
+//!   client port. Every concurrent request of every clone of the client is
+//!   one stream of a single connection per replica, and HTTP/2 matches each
+//!   response to its request by stream id: many commands in flight on one
+//!   connection. The replica's server speaks both on the same port.
 
 use std::time::{Duration, Instant};
 
@@ -85,6 +94,24 @@ pub struct Client {
     deadline: Duration,
 }
 
+/// The HTTP client of [`Client::pipelined`]: HTTP/2 with prior knowledge
+/// (h2c), so every request to one replica is a stream of one connection.
+/// Clones share the connections.
+pub fn pipelined_http() -> Result<reqwest::Client, reqwest::Error> {
+    crate::ensure_crypto_provider();
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .tcp_nodelay(true)
+        // Keep the one connection per replica open while idle.
+        .pool_idle_timeout(None)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .http2_keep_alive_timeout(Duration::from_secs(5))
+        .http2_adaptive_window(true)
+        .timeout(Duration::from_secs(12))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+}
+
 /// Normalise `host:port` to `http://host:port`.
 pub fn endpoint_url(e: &str) -> Result<String, ClientError> {
     let e = e.trim().trim_end_matches('/');
@@ -126,6 +153,17 @@ impl Client {
             http,
             deadline: Duration::from_secs(20),
         })
+    }
+
+    /// Like [`Client::new`], but over HTTP/2 (h2c, prior knowledge): all
+    /// concurrent requests of this client and its clones to one replica are
+    /// multiplexed over one connection ([`pipelined_http`]). Use one client
+    /// (cloned) for many concurrent commands; each keeps its own exactly-once
+    /// tag and gets its own reply.
+    pub fn pipelined(endpoints: &[String]) -> Result<Self, ClientError> {
+        let mut client = Self::new(endpoints)?;
+        client.http = pipelined_http().map_err(|e| ClientError::BadEndpoint(e.to_string()))?;
+        Ok(client)
     }
 
     /// Give up after this long (default 20 s).

@@ -4,6 +4,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod driver;
+pub mod forward;
 pub mod host;
 pub mod metrics;
 pub mod node;

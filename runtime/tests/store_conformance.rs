@@ -719,7 +719,10 @@ async fn modules_are_content_addressed_write_once_and_chunked<S: TestStore>(s: S
     let read = s.get_module(&sha).await.unwrap().expect("the module");
     assert!(read == bytes, "module bytes differ");
     let keys = s.raw_keys(&format!("modules/{sha}/")).await;
-    assert!(keys.len() >= 3, "expected chunks and a manifest, got {keys:?}");
+    assert!(
+        keys.len() >= 3,
+        "expected chunks and a manifest, got {keys:?}"
+    );
     // Writing it again is a no-op; snapshot and log deletions never touch it.
     s.put_module(&sha, &bytes).await.unwrap();
     assert_eq!(s.raw_keys(&format!("modules/{sha}/")).await, keys);
@@ -727,7 +730,10 @@ async fn modules_are_content_addressed_write_once_and_chunked<S: TestStore>(s: S
     s.delete_log_below(u64::MAX).await.unwrap();
     assert!(s.get_module(&sha).await.unwrap() == Some(bytes));
     // A module whose chunks were tampered with is reported, never returned.
-    let chunk = keys.iter().find(|k| k.contains("/chunks-")).expect("a chunk key");
+    let chunk = keys
+        .iter()
+        .find(|k| k.contains("/chunks-"))
+        .expect("a chunk key");
     s.put_raw(chunk, &[0; 16]).await;
     assert!(matches!(
         s.get_module(&sha).await,
@@ -1055,6 +1061,84 @@ mod etcd_only {
         let outcome = s.append(epoch, 2, &entry(2)).await.unwrap();
         assert_eq!(outcome, AppendOutcome::Appended);
         assert_eq!(next_entry(&mut watch).await.0, 2);
+    }
+
+    /// etcd's own count of what it served (its `/metrics`).
+    async fn census(etcd: &EtcdProcess) -> dorado_testkit::etcd_metrics::EtcdCensus {
+        dorado::ensure_crypto_provider();
+        dorado_testkit::etcd_metrics::EtcdCensus::fetch(
+            &reqwest::Client::new(),
+            &etcd.client_url(),
+            WAIT,
+        )
+        .await
+        .expect("etcd /metrics")
+    }
+
+    /// Renewals of one lease are requests on one long-lived `LeaseKeepAlive`
+    /// stream, not a stream each; a stream is reopened only once it failed
+    /// (here: etcd restarted), and a lease that expired under an open stream
+    /// is still `LeaseExpired`.
+    #[tokio::test]
+    async fn keep_alives_of_a_lease_share_one_stream() {
+        let mut etcd = EtcdProcess::start_with(etcd_options()).await.unwrap();
+        let s = EtcdStore::connect(&etcd.client_urls(), "test", "keepalive", store_options())
+            .await
+            .unwrap();
+        let before = census(&etcd).await;
+        let a = s.grant_lease(LONG_TTL).await.unwrap();
+        let b = s.grant_lease(LONG_TTL).await.unwrap();
+        for _ in 0..5 {
+            s.keep_alive(a).await.unwrap();
+            // A clone (and another group's view) shares the streams.
+            s.other_group("elsewhere").keep_alive(b).await.unwrap();
+        }
+        let d = census(&etcd).await.since(&before);
+        assert_eq!(
+            d.started("LeaseKeepAlive"),
+            2.0,
+            "one stream per lease: {d:?}"
+        );
+        assert_eq!(d.messages_received("LeaseKeepAlive"), 10.0, "{d:?}");
+        assert_eq!(d.handled("LeaseKeepAlive"), 0.0, "no stream ended: {d:?}");
+
+        // etcd restarts: the open streams fail; the next renewal reopens.
+        etcd.restart().await.unwrap();
+        eventually("lease renewed after the restart", || async {
+            s.keep_alive(a).await.is_ok()
+        })
+        .await;
+        let after_restart = census(&etcd).await;
+        for _ in 0..3 {
+            s.keep_alive(a).await.unwrap();
+        }
+        let d = census(&etcd).await.since(&after_restart);
+        assert_eq!(
+            d.started("LeaseKeepAlive"),
+            0.0,
+            "reused after reopening: {d:?}"
+        );
+        assert_eq!(d.messages_received("LeaseKeepAlive"), 3.0, "{d:?}");
+
+        // A lease that expires while its stream is open.
+        let short = s.grant_lease(Duration::from_secs(1)).await.unwrap();
+        s.keep_alive(short).await.unwrap();
+        let gone = Instant::now() + Duration::from_secs(3);
+        loop {
+            match s.keep_alive(short).await {
+                Err(StoreError::LeaseExpired(_)) => break,
+                Ok(()) => {
+                    assert!(Instant::now() < gone, "a 1 s lease kept alive for 3 s?");
+                    // Let it lapse.
+                    tokio::time::sleep(Duration::from_millis(2500)).await;
+                }
+                Err(e) => panic!("expected LeaseExpired, got {e}"),
+            }
+        }
+        // Revoked: the stream is forgotten and a renewal is LeaseExpired.
+        s.revoke_lease(a).await.unwrap();
+        let err = s.keep_alive(a).await;
+        assert!(matches!(err, Err(StoreError::LeaseExpired(_))), "{err:?}");
     }
 
     #[tokio::test]

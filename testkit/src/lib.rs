@@ -8,6 +8,8 @@
 //!   own ports and directories, killed on drop; HTTP helpers and bounded waits.
 //! - [`etcd_process`]: throwaway etcd members and clusters on free loopback
 //!   ports, killed on drop.
+//! - [`etcd_metrics`]: etcd's `/metrics` parsed typed, and the census of
+//!   what a workload cost etcd (requests by method, streams, bytes, CPU).
 //! - [`examples`]: the example guests (`kv`, `counter`, `bank`, `faulty`),
 //!   rebuilt by `build.rs` whenever their sources change.
 //! - [`pki`]: test certificates (rcgen): CAs, server and client pairs with
@@ -20,6 +22,7 @@
 //! - [`replica`]: the flags every harness starts a replica process with.
 
 pub mod cluster;
+pub mod etcd_metrics;
 pub mod etcd_process;
 pub mod examples;
 pub mod netns;

@@ -5,7 +5,8 @@
 //! the previous one is answered, records the latency of every operation that
 //! completes inside the measurement window (after the warm-up) in a per-task
 //! HDR histogram (merged at the end, so recording takes no lock), and samples
-//! the CPU time of the given processes at the window's edges.
+//! the CPU time of the given processes at the window's edges, and takes a
+//! census of etcd's `/metrics` there too (what the window cost etcd).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +19,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+
+use dorado_testkit::etcd_metrics::EtcdCensus;
 
 use super::machine::{self, Proc};
 use super::report::{ProcessCpu, RunResult};
@@ -66,6 +69,8 @@ pub(crate) struct Plan {
     pub duration: Duration,
     pub read_ratio: f64,
     pub keys: usize,
+    /// etcd's client URL, whose `/metrics` the census reads (`None`: no census).
+    pub etcd_metrics: Option<String>,
 }
 
 /// What the driver measured.
@@ -77,6 +82,16 @@ pub(crate) struct Measured {
     pub errors: u64,
     pub first_error: Option<String>,
     pub cpu: Vec<ProcessCpu>,
+    /// What etcd did during the window, or why that is unknown.
+    pub etcd_census: Option<Result<EtcdCensus, String>>,
+}
+
+/// How long one read of etcd's `/metrics` may take.
+const CENSUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn census(http: &reqwest::Client, plan: &Plan) -> Option<Result<EtcdCensus, String>> {
+    let url = plan.etcd_metrics.as_deref()?;
+    Some(EtcdCensus::fetch(http, url, CENSUS_TIMEOUT).await)
 }
 
 struct TaskResult {
@@ -158,7 +173,10 @@ pub(crate) async fn drive<W: Workload>(
         });
     }
 
-    // Follow the run on the progress bar; sample CPU at the window's edges.
+    // Follow the run on the progress bar; sample CPU and etcd's census at
+    // the window's edges.
+    let metrics_http = reqwest::Client::new();
+    let mut census_before = None;
     let mut before = None;
     let mut last = (Instant::now(), 0u64);
     let tick = Duration::from_millis(250);
@@ -166,6 +184,7 @@ pub(crate) async fn drive<W: Workload>(
         let now = Instant::now();
         if before.is_none() && now >= from {
             before = Some((now, machine::sample(procs)));
+            census_before = census(&metrics_http, plan).await;
         }
         if now >= until {
             break;
@@ -183,6 +202,12 @@ pub(crate) async fn drive<W: Workload>(
         progress.tick(plan, now.duration_since(start), now < from, rate);
     }
     let after = machine::sample(procs);
+    let census_after = census(&metrics_http, plan).await;
+    let etcd_census = match (census_before, census_after) {
+        (Some(Ok(b)), Some(Ok(a))) => Some(Ok(a.since(&b))),
+        (Some(Err(e)), _) | (_, Some(Err(e))) => Some(Err(e)),
+        _ => None,
+    };
     let (window_start, before) = before.unwrap_or_else(|| (from, vec![None; procs.len()]));
     // The time between the two CPU samples (the measured window, to a few ms).
     let window = Instant::now()
@@ -236,6 +261,8 @@ pub(crate) async fn drive<W: Workload>(
                 pid: p.pid,
                 cpu_s,
                 cores: cpu_s.map(|c| c / window),
+                // Filled in by `RunResult::new`, which knows the operations.
+                us_per_op: None,
             }
         })
         .collect();
@@ -246,6 +273,7 @@ pub(crate) async fn drive<W: Workload>(
         errors,
         first_error,
         cpu,
+        etcd_census,
     })
 }
 

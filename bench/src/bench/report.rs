@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+use dorado_testkit::etcd_metrics::EtcdCensus;
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -141,6 +142,9 @@ pub struct ProcessCpu {
     pub cpu_s: Option<f64>,
     /// `cpu_s` / window length: the cores it kept busy.
     pub cores: Option<f64>,
+    /// `cpu_s` per successful operation of the window, in microseconds.
+    #[serde(default)]
+    pub us_per_op: Option<f64>,
 }
 
 /// Write unavailability when the leader goes away, measured repeatedly.
@@ -337,6 +341,15 @@ pub struct RunResult {
     pub dorado: Option<DoradoStats>,
     /// Latency CDF: `[latency_ms, quantile]` pairs.
     pub cdf: Vec<[f64; 2]>,
+    /// What etcd itself did during the window, from its `/metrics` read at
+    /// the window's edges: gRPC requests by method, streams started, stream
+    /// messages, bytes received and sent, CPU. Totals; [`Self::per_op`]
+    /// divides them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_census: Option<EtcdCensus>,
+    /// Why there is no census (etcd's `/metrics` could not be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_census_error: Option<String>,
 }
 
 fn ms(us: u64) -> f64 {
@@ -344,7 +357,18 @@ fn ms(us: u64) -> f64 {
 }
 
 impl RunResult {
-    pub(crate) fn new(plan: &Plan, m: Measured, dorado: Option<DoradoStats>) -> Self {
+    pub(crate) fn new(plan: &Plan, mut m: Measured, dorado: Option<DoradoStats>) -> Self {
+        for cpu in &mut m.cpu {
+            cpu.us_per_op = cpu
+                .cpu_s
+                .filter(|_| m.ops > 0)
+                .map(|s| s * 1e6 / m.ops as f64);
+        }
+        let (etcd_census, etcd_census_error) = match m.etcd_census {
+            Some(Ok(c)) => (Some(c), None),
+            Some(Err(e)) => (None, Some(e)),
+            None => (None, None),
+        };
         let h: &Histogram<u64> = &m.histogram;
         let q = |q: f64| {
             if h.is_empty() {
@@ -381,7 +405,26 @@ impl RunResult {
             cpu: m.cpu,
             dorado,
             cdf,
+            etcd_census,
+            etcd_census_error,
         }
+    }
+
+    /// `value` per successful operation of the window.
+    pub fn per_op(&self, value: f64) -> Option<f64> {
+        (self.ops > 0).then(|| value / self.ops as f64)
+    }
+
+    /// Sum of `us_per_op` over the processes whose label starts with
+    /// `prefix` and ends with `suffix`.
+    fn us_per_op_of(&self, prefix: &str, suffix: &str) -> Option<f64> {
+        let matching: Vec<f64> = self
+            .cpu
+            .iter()
+            .filter(|c| c.process.starts_with(prefix) && c.process.ends_with(suffix))
+            .filter_map(|c| c.us_per_op)
+            .collect();
+        (!matching.is_empty()).then(|| matching.iter().sum())
     }
 
     fn cores_of(&self, prefix: &str) -> Option<f64> {
@@ -423,19 +466,26 @@ pub(crate) fn goals(runs: &[RunResult]) -> Vec<Goal> {
         .filter(|r| r.system == SystemKind::Dorado.name())
         .map(|r| r.clients)
         .max();
-    if let Some(c) = max_clients
-        && let Some(d) = find(runs, SystemKind::Dorado, c)
-        && let Some(e) = find(runs, SystemKind::EtcdPut, c)
-        && e.throughput_ops_s > 0.0
-    {
-        let value = d.throughput_ops_s / e.throughput_ops_s;
-        out.push(Goal {
-            name: format!("dorado / etcd-put throughput at {c} clients"),
-            value,
-            target: 3.0,
-            comparison: ">=".into(),
-            met: value >= 3.0,
-        });
+    for system in [SystemKind::Dorado, SystemKind::DoradoPipelined] {
+        let max = runs
+            .iter()
+            .filter(|r| r.system == system.name())
+            .map(|r| r.clients)
+            .max();
+        if let Some(c) = max
+            && let Some(d) = find(runs, system, c)
+            && let Some(e) = find(runs, SystemKind::EtcdPut, c)
+            && e.throughput_ops_s > 0.0
+        {
+            let value = d.throughput_ops_s / e.throughput_ops_s;
+            out.push(Goal {
+                name: format!("{} / etcd-put throughput at {c} clients", system.name()),
+                value,
+                target: 3.0,
+                comparison: ">=".into(),
+                met: value >= 3.0,
+            });
+        }
     }
     if let Some(c) = max_clients
         && let Some(d) = find(runs, SystemKind::Dorado, c)
@@ -695,6 +745,88 @@ fn goals_markdown(s: &mut String, goals: &[Goal]) {
     }
 }
 
+/// Per command: CPU µs of each process and etcd's census (requests by
+/// method, streams, bytes, its own CPU by its own count).
+fn per_command_markdown(s: &mut String, runs: &[RunResult]) {
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "| system | clients | CPU µs/cmd etcd | leader | followers | bench | etcd Txn/cmd | Range/cmd | Put/cmd | other RPCs | keep-alive msgs (streams) | watch streams | etcd recv B/cmd | etcd sent B/cmd | etcd CPU µs/cmd (census) |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for run in runs {
+        let label = group_label(run);
+        let census = run.etcd_census.as_ref();
+        let per = |v: Option<f64>, digits: usize| opt(v.and_then(|v| run.per_op(v)), digits);
+        let method = |m: &str| census.map(|c| c.handled(m));
+        let other = census.map(|c| {
+            c.handled
+                .iter()
+                .filter(|(m, _)| {
+                    !matches!(
+                        m.as_str(),
+                        "Txn" | "Range" | "Put" | "LeaseKeepAlive" | "Watch"
+                    )
+                })
+                .fold(0.0, |sum, (_, v)| sum + v)
+        });
+        let keep_alive = census.map_or_else(
+            || "-".to_string(),
+            |c| {
+                format!(
+                    "{:.0} ({:.0})",
+                    c.messages_received("LeaseKeepAlive"),
+                    c.started("LeaseKeepAlive")
+                )
+            },
+        );
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            run.system,
+            run.clients,
+            opt(run.us_per_op_of("etcd", ""), 1),
+            opt(run.us_per_op_of(label, "(leader)"), 1),
+            opt(run.us_per_op_of(label, "(follower)"), 1),
+            opt(run.us_per_op_of("bench", ""), 1),
+            per(method("Txn"), 3),
+            per(method("Range"), 3),
+            per(method("Put"), 3),
+            opt(other, 0),
+            keep_alive,
+            opt(census.map(|c| c.started("Watch")), 0),
+            per(census.map(|c| c.received_bytes), 0),
+            per(census.map(|c| c.sent_bytes), 0),
+            per(census.map(|c| c.cpu_seconds * 1e6), 1),
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "Per command: CPU µs are each process's CPU seconds in the window divided by the commands completed in it (\"leader\"/\"followers\": the group measured). The etcd columns are etcd's own `/metrics` read at the window's edges (`grpc_server_handled_total` by method; \"other RPCs\": every other method; keep-alive requests received and `LeaseKeepAlive` streams started; `Watch` streams started; `etcd_network_client_grpc_{{received,sent}}_bytes_total`; `process_cpu_seconds_total`)."
+    );
+    let missing: Vec<String> = runs
+        .iter()
+        .filter_map(|r| {
+            r.etcd_census_error.as_ref().map(|e| {
+                format!(
+                    "- {} at {} clients: no etcd census: {e}",
+                    r.system, r.clients
+                )
+            })
+        })
+        .collect();
+    if !missing.is_empty() {
+        let _ = writeln!(s);
+        for line in missing {
+            let _ = writeln!(s, "{line}");
+        }
+    }
+}
+
 /// The results as Markdown: context, one table, ratios, goals.
 pub fn markdown(r: &Report) -> String {
     let mut s = String::new();
@@ -845,6 +977,7 @@ pub fn markdown(r: &Report) -> String {
         s,
         "CPU columns are cores kept busy during the measured window (CPU seconds / window); \"CPU leader\" and \"CPU followers\" are those of the group measured (classic's for classic rows, Dorado's otherwise; the other group idles meanwhile and its CPU is in the JSON); \"batch\" is the leader's mean commands per appended batch."
     );
+    per_command_markdown(&mut s, &r.runs);
     let clients: Vec<usize> = {
         let mut c: Vec<usize> = r.runs.iter().map(|r| r.clients).collect();
         c.sort_unstable();
@@ -853,11 +986,13 @@ pub fn markdown(r: &Report) -> String {
     };
     let mut ratios = Vec::new();
     for &c in &clients {
-        let d = find(&r.runs, SystemKind::Dorado, c);
         let e = find(&r.runs, SystemKind::EtcdPut, c);
         let t = find(&r.runs, SystemKind::FencedTxn, c);
         let k = find(&r.runs, SystemKind::Classic, c);
-        if let Some(d) = d {
+        for system in [SystemKind::Dorado, SystemKind::DoradoPipelined] {
+            let Some(d) = find(&r.runs, system, c) else {
+                continue;
+            };
             let mut parts = Vec::new();
             if let Some(k) = k.filter(|k| k.throughput_ops_s > 0.0) {
                 parts.push(format!(
@@ -884,7 +1019,11 @@ pub fn markdown(r: &Report) -> String {
                 parts.push(format!("{:.2}x etcd-put p50", d.p50_ms / e.p50_ms));
             }
             if !parts.is_empty() {
-                ratios.push(format!("- {c} clients: dorado {}", parts.join(", ")));
+                ratios.push(format!(
+                    "- {c} clients: {} {}",
+                    system.name(),
+                    parts.join(", ")
+                ));
             }
         }
     }
@@ -1306,6 +1445,75 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run's CPU and etcd census come out per command, in the JSON and in
+    /// the Markdown's per-command table.
+    #[test]
+    fn cpu_and_the_etcd_census_are_reported_per_command() {
+        let plan = Plan {
+            system: SystemKind::DoradoPipelined,
+            clients: 64,
+            warmup: std::time::Duration::from_secs(1),
+            duration: std::time::Duration::from_secs(2),
+            read_ratio: 0.0,
+            keys: 10,
+            etcd_metrics: None,
+        };
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        histogram.record(1500).unwrap();
+        let mut census = EtcdCensus::default();
+        census.handled.insert("Txn".into(), 10.0);
+        census.handled.insert("Range".into(), 2.0);
+        census.handled.insert("LeaseGrant".into(), 1.0);
+        census.started.insert("LeaseKeepAlive".into(), 0.0);
+        census
+            .messages_received
+            .insert("LeaseKeepAlive".into(), 24.0);
+        census.received_bytes = 40_000.0;
+        census.sent_bytes = 160_000.0;
+        census.cpu_seconds = 0.011;
+        let cpu = |process: &str, cpu_s: f64| ProcessCpu {
+            process: process.into(),
+            pid: 1,
+            cpu_s: Some(cpu_s),
+            cores: Some(cpu_s / 2.0),
+            us_per_op: None,
+        };
+        let measured = Measured {
+            histogram,
+            ops: 1000,
+            reads: 0,
+            errors: 0,
+            first_error: None,
+            cpu: vec![
+                cpu("etcd", 0.012),
+                cpu("replica r0 (leader)", 0.026),
+                cpu("replica r1 (follower)", 0.004),
+                cpu("replica r2 (follower)", 0.004),
+                cpu("bench", 0.011),
+            ],
+            etcd_census: Some(Ok(census)),
+        };
+        let run = RunResult::new(&plan, measured, None);
+        assert_eq!(run.cpu[1].us_per_op.map(|v| v.round()), Some(26.0));
+        assert_eq!(
+            run.per_op(run.etcd_census.as_ref().unwrap().sent_bytes),
+            Some(160.0)
+        );
+        let json = serde_json::to_string(&run).unwrap();
+        let back: RunResult = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.etcd_census, run.etcd_census);
+        let mut s = String::new();
+        per_command_markdown(&mut s, std::slice::from_ref(&run));
+        let row = s
+            .lines()
+            .find(|l| l.starts_with("| dorado-pipelined |"))
+            .unwrap();
+        assert_eq!(
+            row,
+            "| dorado-pipelined | 64 | 12.0 | 26.0 | 8.0 | 11.0 | 0.010 | 0.002 | 0.000 | 1 | 24 (0) | 0 | 40 | 160 | 11.0 |"
+        );
+    }
 
     #[test]
     fn medians() {

@@ -4,8 +4,9 @@
 //! of exactly `--command-size` bytes (`{"op":"put","key":"k00000042","value":"xxx…"}`)
 //! for a key drawn from the same key space. `etcd-put` stores it as the value
 //! of that key; `fenced-txn` appends it as one log entry with Dorado's own
-//! fenced append; `dorado` and `classic` submit it to their replicas (the
-//! same workload, only the group differs). Reads are a kv get
+//! fenced append; `dorado`, `dorado-pipelined` and `classic` submit it to
+//! their replicas (the same workload; only the group, or for
+//! `dorado-pipelined` the transport, differs). Reads are a kv get
 //! query (linearizable) for Dorado and classic, a linearizable get of the key for
 //! `etcd-put`, and a linearizable get of the leader key (what a Dorado leader
 //! reads to confirm its epoch) for `fenced-txn`.
@@ -203,7 +204,7 @@ impl Setup {
                 fence.store.delete_log_below(below).await?;
                 measured
             }
-            SystemKind::Dorado | SystemKind::Classic => {
+            SystemKind::Dorado | SystemKind::DoradoPipelined | SystemKind::Classic => {
                 let replicas = replicas.ok_or_else(|| {
                     BenchError::Config(format!(
                         "no replicas were started for {}",
@@ -212,6 +213,12 @@ impl Setup {
                 })?;
                 let (addrs, leader) = replicas.addrs();
                 let http = match self.http_client {
+                    // One client, so one HTTP/2 connection per replica that
+                    // every benchmark client's requests share as streams.
+                    _ if plan.system == SystemKind::DoradoPipelined => Some(
+                        dorado::client::pipelined_http()
+                            .map_err(|e| BenchError::Http(e.to_string()))?,
+                    ),
                     HttpClientKind::Raw => None,
                     HttpClientKind::Reqwest => Some(
                         reqwest::Client::builder()

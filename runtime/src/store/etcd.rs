@@ -22,7 +22,7 @@
 //! cancel by the server (e.g. the member lost its leader, which this client
 //! asks etcd to report) or on connection loss; the caller re-subscribes.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Weak};
@@ -36,8 +36,8 @@ use dorado_core::{
 };
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, GetResponse,
-    KeyValue, KvClient, LeaseClient, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
-    WatchClient, WatchFilterType, WatchOptions, WatchStream,
+    KeyValue, KvClient, LeaseClient, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
+    TxnOpResponse, TxnResponse, WatchClient, WatchFilterType, WatchOptions, WatchStream,
 };
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
@@ -110,6 +110,57 @@ pub struct EtcdStore {
     conn: Arc<ArcSwap<Conn>>,
     keys: KeySpace,
     ctx: Arc<Ctx>,
+    keep_alives: Arc<KeepAlives>,
+}
+
+/// Most keep-alive streams kept open by one store (and its clones); beyond
+/// it, the cache is emptied (leases lost without a revoke leave entries).
+const MAX_KEEP_ALIVE_STREAMS: usize = 64;
+
+/// One long-lived `LeaseKeepAlive` stream per lease: every renewal is one
+/// request and one response on it, instead of a new stream per renewal
+/// (each of which etcd counts, and ends `Unavailable` when it is dropped).
+/// A stream is taken out while a renewal uses it and put back only when
+/// that renewal completed, so a renewal cancelled half-way (a timeout)
+/// never leaves an unread response behind: its stream is dropped and the
+/// next renewal opens a new one. A stream that fails is dropped the same
+/// way; one opened on a connection that TLS rotation has since replaced
+/// is not reused either, so the old connection can close.
+#[derive(Default)]
+struct KeepAlives {
+    streams: std::sync::Mutex<HashMap<i64, KeepAliveStream>>,
+}
+
+struct KeepAliveStream {
+    conn: Weak<Conn>,
+    keeper: LeaseKeeper,
+    responses: LeaseKeepAliveStream,
+}
+
+impl KeepAlives {
+    fn take(&self, lease: i64, current: &Arc<Conn>) -> Option<KeepAliveStream> {
+        self.lock()
+            .remove(&lease)
+            .filter(|s| s.conn.as_ptr() == Arc::as_ptr(current))
+    }
+
+    fn put(&self, lease: i64, stream: KeepAliveStream) {
+        let mut streams = self.lock();
+        if streams.len() >= MAX_KEEP_ALIVE_STREAMS {
+            streams.clear();
+        }
+        streams.insert(lease, stream);
+    }
+
+    fn forget(&self, lease: i64) {
+        self.lock().remove(&lease);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, KeepAliveStream>> {
+        self.streams
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 /// One connection to etcd and the service clients made from it.
@@ -479,6 +530,7 @@ impl EtcdStore {
             conn: Arc::new(ArcSwap::from_pointee(conn)),
             keys,
             ctx,
+            keep_alives: Arc::default(),
         };
         if let Some(material) = material {
             tokio::spawn(reload_tls(
@@ -490,6 +542,33 @@ impl EtcdStore {
             ));
         }
         Ok(store)
+    }
+
+    /// One renewal on an open keep-alive stream, under the request timeout.
+    async fn renew_on(&self, open: &mut KeepAliveStream, lease: LeaseId) -> StoreResult<()> {
+        let what = "keep lease alive";
+        let renew = async {
+            open.keeper
+                .keep_alive()
+                .await
+                .map_err(|e| self.ctx.map_err(what, Some(lease.0), e))?;
+            match open.responses.message().await {
+                Ok(Some(resp)) if resp.ttl() <= 0 => Err(StoreError::LeaseExpired(lease.0)),
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err(StoreError::Unavailable(format!(
+                    "{what}: etcd at {} ended the keep-alive stream",
+                    self.ctx.endpoints
+                ))),
+                Err(e) => Err(self.ctx.map_err(what, Some(lease.0), e)),
+            }
+        };
+        match tokio::time::timeout(self.ctx.options.request_timeout, renew).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "{what}: etcd at {} did not answer within {:?}",
+                self.ctx.endpoints, self.ctx.options.request_timeout
+            ))),
+        }
     }
 
     /// The same connection, scoped to another group.
@@ -960,19 +1039,43 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> StoreResult<()> {
-        // One request on a fresh keep-alive stream; etcd-client reports a
-        // TTL <= 0 (the lease is gone) as "lease not found".
-        let (_keeper, _responses) = self
+        // One request and its response on the lease's open stream
+        // (`KeepAlives`); a new stream when there is none or it failed.
+        let current = self.conn.load_full();
+        if let Some(mut open) = self.keep_alives.take(lease.0, &current) {
+            match self.renew_on(&mut open, lease).await {
+                Ok(()) => {
+                    self.keep_alives.put(lease.0, open);
+                    return Ok(());
+                }
+                Err(e @ StoreError::LeaseExpired(_)) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, lease = lease.0, "keep-alive stream failed; opening a new one");
+                }
+            }
+        }
+        // Opening a stream sends the first request and reads its answer;
+        // etcd-client reports a TTL <= 0 (the lease is gone) as "lease not found".
+        let (keeper, responses) = self
             .ctx
             .call("keep lease alive", Some(lease.0), || {
-                let mut client = self.conn.load().lease.clone();
+                let mut client = current.lease.clone();
                 async move { client.keep_alive(lease.0).await }
             })
             .await?;
+        self.keep_alives.put(
+            lease.0,
+            KeepAliveStream {
+                conn: Arc::downgrade(&current),
+                keeper,
+                responses,
+            },
+        );
         Ok(())
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> StoreResult<()> {
+        self.keep_alives.forget(lease.0);
         match self
             .ctx
             .call("revoke lease", Some(lease.0), || {
