@@ -317,7 +317,15 @@ async fn submit(
     match node.submit(command).await {
         Ok(r) => Ok(reply_response(r)),
         Err(SubmitError::Forward(addr)) if !headers.contains_key(FORWARDED) => {
-            forward(&state, node, &addr, "/v1/commands", client.as_ref(), payload).await
+            forward(
+                &state,
+                node,
+                &addr,
+                "/v1/commands",
+                client.as_ref(),
+                payload,
+            )
+            .await
         }
         Err(e) => Err(submit_error(e)),
     }

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use clap::Args;
 
-use dorado_core::UpgradeMode;
 use crate::host::{DEFAULT_FUEL_PER_COMMAND, DEFAULT_MEMORY_LIMIT, HostConfig};
 use crate::node::NodeConfig;
 use crate::probe::HttpProbe;
 use crate::runner::{self, RunError, RunOptions, Starter};
 use crate::store::{EtcdStore, EtcdStoreOptions, EtcdTlsArgs, EtcdTlsError};
 use crate::trace::LogFormat;
+use dorado_core::UpgradeMode;
 
 /// How long a follower's probe of the leader may take: a refused connection
 /// (a killed leader) fails at once; a peer that is gone from the network

@@ -337,12 +337,15 @@ async fn start_module(host: &Host, store: &EtcdStore) -> anyhow::Result<Module> 
         .meta()
         .await?
         .context("the group has no meta record; is the group name right?")?;
-    let bytes = store.get_module(&meta.module_sha256).await?.with_context(|| {
-        format!(
-            "the group's first module {} is not in the store; pass it with --module FILE",
-            meta.module_sha256
-        )
-    })?;
+    let bytes = store
+        .get_module(&meta.module_sha256)
+        .await?
+        .with_context(|| {
+            format!(
+                "the group's first module {} is not in the store; pass it with --module FILE",
+                meta.module_sha256
+            )
+        })?;
     Ok(host.load(&bytes)?)
 }
 
@@ -380,8 +383,7 @@ async fn upgrade(args: UpgradeArgs) -> anyhow::Result<()> {
     if let Some(bytes) = &bytes {
         store.put_module(&sha, bytes).await?;
     }
-    let reply =
-        dorado::upgrade::propose(&store, &sha, Duration::from_secs(args.timeout)).await?;
+    let reply = dorado::upgrade::propose(&store, &sha, Duration::from_secs(args.timeout)).await?;
     print_bytes(
         format!(
             "index {}: {} (module {} -> {})\n",

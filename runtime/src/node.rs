@@ -133,9 +133,7 @@ impl NodeConfig {
 pub enum NodeError {
     /// The group runs a module this replica cannot obtain or run: it is not
     /// in the store, or the state machine cannot switch modules.
-    #[error(
-        "group {group} runs module {module}, which this replica cannot run: {reason}"
-    )]
+    #[error("group {group} runs module {module}, which this replica cannot run: {reason}")]
     ModuleUnavailable {
         /// Group name.
         group: String,
@@ -342,7 +340,9 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
     }
     let health = Arc::new(Health::new(config.clone(), Protocol::Dorado));
     // Not ready before the group's module is known to be this replica's.
-    health.set_module_plan(ModulePlan::Wait("catching up with the group's history".into()));
+    health.set_module_plan(ModulePlan::Wait(
+        "catching up with the group's history".into(),
+    ));
     let genesis = stored.module_sha256.clone();
     let mut applier = Applier::new(
         stored.session_expiry_entries,
@@ -855,7 +855,8 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
     }
 
     fn apply_ready(&mut self) {
-        while self.applier.can_apply() && self.next_module_ready()
+        while self.applier.can_apply()
+            && self.next_module_ready()
             && let Some((index, entry)) = self.learner.pop_ready()
         {
             match self.applier.apply(index, &entry) {
@@ -1061,7 +1062,12 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
                 let token = self.next_token;
                 self.next_token += 1;
                 self.waiters.insert(token, reply);
-                let has = self.health.config.modules.as_ref().is_none_or(|c| c.has(&to));
+                let has = self
+                    .health
+                    .config
+                    .modules
+                    .as_ref()
+                    .is_none_or(|c| c.has(&to));
                 if has {
                     self.order_upgrade(token, to);
                 } else {

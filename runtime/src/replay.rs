@@ -103,9 +103,7 @@ pub enum ReplayError {
     Missing(Index),
     /// The history needs a module that neither the store nor the files given
     /// hold.
-    #[error(
-        "the history runs module {0}, which is not in the store; pass it with --module FILE"
-    )]
+    #[error("the history runs module {0}, which is not in the store; pass it with --module FILE")]
     MissingModule(String),
     /// The group has no meta: it does not exist (or is not a Dorado group).
     #[error("the group has no meta record; is the group name right?")]
@@ -504,5 +502,3 @@ impl<S: Store> AsyncEntryFn for &mut VerifyRun<'_, S> {
         Ok(true)
     }
 }
-
-

@@ -21,10 +21,10 @@ use crate::api::{self, ApiState};
 use crate::driver::retry_unreachable;
 use crate::host::{Host, HostConfig, HostError, ModuleSet, Switching};
 use crate::node::{self, NodeConfig, NodeError};
-use crate::wire::{ModuleState, UpgradeRequest};
 use crate::replica::Replica;
 use crate::tools::{self, ToolError};
 use crate::trace::TraceWriter;
+use crate::wire::{ModuleState, UpgradeRequest};
 
 /// Everything `dorado run` needs besides the listener.
 #[derive(Debug, Clone)]

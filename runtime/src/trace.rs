@@ -291,9 +291,8 @@ pub fn parse_trace_line(line: &str) -> Option<TracedHash> {
                 index: c.index,
                 hash: c.hash,
             }),
-            JsonTraceLine::Noop { index, hash, .. } | JsonTraceLine::Upgrade { index, hash, .. } => {
-                Some(TracedHash { index, hash })
-            }
+            JsonTraceLine::Noop { index, hash, .. }
+            | JsonTraceLine::Upgrade { index, hash, .. } => Some(TracedHash { index, hash }),
             JsonTraceLine::Restored { .. } => None,
         };
     }

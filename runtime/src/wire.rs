@@ -509,7 +509,10 @@ mod tests {
         fields.remove("group_module");
         fields.remove("module_state");
         let read: Status = serde_json::from_value(old).unwrap();
-        assert_eq!((read.group_module.as_str(), read.module_state), ("", ModuleState::Serving));
+        assert_eq!(
+            (read.group_module.as_str(), read.module_state),
+            ("", ModuleState::Serving)
+        );
     }
 
     #[test]

@@ -502,11 +502,16 @@ async fn a_replica_with_another_module_in_manual_mode_stays_not_ready_naming_bot
         {
             break r;
         }
-        assert!(Instant::now() < deadline, "the replica never said why it waits");
+        assert!(
+            Instant::now() < deadline,
+            "the replica never said why it waits"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(
-        reason.contains(&kv_sha[..12]) && reason.contains(&counter_sha[..12]) && reason.contains("manual"),
+        reason.contains(&kv_sha[..12])
+            && reason.contains(&counter_sha[..12])
+            && reason.contains("manual"),
         "{reason}"
     );
     assert!(!c.ready(1).await, "a replica with another module is ready");
@@ -637,7 +642,10 @@ async fn cli_submit_query_status_and_replay_work_against_a_group() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("FIRST DIFFERENCE at index 1.0"), "{text}");
     let status = c.status(leader).await.expect("status");
-    assert_eq!(status.group_module, sha256_hex(dorado_testkit::examples::KV));
+    assert_eq!(
+        status.group_module,
+        sha256_hex(dorado_testkit::examples::KV)
+    );
 }
 
 /// etcd unreachable when the pod starts (e.g. etcd still scheduling): the

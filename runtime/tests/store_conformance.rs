@@ -719,7 +719,10 @@ async fn modules_are_content_addressed_write_once_and_chunked<S: TestStore>(s: S
     let read = s.get_module(&sha).await.unwrap().expect("the module");
     assert!(read == bytes, "module bytes differ");
     let keys = s.raw_keys(&format!("modules/{sha}/")).await;
-    assert!(keys.len() >= 3, "expected chunks and a manifest, got {keys:?}");
+    assert!(
+        keys.len() >= 3,
+        "expected chunks and a manifest, got {keys:?}"
+    );
     // Writing it again is a no-op; snapshot and log deletions never touch it.
     s.put_module(&sha, &bytes).await.unwrap();
     assert_eq!(s.raw_keys(&format!("modules/{sha}/")).await, keys);
@@ -727,7 +730,10 @@ async fn modules_are_content_addressed_write_once_and_chunked<S: TestStore>(s: S
     s.delete_log_below(u64::MAX).await.unwrap();
     assert!(s.get_module(&sha).await.unwrap() == Some(bytes));
     // A module whose chunks were tampered with is reported, never returned.
-    let chunk = keys.iter().find(|k| k.contains("/chunks-")).expect("a chunk key");
+    let chunk = keys
+        .iter()
+        .find(|k| k.contains("/chunks-"))
+        .expect("a chunk key");
     s.put_raw(chunk, &[0; 16]).await;
     assert!(matches!(
         s.get_module(&sha).await,

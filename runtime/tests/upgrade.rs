@@ -98,9 +98,15 @@ async fn wait_group_module(c: &Cluster, module: &str) {
 }
 
 async fn ok_reply(c: &Cluster, body: &str) -> Reply {
-    let r = submit_retrying(&c.urls(), body, "probe", next_seq(), Duration::from_secs(20))
-        .await
-        .expect("the command was never answered");
+    let r = submit_retrying(
+        &c.urls(),
+        body,
+        "probe",
+        next_seq(),
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("the command was never answered");
     assert_eq!(r.status, 200, "{}", r.body);
     Reply::parse(r.body.as_bytes()).expect("a kv reply")
 }
@@ -122,9 +128,14 @@ fn start_writer(
         while !stop.load(Ordering::Acquire) {
             seq += 1;
             let (key, value) = (format!("w{seq}"), format!("v{seq}"));
-            if let Some(r) =
-                submit_retrying(&urls, &kv_put(&key, &value), "writer", seq, Duration::from_secs(30))
-                    .await
+            if let Some(r) = submit_retrying(
+                &urls,
+                &kv_put(&key, &value),
+                "writer",
+                seq,
+                Duration::from_secs(30),
+            )
+            .await
             {
                 assert_eq!(r.status, 200, "a put was rejected: {}", r.body);
                 acked.insert(key, value);
@@ -193,7 +204,11 @@ async fn a_rolling_upgrade_under_load_switches_every_replica_at_one_index() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Release);
     let acked = writer.await.unwrap();
-    assert!(acked.len() > 10, "the load was too light: {} writes", acked.len());
+    assert!(
+        acked.len() > 10,
+        "the load was too light: {} writes",
+        acked.len()
+    );
 
     let (_, hash) = c.wait_converged(Duration::from_secs(20)).await;
     // Every replica replayed the whole history (no snapshots): one upgrade
@@ -218,7 +233,11 @@ async fn a_rolling_upgrade_under_load_switches_every_replica_at_one_index() {
     std::fs::write(&trace, c.replicas[0].stdout()).unwrap();
     let out = tool(&c, "replay", &["--trace", trace.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("reference hashes match"), "{}", text(&out));
+    assert!(
+        text(&out).contains("reference hashes match"),
+        "{}",
+        text(&out)
+    );
     let status = c.status(0).await.unwrap();
     assert!(status.hash.starts_with(&hash[..12]) || status.hash == hash);
 }
@@ -242,11 +261,20 @@ async fn a_migration_that_traps_is_rejected_everywhere_and_the_group_keeps_v1() 
         if let Some(ModuleState::Waiting(r)) = c.status(2).await.map(|s| s.module_state) {
             break r;
         }
-        assert!(Instant::now() < deadline, "the trapping module's replica never gave up");
+        assert!(
+            Instant::now() < deadline,
+            "the trapping module's replica never gave up"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(reason.contains("rejected") && reason.contains("refuses"), "{reason}");
-    assert!(!c.ready(2).await, "a replica whose module was rejected is ready");
+    assert!(
+        reason.contains("rejected") && reason.contains("refuses"),
+        "{reason}"
+    );
+    assert!(
+        !c.ready(2).await,
+        "a replica whose module was rejected is ready"
+    );
 
     // The explicit command is rejected the same way and says so.
     let out = tool(&c, "upgrade", &["--module", &trap]);
@@ -292,11 +320,14 @@ async fn the_leader_killed_right_after_proposing_an_upgrade_leaves_one_outcome()
     )
     .await
     .unwrap();
-    dorado_core::Store::put_module(&store, &v2, KV2).await.unwrap();
+    dorado_core::Store::put_module(&store, &v2, KV2)
+        .await
+        .unwrap();
     let leader = c.wait_leader().await;
     let url = c.replicas[leader].url();
     let body = serde_json::json!({ "module": v2 }).to_string();
-    let proposal = tokio::spawn(async move { post(&http(), &url, "/v1/upgrade", &body, None).await });
+    let proposal =
+        tokio::spawn(async move { post(&http(), &url, "/v1/upgrade", &body, None).await });
     c.replicas[leader].kill();
     let _ = proposal.await;
 
@@ -333,7 +364,11 @@ async fn after_an_upgrade_an_empty_replica_restores_a_v2_snapshot_and_a_rollback
     }
     let out = tool(&c, "upgrade", &["--module", &kv2, "--verify"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("all") && text(&out).contains("switched"), "{}", text(&out));
+    assert!(
+        text(&out).contains("all") && text(&out).contains("switched"),
+        "{}",
+        text(&out)
+    );
     wait_group_module(&c, &v2).await;
     for n in 30..80 {
         ok_reply(&c, &kv_put(&format!("k{n}"), "2")).await;
@@ -349,20 +384,31 @@ async fn after_an_upgrade_an_empty_replica_restores_a_v2_snapshot_and_a_rollback
     c.wait_ready(2).await;
     let (_, hash) = c.wait_converged(Duration::from_secs(20)).await;
     let status = c.status(2).await.unwrap();
-    assert!(status.snapshot_index > 30, "restored snapshot {}", status.snapshot_index);
+    assert!(
+        status.snapshot_index > 30,
+        "restored snapshot {}",
+        status.snapshot_index
+    );
     assert!(c.replicas[2].stdout().contains("restored snapshot"));
     assert_eq!(status.hash, hash);
     let trace = c.tmp.path().join("trace.log");
     std::fs::write(&trace, c.replicas[2].stdout()).unwrap();
     let out = tool(&c, "replay", &["--trace", trace.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("reference hashes match"), "{}", text(&out));
+    assert!(
+        text(&out).contains("reference hashes match"),
+        "{}",
+        text(&out)
+    );
     assert_all_readable(&c, &writes.lock().await.clone()).await;
 
     // Rollback: an upgrade back to v1's hash (it is in the store).
     let out = tool(&c, "upgrade", &["--to", &v1]);
     assert!(out.status.success(), "{}", text(&out));
     wait_group_module(&c, &v1).await;
-    assert!(!ok_reply(&c, &incr("n")).await.ok, "incr still works after the rollback");
+    assert!(
+        !ok_reply(&c, &incr("n")).await.ok,
+        "incr still works after the rollback"
+    );
     assert_all_readable(&c, &writes.lock().await.clone()).await;
 }

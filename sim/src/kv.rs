@@ -80,7 +80,12 @@ impl StateMachine for Kv {
                     self.dups.insert(v.to_string());
                 }
                 self.regs.insert(k.to_string(), v.to_string());
-                Ok(if self.module == MODULE_B { &b"ok-b"[..] } else { b"ok" }.to_vec())
+                Ok(if self.module == MODULE_B {
+                    &b"ok-b"[..]
+                } else {
+                    b"ok"
+                }
+                .to_vec())
             }
             _ => Err(reject(format!("unknown command {text:?}"))),
         }
@@ -145,7 +150,10 @@ impl StateMachine for Kv {
 
     fn upgrade(&mut self, from: &str, to: &str) -> Result<(), Rejection> {
         if from != self.module {
-            return Err(reject(format!("asked to upgrade from {from} while running {}", self.module)));
+            return Err(reject(format!(
+                "asked to upgrade from {from} while running {}",
+                self.module
+            )));
         }
         if to == MODULE_TRAP || (to != MODULE_A && to != MODULE_B) {
             return Err(reject(format!("module {to} refuses the migration")));

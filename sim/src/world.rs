@@ -494,7 +494,11 @@ impl World {
                 .map(|i| {
                     self.node(i).map(|n| {
                         let s = n.status();
-                        (s.applied_index, s.hash, s.group_module.get(..4).unwrap_or_default().to_string())
+                        (
+                            s.applied_index,
+                            s.hash,
+                            s.group_module.get(..4).unwrap_or_default().to_string(),
+                        )
                     })
                 })
                 .collect();
@@ -653,7 +657,11 @@ async fn put(world: &World, command: &Command, target: &mut Option<usize>) -> Co
             }
             // Definitely not ordered by this attempt.
             Err(SubmitError::NoLeader | SubmitError::NotOrdered) => {}
-            Err(e @ (SubmitError::Invalid(_) | SubmitError::UnknownModule(_) | SubmitError::Unsupported(_))) => {
+            Err(
+                e @ (SubmitError::Invalid(_)
+                | SubmitError::UnknownModule(_)
+                | SubmitError::Unsupported(_)),
+            ) => {
                 world.log.ev(format!("refused: {e}"));
                 return Completion::Fail;
             }

@@ -120,7 +120,8 @@ impl ReplicaState {
                 } else {
                     match sm.upgrade(&from, to) {
                         Ok(()) => {
-                            self.previous_module = Some(std::mem::replace(&mut self.module, to.clone()));
+                            self.previous_module =
+                                Some(std::mem::replace(&mut self.module, to.clone()));
                             UpgradeResult::Switched
                         }
                         Err(rejection) => UpgradeResult::Rejected(rejection.to_string()),
@@ -193,7 +194,10 @@ impl ReplicaState {
     }
 
     /// Capture guest and host state after `applied`.
-    pub fn snapshot<M: StateMachine + ?Sized>(&self, sm: &mut M) -> Result<SnapshotData, Rejection> {
+    pub fn snapshot<M: StateMachine + ?Sized>(
+        &self,
+        sm: &mut M,
+    ) -> Result<SnapshotData, Rejection> {
         Ok(SnapshotData {
             index: self.applied,
             hash: self.hash.0,
@@ -404,7 +408,8 @@ mod tests {
         use super::testing::VersionedMachine;
         let mut s = ReplicaState::new(0, "m1".into());
         let mut m = VersionedMachine::new("m1");
-        s.apply(1, &Entry::Batch(vec![cmd(None, b"a")]), &mut m).unwrap();
+        s.apply(1, &Entry::Batch(vec![cmd(None, b"a")]), &mut m)
+            .unwrap();
         let before = s.hash;
         let a = s.apply(2, &upgrade("upper"), &mut m).unwrap();
         let up = a.upgrade.expect("no upgrade outcome");
@@ -412,9 +417,13 @@ mod tests {
         assert_eq!(up.result, UpgradeResult::Switched);
         assert_eq!(s.module, "upper");
         assert_eq!(s.previous_module.as_deref(), Some("m1"));
-        assert_eq!(a.hash, before.upgrade(2, "m1", "upper", &UpgradeResult::Switched));
+        assert_eq!(
+            a.hash,
+            before.upgrade(2, "m1", "upper", &UpgradeResult::Switched)
+        );
         // Commands after the entry run on the new module, with the old state.
-        s.apply(3, &Entry::Batch(vec![cmd(None, b"b")]), &mut m).unwrap();
+        s.apply(3, &Entry::Batch(vec![cmd(None, b"b")]), &mut m)
+            .unwrap();
         assert_eq!(m.list.items, vec![b"a".to_vec(), b"B".to_vec()]);
         // The same module again changes nothing, but is recorded.
         let again = s.apply(4, &upgrade("upper"), &mut m).unwrap();
@@ -427,7 +436,8 @@ mod tests {
         use super::testing::VersionedMachine;
         let mut s = ReplicaState::new(0, "m1".into());
         let mut m = VersionedMachine::new("m1");
-        s.apply(1, &Entry::Batch(vec![cmd(None, b"a")]), &mut m).unwrap();
+        s.apply(1, &Entry::Batch(vec![cmd(None, b"a")]), &mut m)
+            .unwrap();
         let a = s.apply(2, &upgrade("trap-v2"), &mut m).unwrap();
         assert_eq!(
             a.upgrade.unwrap().result,
@@ -435,7 +445,8 @@ mod tests {
         );
         assert_eq!((s.module.as_str(), s.previous_module.clone()), ("m1", None));
         assert_eq!(m.module, "m1");
-        s.apply(3, &Entry::Batch(vec![cmd(None, b"b")]), &mut m).unwrap();
+        s.apply(3, &Entry::Batch(vec![cmd(None, b"b")]), &mut m)
+            .unwrap();
         assert_eq!(m.list.items, vec![b"a".to_vec(), b"b".to_vec()]);
     }
 
@@ -444,7 +455,8 @@ mod tests {
         use super::testing::VersionedMachine;
         let mut s = ReplicaState::new(0, "m1".into());
         let mut m = VersionedMachine::new("m1");
-        s.apply(1, &Entry::Batch(vec![cmd(Some(("c", 1)), b"a")]), &mut m).unwrap();
+        s.apply(1, &Entry::Batch(vec![cmd(Some(("c", 1)), b"a")]), &mut m)
+            .unwrap();
         s.apply(2, &upgrade("upper"), &mut m).unwrap();
         let snap = s.snapshot(&mut m).unwrap();
         assert_eq!(snap.module_sha256, "upper");

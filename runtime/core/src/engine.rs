@@ -540,7 +540,9 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                LeaderAction::Committed { entry, waiters, .. } => Some((entry.clone(), waiters.clone())),
+                LeaderAction::Committed { entry, waiters, .. } => {
+                    Some((entry.clone(), waiters.clone()))
+                }
                 _ => None,
             })
             .collect()

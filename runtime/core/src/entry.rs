@@ -737,7 +737,10 @@ mod tests {
         assert_eq!(&bytes[..4], b"DE\x01\x02");
         assert_eq!(bytes.len(), 36);
         for cut in 0..bytes.len() {
-            assert!(Entry::decode(&bytes[..cut]).is_err(), "prefix {cut} decoded");
+            assert!(
+                Entry::decode(&bytes[..cut]).is_err(),
+                "prefix {cut} decoded"
+            );
         }
         let mut longer = bytes.clone();
         longer.push(0);
@@ -1153,7 +1156,10 @@ mod tests {
             state: b"state".to_vec(),
         };
         let bytes = s.encode().unwrap();
-        assert_eq!(bytes[2], SNAPSHOT_V1, "a group that never upgraded writes version 1");
+        assert_eq!(
+            bytes[2], SNAPSHOT_V1,
+            "a group that never upgraded writes version 1"
+        );
         assert_eq!(SnapshotData::decode(&bytes).unwrap(), s);
         for cut in 0..bytes.len() {
             assert!(SnapshotData::decode(&bytes[..cut]).is_err());

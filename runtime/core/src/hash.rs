@@ -137,7 +137,10 @@ mod tests {
         assert_ne!(up, base.upgrade(2, "a", "c", &UpgradeResult::Switched));
         assert_ne!(up, base.upgrade(2, "c", "b", &UpgradeResult::Switched));
         assert_ne!(up, base.upgrade(3, "a", "b", &UpgradeResult::Switched));
-        assert_ne!(up, base.upgrade(2, "a", "b", &UpgradeResult::Rejected("x".into())));
+        assert_ne!(
+            up,
+            base.upgrade(2, "a", "b", &UpgradeResult::Rejected("x".into()))
+        );
         assert_ne!(up, base.noop(2));
         assert_eq!(base, g.command(1, 0, &cmd(b"x"), &ok));
     }

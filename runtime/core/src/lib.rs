@@ -30,7 +30,6 @@ pub mod store;
 pub mod upgrade;
 
 pub use apply::{AppliedCommand, AppliedEntry, ReplicaState};
-pub use upgrade::{AppliedUpgrade, ModulePlan, UpgradeMode, UpgradeResult};
 pub use engine::{Abandoned, LeaderAction, LeaderConfig, LeaderEngine, Learner, Route};
 pub use entry::{ClientTag, Command, Entry, SnapshotData};
 pub use hash::ChainHash;
@@ -40,3 +39,4 @@ pub use store::{
     AppendOutcome, Epoch, Index, LeaderRecord, Leadership, LeaseId, MemberRecord, Meta, Store,
     StoreError, StoreResult,
 };
+pub use upgrade::{AppliedUpgrade, ModulePlan, UpgradeMode, UpgradeResult};

@@ -221,9 +221,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = StoreResult<()>> + Send;
     /// Store module `bytes` under their sha256 `sha256` (hex) if absent
     /// (see requirement 11).
-    fn put_module(&self, sha256: &str, bytes: &[u8]) -> impl Future<Output = StoreResult<()>> + Send;
+    fn put_module(
+        &self,
+        sha256: &str,
+        bytes: &[u8],
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     /// The module with this sha256, if stored (see requirement 11).
-    fn get_module(&self, sha256: &str) -> impl Future<Output = StoreResult<Option<Vec<u8>>>> + Send;
+    fn get_module(&self, sha256: &str)
+    -> impl Future<Output = StoreResult<Option<Vec<u8>>>> + Send;
     /// Index of the newest complete snapshot.
     fn newest_snapshot_index(&self) -> impl Future<Output = StoreResult<Option<Index>>> + Send;
     /// The newest complete snapshot.

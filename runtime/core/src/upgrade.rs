@@ -159,18 +159,33 @@ mod tests {
 
     #[test]
     fn the_running_module_serves() {
-        assert_eq!(plan(A, A, None, UpgradeMode::Manual, None), ModulePlan::Serve);
-        assert_eq!(plan(A, A, Some(B), UpgradeMode::Auto, Some("x")), ModulePlan::Serve);
+        assert_eq!(
+            plan(A, A, None, UpgradeMode::Manual, None),
+            ModulePlan::Serve
+        );
+        assert_eq!(
+            plan(A, A, Some(B), UpgradeMode::Auto, Some("x")),
+            ModulePlan::Serve
+        );
     }
 
     #[test]
     fn a_new_module_is_proposed_in_auto_mode_only() {
-        assert_eq!(plan(B, A, None, UpgradeMode::Auto, None), ModulePlan::Propose);
-        assert_eq!(plan(C, A, Some(B), UpgradeMode::Auto, None), ModulePlan::Propose);
+        assert_eq!(
+            plan(B, A, None, UpgradeMode::Auto, None),
+            ModulePlan::Propose
+        );
+        assert_eq!(
+            plan(C, A, Some(B), UpgradeMode::Auto, None),
+            ModulePlan::Propose
+        );
         let ModulePlan::Wait(why) = plan(B, A, None, UpgradeMode::Manual, None) else {
             panic!("manual mode proposed");
         };
-        assert!(why.contains("manual") && why.contains("dorado upgrade"), "{why}");
+        assert!(
+            why.contains("manual") && why.contains("dorado upgrade"),
+            "{why}"
+        );
     }
 
     #[test]
@@ -187,6 +202,9 @@ mod tests {
         let ModulePlan::Wait(why) = plan(B, A, None, UpgradeMode::Auto, Some("trap: no")) else {
             panic!("a rejected module was proposed again");
         };
-        assert!(why.contains("rejected") && why.contains("trap: no"), "{why}");
+        assert!(
+            why.contains("rejected") && why.contains("trap: no"),
+            "{why}"
+        );
     }
 }

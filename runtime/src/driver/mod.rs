@@ -44,6 +44,6 @@ pub use applier::Applier;
 pub use core_loop::{CoreInputs, CoreLoop, DrainWaiters, run_core};
 pub use handle::{Lifecycle, ReadBound, ReadRequest, ReplicaHandle, Request};
 pub use health::{CatchUp, Health, Probe, health_task};
-pub use modules::ModuleCatalog;
 pub use lease::{LeaseStore, backoff, lease_task, retry_unreachable};
+pub use modules::ModuleCatalog;
 pub use tasks::{Spawner, TaskSet, until_stopped};

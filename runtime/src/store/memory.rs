@@ -731,7 +731,12 @@ fn put_chunked<'a>(
 }
 
 /// The chunks in `dir`, checked against `manifest` (named `key` in errors).
-fn read_chunks(st: &State, manifest: &SnapshotManifest, key: &str, dir: &str) -> StoreResult<Vec<u8>> {
+fn read_chunks(
+    st: &State,
+    manifest: &SnapshotManifest,
+    key: &str,
+    dir: &str,
+) -> StoreResult<Vec<u8>> {
     let mut bytes = Vec::with_capacity(usize::try_from(manifest.total_len).unwrap_or(0));
     let mut found = 0usize;
     for (_, kv) in st.range(dir, &format!("{dir}\u{7f}")) {
