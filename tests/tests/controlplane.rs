@@ -20,10 +20,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use dorado::client::{Client, ClientError};
-use dorado::wire::Status;
+use dorado::wire::{ModuleState, Status};
 use dorado_e2e::cluster::{Cluster, KUBECTL_WAIT};
 use dorado_e2e::images::static_binary;
 use dorado_e2e::wait_for;
+use dorado_testkit::examples::{KV, KV2};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
@@ -62,7 +63,8 @@ async fn readme_walkthrough_on_a_real_control_plane() -> anyhow::Result<()> {
 
 async fn journey(c: &Cluster) -> anyhow::Result<()> {
     install(c).await?;
-    let kv = kv_example(c).await?;
+    let (kv, acked) = kv_example(c).await?;
+    let kv = kv_upgrade(c, kv, acked).await?;
     admission_as_a_user_sees_it(c, &kv).await?;
     bank_deployment(c).await?;
     webhook_outage(c).await?;
@@ -315,7 +317,7 @@ async fn check_writers(group: &Group, acked: &BTreeMap<String, u64>) -> anyhow::
 /// README "Walk-through": the etcd client Secret, the module ConfigMap,
 /// `kubectl apply -k manifests/examples/kv`, the trace, a pod deleted and a
 /// rolling restart under load.
-async fn kv_example(c: &Cluster) -> anyhow::Result<Group> {
+async fn kv_example(c: &Cluster) -> anyhow::Result<(Group, BTreeMap<String, u64>)> {
     c.kubectl_ok(["create", "namespace", NS])?;
     c.kubectl_ok([
         "-n",
@@ -329,7 +331,7 @@ async fn kv_example(c: &Cluster) -> anyhow::Result<Group> {
         "--from-file=tls.key=manifests/overlays/self-signed/tls/etcd/client.key",
     ])?;
     // The module as `wasm-examples` builds it (the same bytes).
-    std::fs::write(c.path("kv.wasm"), dorado_testkit::examples::KV)?;
+    std::fs::write(c.path("kv.wasm"), KV)?;
     std::fs::write(c.path("bank.wasm"), dorado_testkit::examples::BANK)?;
     c.kubectl_ok([
         "-n",
@@ -494,6 +496,189 @@ async fn kv_example(c: &Cluster) -> anyhow::Result<Group> {
     }
     converged(&group).await?;
     check_writers(&group, &acked).await?;
+    Ok((group, acked))
+}
+
+/// Hex sha256 of a module, as `/v1/status` and the trace spell it.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Submits `{"op":"incr","key":"n","by":5}` as client `incr`, seq `seq`.
+async fn incr(group: &Group, seq: u64) -> anyhow::Result<(Value, u64)> {
+    let cmd = json!({"op": "incr", "key": "n", "by": 5});
+    let reply = Client::new(&group.endpoints())?
+        .with_deadline(Duration::from_secs(30))
+        .submit(cmd.to_string().as_bytes(), Some(("incr", seq)))
+        .await?;
+    let index = reply.index.context("the incr reply names no log index")?;
+    Ok((serde_json::from_slice(&reply.body)?, index))
+}
+
+/// README "Upgrades", the procedure: kv2.wasm in a ConfigMap of its own, the
+/// pod template's `dorado.io/module` pointed at it, and the StatefulSet's
+/// rolling update (a real one, by the controller) while the writers go on.
+/// The first new pod proposes the upgrade; every pod ends up serving kv2,
+/// switched at one index of the log.
+async fn kv_upgrade(
+    c: &Cluster,
+    group: Group,
+    mut acked: BTreeMap<String, u64>,
+) -> anyhow::Result<Group> {
+    let (v1, v2) = (sha256_hex(KV), sha256_hex(KV2));
+
+    // Before: the group runs kv, and kv answers incr with an error reply.
+    for e in group.endpoints() {
+        let s = replica_status(&e).await.map_err(anyhow::Error::msg)?;
+        ensure!(
+            s.module_sha256 == v1 && s.group_module == v1 && s.module_state == ModuleState::Serving,
+            "{e}: before the upgrade, module {} group module {} {:?}; expected kv ({v1}) serving",
+            s.module_sha256,
+            s.group_module,
+            s.module_state
+        );
+    }
+    let (before, incr_before) = incr(&group, 1).await?;
+    ensure!(
+        before["ok"] == json!(false)
+            && before["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("expected put, get, delete or cas")),
+        "kv answered incr with {before}; expected an error reply naming kv's operations"
+    );
+
+    // `kubectl create configmap kv-v2 --from-file=kv.wasm=kv2.wasm`.
+    std::fs::write(c.path("kv2.wasm"), KV2)?;
+    c.kubectl_ok([
+        "-n",
+        NS,
+        "create",
+        "configmap",
+        "kv-v2",
+        "--from-file=kv.wasm=kv2.wasm",
+    ])?;
+
+    // The writers go on through the rollout, as new clients.
+    let stop = Arc::new(AtomicBool::new(false));
+    let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
+    let writers: Vec<_> = acked
+        .iter()
+        .map(|(key, start)| {
+            let key = key.clone();
+            let task = cas_writer(
+                pods.clone(),
+                "kv",
+                key.clone(),
+                format!("{key}-upgrade"),
+                *start,
+                stop.clone(),
+                u64::MAX,
+            );
+            tokio::spawn(async move { task.await.map(|n| (key, n)) })
+        })
+        .collect();
+
+    // Point the pod template at it: the StatefulSet controller rolls the pods.
+    c.kubectl_ok([
+        "-n",
+        NS,
+        "patch",
+        "statefulset",
+        "kv",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"template":{"metadata":{"annotations":{"dorado.io/module":"kv-v2/kv.wasm"}}}}}"#,
+    ])?;
+    let rollout = c.kubectl_ok([
+        "-n",
+        NS,
+        "rollout",
+        "status",
+        "statefulset/kv",
+        &timeout_flag(),
+    ]);
+    stop.store(true, Ordering::Relaxed);
+    rollout.with_context(|| {
+        format!(
+            "the rolling update of statefulset/kv to kv-v2/kv.wasm did not finish in {} s",
+            KUBECTL_WAIT.as_secs()
+        )
+    })?;
+    for w in writers {
+        let (key, n) = w.await??;
+        let before = acked[&key];
+        ensure!(
+            n > before,
+            "{key}: no write was acknowledged during the upgrade"
+        );
+        acked.insert(key, n);
+    }
+
+    // After: every pod holds kv2, the group runs it, all serve, one hash.
+    let group = ready_group(c, "kv", 3).await?;
+    for name in group.pods.keys() {
+        let module = pod_field(c, name, "{.metadata.annotations.dorado\\.io/module}")?;
+        ensure!(
+            module == "kv-v2/kv.wasm",
+            "{name} was not rolled: its dorado.io/module is {module:?}"
+        );
+    }
+    converged(&group).await?;
+    for e in group.endpoints() {
+        let s = replica_status(&e).await.map_err(anyhow::Error::msg)?;
+        ensure!(
+            s.module_sha256 == v2 && s.group_module == v2 && s.module_state == ModuleState::Serving,
+            "{e} ({}): after the upgrade, module {} group module {} {:?}; expected kv2 ({v2}) serving",
+            s.replica,
+            s.module_sha256,
+            s.group_module,
+            s.module_state
+        );
+    }
+    check_writers(&group, &acked).await?;
+    let (after, incr_after) = incr(&group, 2).await?;
+    ensure!(
+        after == json!({"ok": true, "value": 5}),
+        "kv2 answered incr with {after}; expected {{\"ok\":true,\"value\":5}}"
+    );
+
+    // `kubectl logs`: each pod's trace switches once, at the same index,
+    // between the two incr commands.
+    let line = format!(" upgrade module {v1} -> {v2} switched hash=");
+    let mut switched_at = BTreeMap::new();
+    for name in group.pods.keys() {
+        let logs = c.kubectl_ok(["-n", NS, "logs", name])?;
+        let upgrades: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains(" upgrade module "))
+            .collect();
+        let [upgrade] = upgrades.as_slice() else {
+            bail!(
+                "kubectl logs {name} shows {} upgrade lines, expected one ({v1} -> {v2}):\n{}",
+                upgrades.len(),
+                upgrades.join("\n")
+            );
+        };
+        let index = upgrade
+            .strip_prefix("idx=")
+            .and_then(|rest| rest.split_once(&line))
+            .and_then(|(idx, _)| idx.parse::<u64>().ok())
+            .with_context(|| format!("kubectl logs {name}: {upgrade:?} is not `idx=N{line}...`"))?;
+        switched_at.insert(name.clone(), index);
+    }
+    let first = *switched_at.values().next().context("no kv pod")?;
+    ensure!(
+        switched_at.values().all(|i| *i == first),
+        "the pods switched at different indexes: {switched_at:?}"
+    );
+    ensure!(
+        incr_before < first && first < incr_after,
+        "the upgrade entry ({first}) is not between the incr commands ({incr_before}, {incr_after})"
+    );
     Ok(group)
 }
 

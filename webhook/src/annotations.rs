@@ -25,6 +25,8 @@ pub const ETCD_ENDPOINTS: &str = "dorado.io/etcd-endpoints";
 pub const ETCD_CLIENT_SECRET: &str = "dorado.io/etcd-client-secret";
 /// Runtime log format, `human` or `json`.
 pub const LOG_FORMAT: &str = "dorado.io/log-format";
+/// What a pod whose module the group does not run does, `auto` or `manual`.
+pub const UPGRADE: &str = "dorado.io/upgrade";
 /// CPU request of the runtime container.
 pub const CPU_REQUEST: &str = "dorado.io/cpu-request";
 /// CPU limit of the runtime container (`none` removes it).
@@ -55,6 +57,7 @@ pub const KNOWN: &[&str] = &[
     ETCD_ENDPOINTS,
     ETCD_CLIENT_SECRET,
     LOG_FORMAT,
+    UPGRADE,
     CPU_REQUEST,
     CPU_LIMIT,
     MEMORY_REQUEST,

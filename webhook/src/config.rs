@@ -35,6 +35,35 @@ impl LogFormat {
     }
 }
 
+/// What a pod whose module the group does not run does (`DORADO_UPGRADE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpgradeMode {
+    /// Propose an ordered upgrade of the group to the pod's module.
+    #[default]
+    Auto,
+    /// Stay not ready until `dorado upgrade` switches the group.
+    Manual,
+}
+
+impl UpgradeMode {
+    /// The value written into `DORADO_UPGRADE`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpgradeMode::Auto => "auto",
+            UpgradeMode::Manual => "manual",
+        }
+    }
+
+    /// Parses `auto` or `manual`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(UpgradeMode::Auto),
+            "manual" => Some(UpgradeMode::Manual),
+            _ => None,
+        }
+    }
+}
+
 /// Default resources of the runtime container; each can be overridden per pod.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResourceDefaults {

@@ -25,7 +25,7 @@ pub mod tls;
 pub mod validate;
 pub mod view;
 
-pub use config::{LogFormat, MutationConfig, ResourceDefaults, ServeConfig, TlsFiles};
+pub use config::{LogFormat, MutationConfig, ResourceDefaults, ServeConfig, TlsFiles, UpgradeMode};
 pub use mutate::{Decision, Skip, Verdict, mutate_pod};
 pub use review::{Outcome, ReviewError, Reviewed, review};
 pub use server::{AdminState, AppState, ServeError, admin_router, router, serve};

@@ -59,7 +59,9 @@ use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
 use serde_json::{Map, Value, json};
 
 use crate::annotations as ann;
-use crate::config::{LogFormat, MAX_LEASE_TTL_SECS, MIN_LEASE_TTL_SECS, MutationConfig};
+use crate::config::{
+    LogFormat, MAX_LEASE_TTL_SECS, MIN_LEASE_TTL_SECS, MutationConfig, UpgradeMode,
+};
 use crate::quantity::Quantity;
 use crate::validate;
 use crate::view::{
@@ -159,6 +161,7 @@ struct Settings {
     /// The etcd client-certificate Secret to mount, when the endpoints are `https://`.
     etcd_client_secret: Option<String>,
     log_format: LogFormat,
+    upgrade: UpgradeMode,
     cpu_request: Quantity,
     cpu_limit: Option<Quantity>,
     memory_request: Quantity,
@@ -299,6 +302,7 @@ fn resolve(
     let etcd = text(ann::ETCD_ENDPOINTS);
     let etcd_client_secret = text(ann::ETCD_CLIENT_SECRET);
     let log_format = text(ann::LOG_FORMAT);
+    let upgrade = text(ann::UPGRADE);
     let cpu_request = text(ann::CPU_REQUEST);
     let cpu_limit = text(ann::CPU_LIMIT);
     let memory_request = text(ann::MEMORY_REQUEST);
@@ -505,6 +509,20 @@ fn resolve(
         },
     };
 
+    let upgrade = match upgrade {
+        None => Some(UpgradeMode::default()),
+        Some(v) => match UpgradeMode::parse(v) {
+            Some(u) => Some(u),
+            None => {
+                errors.push(format!(
+                    "annotation {}: {v:?} is not an upgrade mode; expected \"auto\" or \"manual\"",
+                    ann::UPGRADE
+                ));
+                None
+            }
+        },
+    };
+
     let d = &cfg.resources;
     let cpu_request = quantity(cpu_request, ann::CPU_REQUEST, false, Some(&d.cpu_request));
     let cpu_limit = quantity(cpu_limit, ann::CPU_LIMIT, true, d.cpu_limit.as_ref());
@@ -560,6 +578,7 @@ fn resolve(
         etcd,
         etcd_client_secret,
         log_format,
+        upgrade,
         cpu_request,
         cpu_limit,
         memory_request,
@@ -575,6 +594,7 @@ fn resolve(
             Some(etcd_endpoints),
             Some(etcd_client_secret),
             Some(log_format),
+            Some(upgrade),
             Some(Some(cpu_request)),
             Some(cpu_limit),
             Some(Some(memory_request)),
@@ -590,6 +610,7 @@ fn resolve(
             etcd_endpoints,
             etcd_client_secret,
             log_format,
+            upgrade,
             cpu_request,
             cpu_limit,
             memory_request,
@@ -1125,6 +1146,7 @@ fn runtime_env(s: &Settings) -> Vec<(&'static str, Value)> {
         value("DORADO_LEASE_TTL", s.lease_ttl.to_string()),
         value("DORADO_SNAPSHOT_EVERY", s.snapshot_every.to_string()),
         value("DORADO_LOG_FORMAT", s.log_format.as_str().into()),
+        value("DORADO_UPGRADE", s.upgrade.as_str().into()),
     ];
     if s.etcd_client_secret.is_some() {
         env.extend(

@@ -369,6 +369,7 @@ fn runtime_container_follows_the_contract() {
             "DORADO_LEASE_TTL",
             "DORADO_SNAPSHOT_EVERY",
             "DORADO_LOG_FORMAT",
+            "DORADO_UPGRADE",
         ]
     );
     assert_eq!(env_value(&env, "DORADO_GROUP"), Some("kv"));
@@ -379,6 +380,13 @@ fn runtime_container_follows_the_contract() {
     );
     assert_eq!(env_value(&env, "DORADO_LISTEN"), Some("0.0.0.0:7070"));
     assert_eq!(env_value(&env, "DORADO_ADVERTISE"), Some("$(POD_IP):7070"));
+    // dorado.io/upgrade: "auto" unless the template says "manual".
+    assert_eq!(env_value(&env, "DORADO_UPGRADE"), Some("auto"));
+    let manual = run("all-overrides").pod();
+    assert_eq!(
+        env_value(&env_of(&spec(&manual).containers[0]), "DORADO_UPGRADE"),
+        Some("manual")
+    );
     assert_eq!(
         env_field_path(&env, "DORADO_NAMESPACE"),
         Some("metadata.namespace")
@@ -609,7 +617,12 @@ fn every_denial_names_the_problem_and_the_expected_form() {
     }
     let several = run("deny-several-problems");
     let msg = several.message();
-    for key in ["dorado.io/module", "dorado.io/port", "dorado.io/log-format"] {
+    for key in [
+        "dorado.io/module",
+        "dorado.io/port",
+        "dorado.io/log-format",
+        "dorado.io/upgrade",
+    ] {
         assert!(msg.contains(key), "all problems are listed at once: {msg}");
     }
 }
@@ -728,6 +741,7 @@ fn fuzzed_annotations_never_panic() {
         "\u{0}",
         " true",
         "9999999999999999999999",
+        "manual",
     ];
     let keys = [
         "dorado.io/replicate",
@@ -740,6 +754,7 @@ fn fuzzed_annotations_never_panic() {
         "dorado.io/etcd-endpoints",
         "dorado.io/etcd-client-secret",
         "dorado.io/log-format",
+        "dorado.io/upgrade",
         "dorado.io/protocol",
         "dorado.io/cpu-request",
         "dorado.io/cpu-limit",
