@@ -75,15 +75,10 @@ impl std::fmt::Debug for ApiState {
 impl ApiState {
     /// State with a forwarding client and a size limit; attach the node later.
     ///
-    /// Forwarding to the leader is plain HTTP inside the pod network, so the
-    /// client trusts no TLS roots at all: it must not depend on the image
-    /// carrying a system certificate store (a `scratch` or minimal image has
-    /// none, and reqwest then refuses to build a default client).
+    /// Forwarding to the leader is plain HTTP inside the pod network
+    /// ([`crate::replica_http`]).
     pub fn new(max_command_bytes: usize) -> Result<Self, reqwest::Error> {
-        crate::ensure_crypto_provider();
-        let http = reqwest::Client::builder()
-            .tls_certs_only(Vec::new())
-            .timeout(Duration::from_secs(15))
+        let http = crate::replica_http(Duration::from_secs(15))
             .pool_max_idle_per_host(256)
             .build()?;
         Ok(ApiState {

@@ -18,9 +18,10 @@ use crate::trace::LogFormat;
 use dorado_core::UpgradeMode;
 
 /// How long a follower's probe of the leader may take: a refused connection
-/// (a killed leader) fails at once; a peer that is gone from the network
-/// fails after this.
-const LEADER_PROBE_TIMEOUT: Duration = Duration::from_millis(100);
+/// (a killed leader) fails at once; a peer that is gone from the network, or
+/// too busy to answer `/healthz`, is silent after this (and silence deposes
+/// only after `SuspicionConfig::silent_window`).
+const LEADER_PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Why `dorado run` could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]

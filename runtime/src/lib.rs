@@ -25,3 +25,14 @@ pub mod wire;
 pub fn ensure_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// An HTTP client for the replicas' own plain-HTTP API (forwarding, probes,
+/// upgrade proposals), with `timeout` per request. It trusts no TLS roots:
+/// it must not depend on the image carrying a system certificate store (a
+/// minimal image has none, and reqwest then refuses to build a client).
+pub fn replica_http(timeout: std::time::Duration) -> reqwest::ClientBuilder {
+    ensure_crypto_provider();
+    reqwest::Client::builder()
+        .tls_certs_only(Vec::new())
+        .timeout(timeout)
+}

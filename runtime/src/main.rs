@@ -322,7 +322,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         None => start_module(&host, &store).await?,
     };
     let mut sm = Switching::new(modules.clone(), start.instantiate()?);
-    let report = dorado::replay::replay(&store, &mut sm, modules.as_ref(), &traced).await?;
+    let report = dorado::replay::replay(&store, &mut sm, &(modules.clone() as _), &traced).await?;
     print_bytes(report.to_string().as_bytes())?;
     if report.divergence.is_some() {
         anyhow::bail!("history diverges from the reference hashes");
@@ -383,14 +383,20 @@ async fn upgrade(args: UpgradeArgs) -> anyhow::Result<()> {
     if let Some(bytes) = &bytes {
         store.put_module(&sha, bytes).await?;
     }
-    let reply = dorado::upgrade::propose(&store, &sha, Duration::from_secs(args.timeout)).await?;
-    print_bytes(
-        format!(
-            "index {}: {} (module {} -> {})\n",
-            reply.index, reply.result, reply.from, reply.to
-        )
-        .as_bytes(),
-    )?;
+    let proposed =
+        dorado::upgrade::propose(&store, &sha, Duration::from_secs(args.timeout)).await?;
+    let reply = &proposed.reply;
+    let mut report = format!(
+        "index {}: {} (module {} -> {})\n",
+        reply.index, reply.result, reply.from, reply.to
+    );
+    if proposed.retried {
+        report.push_str(
+            "an earlier attempt was cut off by a leadership change and proposed again; \
+             the group runs the module either way\n",
+        );
+    }
+    print_bytes(report.as_bytes())?;
     Ok(())
 }
 

@@ -370,7 +370,7 @@ pub async fn start<S: Store, M: StateMachine + Send + 'static>(
     {
         let fetched = retry_unreachable("read module", || store.get_module(&start_module)).await?;
         let added = match fetched {
-            Some(bytes) => catalog.add(&start_module, &bytes),
+            Some(bytes) => catalog.clone().add(start_module.clone(), bytes).await,
             None => Err("it is not in the store (modules/<sha256>); start a replica that has it, or store it with `dorado upgrade --module FILE`".into()),
         };
         added.map_err(|reason| NodeError::ModuleUnavailable {
@@ -999,7 +999,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
             let mut attempt = 0u32;
             let result = loop {
                 match store.get_module(&sha256).await {
-                    Ok(Some(bytes)) => break catalog.add(&sha256, &bytes),
+                    Ok(Some(bytes)) => break catalog.clone().add(sha256.clone(), bytes).await,
                     Ok(None) => break Err("it is not in the store (modules/<sha256>)".to_string()),
                     Err(StoreError::Unavailable(_)) => {
                         tokio::time::sleep(backoff(attempt)).await;
@@ -1201,7 +1201,7 @@ async fn suspicion_task<S: Store>(
         let Some(leader) = view.filter(|_| suspicion.wants_probe()) else {
             continue;
         };
-        let Some(ok) = until_stopped(&stop, probe.probe(&leader.leader)).await else {
+        let Some(outcome) = until_stopped(&stop, probe.probe(&leader.leader)).await else {
             return;
         };
         let commit = health.commit();
@@ -1209,7 +1209,7 @@ async fn suspicion_task<S: Store>(
             seen_commit = commit;
             suspicion.on_progress();
         }
-        let SuspicionAction::Depose(epoch) = suspicion.on_probe(Instant::now().into_std(), ok)
+        let SuspicionAction::Depose(epoch) = suspicion.on_probe(Instant::now().into_std(), outcome)
         else {
             continue;
         };

@@ -15,6 +15,7 @@
 //! (`modules/<sha256>`) just as a replica does.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use dorado_core::{
     AppliedEntry, ChainHash, Entry, Index, Outcome, ReplicaState, SnapshotData, StateMachine,
@@ -122,7 +123,7 @@ struct Start {
 /// Make `sha256` loadable by `catalog`, from the store if needed.
 async fn ensure_module<S: Store>(
     store: &S,
-    catalog: &dyn ModuleCatalog,
+    catalog: &Arc<dyn ModuleCatalog>,
     sha256: &str,
 ) -> Result<(), ReplayError> {
     if catalog.has(sha256) {
@@ -133,7 +134,9 @@ async fn ensure_module<S: Store>(
         .await?
         .ok_or_else(|| ReplayError::MissingModule(sha256.to_owned()))?;
     catalog
-        .add(sha256, &bytes)
+        .clone()
+        .add(sha256.to_owned(), bytes)
+        .await
         .map_err(|e| ReplayError::Corrupt(format!("module {sha256}: {e}")))
 }
 
@@ -141,7 +144,7 @@ async fn ensure_module<S: Store>(
 async fn start<S: Store, M: StateMachine>(
     store: &S,
     sm: &mut M,
-    catalog: &dyn ModuleCatalog,
+    catalog: &Arc<dyn ModuleCatalog>,
 ) -> Result<Start, ReplayError> {
     let meta = store.meta().await?.ok_or(ReplayError::NoGroup)?;
     let last = store.last_index(0).await?.unwrap_or(0);
@@ -225,7 +228,7 @@ trait AsyncEntryFn {
 pub async fn replay<S: Store, M: StateMachine>(
     store: &S,
     sm: &mut M,
-    catalog: &dyn ModuleCatalog,
+    catalog: &Arc<dyn ModuleCatalog>,
     trace: &[TracedHash],
 ) -> Result<ReplayReport, ReplayError> {
     let Start {
@@ -278,7 +281,7 @@ pub async fn replay<S: Store, M: StateMachine>(
 struct ReplayRun<'a, S, M> {
     store: &'a S,
     sm: &'a mut M,
-    catalog: &'a dyn ModuleCatalog,
+    catalog: &'a Arc<dyn ModuleCatalog>,
     state: ReplicaState,
     refs: BTreeMap<Index, Vec<(String, String)>>,
     commands: u64,
@@ -402,7 +405,7 @@ fn describe(o: &Outcome) -> String {
 /// is written to the store.
 pub async fn verify_upgrade<S: Store>(
     store: &S,
-    modules: &std::sync::Arc<ModuleSet>,
+    modules: &Arc<ModuleSet>,
     new_module: crate::host::Module,
 ) -> Result<VerifyReport, ReplayError> {
     let to_module = new_module.sha256().to_owned();
@@ -412,7 +415,8 @@ pub async fn verify_upgrade<S: Store>(
     };
     let mut old_sm = Switching::new(modules.clone(), instance(&new_module)?);
     let mut new_sm = Switching::new(modules.clone(), instance(&new_module)?);
-    let catalog: &dyn ModuleCatalog = modules.as_ref();
+    let catalog: Arc<dyn ModuleCatalog> = modules.clone();
+    let catalog = &catalog;
     let Start {
         state: old_state,
         snapshot,
@@ -464,7 +468,7 @@ pub async fn verify_upgrade<S: Store>(
 
 struct VerifyRun<'a, S> {
     store: &'a S,
-    catalog: &'a dyn ModuleCatalog,
+    catalog: &'a Arc<dyn ModuleCatalog>,
     old: (ReplicaState, Switching),
     new: (ReplicaState, Switching),
     report: &'a mut VerifyReport,

@@ -285,11 +285,7 @@ async fn propose_own_module(
     module: String,
     stop: CancellationToken,
 ) {
-    let Ok(http) = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .tls_certs_only(Vec::new())
-        .build()
-    else {
+    let Ok(http) = crate::replica_http(Duration::from_secs(30)).build() else {
         tracing::error!("cannot build the http client that proposes upgrades");
         return;
     };

@@ -45,25 +45,40 @@ pub enum UpgradeError {
     },
 }
 
+/// What became of a proposal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposed {
+    /// The leader's reply to the attempt that settled it.
+    pub reply: UpgradeReply,
+    /// An earlier attempt was cut off by a leadership change (its outcome
+    /// unknown) and this reply is a re-proposal's: `already running` then
+    /// means the earlier attempt may have made the switch.
+    pub retried: bool,
+}
+
 /// Ask the group's leader to order a switch to `module` (already in the
 /// store) and wait for the outcome. Follows the leader through elections for
 /// up to `patience`.
+///
+/// An attempt whose outcome is unknown (the leadership changed while it was
+/// being ordered) is simply proposed again: a switch is idempotent, since
+/// ordering the module the group already runs is `already running`, so at
+/// most one of the attempts switches.
 pub async fn propose<S: Store>(
     store: &S,
     module: &str,
     patience: Duration,
-) -> Result<UpgradeReply, UpgradeError> {
+) -> Result<Proposed, UpgradeError> {
     if store.get_module(module).await?.is_none() {
         return Err(UpgradeError::NotStored(module.to_owned()));
     }
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .tls_certs_only(Vec::new())
+    let http = crate::replica_http(Duration::from_secs(30))
         .build()
         .map_err(|e| UpgradeError::Unreachable(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + patience;
     let mut last = String::from("no leader is elected");
     let mut attempt = 0u32;
+    let mut retried = false;
     while tokio::time::Instant::now() < deadline {
         if attempt > 0 {
             tokio::time::sleep(crate::driver::backoff(attempt)).await;
@@ -91,10 +106,11 @@ pub async fn propose<S: Store>(
             .await
             .map_err(|e| UpgradeError::Unreachable(e.to_string()))?;
         if ok {
-            return serde_json::from_slice(&body).map_err(|e| UpgradeError::Refused {
+            let reply = serde_json::from_slice(&body).map_err(|e| UpgradeError::Refused {
                 code: ErrorCode::Unknown,
                 message: format!("unreadable reply ({e}): {}", String::from_utf8_lossy(&body)),
-            });
+            })?;
+            return Ok(Proposed { reply, retried });
         }
         let err = ErrorBody::parse(&body);
         match err.code {
@@ -105,6 +121,11 @@ pub async fn propose<S: Store>(
                 });
             }
             code if code.never_ordered() || code == ErrorCode::ShuttingDown => {
+                last = err.message;
+            }
+            ErrorCode::UnknownOutcome => {
+                tracing::info!(message = %err.message, "the upgrade's outcome is unknown; proposing it again");
+                retried = true;
                 last = err.message;
             }
             code => {

@@ -382,8 +382,11 @@ async fn after_an_upgrade_an_empty_replica_restores_a_v2_snapshot_and_a_rollback
     }
     let out = tool(&c, "upgrade", &["--module", &kv2, "--verify"]);
     assert!(out.status.success(), "{}", text(&out));
+    // `already running` when a leadership change cut the first attempt off
+    // and `dorado upgrade` proposed it again.
     assert!(
-        text(&out).contains("all") && text(&out).contains("switched"),
+        text(&out).contains("all")
+            && (text(&out).contains("switched") || text(&out).contains("already running")),
         "{}",
         text(&out)
     );

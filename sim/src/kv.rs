@@ -33,8 +33,12 @@ impl dorado::driver::ModuleCatalog for NativeModules {
         true
     }
 
-    fn add(&self, _sha256: &str, _bytes: &[u8]) -> Result<(), String> {
-        Ok(())
+    fn add(
+        self: std::sync::Arc<Self>,
+        _sha256: String,
+        _bytes: Vec<u8>,
+    ) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 

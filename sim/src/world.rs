@@ -16,6 +16,7 @@ use dorado::node::{self, Consistency, Node, NodeConfig, RunningNode, SubmitError
 use dorado::probe::LeaderProbe;
 use dorado::store::MemoryStore;
 use dorado::trace::TraceWriter;
+use dorado_core::decide::ProbeOutcome;
 use dorado_core::{ClientTag, Command, LeaderRecord, Store, UpgradeMode};
 use dorado_faults::checker::{self, Budget, Completion, KvOp, KvResult, Operation};
 use futures::future::BoxFuture;
@@ -62,7 +63,7 @@ pub struct Failure {
 /// Lease TTL of every simulated replica.
 const TTL: Duration = Duration::from_secs(1);
 /// How long a simulated probe of an unreachable peer takes to fail.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(100);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 /// Longer than the largest suspicion window (the lease TTL) plus a probe in
 /// flight: a leader steady for this long must not be deposed.
 const STEADY: Duration = Duration::from_millis(1500);
@@ -124,27 +125,27 @@ impl std::fmt::Debug for SimProbe {
 }
 
 impl LeaderProbe for SimProbe {
-    fn probe(&self, leader: &LeaderRecord) -> BoxFuture<'static, bool> {
+    fn probe(&self, leader: &LeaderRecord) -> BoxFuture<'static, ProbeOutcome> {
         let world = self.world.clone();
         let from = self.from;
         let target = leader.address.clone();
         Box::pin(async move {
             let Some(world) = world.upgrade() else {
-                return false;
+                return ProbeOutcome::Down;
             };
             let Some(t) = world.by_address(&target) else {
-                return false;
+                return ProbeOutcome::Down;
             };
             let rtt = Duration::from_micros(draw(&world.dice, 1..=6) * 250);
             tokio::time::sleep(rtt).await;
             if lock(&world.slots[t].running).is_none() {
-                return false; // refused
+                return ProbeOutcome::Down; // refused
             }
             if world.slots[from].link.is_isolated() || !world.alive(t) {
                 tokio::time::sleep(PROBE_TIMEOUT).await;
-                return false;
+                return ProbeOutcome::Silent;
             }
-            true
+            ProbeOutcome::Alive
         })
     }
 }

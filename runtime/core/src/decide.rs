@@ -438,23 +438,44 @@ pub struct SuspicionConfig {
     /// The back-off ceiling: each deposition by this replica doubles its
     /// window up to this (the lease TTL: never slower than the lease).
     pub max_window: Duration,
+    /// The window when a probe went unanswered ([`ProbeOutcome::Silent`])
+    /// rather than refused: silence is what a busy leader on a loaded
+    /// machine also looks like, so it must last this long (or the current
+    /// window, if longer) before it deposes.
+    pub silent_window: Duration,
     /// A leadership this replica has not deposed for this long resets the
     /// window to its first value.
     pub calm_after: Duration,
 }
 
 impl SuspicionConfig {
-    /// Defaults for a lease of `ttl`: probes every 50 ms, 3 misses over
-    /// 100 ms, back-off up to the TTL, reset after 30 s of calm.
+    /// Defaults for a lease of `ttl`: probes every 50 ms, 3 refused probes
+    /// over 100 ms, or half the TTL (at least a second) of silence; back-off
+    /// up to the TTL, reset after 30 s of calm.
     pub fn for_lease(ttl: Duration) -> Self {
         SuspicionConfig {
             probe_every: Duration::from_millis(50),
             misses: 3,
             window: Duration::from_millis(100),
             max_window: ttl.max(Duration::from_millis(100)),
+            silent_window: (ttl / 2).max(Duration::from_secs(1)),
             calm_after: Duration::from_secs(30),
         }
     }
+}
+
+/// What one probe of the leader found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// The leader's process answered that it is alive.
+    Alive,
+    /// Nothing listens at the leader's address (connection refused or the
+    /// host unreachable), or the process answered that it is not healthy:
+    /// what `kill -9` looks like, strong evidence.
+    Down,
+    /// No answer within the probe's timeout: a dead host, a paused process,
+    /// or merely a busy leader on a loaded machine; weak evidence.
+    Silent,
 }
 
 /// Whether a follower should depose the leader it sees.
@@ -464,7 +485,11 @@ impl SuspicionConfig {
 /// false suspicion costs a leadership change, never correctness. Hence the
 /// rule errs towards patience where that is cheap:
 /// - a leader is suspected only after `misses` consecutive failed probes that
-///   span at least the current window;
+///   span at least the current window when each was refused
+///   ([`ProbeOutcome::Down`]), or the longer `silent_window` when any of
+///   them went unanswered ([`ProbeOutcome::Silent`]): a refused connection
+///   is what a killed process leaves, a timeout is also what a leader
+///   starved of CPU for a moment looks like;
 /// - any log progress (an entry learned, which only a live leader writes)
 ///   clears the suspicion: a leader that is slow to answer probes under load,
 ///   or a blip between two replicas, never deposes a leader that appends;
@@ -481,6 +506,8 @@ pub struct Suspicion {
     watched: Option<Epoch>,
     misses: u32,
     first_miss: Option<Instant>,
+    /// Whether a probe of the current run of misses went unanswered.
+    silent: bool,
     last_deposed: Option<Instant>,
 }
 
@@ -502,6 +529,7 @@ impl Suspicion {
             watched: None,
             misses: 0,
             first_miss: None,
+            silent: false,
             last_deposed: None,
         }
     }
@@ -537,23 +565,32 @@ impl Suspicion {
         self.watched.is_some()
     }
 
-    /// A probe of the watched leader answered (`ok`) or failed.
-    pub fn on_probe(&mut self, now: Instant, ok: bool) -> SuspicionAction {
+    /// What a probe of the watched leader found.
+    pub fn on_probe(&mut self, now: Instant, outcome: ProbeOutcome) -> SuspicionAction {
         let Some(epoch) = self.watched else {
             return SuspicionAction::Wait;
         };
         #[cfg(feature = "planted-deaf-suspicion")]
-        let ok = {
-            let _ = ok;
-            false
+        let outcome = {
+            let _ = outcome;
+            ProbeOutcome::Down
         };
-        if ok {
-            self.clear();
-            return SuspicionAction::Wait;
+        match outcome {
+            ProbeOutcome::Alive => {
+                self.clear();
+                return SuspicionAction::Wait;
+            }
+            ProbeOutcome::Silent => self.silent = true,
+            ProbeOutcome::Down => {}
         }
         self.misses += 1;
         let first = *self.first_miss.get_or_insert(now);
-        if self.misses < self.cfg.misses || now.saturating_duration_since(first) < self.window {
+        let window = if self.silent {
+            self.window.max(self.cfg.silent_window)
+        } else {
+            self.window
+        };
+        if self.misses < self.cfg.misses || now.saturating_duration_since(first) < window {
             return SuspicionAction::Wait;
         }
         // Depose once per term; the next suspicion needs a twice longer window.
@@ -567,6 +604,7 @@ impl Suspicion {
     fn clear(&mut self) {
         self.misses = 0;
         self.first_miss = None;
+        self.silent = false;
     }
 }
 
@@ -1029,6 +1067,51 @@ mod tests {
         );
     }
 
+    const ALIVE: ProbeOutcome = ProbeOutcome::Alive;
+    const DOWN: ProbeOutcome = ProbeOutcome::Down;
+    const SILENT: ProbeOutcome = ProbeOutcome::Silent;
+
+    #[test]
+    fn a_leader_that_only_times_out_gets_the_silent_window() {
+        // Starved of CPU (or paused, or its host gone): probes time out and
+        // the log stands still. A blink is forgiven; a second is not.
+        let (mut s, t0) = suspicion();
+        s.on_leader(t0, Some(7));
+        let actions: Vec<_> = (0..=1500)
+            .step_by(50)
+            .map(|t| (t, s.on_probe(t0 + ms(t), SILENT)))
+            .filter(|(_, a)| *a != SuspicionAction::Wait)
+            .collect();
+        assert_eq!(actions, vec![(1000, SuspicionAction::Depose(7))]);
+    }
+
+    #[test]
+    fn one_silent_probe_in_a_run_of_refusals_needs_the_silent_window() {
+        let (mut s, t0) = suspicion();
+        s.on_leader(t0, Some(7));
+        assert_eq!(s.on_probe(t0, SILENT), SuspicionAction::Wait);
+        assert_eq!(fail_probes(&mut s, t0, 50, 950), vec![]);
+        assert_eq!(
+            fail_probes(&mut s, t0, 1000, 1000),
+            vec![(1000, SuspicionAction::Depose(7))]
+        );
+        // An answer ends the run: the next one is judged afresh.
+        s.on_leader(t0 + ms(1050), Some(8));
+        assert_eq!(s.on_probe(t0 + ms(1050), SILENT), SuspicionAction::Wait);
+        assert_eq!(s.on_probe(t0 + ms(1100), ALIVE), SuspicionAction::Wait);
+        assert_eq!(
+            fail_probes(&mut s, t0, 1150, 1350),
+            vec![(1350, SuspicionAction::Depose(8))]
+        );
+    }
+
+    #[test]
+    fn the_silent_window_is_half_the_ttl_and_at_least_a_second() {
+        assert_eq!(SuspicionConfig::for_lease(ms(5000)).silent_window, ms(2500));
+        assert_eq!(SuspicionConfig::for_lease(ms(2000)).silent_window, ms(1000));
+        assert_eq!(SuspicionConfig::for_lease(ms(500)).silent_window, ms(1000));
+    }
+
     fn suspicion() -> (Suspicion, Instant) {
         let cfg = SuspicionConfig::for_lease(ms(2000));
         (Suspicion::new(cfg), Instant::now())
@@ -1043,7 +1126,7 @@ mod tests {
     ) -> Vec<(u64, SuspicionAction)> {
         (from..=to)
             .step_by(50)
-            .map(|t| (t, s.on_probe(t0 + ms(t), false)))
+            .map(|t| (t, s.on_probe(t0 + ms(t), DOWN)))
             .filter(|(_, a)| *a != SuspicionAction::Wait)
             .collect()
     }
@@ -1060,7 +1143,7 @@ mod tests {
         );
         // Once per term: no second deposition of the same epoch.
         assert!(!s.wants_probe());
-        assert_eq!(s.on_probe(t0 + ms(350), false), SuspicionAction::Wait);
+        assert_eq!(s.on_probe(t0 + ms(350), DOWN), SuspicionAction::Wait);
     }
 
     #[test]
@@ -1074,7 +1157,7 @@ mod tests {
                 s.on_progress();
             }
             assert_eq!(
-                s.on_probe(t0 + ms(t), false),
+                s.on_probe(t0 + ms(t), DOWN),
                 SuspicionAction::Wait,
                 "at {t} ms"
             );
@@ -1088,9 +1171,9 @@ mod tests {
         s.on_leader(t0, Some(7));
         for t in (0..5000).step_by(50) {
             // A probe now and then fails (a hiccup), never three in a row.
-            let ok = t % 150 != 0;
+            let outcome = if t % 150 != 0 { ALIVE } else { DOWN };
             assert_eq!(
-                s.on_probe(t0 + ms(t), ok),
+                s.on_probe(t0 + ms(t), outcome),
                 SuspicionAction::Wait,
                 "at {t} ms"
             );
@@ -1103,7 +1186,7 @@ mod tests {
         let (mut s, t0) = suspicion();
         s.on_leader(t0, Some(7));
         assert_eq!(fail_probes(&mut s, t0, 0, 50), vec![]);
-        assert_eq!(s.on_probe(t0 + ms(100), true), SuspicionAction::Wait);
+        assert_eq!(s.on_probe(t0 + ms(100), ALIVE), SuspicionAction::Wait);
         assert_eq!(fail_probes(&mut s, t0, 150, 200), vec![]);
         assert_eq!(
             fail_probes(&mut s, t0, 250, 250),
@@ -1119,12 +1202,12 @@ mod tests {
         s.on_leader(t0, Some(7));
         for t in [0, 10, 20, 30, 90] {
             assert_eq!(
-                s.on_probe(t0 + ms(t), false),
+                s.on_probe(t0 + ms(t), DOWN),
                 SuspicionAction::Wait,
                 "at {t} ms"
             );
         }
-        assert_eq!(s.on_probe(t0 + ms(100), false), SuspicionAction::Depose(7));
+        assert_eq!(s.on_probe(t0 + ms(100), DOWN), SuspicionAction::Depose(7));
     }
 
     #[test]
@@ -1136,7 +1219,7 @@ mod tests {
             s.on_leader(t0 + ms(t), Some(epoch));
             let first = t;
             loop {
-                if let SuspicionAction::Depose(e) = s.on_probe(t0 + ms(t), false) {
+                if let SuspicionAction::Depose(e) = s.on_probe(t0 + ms(t), DOWN) {
                     assert_eq!(e, epoch);
                     windows.push(t - first);
                     break;
