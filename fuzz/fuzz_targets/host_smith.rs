@@ -2,8 +2,9 @@
 //! exactly Dorado's ABI exports (so they pass the export checks) with random
 //! function bodies, data, globals, tables and start functions. These reach
 //! the parts of the host that random bytes never do: instantiation, the ABI
-//! calls, pointer/length replies out of bounds, traps of every kind, and the
-//! rollback that rebuilds an instance after a trap.
+//! calls (the optional `dorado_migrate` of upgrades included), pointer/length
+//! replies out of bounds, traps of every kind, and the rollback that rebuilds
+//! an instance after a trap.
 //!
 //! Properties:
 //! * nothing panics or hangs (fuel and memory caps of the fuzzing host);
@@ -27,6 +28,8 @@ enum Call {
     Query(Vec<u8>),
     Snapshot,
     Restore(Vec<u8>),
+    /// An upgrade's switch into this module from another one's snapshot.
+    Migrate([u8; 32], Vec<u8>),
 }
 
 fn module(u: &mut Unstructured<'_>) -> arbitrary::Result<Vec<u8>> {
@@ -69,6 +72,11 @@ fuzz_target!(|data: &[u8]| {
             Call::Query(q) => assert_eq!(a.query(q), b.query(q), "query diverged"),
             Call::Snapshot => assert_eq!(a.snapshot(), b.snapshot(), "snapshot diverged"),
             Call::Restore(s) => assert_eq!(a.restore(s), b.restore(s), "restore diverged"),
+            Call::Migrate(from, s) => assert_eq!(
+                a.migrate_from(from, s),
+                b.migrate_from(from, s),
+                "migrate diverged"
+            ),
         }
     }
 });

@@ -35,11 +35,12 @@ pub fn host() -> &'static Host {
     &HOST
 }
 
-/// A module exporting exactly the Dorado ABI (bodies are `unreachable`).
+/// A module exporting exactly the Dorado ABI, the optional `dorado_migrate`
+/// included (bodies are `unreachable`).
 pub fn abi_shape() -> Vec<u8> {
     const I32: ValType = ValType::I32;
     const I64: ValType = ValType::I64;
-    let funcs: [(&str, &[ValType], &[ValType]); 7] = [
+    let funcs: [(&str, &[ValType], &[ValType]); 8] = [
         ("dorado_abi_version", &[], &[I32]),
         ("dorado_alloc", &[I32], &[I32]),
         ("dorado_apply", &[I32, I32], &[I64]),
@@ -47,6 +48,7 @@ pub fn abi_shape() -> Vec<u8> {
         ("dorado_snapshot", &[], &[I64]),
         ("dorado_restore", &[I32, I32], &[I32]),
         ("dorado_last_panic", &[], &[I64]),
+        ("dorado_migrate", &[I32, I32], &[I32]),
     ];
     let mut types = TypeSection::new();
     let mut functions = FunctionSection::new();

@@ -661,28 +661,38 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         command: Command,
         reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
     ) {
+        if let Some(token) = self.accept_locally(reply)
+            && let Some(engine) = self.engine.as_mut()
+        {
+            let actions = engine.submit(token, command);
+            self.perform(actions);
+        }
+    }
+
+    /// Whether this replica orders a client's request itself: if so, its
+    /// waiter is registered under the returned token; if not (draining, a
+    /// follower, no leader), the client has been answered.
+    fn accept_locally(
+        &mut self,
+        reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
+    ) -> Option<u64> {
         if self.health.is_draining() {
             let _ = reply.send(Err(SubmitError::ShuttingDown));
-            return;
+            return None;
         }
         let leader = self.leader_view.as_ref().map(|l| &l.leader);
-        match route(&self.health.config.replica, self.engine.is_some(), leader) {
-            Route::Forward(addr) => {
-                let _ = reply.send(Err(SubmitError::Forward(addr)));
-            }
-            Route::NoLeader => {
-                let _ = reply.send(Err(SubmitError::NoLeader));
-            }
+        let refusal = match route(&self.health.config.replica, self.engine.is_some(), leader) {
+            Route::Forward(addr) => SubmitError::Forward(addr),
+            Route::NoLeader => SubmitError::NoLeader,
             Route::Local => {
                 let token = self.next_token;
                 self.next_token += 1;
                 self.waiters.insert(token, reply);
-                if let Some(engine) = self.engine.as_mut() {
-                    let actions = engine.submit(token, command);
-                    self.perform(actions);
-                }
+                return Some(token);
             }
-        }
+        };
+        let _ = reply.send(Err(refusal));
+        None
     }
 
     fn perform(&mut self, actions: Vec<LeaderAction<u64>>) {
@@ -1042,40 +1052,25 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
     /// An upgrade proposal from a client (`POST /v1/upgrade`): ordered by
     /// the leader once the module is known to be in the store.
     fn propose(&mut self, to: String, reply: oneshot::Sender<Result<SubmitReply, SubmitError>>) {
-        if self.health.is_draining() {
-            let _ = reply.send(Err(SubmitError::ShuttingDown));
-            return;
-        }
         if dorado_core::upgrade::sha256_bytes(&to).is_none() {
             let _ = reply.send(Err(SubmitError::Invalid(EncodeError::BadModuleHash(to))));
             return;
         }
-        let leader = self.leader_view.as_ref().map(|l| &l.leader);
-        match route(&self.health.config.replica, self.engine.is_some(), leader) {
-            Route::Forward(addr) => {
-                let _ = reply.send(Err(SubmitError::Forward(addr)));
-            }
-            Route::NoLeader => {
-                let _ = reply.send(Err(SubmitError::NoLeader));
-            }
-            Route::Local => {
-                let token = self.next_token;
-                self.next_token += 1;
-                self.waiters.insert(token, reply);
-                let has = self
-                    .health
-                    .config
-                    .modules
-                    .as_ref()
-                    .is_none_or(|c| c.has(&to));
-                if has {
-                    self.order_upgrade(token, to);
-                } else {
-                    self.fetch_module(to.clone());
-                    if let Some(waiting) = self.fetching.get_mut(&to) {
-                        waiting.push(token);
-                    }
-                }
+        let Some(token) = self.accept_locally(reply) else {
+            return;
+        };
+        let has = self
+            .health
+            .config
+            .modules
+            .as_ref()
+            .is_none_or(|c| c.has(&to));
+        if has {
+            self.order_upgrade(token, to);
+        } else {
+            self.fetch_module(to.clone());
+            if let Some(waiting) = self.fetching.get_mut(&to) {
+                waiting.push(token);
             }
         }
     }

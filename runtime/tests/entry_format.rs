@@ -165,20 +165,10 @@ async fn a_log_of_version_1_entries_is_recovered_then_extended_with_compressed_e
     assert_eq!(hash, offline_hash(&log).to_string());
 
     // `dorado replay` reads the mixed log and agrees with every replica.
-    let out = std::process::Command::new(BIN)
-        .args([
-            "replay",
-            "--etcd",
-            &c.etcd_urls[0],
-            "--group",
-            &c.group,
-            "--namespace",
-            &c.namespace,
-            "--module",
-            c.module.to_str().expect("utf-8 path"),
-        ])
-        .output()
-        .expect("run dorado replay");
+    let out = c.tool(
+        "replay",
+        &["--module", c.module.to_str().expect("utf-8 path")],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

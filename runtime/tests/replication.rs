@@ -601,21 +601,10 @@ async fn cli_submit_query_status_and_replay_work_against_a_group() {
     let trace_file = c.tmp.path().join("trace.log");
     std::fs::write(&trace_file, c.replicas[leader].stdout()).unwrap();
     let module = c.module.to_string_lossy().to_string();
-    let base = [
+    let out = c.tool(
         "replay",
-        "--etcd",
-        &c.etcd_urls[0],
-        "--group",
-        &c.group,
-        "--namespace",
-        &c.namespace,
-        "--module",
-    ];
-    let out = run(&[
-        &base[..],
-        &[module.as_str(), "--trace", trace_file.to_str().unwrap()],
-    ]
-    .concat());
+        &["--module", &module, "--trace", trace_file.to_str().unwrap()],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -629,19 +618,15 @@ async fn cli_submit_query_status_and_replay_work_against_a_group() {
     // first differing command: tests/upgrade.rs.)
     let counter = c.tmp.path().join("c.wasm");
     std::fs::write(&counter, dorado_testkit::examples::COUNTER).unwrap();
-    let out = run(&[
+    let out = c.tool(
         "upgrade",
-        "--etcd",
-        &c.etcd_urls[0],
-        "--group",
-        &c.group,
-        "--namespace",
-        &c.namespace,
-        "--module",
-        counter.to_str().unwrap(),
-        "--verify",
-        "--dry-run",
-    ]);
+        &[
+            "--module",
+            counter.to_str().unwrap(),
+            "--verify",
+            "--dry-run",
+        ],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{text}");
     assert!(

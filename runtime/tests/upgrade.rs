@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dorado::wire::ModuleState;
-use dorado_testkit::cluster::{Cluster, http, kv_get, kv_put, post, submit_retrying};
+use dorado_testkit::cluster::{Cluster, http, kv_get, kv_put, post, submit_retrying, wait_for};
 use dorado_testkit::etcd_process::EtcdProcess;
 use dorado_testkit::examples::{KV, KV_MIGRATE_TRAP, KV2, Reply};
 use tokio::sync::Mutex;
@@ -19,27 +19,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_dorado");
 fn sha256_hex(b: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(b))
-}
-
-fn run(args: &[&str]) -> Output {
-    std::process::Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("run dorado")
-}
-
-/// `dorado <cmd> --etcd … --group … --namespace …` plus `rest`.
-fn tool(c: &Cluster, cmd: &str, rest: &[&str]) -> Output {
-    let group = [
-        cmd,
-        "--etcd",
-        &c.etcd_urls[0],
-        "--group",
-        &c.group,
-        "--namespace",
-        &c.namespace,
-    ];
-    run(&[&group[..], rest].concat())
 }
 
 fn text(out: &Output) -> String {
@@ -78,23 +57,18 @@ fn upgrade_lines(trace: &str) -> Vec<(u64, String)> {
 
 /// Wait until every running replica reports `module` as the group's.
 async fn wait_group_module(c: &Cluster, module: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("every replica to report group module {module}");
+    wait_for(Duration::from_secs(30), &what, move || async move {
         let mut seen = Vec::new();
-        for i in 0..c.replicas.len() {
-            if c.replicas[i].is_started() {
-                seen.push(c.status(i).await.map(|s| s.group_module));
-            }
+        for i in (0..c.replicas.len()).filter(|&i| c.replicas[i].is_started()) {
+            seen.push(c.status(i).await.map(|s| s.group_module));
         }
-        if seen.iter().all(|m| m.as_deref() == Some(module)) {
-            return;
+        match seen.iter().all(|m| m.as_deref() == Some(module)) {
+            true => Ok(()),
+            false => Err(format!("{seen:?}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "replicas did not all switch to {module}: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 async fn ok_reply(c: &Cluster, body: &str) -> Reply {
@@ -190,7 +164,7 @@ async fn a_rolling_upgrade_under_load_switches_every_replica_at_one_index() {
     assert!(!before.ok, "incr worked before the upgrade: {before:?}");
     // So the offline check finds the first command v2 answers differently,
     // and proposes nothing.
-    let out = tool(&c, "upgrade", &["--module", &kv2, "--verify", "--dry-run"]);
+    let out = c.tool("upgrade", &["--module", &kv2, "--verify", "--dry-run"]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("FIRST DIFFERENCE at index")
@@ -243,7 +217,7 @@ async fn a_rolling_upgrade_under_load_switches_every_replica_at_one_index() {
     let (_, hash) = c.wait_converged(Duration::from_secs(20)).await;
     let trace = c.tmp.path().join("trace.log");
     std::fs::write(&trace, c.replicas[0].stdout()).unwrap();
-    let out = tool(&c, "replay", &["--trace", trace.to_str().unwrap()]);
+    let out = c.tool("replay", &["--trace", trace.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("reference hashes match"),
@@ -271,20 +245,19 @@ async fn a_migration_that_traps_is_rejected_everywhere_and_the_group_keeps_v1() 
 
     // A pod started with the trapping module proposes it (auto mode).
     c.start_with_module(2, std::path::Path::new(&trap));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let reason = loop {
-        // (Before it has caught up it waits too, for that reason.)
-        if let Some(ModuleState::Waiting(r)) = c.status(2).await.map(|s| s.module_state)
-            && r.contains("rejected")
-        {
-            break r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the trapping module's replica never gave up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let cluster = &c;
+    let reason = wait_for(
+        Duration::from_secs(30),
+        "the trapping module's replica to give up",
+        move || async move {
+            // (Before it has caught up it waits too, for that reason.)
+            match cluster.status(2).await.map(|s| s.module_state) {
+                Some(ModuleState::Waiting(r)) if r.contains("rejected") => Ok(r),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
     assert!(
         reason.contains("rejected") && reason.contains("refuses"),
         "{reason}"
@@ -295,7 +268,7 @@ async fn a_migration_that_traps_is_rejected_everywhere_and_the_group_keeps_v1() 
     );
 
     // The explicit command is rejected the same way and says so.
-    let out = tool(&c, "upgrade", &["--module", &trap]);
+    let out = c.tool("upgrade", &["--module", &trap]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("rejected"), "{}", text(&out));
 
@@ -328,7 +301,7 @@ async fn the_leader_killed_right_after_proposing_an_upgrade_leaves_one_outcome()
 
     // Store v2 without proposing it, then propose it straight to the leader
     // and kill the leader while the proposal is in flight.
-    let out = tool(&c, "upgrade", &["--module", &kv2, "--verify", "--dry-run"]);
+    let out = c.tool("upgrade", &["--module", &kv2, "--verify", "--dry-run"]);
     assert!(out.status.success(), "{}", text(&out));
     let store = dorado::store::EtcdStore::connect(
         &c.etcd_urls,
@@ -350,7 +323,7 @@ async fn the_leader_killed_right_after_proposing_an_upgrade_leaves_one_outcome()
     let _ = proposal.await;
 
     // Whatever became of it, asking again settles it exactly once.
-    let out = tool(&c, "upgrade", &["--to", &v2]);
+    let out = c.tool("upgrade", &["--to", &v2]);
     assert!(out.status.success(), "{}", text(&out));
     c.replicas[leader].extra.clear();
     c.start_with_module(leader, std::path::Path::new(&kv2));
@@ -380,7 +353,7 @@ async fn after_an_upgrade_an_empty_replica_restores_a_v2_snapshot_and_a_rollback
         ok_reply(&c, &kv_put(&format!("k{n}"), "1")).await;
         writes.lock().await.insert(format!("k{n}"), "1".to_string());
     }
-    let out = tool(&c, "upgrade", &["--module", &kv2, "--verify"]);
+    let out = c.tool("upgrade", &["--module", &kv2, "--verify"]);
     assert!(out.status.success(), "{}", text(&out));
     // `already running` when a leadership change cut the first attempt off
     // and `dorado upgrade` proposed it again.
@@ -414,7 +387,7 @@ async fn after_an_upgrade_an_empty_replica_restores_a_v2_snapshot_and_a_rollback
     assert_eq!(status.hash, hash);
     let trace = c.tmp.path().join("trace.log");
     std::fs::write(&trace, c.replicas[2].stdout()).unwrap();
-    let out = tool(&c, "replay", &["--trace", trace.to_str().unwrap()]);
+    let out = c.tool("replay", &["--trace", trace.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("reference hashes match"),
@@ -424,7 +397,7 @@ async fn after_an_upgrade_an_empty_replica_restores_a_v2_snapshot_and_a_rollback
     assert_all_readable(&c, &writes.lock().await.clone()).await;
 
     // Rollback: an upgrade back to v1's hash (it is in the store).
-    let out = tool(&c, "upgrade", &["--to", &v1]);
+    let out = c.tool("upgrade", &["--to", &v1]);
     assert!(out.status.success(), "{}", text(&out));
     wait_group_module(&c, &v1).await;
     assert!(

@@ -14,7 +14,7 @@ use dorado::wire::{ErrorBody, Status};
 use crate::process::ChildGuard;
 use crate::replica::ReplicaFlags;
 
-pub use crate::process::{free_port, tail, wait_until};
+pub use crate::process::{free_port, tail, wait_for, wait_until};
 
 pub fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -131,6 +131,19 @@ impl Cluster {
 
     pub fn urls(&self) -> Vec<String> {
         self.replicas.iter().map(Replica::url).collect()
+    }
+
+    /// Run `dorado <cmd> --etcd … --group … --namespace … <rest>` against
+    /// this group (replay, upgrade, …) and return what it did.
+    pub fn tool(&self, cmd: &str, rest: &[&str]) -> std::process::Output {
+        std::process::Command::new(&self.bin)
+            .arg(cmd)
+            .args(["--etcd", &self.etcd_urls[0]])
+            .args(["--group", &self.group])
+            .args(["--namespace", &self.namespace])
+            .args(rest)
+            .output()
+            .unwrap_or_else(|e| panic!("run {} {cmd}: {e}", self.bin.display()))
     }
 
     /// Start replica `i` with an empty working directory (a fresh pod).

@@ -192,14 +192,37 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    wait_for(timeout, what, || {
+        let holds = cond();
+        async move {
+            if holds.await {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        }
+    })
+    .await
+}
+
+/// Poll `probe` every 50 ms until it returns `Ok(value)`, and return that
+/// value; after `timeout`, panic naming `what` and the last `Err`, which
+/// says what was seen instead.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
     let start = Instant::now();
+    let mut last = String::from("nothing (not polled)");
     while start.elapsed() < timeout {
-        if cond().await {
-            return;
+        match probe().await {
+            Ok(value) => return value,
+            Err(seen) => last = seen,
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("timed out after {timeout:?} waiting for {what}");
+    panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
 }
 
 #[cfg(test)]

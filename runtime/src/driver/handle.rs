@@ -114,30 +114,29 @@ impl ReplicaHandle {
     /// (client id length, payload size) is checked before it is proposed.
     pub async fn submit(&self, command: Command) -> Result<SubmitReply, SubmitError> {
         command.validate().map_err(SubmitError::Invalid)?;
-        if self.health.is_draining() {
-            return Err(SubmitError::ShuttingDown);
-        }
-        let (reply, rx) = oneshot::channel();
-        self.requests
-            .send(Request::Submit { command, reply })
-            .map_err(|_| SubmitError::ShuttingDown)?;
-        let timeout = self.health.config.submit_timeout;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(SubmitError::ShuttingDown),
-            Err(_) => Err(SubmitError::Timeout(timeout)),
-        }
+        self.ordered(|reply| Request::Submit { command, reply })
+            .await
     }
 
     /// Propose switching the group to module `to` (sha256 hex, already in
     /// the store) and wait for the upgrade entry's outcome, like a command's.
     pub async fn propose_upgrade(&self, to: String) -> Result<SubmitReply, SubmitError> {
+        self.ordered(|reply| Request::ProposeUpgrade { to, reply })
+            .await
+    }
+
+    /// Send what `request` builds to the core loop and wait, up to the
+    /// submit timeout, for the outcome of the entry it orders.
+    async fn ordered(
+        &self,
+        request: impl FnOnce(oneshot::Sender<Result<SubmitReply, SubmitError>>) -> Request,
+    ) -> Result<SubmitReply, SubmitError> {
         if self.health.is_draining() {
             return Err(SubmitError::ShuttingDown);
         }
         let (reply, rx) = oneshot::channel();
         self.requests
-            .send(Request::ProposeUpgrade { to, reply })
+            .send(request(reply))
             .map_err(|_| SubmitError::ShuttingDown)?;
         let timeout = self.health.config.submit_timeout;
         match tokio::time::timeout(timeout, rx).await {
