@@ -237,27 +237,21 @@ impl Cluster {
     }
 
     pub async fn wait_leader(&self) -> usize {
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if let Some(l) = self.leader().await {
-                return l;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no leader within 20s");
+        wait_for(Duration::from_secs(20), "a leader", move || async move {
+            self.leader()
+                .await
+                .ok_or_else(|| "no replica says leader".to_string())
+        })
+        .await
     }
 
     /// Wait until every running replica has applied the same index with the
     /// same hash; returns (index, hash).
     pub async fn wait_converged(&self, timeout: Duration) -> (u64, String) {
-        let start = Instant::now();
-        let mut last = Vec::new();
-        while start.elapsed() < timeout {
+        let what = "the replicas to converge: (applied, commit, hash) equal";
+        wait_for(timeout, what, move || async move {
             let mut seen = Vec::new();
-            for i in 0..self.replicas.len() {
-                if !self.replicas[i].is_started() {
-                    continue;
-                }
+            for i in (0..self.replicas.len()).filter(|&i| self.replicas[i].is_started()) {
                 match self.status(i).await {
                     Some(s) => seen.push((s.applied_index, s.commit_index, s.hash)),
                     None => seen.push((0, u64::MAX, String::new())),
@@ -265,12 +259,12 @@ impl Cluster {
             }
             let first = seen[0].clone();
             if first.0 >= first.1 && seen.iter().all(|s| s.0 == first.0 && s.2 == first.2) {
-                return (first.0, first.2);
+                Ok((first.0, first.2))
+            } else {
+                Err(format!("{seen:?}"))
             }
-            last = seen;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("replicas did not converge within {timeout:?}: (applied, commit, hash) = {last:?}");
+        })
+        .await
     }
 }
 

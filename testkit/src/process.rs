@@ -208,21 +208,35 @@ where
 /// Poll `probe` every 50 ms until it returns `Ok(value)`, and return that
 /// value; after `timeout`, panic naming `what` and the last `Err`, which
 /// says what was seen instead.
-pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    poll(timeout, probe).await.unwrap_or_else(|last| {
+        panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}")
+    })
+}
+
+/// Poll `probe` every 50 ms until it returns `Ok(value)`; after `timeout`,
+/// `Err` with the last thing it saw instead. The one polling loop of the
+/// test harnesses ([`wait_for`] panics, the end-to-end tests return it).
+pub async fn poll<T, F, Fut>(timeout: Duration, mut probe: F) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
 {
     let start = Instant::now();
-    let mut last = String::from("nothing (not polled)");
-    while start.elapsed() < timeout {
-        match probe().await {
-            Ok(value) => return value,
-            Err(seen) => last = seen,
+    loop {
+        let last = match probe().await {
+            Ok(value) => return Ok(value),
+            Err(seen) => seen,
+        };
+        if start.elapsed() >= timeout {
+            return Err(last);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
 }
 
 #[cfg(test)]

@@ -34,32 +34,26 @@ pub mod podman;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 pub use apiserver::Webhook;
 pub use kubelet::{Kubelet, RunningPod};
 pub use manifests::Rendered;
 
-/// Poll `check` until it returns `Some`, or fail after `timeout` naming `what`
+/// Poll `check` until it returns `Ok`, or fail after `timeout` naming `what`
 /// and the last reason `check` gave (its `Err`).
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
-    let start = Instant::now();
-    loop {
-        let last = match check().await {
-            Ok(v) => return Ok(v),
-            Err(why) => why,
-        };
-        if start.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what}; last: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    dorado_testkit::process::poll(timeout, check)
+        .await
+        .map_err(|last| {
+            anyhow::anyhow!("timed out after {timeout:?} waiting for {what}; last: {last}")
+        })
 }
 
 /// A pod as JSON (a rendered or patched object) as the API's type.
