@@ -71,6 +71,17 @@ async fn wait_group_module(c: &Cluster, module: &str) {
     .await
 }
 
+/// A ready 3-replica `kv` group on its own etcd, snapshotting every
+/// `snapshot_every` entries (0: never), and the path of `kv2`'s module file.
+async fn kv_group_and_kv2(snapshot_every: u64) -> (EtcdProcess, Cluster, String) {
+    let etcd = EtcdProcess::start().await.expect("start etcd");
+    let mut c = Cluster::new(BIN, etcd.client_urls(), KV, 3, snapshot_every);
+    c.start_all();
+    c.wait_all_ready().await;
+    let kv2 = write_module(&c, "kv2.wasm", KV2);
+    (etcd, c, kv2)
+}
+
 async fn ok_reply(c: &Cluster, body: &str) -> Reply {
     let r = submit_retrying(
         &c.urls(),
@@ -152,12 +163,8 @@ fn assert_applied_at_most_once(trace: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rolling_upgrade_under_load_switches_every_replica_at_one_index() {
-    let etcd = EtcdProcess::start().await.expect("start etcd");
-    let mut c = Cluster::new(BIN, etcd.client_urls(), KV, 3, 0);
-    c.start_all();
-    c.wait_all_ready().await;
+    let (_etcd, mut c, kv2) = kv_group_and_kv2(0).await;
     let (v1, v2) = (sha256_hex(KV), sha256_hex(KV2));
-    let kv2 = write_module(&c, "kv2.wasm", KV2);
 
     // v2's new operation does not exist yet.
     let before = ok_reply(&c, &incr("n")).await;
@@ -291,12 +298,8 @@ async fn a_migration_that_traps_is_rejected_everywhere_and_the_group_keeps_v1() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_leader_killed_right_after_proposing_an_upgrade_leaves_one_outcome() {
-    let etcd = EtcdProcess::start().await.expect("start etcd");
-    let mut c = Cluster::new(BIN, etcd.client_urls(), KV, 3, 0);
-    c.start_all();
-    c.wait_all_ready().await;
+    let (_etcd, mut c, kv2) = kv_group_and_kv2(0).await;
     let v2 = sha256_hex(KV2);
-    let kv2 = write_module(&c, "kv2.wasm", KV2);
     ok_reply(&c, &kv_put("a", "1")).await;
 
     // Store v2 without proposing it, then propose it straight to the leader
@@ -342,12 +345,8 @@ async fn the_leader_killed_right_after_proposing_an_upgrade_leaves_one_outcome()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_an_upgrade_an_empty_replica_restores_a_v2_snapshot_and_a_rollback_returns_to_v1() {
-    let etcd = EtcdProcess::start().await.expect("start etcd");
-    let mut c = Cluster::new(BIN, etcd.client_urls(), KV, 3, 20);
-    c.start_all();
-    c.wait_all_ready().await;
+    let (_etcd, mut c, kv2) = kv_group_and_kv2(20).await;
     let (v1, v2) = (sha256_hex(KV), sha256_hex(KV2));
-    let kv2 = write_module(&c, "kv2.wasm", KV2);
     let writes = Arc::new(Mutex::new(BTreeMap::new()));
     for n in 0..30 {
         ok_reply(&c, &kv_put(&format!("k{n}"), "1")).await;

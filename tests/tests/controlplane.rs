@@ -296,6 +296,54 @@ async fn cas_writer(
     Ok(n)
 }
 
+/// A writer task: its key and the count it reached.
+type Writer = tokio::task::JoinHandle<anyhow::Result<(String, u64)>>;
+
+/// One [`cas_writer`] per acknowledged key, continuing from its acknowledged
+/// count as a new client (`<key>-<phase>`) until `stop`.
+fn resume_writers(
+    pods: &Api<Pod>,
+    acked: &BTreeMap<String, u64>,
+    phase: &str,
+    stop: &Arc<AtomicBool>,
+) -> Vec<Writer> {
+    acked
+        .iter()
+        .map(|(key, start)| {
+            let key = key.clone();
+            let task = cas_writer(
+                pods.clone(),
+                "kv",
+                key.clone(),
+                format!("{key}-{phase}"),
+                *start,
+                stop.clone(),
+                u64::MAX,
+            );
+            tokio::spawn(async move { task.await.map(|n| (key, n)) })
+        })
+        .collect()
+}
+
+/// Wait for the writers (once stopped): each must have had a write
+/// acknowledged `during` what ran meanwhile; `acked` takes their counts.
+async fn join_writers(
+    writers: Vec<Writer>,
+    acked: &mut BTreeMap<String, u64>,
+    during: &str,
+) -> anyhow::Result<()> {
+    for w in writers {
+        let (key, n) = w.await??;
+        let before = acked[&key];
+        ensure!(
+            n > before,
+            "{key}: no write was acknowledged during {during}"
+        );
+        acked.insert(key, n);
+    }
+    Ok(())
+}
+
 /// Every replica's value of each writer's key equals its acknowledged count.
 async fn check_writers(group: &Group, acked: &BTreeMap<String, u64>) -> anyhow::Result<()> {
     for e in group.endpoints() {
@@ -437,23 +485,7 @@ async fn kv_example(c: &Cluster) -> anyhow::Result<(Group, BTreeMap<String, u64>
     check_writers(&group, &acked).await?;
 
     // `kubectl rollout restart statefulset/kv` under a write load.
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let key = format!("w{w}");
-            // Continue from the acknowledged value, as a new client.
-            let (start, id) = (acked[&key], format!("{key}-restart"));
-            let task = cas_writer(
-                pods.clone(),
-                "kv",
-                key.clone(),
-                id,
-                start,
-                stop.clone(),
-                u64::MAX,
-            );
-            tokio::spawn(async move { task.await.map(|n| (key, n)) })
-        })
-        .collect();
+    let writers = resume_writers(&pods, &acked, "restart", &stop);
     let uids = |c: &Cluster| -> anyhow::Result<String> {
         c.kubectl_ok([
             "-n",
@@ -477,15 +509,7 @@ async fn kv_example(c: &Cluster) -> anyhow::Result<(Group, BTreeMap<String, u64>
         &timeout_flag(),
     ])?;
     stop.store(true, Ordering::Relaxed);
-    for w in writers {
-        let (key, n) = w.await??;
-        let before = acked[&key];
-        ensure!(
-            n > before,
-            "{key}: no write was acknowledged during the rollout"
-        );
-        acked.insert(key, n);
-    }
+    join_writers(writers, &mut acked, "the rollout").await?;
     let group = ready_group(c, "kv", 3).await?;
     let after_restart = uids(c)?;
     for uid in before_restart.split_whitespace() {
@@ -565,22 +589,7 @@ async fn kv_upgrade(
     // The writers go on through the rollout, as new clients.
     let stop = Arc::new(AtomicBool::new(false));
     let pods: Api<Pod> = Api::namespaced(c.client.clone(), NS);
-    let writers: Vec<_> = acked
-        .iter()
-        .map(|(key, start)| {
-            let key = key.clone();
-            let task = cas_writer(
-                pods.clone(),
-                "kv",
-                key.clone(),
-                format!("{key}-upgrade"),
-                *start,
-                stop.clone(),
-                u64::MAX,
-            );
-            tokio::spawn(async move { task.await.map(|n| (key, n)) })
-        })
-        .collect();
+    let writers = resume_writers(&pods, &acked, "upgrade", &stop);
 
     // Point the pod template at it: the StatefulSet controller rolls the pods.
     c.kubectl_ok([
@@ -608,15 +617,7 @@ async fn kv_upgrade(
             KUBECTL_WAIT.as_secs()
         )
     })?;
-    for w in writers {
-        let (key, n) = w.await??;
-        let before = acked[&key];
-        ensure!(
-            n > before,
-            "{key}: no write was acknowledged during the upgrade"
-        );
-        acked.insert(key, n);
-    }
+    join_writers(writers, &mut acked, "the upgrade").await?;
 
     // After: every pod holds kv2, the group runs it, all serve, one hash.
     let group = ready_group(c, "kv", 3).await?;
