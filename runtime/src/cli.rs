@@ -109,6 +109,12 @@ pub struct RunArgs {
     /// append in flight and leave together; raise it when etcd is far away).
     #[arg(long, env = "DORADO_MAX_INFLIGHT", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub max_inflight: u64,
+    /// Longest the leader holds the next batch back, in microseconds, while
+    /// the clients it just answered send their next commands (group commit;
+    /// never longer than the last append took; 0: off). Most of those
+    /// clients back releases it at once.
+    #[arg(long, env = "DORADO_BATCH_LINGER_US", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub batch_linger_us: u64,
     /// Store big batches compressed (log entry format version 2,
     /// docs/entry-format.md). Turn off while any replica of the group still
     /// runs a build that predates version 2 (it refuses such entries), or to
@@ -202,6 +208,7 @@ pub async fn run_replica(args: RunArgs, starter: impl Starter<EtcdStore>) -> Res
     node.log_format = args.log_format;
     node.session_expiry_entries = args.session_expiry;
     node.leader.max_inflight = args.max_inflight as usize;
+    node.leader.linger = Duration::from_micros(args.batch_linger_us);
     node.leader.compress_entries = args.entry_compression;
     node.upgrade = args.upgrade.into();
     node.leader.max_batch_bytes = (1024 * 1024).max(args.max_command_bytes + 4096);

@@ -278,6 +278,10 @@ enum Msg {
         entries: Vec<(Index, Vec<u8>)>,
     },
     LeaseLost,
+    /// The timer of a [`LeaderAction::WakeAt`] of term `epoch` fired.
+    Wake {
+        epoch: Epoch,
+    },
     /// A module fetch from the store ended (`Ok`: it is in the catalog now).
     ModuleFetched {
         sha256: String,
@@ -624,7 +628,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
                     self.health.metrics.store_errors.inc();
                     tracing::warn!(index, error = %e, "append failed");
                 }
-                let actions = engine.on_append(index, result);
+                let actions = engine.on_append(index, result, Instant::now().into_std(), elapsed);
                 self.perform(actions);
                 self.apply_ready();
                 self.check_drained();
@@ -651,6 +655,16 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
                     tracing::warn!("lease lost while leading; stepping down");
                     self.step_down();
                 }
+            }
+            Msg::Wake { epoch } => {
+                let Some(engine) = self.engine.as_mut() else {
+                    return;
+                };
+                if engine.epoch() != epoch {
+                    return;
+                }
+                let actions = engine.on_wake(Instant::now().into_std());
+                self.perform(actions);
             }
             Msg::ModuleFetched { sha256, result } => self.module_fetched(sha256, result),
         }
@@ -736,6 +750,15 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
                     if offer {
                         self.learner.offer(index, entry);
                     }
+                }
+                LeaderAction::WakeAt(at) => {
+                    let Some(engine) = &self.engine else { continue };
+                    let epoch = engine.epoch();
+                    let tx = self.tx.clone();
+                    self.spawner.spawn_until_stopped(async move {
+                        tokio::time::sleep_until(Instant::from_std(at)).await;
+                        let _ = tx.send(Msg::Wake { epoch });
+                    });
                 }
                 LeaderAction::Refuse { token, error } => {
                     if let Some(w) = self.waiters.remove(&token) {

@@ -76,6 +76,9 @@ const MAX_OPS_PER_CLIENT: usize = 400;
 struct Params {
     replicas: usize,
     max_inflight: usize,
+    /// The leader's batch linger. Chosen from the seed outside the dice, so
+    /// that adding it left every other draw of a seed as it was.
+    linger: Duration,
     snapshot_every: u64,
     clients: u64,
     ops_per_client: usize,
@@ -190,6 +193,7 @@ async fn run_world(seed: u64, log: Log) -> Result<Report, Failure> {
     let params = Params {
         replicas: draw(&dice, 3..=5) as usize,
         max_inflight: draw(&dice, 1..=4) as usize,
+        linger: [0, 2, 20].map(Duration::from_millis)[(seed % 3) as usize],
         snapshot_every: [0, 8, 32][draw(&dice, 0..=2) as usize],
         clients: draw(&dice, 2..=4),
         ops_per_client: draw(&dice, 10..=30) as usize,
@@ -365,6 +369,7 @@ impl World {
         config.lease_ttl = TTL;
         config.snapshot_every = self.params.snapshot_every;
         config.leader.max_inflight = self.params.max_inflight;
+        config.leader.linger = self.params.linger;
         config.module_sha256 = kv::MODULE_A.into();
         config.modules = Some(Arc::new(kv::NativeModules));
         // Upgrades come from the upgrader task only.

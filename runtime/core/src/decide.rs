@@ -904,7 +904,7 @@ mod tests {
             (1, AppendOutcome::Appended),
             (2, AppendOutcome::Appended),
         ] {
-            for a in engine.on_append(index, Ok(result)) {
+            for a in engine.on_append(index, Ok(result), Instant::now(), Duration::ZERO) {
                 if let LeaderAction::Committed {
                     index,
                     entry,

@@ -11,10 +11,21 @@
 //!   no-ops, and tells the driver exactly which waiting clients get which
 //!   answer when leadership ends.
 //!
+//! Why a leader may hold a batch back (group commit with a linger): clients
+//! wait for their answer before they send again, so under load they split
+//! into cohorts, one in the append in flight and one queued behind it, and
+//! every cohort pays for a whole append of its own. After a commit the engine
+//! therefore waits, for at most [`LeaderConfig::linger`] and never longer than
+//! the append just took, until most of the clients it answered are back, so
+//! they leave together in one larger batch and etcd orders fewer Txns. One
+//! client is never held (it is back as soon as it sends), nor is anything
+//! while another append is in flight. Measured in docs/benchmarks.md §9.
+//!
 //! The driver in the `dorado` crate performs the actions against a `Store`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::entry::{Command, EncodeError, Entry};
 use crate::store::{AppendOutcome, Epoch, Index, LeaderRecord, StoreError};
@@ -99,6 +110,11 @@ pub struct LeaderConfig {
     /// (such a build refuses version-2 entries as corrupt), or to keep a
     /// rollback to it possible.
     pub compress_entries: bool,
+    /// Longest a leader holds the next batch back after a commit, waiting for
+    /// the clients it just answered to send their next commands (see
+    /// [`LeaderEngine::on_append`]); never longer than the append that just
+    /// committed took. Zero cuts the next batch at once.
+    pub linger: Duration,
 }
 
 /// One append in flight is the default: commands that arrive meanwhile queue
@@ -114,6 +130,7 @@ impl Default for LeaderConfig {
             max_batch_bytes: 1024 * 1024,
             max_batch_commands: 4096,
             compress_entries: true,
+            linger: Duration::from_millis(2),
         }
     }
 }
@@ -167,8 +184,18 @@ pub enum LeaderAction<T> {
         /// What encoding requires that the command lacks.
         error: EncodeError,
     },
+    /// The next batch is held back (see [`LeaderEngine::on_append`]): call
+    /// [`LeaderEngine::on_wake`] at `at`, or later.
+    WakeAt(Instant),
     /// Stop leading: the epoch is fenced off (or the store said so).
     StepDown,
+}
+
+/// A batch held back after a commit until `target` items queue or `until`.
+#[derive(Debug, Clone, Copy)]
+struct Hold {
+    target: usize,
+    until: Instant,
 }
 
 /// What waits in the leader's queue: client commands, which leave in
@@ -190,6 +217,17 @@ struct Inflight<T> {
     uncertain: bool,
 }
 
+/// A held batch leaves once this share (in percent) of the clients the
+/// previous batch answered are back: waiting for the last few would make
+/// everyone wait for the slowest client. Measured on 2 cores at 64 clients,
+/// 75, 90 and 100 gave about the same throughput, 90 the steadiest
+/// (docs/benchmarks.md §9).
+const HOLD_RELEASE_PERCENT: usize = 90;
+
+fn hold_released(target: usize, queued: usize) -> bool {
+    queued * 100 >= target * HOLD_RELEASE_PERCENT
+}
+
 /// A leader's batching and append pipeline for one epoch.
 #[derive(Debug)]
 pub struct LeaderEngine<T> {
@@ -198,6 +236,7 @@ pub struct LeaderEngine<T> {
     next_index: Index,
     queue: VecDeque<(T, Queued)>,
     inflight: BTreeMap<Index, Inflight<T>>,
+    hold: Option<Hold>,
     stepped_down: bool,
 }
 
@@ -218,6 +257,7 @@ impl<T> LeaderEngine<T> {
             next_index: last_index.max(applied) + 1,
             queue: VecDeque::new(),
             inflight: BTreeMap::new(),
+            hold: None,
             stepped_down: false,
         };
         let mut actions = Vec::new();
@@ -299,20 +339,26 @@ impl<T> LeaderEngine<T> {
         self.cut_batches()
     }
 
-    /// The store answered the append at `index`.
+    /// The store answered the append at `index` at `now`, `took` after it
+    /// was sent. A commit may hold the next batch back
+    /// ([`LeaderAction::WakeAt`]): until [`HOLD_RELEASE_PERCENT`] of the
+    /// commands it answered, plus those already queued, are queued, or until
+    /// `now + min(linger, took)`.
     pub fn on_append(
         &mut self,
         index: Index,
         result: Result<AppendOutcome, StoreError>,
+        now: Instant,
+        took: Duration,
     ) -> Vec<LeaderAction<T>> {
         let Some(inflight) = self.inflight.get(&index) else {
             return Vec::new(); // already settled (e.g. after step-down)
         };
         match result {
-            Ok(AppendOutcome::Appended) => self.commit(index),
+            Ok(AppendOutcome::Appended) => self.commit(index, now, took),
             Ok(AppendOutcome::Occupied(existing)) if existing == *inflight.bytes => {
                 // An earlier attempt with an unknown outcome did land.
-                self.commit(index)
+                self.commit(index, now, took)
             }
             // Someone else's entry at our index: ours is certainly not there,
             // and we are deposed. Other in-flight appends may have landed before
@@ -354,15 +400,40 @@ impl<T> LeaderEngine<T> {
         self.abandon_all(Abandoned::Unknown, None)
     }
 
-    fn commit(&mut self, index: Index) -> Vec<LeaderAction<T>> {
+    /// The timer of a [`LeaderAction::WakeAt`] fired at `now`: a batch held
+    /// back until then leaves with what has queued.
+    pub fn on_wake(&mut self, now: Instant) -> Vec<LeaderAction<T>> {
+        match self.hold {
+            Some(h) if now >= h.until => {
+                self.hold = None;
+                self.cut_batches()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn commit(&mut self, index: Index, now: Instant, took: Duration) -> Vec<LeaderAction<T>> {
         let Some(done) = self.inflight.remove(&index) else {
             return Vec::new();
         };
+        let answered = done.waiters.len();
         let mut actions = vec![LeaderAction::Committed {
             index,
             entry: done.entry,
             waiters: done.waiters,
         }];
+        let wait = self.config.linger.min(took);
+        if !wait.is_zero() && answered > 0 && self.inflight.is_empty() {
+            let hold = Hold {
+                target: answered + self.queue.len(),
+                until: now + wait,
+            };
+            if !hold_released(hold.target, self.queue.len()) {
+                self.hold = Some(hold);
+                actions.push(LeaderAction::WakeAt(hold.until));
+                return actions;
+            }
+        }
         actions.extend(self.cut_batches());
         actions
     }
@@ -375,6 +446,7 @@ impl<T> LeaderEngine<T> {
         definitely_not_written: Option<Index>,
     ) -> Vec<LeaderAction<T>> {
         self.stepped_down = true;
+        self.hold = None;
         let mut actions = Vec::new();
         let queued: Vec<T> = self.queue.drain(..).map(|(t, _)| t).collect();
         if !queued.is_empty() {
@@ -399,6 +471,12 @@ impl<T> LeaderEngine<T> {
     }
 
     fn cut_batches(&mut self) -> Vec<LeaderAction<T>> {
+        if let Some(h) = self.hold {
+            if !hold_released(h.target, self.queue.len()) {
+                return Vec::new();
+            }
+            self.hold = None;
+        }
         let mut actions = Vec::new();
         while self.inflight.len() < self.config.max_inflight && !self.queue.is_empty() {
             let (entry, waiters) = match self.queue.pop_front() {
@@ -531,6 +609,7 @@ mod tests {
     fn engine(max_inflight: usize) -> LeaderEngine<u32> {
         let cfg = LeaderConfig {
             max_inflight,
+            linger: Duration::ZERO,
             ..LeaderConfig::default()
         };
         LeaderEngine::start(7, cfg, 0, 0, &[]).0
@@ -558,7 +637,12 @@ mod tests {
         assert!(e.submit(4, cmd(3)).is_empty());
         let mut seen = Vec::new();
         for index in 1..=3 {
-            let actions = e.on_append(index, Ok(AppendOutcome::Appended));
+            let actions = e.on_append(
+                index,
+                Ok(AppendOutcome::Appended),
+                Instant::now(),
+                Duration::ZERO,
+            );
             seen.extend(committed(&actions));
         }
         let entries: Vec<Entry> = seen.iter().map(|(e, _)| e.clone()).collect();
@@ -571,7 +655,12 @@ mod tests {
             ]
         );
         assert_eq!(seen[2].1, vec![(0, 3)], "the proposer waits at position 0");
-        let actions = e.on_append(4, Ok(AppendOutcome::Appended));
+        let actions = e.on_append(
+            4,
+            Ok(AppendOutcome::Appended),
+            Instant::now(),
+            Duration::ZERO,
+        );
         assert_eq!(committed(&actions)[0].0, Entry::Batch(vec![cmd(3)]));
         assert!(e.is_idle());
     }
@@ -630,7 +719,12 @@ mod tests {
         assert!(appends(&e.submit(2, cmd(2))).is_empty());
         assert!(appends(&e.submit(3, cmd(3))).is_empty());
         assert_eq!(e.queued(), 2);
-        let actions = e.on_append(1, Ok(AppendOutcome::Appended));
+        let actions = e.on_append(
+            1,
+            Ok(AppendOutcome::Appended),
+            Instant::now(),
+            Duration::ZERO,
+        );
         match &actions[..] {
             [
                 LeaderAction::Committed {
@@ -659,6 +753,162 @@ mod tests {
         assert!(appends(&e.submit(9, cmd(9))).is_empty());
     }
 
+    /// An engine with `linger`, one append in flight, and a first batch of
+    /// `clients` commands in flight at index 1 (tokens `0..clients`).
+    fn lingering(linger: Duration, clients: u32) -> LeaderEngine<u32> {
+        let cfg = LeaderConfig {
+            linger,
+            ..LeaderConfig::default()
+        };
+        let (mut e, _) = LeaderEngine::start(1, cfg, 0, 0, &[]);
+        assert_eq!(appends(&e.submit(0, cmd(0))), vec![1]);
+        for t in 1..clients {
+            assert!(e.submit(t, cmd(u64::from(t))).is_empty());
+        }
+        // The first batch held only token 0: commit it so that the rest
+        // leave as batch 2, then commit batch 2 below with `clients - 1`.
+        let a = e.on_append(
+            1,
+            Ok(AppendOutcome::Appended),
+            Instant::now(),
+            Duration::ZERO,
+        );
+        assert_eq!(appends(&a), vec![2]);
+        e
+    }
+
+    fn wake_at<T>(actions: &[LeaderAction<T>]) -> Option<Instant> {
+        actions.iter().find_map(|a| match a {
+            LeaderAction::WakeAt(at) => Some(*at),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn after_a_commit_the_next_batch_waits_for_the_clients_just_answered() {
+        let mut e = lingering(Duration::from_millis(2), 11); // batch 2: tokens 1..=10
+        let now = Instant::now();
+        let took = Duration::from_millis(5);
+        let a = e.on_append(2, Ok(AppendOutcome::Appended), now, took);
+        assert_eq!(committed(&a)[0].1.len(), 10);
+        assert!(appends(&a).is_empty(), "held: {a:?}");
+        assert_eq!(
+            wake_at(&a),
+            Some(now + Duration::from_millis(2)),
+            "linger < took"
+        );
+        // 9 of the 10 answered clients are back: 90 % releases the batch.
+        for t in 1..=8 {
+            assert!(e.submit(t, cmd(100 + u64::from(t))).is_empty(), "{t} back");
+        }
+        let a = e.submit(9, cmd(109));
+        assert_eq!(appends(&a), vec![3]);
+        let LeaderAction::Append { bytes, .. } = &a[0] else {
+            panic!("expected an append, got {a:?}");
+        };
+        assert_eq!(
+            Entry::decode(bytes).unwrap().len(),
+            9,
+            "one batch of the 9 back"
+        );
+        // The timer of the released hold firing later changes nothing.
+        assert!(e.on_wake(now + Duration::from_millis(2)).is_empty());
+        assert_eq!(e.queued(), 0);
+    }
+
+    #[test]
+    fn a_held_batch_leaves_when_the_timer_fires_and_never_later_than_the_append_took() {
+        let mut e = lingering(Duration::from_millis(20), 5); // batch 2: tokens 1..=4
+        let now = Instant::now();
+        let took = Duration::from_millis(3);
+        let a = e.on_append(2, Ok(AppendOutcome::Appended), now, took);
+        assert_eq!(
+            wake_at(&a),
+            Some(now + took),
+            "capped at what the append took"
+        );
+        assert!(e.submit(1, cmd(101)).is_empty(), "1 of 4 back: still held");
+        assert!(
+            e.on_wake(now + Duration::from_millis(2)).is_empty(),
+            "too early"
+        );
+        assert!(!e.is_idle());
+        assert_eq!(
+            appends(&e.on_wake(now + took)),
+            vec![3],
+            "the timer releases it"
+        );
+        // An expired hold with nothing queued: the next command leaves at once.
+        let a = e.on_append(3, Ok(AppendOutcome::Appended), now + took, took);
+        let at = wake_at(&a).expect("held after the 1-command batch");
+        assert!(
+            e.on_wake(at).is_empty(),
+            "nothing queued, nothing to append"
+        );
+        assert_eq!(appends(&e.submit(2, cmd(102))), vec![4]);
+    }
+
+    #[test]
+    fn a_single_client_and_a_zero_linger_are_never_held() {
+        // One client: the batch it was in had one command, so its next
+        // command alone releases the hold at once.
+        let mut e = lingering(Duration::from_millis(2), 2); // batch 2: token 1
+        let now = Instant::now();
+        let a = e.on_append(
+            2,
+            Ok(AppendOutcome::Appended),
+            now,
+            Duration::from_millis(1),
+        );
+        assert!(wake_at(&a).is_some());
+        assert_eq!(appends(&e.submit(1, cmd(101))), vec![3]);
+        // Linger zero: the queued commands leave with the commit.
+        let mut e = lingering(Duration::ZERO, 3);
+        let a = e.on_append(
+            2,
+            Ok(AppendOutcome::Appended),
+            now,
+            Duration::from_millis(1),
+        );
+        assert_eq!(wake_at(&a), None);
+        assert!(appends(&a).is_empty(), "nothing queued");
+        assert_eq!(appends(&e.submit(1, cmd(101))), vec![3]);
+        // Commands that queued during the append leave at once when they are
+        // already 90 % of the clients (here 9 queued against 1 answered).
+        let mut e = lingering(Duration::from_millis(2), 2);
+        for t in 5..14 {
+            assert!(e.submit(t, cmd(u64::from(t))).is_empty());
+        }
+        let a = e.on_append(
+            2,
+            Ok(AppendOutcome::Appended),
+            now,
+            Duration::from_millis(1),
+        );
+        assert_eq!(wake_at(&a), None);
+        assert_eq!(appends(&a), vec![3]);
+    }
+
+    #[test]
+    fn stepping_down_while_a_batch_is_held_abandons_it_as_never_ordered() {
+        let mut e = lingering(Duration::from_millis(2), 4); // batch 2: tokens 1..=3
+        let now = Instant::now();
+        let a = e.on_append(
+            2,
+            Ok(AppendOutcome::Appended),
+            now,
+            Duration::from_millis(2),
+        );
+        assert!(wake_at(&a).is_some());
+        assert!(e.submit(1, cmd(101)).is_empty());
+        let a = e.step_down();
+        assert!(
+            matches!(&a[..], [LeaderAction::Abandon { tokens, why: Abandoned::NotOrdered }] if tokens == &vec![1]),
+            "{a:?}"
+        );
+        assert!(e.on_wake(now + Duration::from_secs(1)).is_empty());
+    }
+
     #[test]
     fn batches_close_at_the_byte_and_count_limits() {
         let cfg = LeaderConfig {
@@ -672,7 +922,12 @@ mod tests {
         for t in 1..=5 {
             e.submit(t, cmd(t as u64));
         }
-        let actions = e.on_append(1, Ok(AppendOutcome::Appended));
+        let actions = e.on_append(
+            1,
+            Ok(AppendOutcome::Appended),
+            Instant::now(),
+            Duration::ZERO,
+        );
         let LeaderAction::Append { bytes, .. } = &actions[1] else {
             panic!("expected an append, got {actions:?}");
         };
@@ -696,7 +951,12 @@ mod tests {
             for t in 0..=40 {
                 e.submit(t, cmd(t as u64));
             }
-            let actions = e.on_append(1, Ok(AppendOutcome::Appended));
+            let actions = e.on_append(
+                1,
+                Ok(AppendOutcome::Appended),
+                Instant::now(),
+                Duration::ZERO,
+            );
             let LeaderAction::Append { bytes, .. } = &actions[1] else {
                 panic!("expected an append, got {actions:?}");
             };
@@ -716,7 +976,12 @@ mod tests {
     fn unknown_outcome_is_retried_at_the_same_index_and_a_landed_retry_commits() {
         let mut e = engine(2);
         e.submit(1, cmd(1));
-        let a = e.on_append(1, Err(StoreError::Unavailable("timeout".into())));
+        let a = e.on_append(
+            1,
+            Err(StoreError::Unavailable("timeout".into())),
+            Instant::now(),
+            Duration::ZERO,
+        );
         assert!(matches!(
             a[..],
             [LeaderAction::Append {
@@ -729,7 +994,12 @@ mod tests {
             unreachable!()
         };
         let ours = bytes.to_vec();
-        let a = e.on_append(1, Ok(AppendOutcome::Occupied(ours)));
+        let a = e.on_append(
+            1,
+            Ok(AppendOutcome::Occupied(ours)),
+            Instant::now(),
+            Duration::ZERO,
+        );
         assert!(matches!(a[0], LeaderAction::Committed { index: 1, .. }));
     }
 
@@ -739,7 +1009,7 @@ mod tests {
         e.submit(1, cmd(1)); // index 1
         e.submit(2, cmd(2)); // index 2
         e.submit(3, cmd(3)); // queued
-        let a = e.on_append(1, Ok(AppendOutcome::Fenced));
+        let a = e.on_append(1, Ok(AppendOutcome::Fenced), Instant::now(), Duration::ZERO);
         assert!(a.contains(&LeaderAction::StepDown));
         assert!(a.contains(&LeaderAction::Abandon {
             tokens: vec![3],
@@ -762,15 +1032,28 @@ mod tests {
                 why: Abandoned::NotOrdered
             }]
         );
-        assert!(e.on_append(2, Ok(AppendOutcome::Appended)).is_empty());
+        assert!(
+            e.on_append(
+                2,
+                Ok(AppendOutcome::Appended),
+                Instant::now(),
+                Duration::ZERO
+            )
+            .is_empty()
+        );
     }
 
     #[test]
     fn a_fenced_retry_after_an_unknown_outcome_is_still_unknown() {
         let mut e = engine(1);
         e.submit(1, cmd(1));
-        e.on_append(1, Err(StoreError::Unavailable("timeout".into())));
-        let a = e.on_append(1, Ok(AppendOutcome::Fenced));
+        e.on_append(
+            1,
+            Err(StoreError::Unavailable("timeout".into())),
+            Instant::now(),
+            Duration::ZERO,
+        );
+        let a = e.on_append(1, Ok(AppendOutcome::Fenced), Instant::now(), Duration::ZERO);
         assert!(a.contains(&LeaderAction::Abandon {
             tokens: vec![1],
             why: Abandoned::Unknown
@@ -783,7 +1066,12 @@ mod tests {
         let mut e = engine(1);
         e.submit(1, cmd(1));
         let other = Entry::Noop.encode().unwrap();
-        let a = e.on_append(1, Ok(AppendOutcome::Occupied(other)));
+        let a = e.on_append(
+            1,
+            Ok(AppendOutcome::Occupied(other)),
+            Instant::now(),
+            Duration::ZERO,
+        );
         assert_eq!(a.last(), Some(&LeaderAction::StepDown));
     }
 
