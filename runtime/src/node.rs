@@ -605,6 +605,12 @@ impl<S: Store, M: StateMachine + Send + 'static> CoreLoop for Core<S, M> {
     }
 }
 
+/// The leader engine of term `epoch`, if the replica still leads in it (a
+/// task's result from an earlier term is stale).
+fn of_term(engine: &mut Option<LeaderEngine<u64>>, epoch: Epoch) -> Option<&mut LeaderEngine<u64>> {
+    engine.as_mut().filter(|e| e.epoch() == epoch)
+}
+
 impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
     fn handle_msg(&mut self, msg: Msg) {
         match msg {
@@ -614,12 +620,9 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
                 result,
                 elapsed,
             } => {
-                let Some(engine) = self.engine.as_mut() else {
+                let Some(engine) = of_term(&mut self.engine, epoch) else {
                     return;
                 };
-                if engine.epoch() != epoch {
-                    return;
-                }
                 self.health
                     .metrics
                     .append_latency
@@ -657,12 +660,9 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
                 }
             }
             Msg::Wake { epoch } => {
-                let Some(engine) = self.engine.as_mut() else {
+                let Some(engine) = of_term(&mut self.engine, epoch) else {
                     return;
                 };
-                if engine.epoch() != epoch {
-                    return;
-                }
                 let actions = engine.on_wake(Instant::now().into_std());
                 self.perform(actions);
             }
