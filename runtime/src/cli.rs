@@ -111,8 +111,8 @@ pub struct RunArgs {
     pub max_inflight: u64,
     /// Longest the leader holds the next batch back, in microseconds, while
     /// the clients it just answered send their next commands (group commit;
-    /// never longer than the last append took; 0: off). Most of those
-    /// clients back releases it at once.
+    /// never longer than that append took; 0: off). The hold ends as soon as
+    /// 90 % of them are back.
     #[arg(long, env = "DORADO_BATCH_LINGER_US", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub batch_linger_us: u64,
     /// Store big batches compressed (log entry format version 2,
