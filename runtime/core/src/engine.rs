@@ -777,6 +777,15 @@ mod tests {
         e
     }
 
+    /// Commit batch 2 of a [`lingering`] engine at `now`, `took` after it was sent.
+    fn commit_batch_2(
+        e: &mut LeaderEngine<u32>,
+        now: Instant,
+        took: Duration,
+    ) -> Vec<LeaderAction<u32>> {
+        e.on_append(2, Ok(AppendOutcome::Appended), now, took)
+    }
+
     fn wake_at<T>(actions: &[LeaderAction<T>]) -> Option<Instant> {
         actions.iter().find_map(|a| match a {
             LeaderAction::WakeAt(at) => Some(*at),
@@ -789,7 +798,7 @@ mod tests {
         let mut e = lingering(Duration::from_millis(2), 11); // batch 2: tokens 1..=10
         let now = Instant::now();
         let took = Duration::from_millis(5);
-        let a = e.on_append(2, Ok(AppendOutcome::Appended), now, took);
+        let a = commit_batch_2(&mut e, now, took);
         assert_eq!(committed(&a)[0].1.len(), 10);
         assert!(appends(&a).is_empty(), "held: {a:?}");
         assert_eq!(
@@ -821,7 +830,7 @@ mod tests {
         let mut e = lingering(Duration::from_millis(20), 5); // batch 2: tokens 1..=4
         let now = Instant::now();
         let took = Duration::from_millis(3);
-        let a = e.on_append(2, Ok(AppendOutcome::Appended), now, took);
+        let a = commit_batch_2(&mut e, now, took);
         assert_eq!(
             wake_at(&a),
             Some(now + took),
@@ -854,22 +863,12 @@ mod tests {
         // command alone releases the hold at once.
         let mut e = lingering(Duration::from_millis(2), 2); // batch 2: token 1
         let now = Instant::now();
-        let a = e.on_append(
-            2,
-            Ok(AppendOutcome::Appended),
-            now,
-            Duration::from_millis(1),
-        );
+        let a = commit_batch_2(&mut e, now, Duration::from_millis(1));
         assert!(wake_at(&a).is_some());
         assert_eq!(appends(&e.submit(1, cmd(101))), vec![3]);
         // Linger zero: the queued commands leave with the commit.
         let mut e = lingering(Duration::ZERO, 3);
-        let a = e.on_append(
-            2,
-            Ok(AppendOutcome::Appended),
-            now,
-            Duration::from_millis(1),
-        );
+        let a = commit_batch_2(&mut e, now, Duration::from_millis(1));
         assert_eq!(wake_at(&a), None);
         assert!(appends(&a).is_empty(), "nothing queued");
         assert_eq!(appends(&e.submit(1, cmd(101))), vec![3]);
@@ -879,12 +878,7 @@ mod tests {
         for t in 5..14 {
             assert!(e.submit(t, cmd(u64::from(t))).is_empty());
         }
-        let a = e.on_append(
-            2,
-            Ok(AppendOutcome::Appended),
-            now,
-            Duration::from_millis(1),
-        );
+        let a = commit_batch_2(&mut e, now, Duration::from_millis(1));
         assert_eq!(wake_at(&a), None);
         assert_eq!(appends(&a), vec![3]);
     }
@@ -893,12 +887,7 @@ mod tests {
     fn stepping_down_while_a_batch_is_held_abandons_it_as_never_ordered() {
         let mut e = lingering(Duration::from_millis(2), 4); // batch 2: tokens 1..=3
         let now = Instant::now();
-        let a = e.on_append(
-            2,
-            Ok(AppendOutcome::Appended),
-            now,
-            Duration::from_millis(2),
-        );
+        let a = commit_batch_2(&mut e, now, Duration::from_millis(2));
         assert!(wake_at(&a).is_some());
         assert!(e.submit(1, cmd(101)).is_empty());
         let a = e.step_down();
