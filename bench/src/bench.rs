@@ -19,6 +19,10 @@
 //!   share ONE HTTP/2 connection per replica (h2c with prior knowledge,
 //!   [`dorado::client::pipelined_http`]): every client's request is a stream
 //!   of it, so all commands are in flight on one connection;
+//! - `dorado-batched`: the same `dorado` group, driven by clients that share
+//!   one [`dorado::client::Client::batched`]: commands submitted while
+//!   earlier ones are on their way leave together as one batch request
+//!   (`POST /v1/forward`) and come back as one response;
 //! - `classic`: N replicas of the same module running the paper's 2016
 //!   scheme (`dorado run --protocol classic --replicas N`), same client API,
 //!   same driver, same headers.
@@ -98,6 +102,9 @@ pub enum SystemKind {
     /// The same Dorado replicas, every client multiplexed over one HTTP/2
     /// connection per replica (h2c, prior knowledge).
     DoradoPipelined,
+    /// The same Dorado replicas, every client's commands batched with the
+    /// others' into one request per batch (`dorado::client::Client::batched`).
+    DoradoBatched,
     /// The paper's protocol (`--protocol classic`) over the same client API.
     Classic,
     /// One fenced append `Txn` per operation (Dorado's append, unbatched).
@@ -112,23 +119,34 @@ impl SystemKind {
             SystemKind::FencedTxn => "fenced-txn",
             SystemKind::Dorado => "dorado",
             SystemKind::DoradoPipelined => "dorado-pipelined",
+            SystemKind::DoradoBatched => "dorado-batched",
             SystemKind::Classic => "classic",
         }
     }
 
     /// Every system, in the order they run.
-    pub const ALL: [SystemKind; 5] = [
+    pub const ALL: [SystemKind; 6] = [
         SystemKind::EtcdPut,
         SystemKind::Dorado,
         SystemKind::DoradoPipelined,
+        SystemKind::DoradoBatched,
         SystemKind::Classic,
         SystemKind::FencedTxn,
+    ];
+
+    /// The systems that drive the same Dorado group, one per client transport.
+    pub const DORADO_CLIENTS: [SystemKind; 3] = [
+        SystemKind::Dorado,
+        SystemKind::DoradoPipelined,
+        SystemKind::DoradoBatched,
     ];
 
     /// The replica protocol this system runs, if it is a replica group.
     pub fn protocol(self) -> Option<Protocol> {
         match self {
-            SystemKind::Dorado | SystemKind::DoradoPipelined => Some(Protocol::Dorado),
+            SystemKind::Dorado | SystemKind::DoradoPipelined | SystemKind::DoradoBatched => {
+                Some(Protocol::Dorado)
+            }
             SystemKind::Classic => Some(Protocol::Classic),
             SystemKind::EtcdPut | SystemKind::FencedTxn => None,
         }

@@ -442,7 +442,8 @@ async fn forward_batched(
     Ok(resp)
 }
 
-/// `POST /v1/forward` (followers only): a batch of forwarded writes. Each is
+/// `POST /v1/forward` (from followers and batching clients,
+/// [`crate::client::Client::batched`]): a batch of writes. Each is
 /// checked like `POST /v1/commands` checks one, all are submitted at once,
 /// and each gets its own answer (never forwarded again), in batch order.
 async fn forward_batch(

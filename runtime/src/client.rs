@@ -6,7 +6,7 @@
 //! client retries (another endpoint, or the leader named in `dorado-leader`)
 //! only when that holds or when the server said the command was never ordered.
 //!
-//! Two transports, the same API and retry rules:
+//! Three transports, the same API and retry rules:
 //! - [`Client::new`]: HTTP/1.1, one request per connection at a time (a
 //!   connection pool; concurrent requests open more connections);
 //! - [`Client::pipelined`]: HTTP/2 with prior knowledge (h2c) on the same
@@ -14,10 +14,21 @@
 //!   one stream of a single connection per replica, and HTTP/2 matches each
 //!   response to its request by stream id: many commands in flight on one
 //!   connection. The replica's server speaks both on the same port.
+//! - [`Client::batched`]: commands submitted concurrently leave together as
+//!   one batch request (`POST /v1/forward`, the framing followers forward
+//!   with) and come back as one response, each answer matched to its command
+//!   by position. One request per batch instead of one per command is what
+//!   makes it the cheapest for client and replica alike
+//!   (docs/benchmarks.md §9).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use dorado_core::ClientTag;
+
 use crate::api::{CLIENT_ID, DUPLICATE, INDEX, LEADER, SEQ};
+use crate::forward::{ForwardCommand, Forwarded, Forwarder};
 use crate::wire::{ErrorBody, ErrorCode, Status};
 
 /// A successful command.
@@ -91,6 +102,8 @@ pub enum ClientError {
 pub struct Client {
     endpoints: Vec<String>,
     http: reqwest::Client,
+    /// Set by [`Client::batched`]: commands travel in batches.
+    batch: Option<Arc<Forwarder>>,
     deadline: Duration,
 }
 
@@ -130,6 +143,24 @@ enum Attempt<T> {
     Retry { leader: Option<String>, why: String },
 }
 
+/// A replica's answer to one command, whichever transport carried it.
+struct Answer {
+    status: u16,
+    index: Option<u64>,
+    duplicate: bool,
+    leader: Option<String>,
+    body: Vec<u8>,
+}
+
+/// A command that got no answer; `sent` unless it certainly never left.
+struct Lost {
+    sent: bool,
+    message: String,
+}
+
+/// The `dorado-forwarded` value of a batching client's requests.
+const BATCH_SENDER: &str = "client";
+
 impl Client {
     /// A client for these replica endpoints (comma-separated lists are split).
     pub fn new(endpoints: &[String]) -> Result<Self, ClientError> {
@@ -151,6 +182,7 @@ impl Client {
         Ok(Client {
             endpoints,
             http,
+            batch: None,
             deadline: Duration::from_secs(20),
         })
     }
@@ -163,6 +195,29 @@ impl Client {
     pub fn pipelined(endpoints: &[String]) -> Result<Self, ClientError> {
         let mut client = Self::new(endpoints)?;
         client.http = pipelined_http().map_err(|e| ClientError::BadEndpoint(e.to_string()))?;
+        Ok(client)
+    }
+
+    /// Like [`Client::new`], but commands travel in batches: every command
+    /// submitted while earlier ones are on their way, by this client and its
+    /// clones, leaves in one `POST /v1/forward` request (the framing
+    /// followers forward with, [`crate::forward`]), with at most
+    /// [`crate::forward::MAX_BATCHES_IN_FLIGHT`] batches in flight. Each
+    /// command keeps its exactly-once tag and gets its own answer, matched
+    /// by its position in the batch, and the retry rules are those of a
+    /// command sent alone. A replica that answers `not_leader` names the
+    /// leader, and the command is resent there. The cheapest transport for
+    /// many concurrent commands: one request and one response carry them
+    /// all. Queries go one by one, as with [`Client::new`].
+    pub fn batched(endpoints: &[String]) -> Result<Self, ClientError> {
+        let mut client = Self::new(endpoints)?;
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .timeout(Duration::from_secs(12))
+            .connect_timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|e| ClientError::BadEndpoint(e.to_string()))?;
+        client.batch = Some(Arc::new(Forwarder::new(http)));
         Ok(client)
     }
 
@@ -220,41 +275,56 @@ impl Client {
         tag: Option<(&str, u64)>,
     ) -> Result<Reply, ClientError> {
         self.with_retries(|base| async move {
-            let mut req = self
-                .http
-                .post(format!("{base}/v1/commands"))
-                .body(command.to_vec());
-            if let Some((id, seq)) = tag {
-                req = req.header(CLIENT_ID, id).header(SEQ, seq.to_string());
-            }
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) if tag.is_some() || e.is_connect() => {
+            let answer = match &self.batch {
+                Some(forwarder) => {
+                    let batched = ForwardCommand {
+                        client: tag.map(|(id, seq)| ClientTag { id: id.into(), seq }),
+                        payload: Bytes::copy_from_slice(command),
+                    };
+                    match forwarder.forward(BATCH_SENDER, &base, batched).await {
+                        Forwarded::Reply(r) => Ok(Answer {
+                            status: r.status,
+                            index: r.index,
+                            duplicate: r.duplicate,
+                            leader: r.leader,
+                            body: r.body.to_vec(),
+                        }),
+                        // 503: the batch was never sent.
+                        Forwarded::Unreachable { status, message } => Err(Lost {
+                            sent: status != 503,
+                            message,
+                        }),
+                        // A replica that predates batches: this command alone.
+                        Forwarded::Fallback => self.post_command(&base, command, tag).await,
+                    }
+                }
+                None => self.post_command(&base, command, tag).await,
+            };
+            let answer = match answer {
+                Ok(a) => a,
+                Err(lost) if tag.is_some() || !lost.sent => {
                     return Attempt::Retry {
                         leader: None,
-                        why: e.to_string(),
+                        why: lost.message,
                     };
                 }
-                Err(e) => {
+                Err(lost) => {
                     return Attempt::Done(Err(ClientError::Exhausted {
                         deadline: self.deadline,
                         last: format!(
-                            "{e} (outcome unknown; send a client id and seq to retry safely)"
+                            "{} (outcome unknown; send a client id and seq to retry safely)",
+                            lost.message
                         ),
                     }));
                 }
             };
-            let status = resp.status().as_u16();
-            let header = |name: &str| {
-                resp.headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            };
-            let index = header(INDEX).and_then(|v| v.parse().ok());
-            let duplicate = header(DUPLICATE).is_some();
-            let leader = header(LEADER);
-            let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+            let Answer {
+                status,
+                index,
+                duplicate,
+                leader,
+                body,
+            } = answer;
             if status == 200 {
                 return Attempt::Done(Ok(Reply {
                     body,
@@ -279,6 +349,39 @@ impl Client {
             }
         })
         .await
+    }
+
+    /// One command as its own `POST /v1/commands`.
+    async fn post_command(
+        &self,
+        base: &str,
+        command: &[u8],
+        tag: Option<(&str, u64)>,
+    ) -> Result<Answer, Lost> {
+        let mut req = self
+            .http
+            .post(format!("{base}/v1/commands"))
+            .body(command.to_vec());
+        if let Some((id, seq)) = tag {
+            req = req.header(CLIENT_ID, id).header(SEQ, seq.to_string());
+        }
+        let resp = req.send().await.map_err(|e| Lost {
+            sent: !e.is_connect(),
+            message: e.to_string(),
+        })?;
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Ok(Answer {
+            status: resp.status().as_u16(),
+            index: header(INDEX).and_then(|v| v.parse().ok()),
+            duplicate: header(DUPLICATE).is_some(),
+            leader: header(LEADER),
+            body: resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default(),
+        })
     }
 
     /// Run a query (linearizable unless `stale`).

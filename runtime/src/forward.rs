@@ -23,6 +23,12 @@
 //! know `/v1/forward` (an older build during a rolling upgrade) answers 404,
 //! and the follower then forwards that batch's commands one by one, the old
 //! way ([`Forwarded::Fallback`]).
+//!
+//! A client can batch the same way: [`crate::client::Client::batched`] puts
+//! its concurrent commands through a [`Forwarder`] of its own, so many
+//! commands travel in one request and one response. A replica that is not
+//! the leader answers each such command `not_leader` with the leader's
+//! address (it never forwards a batch again), and the client resends there.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -32,7 +38,8 @@ use dorado_core::ClientTag;
 use dorado_core::entry::MAX_CLIENT_ID;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-/// Path of the leader's batch endpoint (only followers call it).
+/// Path of the batch endpoint (followers forward through it; batching
+/// clients send through it).
 pub const FORWARD_PATH: &str = "/v1/forward";
 
 /// Most commands in one forwarded batch.
@@ -281,7 +288,8 @@ struct Pending {
     reply: oneshot::Sender<Forwarded>,
 }
 
-/// Batches the commands a follower forwards (see the module docs). Cheap to
+/// Batches the commands a follower forwards (see the module docs), and those
+/// of a batching client ([`crate::client::Client::batched`]). Cheap to
 /// share; the batching task starts at the first forward (it needs a tokio
 /// runtime) and ends when the forwarder is dropped.
 #[derive(Debug)]
@@ -299,9 +307,9 @@ impl Forwarder {
         }
     }
 
-    /// Forward `command` to the leader at `leader` (host:port), in a batch
-    /// with whatever else is being forwarded; `from` names this replica
-    /// (the `dorado-forwarded` header).
+    /// Forward `command` to the leader at `leader` (host:port, or a base URL
+    /// such as `http://host:port`), in a batch with whatever else is being
+    /// forwarded; `from` names the sender (the `dorado-forwarded` header).
     pub async fn forward(&self, from: &str, leader: &str, command: ForwardCommand) -> Forwarded {
         let queue = self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -338,6 +346,9 @@ async fn batch_task(http: reqwest::Client, from: String, mut rx: mpsc::Unbounded
         let Some(first) = rx.recv().await else {
             return;
         };
+        // Let the senders woken with this one (e.g. the clients that one
+        // batch's replies just answered) queue behind it before taking them.
+        tokio::task::yield_now().await;
         let mut bytes = first.command.payload.len();
         let mut taken = vec![first];
         while taken.len() < MAX_BATCH_COMMANDS && bytes < MAX_BATCH_BYTES {
@@ -395,15 +406,18 @@ async fn exchange(
     leader: &str,
     commands: &[ForwardCommand],
 ) -> Result<Vec<Forwarded>, Forwarded> {
+    // A bad address fails as a request to it would, with reqwest's message.
+    let base = crate::client::endpoint_url(leader).unwrap_or_else(|_| format!("http://{leader}"));
     let resp = client
-        .post(format!("http://{leader}{FORWARD_PATH}"))
+        .post(format!("{base}{FORWARD_PATH}"))
         .header(crate::api::FORWARDED, from)
         .header(http::header::CONTENT_TYPE, "application/octet-stream")
         .body(encode_request(commands))
         .send()
         .await
         .map_err(|e| Forwarded::Unreachable {
-            status: 503,
+            // Only a failed connect certainly sent nothing.
+            status: if e.is_connect() { 503 } else { 502 },
             message: format!("cannot reach the leader at {leader}: {e}"),
         })?;
     let status = resp.status().as_u16();

@@ -49,12 +49,12 @@ use dorado_core::{
     Store, StoreError, engine::route,
 };
 use futures::StreamExt;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::driver::{
     Applier, CatchUp, CoreInputs, CoreLoop, DrainWaiters, Health, Lifecycle, ModuleCatalog, Probe,
-    ReadBound, ReplicaHandle, Spawner, TaskSet, backoff, health_task, lease_task,
+    ReadBound, ReplicaHandle, ReplyTo, Spawner, TaskSet, backoff, health_task, lease_task,
     retry_unreachable, run_core, until_stopped,
 };
 use crate::probe::LeaderProbe;
@@ -523,7 +523,7 @@ struct Core<S: Store, M> {
     applier: Applier<M>,
     learner: Learner,
     engine: Option<LeaderEngine<u64>>,
-    waiters: BTreeMap<u64, oneshot::Sender<Result<SubmitReply, SubmitError>>>,
+    waiters: BTreeMap<u64, ReplyTo>,
     next_token: u64,
     /// Which waiting client gets which applied outcome (see [`Replies`]).
     replies: Replies<u64, SubmitReply>,
@@ -557,19 +557,26 @@ impl<S: Store, M: StateMachine + Send + 'static> CoreLoop for Core<S, M> {
         self.handle_msg(msg);
     }
 
-    fn submit(
-        &mut self,
-        command: Command,
-        reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
-    ) {
-        self.submit_command(command, reply);
+    fn submit(&mut self, command: Command, reply: ReplyTo) {
+        self.submit_all(vec![(command, reply)]);
     }
 
-    fn propose_upgrade(
-        &mut self,
-        to: String,
-        reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
-    ) {
+    fn submit_all(&mut self, commands: Vec<(Command, ReplyTo)>) {
+        let mut accepted = Vec::with_capacity(commands.len());
+        for (command, reply) in commands {
+            if let Some(token) = self.accept_locally(reply) {
+                accepted.push((token, command));
+            }
+        }
+        if let Some(engine) = self.engine.as_mut()
+            && !accepted.is_empty()
+        {
+            let actions = engine.submit_all(accepted);
+            self.perform(actions);
+        }
+    }
+
+    fn propose_upgrade(&mut self, to: String, reply: ReplyTo) {
         self.propose(to, reply);
     }
 
@@ -670,26 +677,10 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
         }
     }
 
-    fn submit_command(
-        &mut self,
-        command: Command,
-        reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
-    ) {
-        if let Some(token) = self.accept_locally(reply)
-            && let Some(engine) = self.engine.as_mut()
-        {
-            let actions = engine.submit(token, command);
-            self.perform(actions);
-        }
-    }
-
     /// Whether this replica orders a client's request itself: if so, its
     /// waiter is registered under the returned token; if not (draining, a
     /// follower, no leader), the client has been answered.
-    fn accept_locally(
-        &mut self,
-        reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
-    ) -> Option<u64> {
+    fn accept_locally(&mut self, reply: ReplyTo) -> Option<u64> {
         if self.health.is_draining() {
             let _ = reply.send(Err(SubmitError::ShuttingDown));
             return None;
@@ -1074,7 +1065,7 @@ impl<S: Store, M: StateMachine + Send + 'static> Core<S, M> {
 
     /// An upgrade proposal from a client (`POST /v1/upgrade`): ordered by
     /// the leader once the module is known to be in the store.
-    fn propose(&mut self, to: String, reply: oneshot::Sender<Result<SubmitReply, SubmitError>>) {
+    fn propose(&mut self, to: String, reply: ReplyTo) {
         if dorado_core::upgrade::sha256_bytes(&to).is_none() {
             let _ = reply.send(Err(SubmitError::Invalid(EncodeError::BadModuleHash(to))));
             return;

@@ -1,6 +1,7 @@
-//! The pipelined client (HTTP/2, many commands in flight on one connection)
-//! and followers' batched forwarding, against three real `dorado run`
-//! replicas of the `kv` example on a real etcd.
+//! The pipelined client (HTTP/2, many commands in flight on one connection),
+//! the batching client (many commands per request) and followers' batched
+//! forwarding, against three real `dorado run` replicas of the `kv` example
+//! on a real etcd.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -133,4 +134,42 @@ async fn a_follower_forwards_concurrent_commands_in_batches() {
         .await
         .unwrap();
     assert!(String::from_utf8_lossy(&value).contains("v7"), "{value:?}");
+}
+
+/// The batching client sends commands in batch requests: a thousand
+/// concurrent commands (four each) over HTTP/1.1, where one command per
+/// request would open a connection per command in flight, need only about
+/// one connection per batch in flight (at most twice that: a connection goes
+/// back to the pool a moment after its response was read, so the next batch
+/// may open another). Each command still gets its own reply, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batching_client_carries_many_commands_per_request() {
+    let (_etcd, c, leader) = group().await;
+    let target: SocketAddr = c.replicas[leader].addr().parse().unwrap();
+    let (proxy, connections) = counting_proxy(target).await;
+    let client = Client::batched(&[proxy]).unwrap();
+    thousand_in_flight(&client, "batch").await;
+    let used = connections.load(Ordering::SeqCst);
+    assert!(
+        (1..=2 * dorado::forward::MAX_BATCHES_IN_FLIGHT).contains(&used),
+        "{used} connections for {IN_FLIGHT} concurrent commands: not batched"
+    );
+    c.wait_converged(Duration::from_secs(20)).await;
+}
+
+/// A follower answers a client's batch `not_leader` per command, naming the
+/// leader; the batching client resends each there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batching_client_sent_to_a_follower_is_redirected_to_the_leader() {
+    let (_etcd, c, leader) = group().await;
+    let follower = (leader + 1) % c.replicas.len();
+    let client = Client::batched(&[c.replicas[follower].addr()]).unwrap();
+    thousand_in_flight(&client, "redirect").await;
+    let r = client.submit(&put("k1", "again"), None).await.unwrap();
+    assert_eq!(
+        r.endpoint,
+        format!("http://{}", c.replicas[leader].addr()),
+        "answered by the leader"
+    );
+    c.wait_converged(Duration::from_secs(20)).await;
 }

@@ -469,7 +469,7 @@ pub(crate) fn goals(runs: &[RunResult]) -> Vec<Goal> {
         .filter(|r| r.system == SystemKind::Dorado.name())
         .map(|r| r.clients)
         .max();
-    for system in [SystemKind::Dorado, SystemKind::DoradoPipelined] {
+    for system in SystemKind::DORADO_CLIENTS {
         let max = runs
             .iter()
             .filter(|r| r.system == system.name())
@@ -994,7 +994,7 @@ pub fn markdown(r: &Report) -> String {
         let e = find(&r.runs, SystemKind::EtcdPut, c);
         let t = find(&r.runs, SystemKind::FencedTxn, c);
         let k = find(&r.runs, SystemKind::Classic, c);
-        for system in [SystemKind::Dorado, SystemKind::DoradoPipelined] {
+        for system in SystemKind::DORADO_CLIENTS {
             let Some(d) = find(&r.runs, system, c) else {
                 continue;
             };

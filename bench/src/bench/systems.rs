@@ -4,9 +4,9 @@
 //! of exactly `--command-size` bytes (`{"op":"put","key":"k00000042","value":"xxx…"}`)
 //! for a key drawn from the same key space. `etcd-put` stores it as the value
 //! of that key; `fenced-txn` appends it as one log entry with Dorado's own
-//! fenced append; `dorado`, `dorado-pipelined` and `classic` submit it to
-//! their replicas (the same workload; only the group, or for
-//! `dorado-pipelined` the transport, differs). Reads are a kv get
+//! fenced append; `dorado`, `dorado-pipelined`, `dorado-batched` and
+//! `classic` submit it to their replicas (the same workload; only the group,
+//! or for `dorado-pipelined` and `dorado-batched` the transport, differs). Reads are a kv get
 //! query (linearizable) for Dorado and classic, a linearizable get of the key for
 //! `etcd-put`, and a linearizable get of the leader key (what a Dorado leader
 //! reads to confirm its epoch) for `fenced-txn`.
@@ -204,7 +204,10 @@ impl Setup {
                 fence.store.delete_log_below(below).await?;
                 measured
             }
-            SystemKind::Dorado | SystemKind::DoradoPipelined | SystemKind::Classic => {
+            SystemKind::Dorado
+            | SystemKind::DoradoPipelined
+            | SystemKind::DoradoBatched
+            | SystemKind::Classic => {
                 let replicas = replicas.ok_or_else(|| {
                     BenchError::Config(format!(
                         "no replicas were started for {}",
@@ -230,11 +233,23 @@ impl Setup {
                             .map_err(|e| BenchError::Http(e.to_string()))?,
                     ),
                 };
+                let targets = match self.target {
+                    Target::Leader => vec![addrs[leader]],
+                    Target::All => addrs,
+                };
+                // One client, so every benchmark client's commands share its
+                // batches.
+                let batched = (plan.system == SystemKind::DoradoBatched)
+                    .then(|| {
+                        let endpoints: Vec<String> =
+                            targets.iter().map(|t| t.to_string()).collect();
+                        dorado::client::Client::batched(&endpoints)
+                            .map(|c| c.with_deadline(REQUEST_TIMEOUT))
+                    })
+                    .transpose()
+                    .map_err(|e| BenchError::Http(e.to_string()))?;
                 let load = Dorado {
-                    targets: match self.target {
-                        Target::Leader => vec![addrs[leader]],
-                        Target::All => addrs,
-                    },
+                    targets,
                     client_prefix: format!(
                         "bench-{}-{}-c{}",
                         self.run_id,
@@ -244,6 +259,7 @@ impl Setup {
                     commands: self.commands.clone(),
                     queries: self.queries.clone(),
                     http,
+                    batched,
                 };
                 let before = replicas.leader_metrics().await;
                 let elections_before = replicas.elections().await;
@@ -385,6 +401,9 @@ struct Dorado {
     queries: Arc<Vec<Bytes>>,
     /// `None`: the raw HTTP/1.1 client.
     http: Option<reqwest::Client>,
+    /// `dorado-batched`: the batching client every benchmark client shares
+    /// for its writes (reads go as with `http`).
+    batched: Option<dorado::client::Client>,
 }
 
 #[derive(Debug)]
@@ -409,6 +428,13 @@ impl Workload for Dorado {
     }
 
     async fn call(&self, client: &mut DoradoClient, op: Op) -> Result<(), String> {
+        if let Some(batched) = self.batched.as_ref().filter(|_| !op.read) {
+            return batched
+                .submit(&self.commands[op.key], Some((&client.id, op.seq)))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+        }
         let (path, body) = if op.read {
             ("/v1/query", &self.queries[op.key])
         } else {

@@ -304,17 +304,36 @@ impl<T> LeaderEngine<T> {
     /// A client command arrived. A command that cannot be encoded is refused
     /// here ([`LeaderAction::Refuse`]) and never reaches a batch.
     pub fn submit(&mut self, token: T, command: Command) -> Vec<LeaderAction<T>> {
-        if let Err(error) = command.validate() {
-            return vec![LeaderAction::Refuse { token, error }];
+        self.submit_all(std::iter::once((token, command)))
+    }
+
+    /// Commands that arrived together (e.g. one batch request of a client,
+    /// or all a driver found waiting): each is checked as by
+    /// [`LeaderEngine::submit`], and all are queued before a batch is cut,
+    /// so they leave in the same batch rather than the first alone.
+    pub fn submit_all(
+        &mut self,
+        commands: impl IntoIterator<Item = (T, Command)>,
+    ) -> Vec<LeaderAction<T>> {
+        let mut actions = Vec::new();
+        let mut not_ordered = Vec::new();
+        for (token, command) in commands {
+            if let Err(error) = command.validate() {
+                actions.push(LeaderAction::Refuse { token, error });
+            } else if self.stepped_down {
+                not_ordered.push(token);
+            } else {
+                self.queue.push_back((token, Queued::Command(command)));
+            }
         }
-        if self.stepped_down {
-            return vec![LeaderAction::Abandon {
-                tokens: vec![token],
+        if !not_ordered.is_empty() {
+            actions.push(LeaderAction::Abandon {
+                tokens: not_ordered,
                 why: Abandoned::NotOrdered,
-            }];
+            });
         }
-        self.queue.push_back((token, Queued::Command(command)));
-        self.cut_batches()
+        actions.extend(self.cut_batches());
+        actions
     }
 
     /// A proposal to switch the group to module `to` (a sha256 in hex). It
@@ -663,6 +682,42 @@ mod tests {
         );
         assert_eq!(committed(&actions)[0].0, Entry::Batch(vec![cmd(3)]));
         assert!(e.is_idle());
+    }
+
+    #[test]
+    fn commands_submitted_together_leave_in_one_batch_and_bad_ones_are_refused() {
+        let mut e = engine(1);
+        let mut too_long = cmd(9);
+        too_long.client = Some(ClientTag {
+            id: "c".repeat(crate::entry::MAX_CLIENT_ID + 1),
+            seq: 9,
+        });
+        let actions = e.submit_all([(1, cmd(1)), (2, too_long), (3, cmd(3))]);
+        assert!(matches!(actions[0], LeaderAction::Refuse { token: 2, .. }));
+        assert_eq!(
+            appends(&actions),
+            vec![1],
+            "one append, not the first alone"
+        );
+        let done = e.on_append(
+            1,
+            Ok(AppendOutcome::Appended),
+            Instant::now(),
+            Duration::ZERO,
+        );
+        assert_eq!(
+            committed(&done),
+            vec![(Entry::Batch(vec![cmd(1), cmd(3)]), vec![(0, 1), (1, 3)])]
+        );
+        // After stepping down, commands submitted together are all not ordered.
+        e.step_down();
+        assert_eq!(
+            e.submit_all([(4, cmd(4)), (5, cmd(5))]),
+            vec![LeaderAction::Abandon {
+                tokens: vec![4, 5],
+                why: Abandoned::NotOrdered
+            }]
+        );
     }
 
     #[test]

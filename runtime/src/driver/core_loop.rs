@@ -20,8 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::applier::Applier;
-use super::handle::Request;
-use crate::node::{SubmitError, SubmitReply};
+use super::handle::{ReplyTo, Request};
+use crate::node::SubmitError;
 use dorado_core::{Command, StateMachine};
 
 /// Drain requests waiting for the replica to have nothing in flight.
@@ -30,6 +30,9 @@ pub struct DrainWaiters(Vec<oneshot::Sender<()>>);
 
 /// Learned items handled in one go before control messages are polled again.
 const LEARN_BATCH: usize = 256;
+
+/// Client requests handled in one go before other inputs are polled again.
+const REQUEST_BATCH: usize = 4096;
 
 /// One protocol's core loop; [`run_core`] drives it.
 pub trait CoreLoop {
@@ -43,18 +46,18 @@ pub trait CoreLoop {
     /// A result from one of the loop's own tasks.
     fn handle(&mut self, msg: Self::Msg);
     /// Order `command` and answer `reply` once it is applied here.
-    fn submit(
-        &mut self,
-        command: Command,
-        reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
-    );
+    fn submit(&mut self, command: Command, reply: ReplyTo);
+    /// Order commands that arrived together, each answered like
+    /// [`CoreLoop::submit`]. A protocol that batches puts them in the same
+    /// batch; by default each is submitted on its own.
+    fn submit_all(&mut self, commands: Vec<(Command, ReplyTo)>) {
+        for (command, reply) in commands {
+            self.submit(command, reply);
+        }
+    }
     /// Order a switch to module `to` and answer `reply` once it is applied
     /// here. Protocols without module upgrades refuse.
-    fn propose_upgrade(
-        &mut self,
-        to: String,
-        reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
-    ) {
+    fn propose_upgrade(&mut self, to: String, reply: ReplyTo) {
         let _ = to;
         let _ = reply.send(Err(SubmitError::Unsupported(
             "this ordering protocol does not order module upgrades",
@@ -120,7 +123,7 @@ pub async fn run_core<C: CoreLoop>(
                 None => break,
             },
             request = requests.recv() => match request {
-                Some(r) => serve(&mut core, r),
+                Some(r) => serve_waiting(&mut core, r, &mut requests),
                 None => break,
             },
             item = learned.recv() => match item {
@@ -141,6 +144,38 @@ pub async fn run_core<C: CoreLoop>(
     }
     core.stopping();
     core.applier().close();
+}
+
+/// Serve `first` and every request already waiting behind it (up to
+/// [`REQUEST_BATCH`]); consecutive submits go to [`CoreLoop::submit_all`]
+/// together, so commands that arrived while the loop was busy leave in one
+/// batch instead of the first alone.
+fn serve_waiting<C: CoreLoop>(
+    core: &mut C,
+    first: Request,
+    requests: &mut mpsc::UnboundedReceiver<Request>,
+) {
+    let mut submits = Vec::new();
+    let mut next = Some(first);
+    let mut taken = 1;
+    while let Some(request) = next.take() {
+        match request {
+            Request::Submit { command, reply } => submits.push((command, reply)),
+            other => {
+                if !submits.is_empty() {
+                    core.submit_all(std::mem::take(&mut submits));
+                }
+                serve(core, other);
+            }
+        }
+        if taken < REQUEST_BATCH {
+            next = requests.try_recv().ok();
+            taken += 1;
+        }
+    }
+    if !submits.is_empty() {
+        core.submit_all(submits);
+    }
 }
 
 fn serve<C: CoreLoop>(core: &mut C, request: Request) {

@@ -23,7 +23,7 @@ pub enum Request {
         /// The command, already validated.
         command: Command,
         /// Where its outcome goes.
-        reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
+        reply: ReplyTo,
     },
     /// Order a switch of the group to module `to` (sha256 hex) and answer
     /// once the upgrade entry is applied here.
@@ -31,7 +31,7 @@ pub enum Request {
         /// The module's sha256; the module must be in the store.
         to: String,
         /// Where the outcome goes.
-        reply: oneshot::Sender<Result<SubmitReply, SubmitError>>,
+        reply: ReplyTo,
     },
     /// Answer once no command of this replica is still being ordered.
     Drain {
@@ -67,6 +67,9 @@ pub enum ReadRequest {
         reply: oneshot::Sender<Option<(Index, Vec<u8>)>>,
     },
 }
+
+/// Where the outcome of a submitted command (or upgrade proposal) goes.
+pub type ReplyTo = oneshot::Sender<Result<SubmitReply, SubmitError>>;
 
 /// How a protocol finds the index a linearizable read must wait for, given
 /// the index after what this replica applied: every write acknowledged before
@@ -129,7 +132,7 @@ impl ReplicaHandle {
     /// submit timeout, for the outcome of the entry it orders.
     async fn ordered(
         &self,
-        request: impl FnOnce(oneshot::Sender<Result<SubmitReply, SubmitError>>) -> Request,
+        request: impl FnOnce(ReplyTo) -> Request,
     ) -> Result<SubmitReply, SubmitError> {
         if self.health.is_draining() {
             return Err(SubmitError::ShuttingDown);

@@ -42,7 +42,7 @@ mod tasks;
 
 pub use applier::Applier;
 pub use core_loop::{CoreInputs, CoreLoop, DrainWaiters, run_core};
-pub use handle::{Lifecycle, ReadBound, ReadRequest, ReplicaHandle, Request};
+pub use handle::{Lifecycle, ReadBound, ReadRequest, ReplicaHandle, ReplyTo, Request};
 pub use health::{CatchUp, Health, Probe, health_task};
 pub use lease::{LeaseStore, backoff, lease_task, retry_unreachable};
 pub use modules::ModuleCatalog;
