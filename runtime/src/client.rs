@@ -554,6 +554,31 @@ mod tests {
         }
     }
 
+    /// A batch answered as a whole (the replica is still starting) or never
+    /// sent (nothing listens) was not ordered: the batching client retries it,
+    /// with or without a tag, until its deadline, and says why it gave up.
+    #[tokio::test]
+    async fn a_batching_client_retries_what_was_never_ordered() {
+        let starting = Client::batched(&[starting_api().await])
+            .unwrap()
+            .with_deadline(Duration::from_millis(300));
+        match starting.submit(b"x", Some(("c", 1))).await {
+            Err(ClientError::Exhausted { last, .. }) => {
+                assert!(last.contains("starting"), "{last}")
+            }
+            other => panic!("expected to give up on a starting replica, got {other:?}"),
+        }
+        let dead = Client::batched(&["127.0.0.1:1".into()])
+            .unwrap()
+            .with_deadline(Duration::from_millis(300));
+        match dead.submit(b"x", None).await {
+            Err(ClientError::Exhausted { last, .. }) => {
+                assert!(last.contains("cannot reach"), "{last}")
+            }
+            other => panic!("expected to give up on a dead endpoint, got {other:?}"),
+        }
+    }
+
     #[test]
     fn generated_ids_are_valid_header_values() {
         let id = generated_client_id();

@@ -237,17 +237,20 @@ impl Setup {
                     Target::Leader => vec![addrs[leader]],
                     Target::All => addrs,
                 };
-                // One client, so every benchmark client's commands share its
-                // batches.
-                let batched = (plan.system == SystemKind::DoradoBatched)
-                    .then(|| {
-                        let endpoints: Vec<String> =
-                            targets.iter().map(|t| t.to_string()).collect();
-                        dorado::client::Client::batched(&endpoints)
-                            .map(|c| c.with_deadline(REQUEST_TIMEOUT))
-                    })
-                    .transpose()
-                    .map_err(|e| BenchError::Http(e.to_string()))?;
+                // One batching client per target replica: the benchmark
+                // clients talking to that replica share its batches.
+                let batched = if plan.system == SystemKind::DoradoBatched {
+                    targets
+                        .iter()
+                        .map(|t| {
+                            dorado::client::Client::batched(&[t.to_string()])
+                                .map(|c| c.with_deadline(REQUEST_TIMEOUT))
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| BenchError::Http(e.to_string()))?
+                } else {
+                    Vec::new()
+                };
                 let load = Dorado {
                     targets,
                     client_prefix: format!(
@@ -401,14 +404,17 @@ struct Dorado {
     queries: Arc<Vec<Bytes>>,
     /// `None`: the raw HTTP/1.1 client.
     http: Option<reqwest::Client>,
-    /// `dorado-batched`: the batching client every benchmark client shares
-    /// for its writes (reads go as with `http`).
-    batched: Option<dorado::client::Client>,
+    /// `dorado-batched`: per target, the batching client the benchmark
+    /// clients of that target share for their writes (reads go as with
+    /// `http`); empty otherwise.
+    batched: Vec<dorado::client::Client>,
 }
 
 #[derive(Debug)]
 struct DoradoClient {
     id: String,
+    /// Index of its target in `Dorado::targets`.
+    slot: usize,
     target: SocketAddr,
     url: String,
     conn: http1::Conn,
@@ -418,9 +424,11 @@ impl Workload for Dorado {
     type Client = DoradoClient;
 
     fn client(&self, index: usize) -> DoradoClient {
-        let target = self.targets[index % self.targets.len()];
+        let slot = index % self.targets.len();
+        let target = self.targets[slot];
         DoradoClient {
             id: format!("{}-{index}", self.client_prefix),
+            slot,
             target,
             url: format!("http://{target}"),
             conn: http1::Conn::new(target),
@@ -428,7 +436,7 @@ impl Workload for Dorado {
     }
 
     async fn call(&self, client: &mut DoradoClient, op: Op) -> Result<(), String> {
-        if let Some(batched) = self.batched.as_ref().filter(|_| !op.read) {
+        if let Some(batched) = self.batched.get(client.slot).filter(|_| !op.read) {
             return batched
                 .submit(&self.commands[op.key], Some((&client.id, op.seq)))
                 .await
