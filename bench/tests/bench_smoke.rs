@@ -44,13 +44,14 @@ fn tiny_bench_writes_json_markdown_and_plots() {
 
     assert_eq!(report.mode, "throughput");
     let runs = &report.runs;
-    assert_eq!(runs.len(), 10, "5 systems x 2 client counts: {runs:?}");
+    assert_eq!(runs.len(), 12, "6 systems x 2 client counts: {runs:?}");
     let mut pids = Vec::new();
     for system in [
         "etcd-put",
         "fenced-txn",
         "dorado",
         "dorado-pipelined",
+        "dorado-batched",
         "classic",
     ] {
         // Each system must have done real work. Per system, not per run: a
@@ -120,6 +121,7 @@ fn tiny_bench_writes_json_markdown_and_plots() {
     assert!(md.contains("| system | clients | ops/s |"), "{md}");
     assert_eq!(md.matches("\n| dorado |").count(), 4, "two tables: {md}");
     assert_eq!(md.matches("\n| dorado-pipelined |").count(), 4, "{md}");
+    assert_eq!(md.matches("\n| dorado-batched |").count(), 4, "{md}");
     assert!(md.contains("etcd Txn/cmd"), "{md}");
     assert_eq!(md.matches("\n| classic |").count(), 4, "{md}");
     for name in ["throughput", "latency-cdf-1", "latency-cdf-4"] {
